@@ -1,0 +1,3 @@
+from edgeshift.cli.main import main
+
+main()

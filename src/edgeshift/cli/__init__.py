@@ -1,0 +1,1 @@
+"""The command line: parse, call the library, render with rich. No logic lives here."""

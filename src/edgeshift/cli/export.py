@@ -1,0 +1,7 @@
+"""CLI: export (not yet built)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

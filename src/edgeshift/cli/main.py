@@ -1,0 +1,48 @@
+"""The ``edgeshift`` command: one typer app; each verb registers itself from its own module."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from edgeshift.cli.render import err_console
+from edgeshift.errors import EdgeshiftError
+
+# One module per verb (or family of verbs), each with ``register(app)``.
+_COMMAND_MODULES = ("inspect", "bench", "zoo", "optimize", "targets", "plan", "serve", "export")
+
+
+class _Group(TyperGroup):
+    """Turns every EdgeshiftError into one line on stderr and its exit code: no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgeshiftError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="edgeshift",
+    help="Move AI inference off accelerators: inspect, bench, optimize, estimate, plan, serve.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+for _name in _COMMAND_MODULES:
+    importlib.import_module(f"edgeshift.cli.{_name}").register(app)
+
+
+def main() -> None:
+    app()

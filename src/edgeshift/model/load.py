@@ -1,0 +1,107 @@
+"""Read an ONNX model file, or an edgeshift artifact directory, with clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from edgeshift.errors import ConfigError, ModelError
+
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass
+class LoadedModel:
+    """An ONNX model in memory, where it came from, and its artifact manifest if any."""
+
+    path: Path  # the .onnx file itself (runtimes load from here, external data beside it)
+    proto: onnx.ModelProto
+    manifest: dict[str, Any] | None = None  # manifest.json of an artifact directory
+
+    @property
+    def artifact_dir(self) -> Path | None:
+        return self.path.parent if self.manifest is not None else None
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_model_path(path: str | Path) -> tuple[Path, dict[str, Any] | None]:
+    """The .onnx file behind PATH (a file, or an artifact directory) and its manifest."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"model not found: {p} — check the path (a .onnx file or an artifact dir)")
+    if p.is_file():
+        return p, None
+    manifest_path = p / MANIFEST_NAME
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{manifest_path} is not valid JSON ({exc.msg} at line {exc.lineno}) — "
+                "re-run `edgeshift optimize` to rebuild the artifact"
+            ) from exc
+        model_file = manifest.get("model_file") if isinstance(manifest, dict) else None
+        if not isinstance(model_file, str):
+            raise ConfigError(f"{manifest_path} has no 'model_file' — re-run `edgeshift optimize`")
+        model_path = p / model_file
+        if not model_path.is_file():
+            raise ModelError(f"artifact {p} names {model_file} but it is missing — rebuild it")
+        return model_path, manifest
+    candidates = sorted(p.glob("*.onnx"))
+    if len(candidates) == 1:
+        return candidates[0], None
+    raise ModelError(
+        f"{p} is a directory without {MANIFEST_NAME} and with {len(candidates)} .onnx files — "
+        "pass the model file itself"
+    )
+
+
+def load_model(path: str | Path, *, check: bool = True) -> LoadedModel:
+    """Load PATH (a .onnx file or an artifact directory) with its external data.
+
+    Raises ModelError for a missing, non-ONNX, truncated or structurally invalid file.
+    """
+    model_path, manifest = resolve_model_path(path)
+    try:
+        proto = onnx.load(str(model_path), load_external_data=True)
+    except DecodeError as exc:
+        raise ModelError(
+            f"{model_path} is not a valid ONNX protobuf ({exc}) — the file is truncated, "
+            "corrupt or not an ONNX model; re-export or re-download it"
+        ) from exc
+    except (FileNotFoundError, OSError) as exc:
+        raise ModelError(
+            f"{model_path}: cannot read external data ({exc}) — keep the weight files "
+            "beside the model"
+        ) from exc
+    except Exception as exc:  # onnx raises assorted errors for garbage input
+        raise ModelError(f"{model_path} cannot be parsed as ONNX ({exc}) — re-export it") from exc
+    if not proto.HasField("graph") or proto.ir_version == 0:
+        raise ModelError(
+            f"{model_path} is not an ONNX model (no graph or IR version) — "
+            "pass a .onnx file exported by torch.onnx, tf2onnx, paddle2onnx, …"
+        )
+    if check:
+        try:
+            # The path form of the checker copes with external data and >2 GB models.
+            onnx.checker.check_model(str(model_path))
+        except onnx.checker.ValidationError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid graph"
+            raise ModelError(
+                f"{model_path} is not a valid ONNX graph ({first}) — the file may be truncated; "
+                "re-export it"
+            ) from exc
+    return LoadedModel(path=model_path, proto=proto, manifest=manifest)

@@ -1,0 +1,171 @@
+"""Tensor specs of a graph's inputs/outputs, and resolving dynamic dims to concrete shapes.
+
+A ``--shape`` override is ``NAME=DIMS`` where NAME is an input name (DIMS is the whole shape,
+``1x3x224x224`` or ``1,3,224,224``) or a symbolic dim name (DIMS is one integer, e.g.
+``seq=128``). Dims still unresolved after overrides become: the first axis the batch size
+(default 1), every other axis ``DEFAULT_DYNAMIC_DIM``; each such guess is reported.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from edgeshift.errors import ShapeError
+
+DEFAULT_DYNAMIC_DIM = 128
+
+Dim = int | str | None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, numpy dtype and (possibly symbolic) shape of a graph input or output."""
+
+    name: str
+    dtype: str  # numpy dtype name, e.g. "float32", "int64"; "object" for strings
+    shape: tuple[Dim, ...] | None  # None: unknown rank; str: symbolic dim; None inside: unknown
+
+    def shape_text(self) -> str:
+        if self.shape is None:
+            return "?"
+        return "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
+
+    @property
+    def is_dynamic(self) -> bool:
+        return self.shape is None or any(not isinstance(d, int) for d in self.shape)
+
+
+def _elem_dtype(elem_type: int) -> str:
+    if elem_type == onnx.TensorProto.STRING:
+        return "object"
+    if elem_type == onnx.TensorProto.BFLOAT16:
+        return "bfloat16"
+    try:
+        return str(np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)))
+    except (KeyError, TypeError, ValueError):
+        return onnx.TensorProto.DataType.Name(elem_type).lower()
+
+
+def value_info_spec(vi: onnx.ValueInfoProto) -> TensorSpec:
+    t = vi.type.tensor_type
+    shape: tuple[Dim, ...] | None = None
+    if t.HasField("shape"):
+        dims: list[Dim] = []
+        for d in t.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param"):
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        shape = tuple(dims)
+    return TensorSpec(vi.name, _elem_dtype(t.elem_type), shape)
+
+
+def graph_io(model: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The real inputs (initializers excluded, as old exporters list them) and the outputs."""
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [value_info_spec(v) for v in model.graph.input if v.name not in initializers]
+    outputs = [value_info_spec(v) for v in model.graph.output]
+    return inputs, outputs
+
+
+_DIMS_RE = re.compile(r"^\s*(\d+)(\s*[x,]\s*\d+)*\s*$")
+
+
+def parse_shape_overrides(specs: Iterable[str]) -> dict[str, tuple[int, ...]]:
+    """Parse ``NAME=DIMS`` strings; DIMS separated by ``x`` or ``,``."""
+    out: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        name, sep, dims = spec.partition("=")
+        name = name.strip()
+        if not sep or not name or not _DIMS_RE.match(dims):
+            raise ShapeError(
+                f"bad --shape {spec!r} — write NAME=DIMS, e.g. input=1x3x224x224 or seq=128"
+            )
+        values = tuple(int(v) for v in re.split(r"[x,]", dims.replace(" ", "")))
+        if any(v <= 0 for v in values):
+            raise ShapeError(f"bad --shape {spec!r} — every dim must be a positive integer")
+        out[name] = values
+    return out
+
+
+@dataclass
+class ResolvedShapes:
+    shapes: dict[str, tuple[int, ...]]
+    assumed: list[str] = field(default_factory=list)  # human-readable notes on guessed dims
+
+
+def resolve_input_shapes(
+    inputs: list[TensorSpec],
+    overrides: Mapping[str, tuple[int, ...]] | None = None,
+    batch: int | None = None,
+) -> ResolvedShapes:
+    """Concrete shapes for every input. Overrides name inputs or symbolic dims."""
+    overrides = dict(overrides or {})
+    input_names = {i.name for i in inputs}
+    symbols = {d for i in inputs if i.shape for d in i.shape if isinstance(d, str)}
+    for key, dims in overrides.items():
+        if key in input_names:
+            continue
+        if key in symbols:
+            if len(dims) != 1:
+                raise ShapeError(f"--shape {key}=… names a symbolic dim: give one integer")
+            continue
+        known = sorted(input_names | symbols)
+        near = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise ShapeError(
+            f"--shape names {key!r}, which is no input or symbolic dim of this model — "
+            f"{hint}known: {', '.join(known)}"
+        )
+    resolved = ResolvedShapes(shapes={})
+    for spec in inputs:
+        if spec.name in overrides:
+            dims = overrides[spec.name]
+            if spec.shape is not None:
+                if len(dims) != len(spec.shape):
+                    raise ShapeError(
+                        f"--shape {spec.name} has {len(dims)} dims but the input has rank "
+                        f"{len(spec.shape)} {spec.shape_text()}"
+                    )
+                for axis, (want, have) in enumerate(zip(dims, spec.shape, strict=True)):
+                    if isinstance(have, int) and have != want:
+                        raise ShapeError(
+                            f"--shape {spec.name}: axis {axis} is fixed at {have} in the model, "
+                            f"not {want}"
+                        )
+            if batch is not None and dims and spec.shape and not isinstance(spec.shape[0], int):
+                dims = (batch, *dims[1:])
+            resolved.shapes[spec.name] = tuple(dims)
+            continue
+        if spec.shape is None:
+            raise ShapeError(
+                f"input {spec.name!r} has unknown rank — give its shape with "
+                f"--shape {spec.name}=D1xD2…"
+            )
+        dims_out: list[int] = []
+        for axis, d in enumerate(spec.shape):
+            if isinstance(d, int):
+                dims_out.append(d)
+            elif isinstance(d, str) and d in overrides:
+                dims_out.append(overrides[d][0])
+            elif axis == 0:
+                dims_out.append(batch or 1)
+                if batch is None:
+                    resolved.assumed.append(f"{spec.name}[0] ({d or '?'}) = 1 (batch)")
+            else:
+                dims_out.append(DEFAULT_DYNAMIC_DIM)
+                resolved.assumed.append(
+                    f"{spec.name}[{axis}] ({d or '?'}) = {DEFAULT_DYNAMIC_DIM}; "
+                    f"set it with --shape {d if isinstance(d, str) else spec.name}=…"
+                )
+        resolved.shapes[spec.name] = tuple(dims_out)
+    return resolved
