@@ -79,7 +79,9 @@ class Backend(ABC):
                 f"unknown input {extra[0]!r} — this model's inputs: {', '.join(expected)}"
             )
         if missing:
-            raise DataError(f"missing input {missing[0]!r} — this model needs {', '.join(expected)}")
+            raise DataError(
+                f"missing input {missing[0]!r} — this model needs {', '.join(expected)}"
+            )
         out: dict[str, np.ndarray] = {}
         for name, spec in expected.items():
             arr = np.asarray(feeds[name])

@@ -86,7 +86,10 @@ class OnnxRuntimeBackend(Backend):
         self.outputs = [_spec(o) for o in self.session.get_outputs()]
 
     def runtime_options(self) -> dict[str, Any]:
-        return {"precision": self.precision, "graph_optimization_level": self.graph_optimization_level}
+        return {
+            "precision": self.precision,
+            "graph_optimization_level": self.graph_optimization_level,
+        }
 
     def _run(
         self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None

@@ -100,7 +100,9 @@ class OpenVINOBackend(Backend):
                 values = {spec.name: np.array(result[i]) for i, spec in enumerate(self.outputs)}
         except Exception as exc:
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-            raise DataError(f"OpenVINO could not run the model: {(lines or ['?'])[0][:300]}") from exc
+            raise DataError(
+                f"OpenVINO could not run the model: {(lines or ['?'])[0][:300]}"
+            ) from exc
         if output_names:
             return {n: values[n] for n in output_names}
         return values
