@@ -40,6 +40,24 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+def _version(value: bool) -> None:
+    if value:
+        from edgeshift import __version__
+
+        typer.echo(f"edgeshift {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Move AI inference off accelerators: inspect, bench, optimize, estimate, plan, serve."""
+
+
 for _name in _COMMAND_MODULES:
     importlib.import_module(f"edgeshift.cli.{_name}").register(app)
 
