@@ -1,0 +1,70 @@
+"""`edgeshift zoo list|get` through the real CLI app."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from edgeshift.cli.main import app
+
+runner = CliRunner()
+
+
+def test_zoo_list_table() -> None:
+    result = runner.invoke(app, ["zoo", "list"])
+    assert result.exit_code == 0, result.output
+    for name in ("digits-mlp", "digits-cnn", "minilm-l6"):
+        assert name in result.stdout
+    assert "[batch, 64]" in result.stdout  # rich markup does not swallow shapes
+
+
+def test_zoo_list_json() -> None:
+    result = runner.invoke(app, ["zoo", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    entries = json.loads(result.stdout)
+    assert [e["name"] for e in entries][:2] == ["digits-mlp", "digits-cnn"]
+    assert set(entries[0]) == {"name", "task", "description", "available", "reason"}
+    assert entries[0]["available"] is True
+
+
+def test_zoo_get_json_writes_files(tmp_path) -> None:
+    dest = tmp_path / "cnn"
+    result = runner.invoke(app, ["zoo", "get", "digits-cnn", str(dest), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out == {
+        "name": "digits-cnn",
+        "model_path": str(dest / "model.onnx"),
+        "data_path": str(dest / "eval.npz"),
+        "task": "classification",
+    }
+    assert np.load(dest / "eval.npz")["input"].shape == (360, 1, 8, 8)
+
+
+def test_zoo_get_text(tmp_path) -> None:
+    result = runner.invoke(app, ["zoo", "get", "digits-mlp", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "digits-mlp" in result.stdout and str(tmp_path / "model.onnx") in result.stdout
+
+
+def _assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output and "Traceback" not in result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_zoo_get_unknown_name(tmp_path) -> None:
+    result = runner.invoke(app, ["zoo", "get", "digits-ml", str(tmp_path)])
+    _assert_one_line_error(result, "digits-ml", "did you mean 'digits-mlp'")
+
+
+def test_zoo_get_dest_is_file(tmp_path) -> None:
+    target = tmp_path / "f"
+    target.write_text("x")
+    result = runner.invoke(app, ["zoo", "get", "digits-mlp", str(target)])
+    _assert_one_line_error(result, "is a file")
