@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,10 @@ def _mismatch(name: str, got: np.ndarray, want: np.ndarray) -> str | None:
     return None
 
 
+def _is_tracer(w: warnings.WarningMessage) -> bool:
+    return w.category.__name__ == "TracerWarning"
+
+
 def _run_ort(path: Path, feeds: dict[str, np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
     import onnxruntime as ort
 
@@ -108,13 +112,15 @@ def from_torch(
     output_names: Sequence[str] | None = None,
     dynamic_batch: bool = True,
     opset: int = 17,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
 ) -> Path:
     """Export MODULE to ONNX at PATH, check the graph, and verify it with onnxruntime.
 
     ``example_inputs`` is a tensor (or numpy array) or a tuple of them, one per ``forward``
     argument. With ``dynamic_batch`` the first axis of every input and output is named
     ``batch``; the export is then also verified at twice the example batch, which catches
-    batch sizes baked into reshapes. Raises ModelError when export, the checker or the
+    batch sizes baked into reshapes. ``dynamic_axes`` names further dynamic axes per tensor,
+    e.g. ``{"input_ids": {1: "seq"}}``. Raises ModelError when export, the checker or the
     comparison with the module's own outputs fails (the bad file is removed), and
     BackendError when torch is not installed.
     """
@@ -145,12 +151,22 @@ def from_torch(
         raise ModelError(f"{len(in_names)} input names for {len(args)} example inputs")
     if len(out_names) != len(reference):
         raise ModelError(f"{len(out_names)} output names for {len(reference)} module outputs")
-    dynamic_axes = {n: {0: "batch"} for n in [*in_names, *out_names]} if dynamic_batch else None
+    axes: dict[str, dict[int, str]] = {}
+    if dynamic_batch:
+        axes = {n: {0: "batch"} for n in [*in_names, *out_names]}
+    for name, extra in (dynamic_axes or {}).items():
+        if name not in in_names and name not in out_names:
+            raise ModelError(
+                f"dynamic_axes names {name!r}, which is no input or output — "
+                f"known: {', '.join([*in_names, *out_names])}"
+            )
+        axes.setdefault(name, {}).update(extra)
 
-    with warnings.catch_warnings():
-        # The TorchScript exporter announces its own deprecation; we chose it (module doc).
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        # The TorchScript exporter announces its own deprecation (we chose it: module doc) and
+        # the tracer warns about Python values it froze; the ORT check below tests the result,
+        # and a mismatch quotes the tracer's first warning.
+        warnings.simplefilter("always")
         try:
             torch.onnx.export(
                 module,
@@ -158,7 +174,7 @@ def from_torch(
                 str(out_path),
                 input_names=in_names,
                 output_names=out_names,
-                dynamic_axes=dynamic_axes,
+                dynamic_axes=axes or None,
                 opset_version=opset,
                 dynamo=False,
             )
@@ -185,9 +201,11 @@ def from_torch(
             for name, g, w in zip(out_names, got, want, strict=True):
                 problem = _mismatch(name, np.asarray(g), w)
                 if problem:
+                    tracer = [str(w.message).splitlines()[0] for w in caught if _is_tracer(w)]
+                    hint = f"; the tracer warned: {tracer[0][:200]}" if tracer else ""
                     raise ModelError(
-                        f"the exported ONNX disagrees with the module ({problem}) — the module "
-                        "may depend on a fixed batch size; try dynamic_batch=False"
+                        f"the exported ONNX disagrees with the module ({problem}{hint}) — the "
+                        "module may depend on a fixed batch size; try dynamic_batch=False"
                     )
     except onnx.checker.ValidationError as exc:
         out_path.unlink(missing_ok=True)
