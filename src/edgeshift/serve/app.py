@@ -1,0 +1,268 @@
+"""The HTTP routes of the Open Inference Protocol v2 (KServe) REST API, plus Triton's model
+repository extension and Prometheus ``/metrics``. Thin: each route decodes, calls the
+repository or a model, and encodes; every error is ``{"error": "..."}`` with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import edgeshift
+from edgeshift.errors import EdgeshiftError, ProtocolError
+from edgeshift.serve.metrics import ServerMetrics
+from edgeshift.serve.protocol import (
+    decode_infer_request,
+    encode_infer_response,
+    error_body,
+)
+from edgeshift.serve.repository import ModelRepository
+
+log = logging.getLogger("edgeshift.serve")
+access_log = logging.getLogger("edgeshift.serve.access")
+
+DEFAULT_MAX_BODY_BYTES = 64 << 20
+EXTENSIONS = ["binary_tensor_data", "model_repository", "metrics"]
+_UNKNOWN_MODEL = "_unknown"  # metrics label for names not served: keeps label cardinality bounded
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(json.dumps(obj, separators=(",", ":")), status, media_type="application/json")
+
+
+def _error(message: str, status: int) -> Response:
+    return Response(error_body(message), status, media_type="application/json")
+
+
+async def read_body(request: Request, limit_bytes: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed the limit."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit_bytes:
+                raise ProtocolError(_too_large(limit_bytes), 413)
+        except ValueError:
+            raise ProtocolError(f"bad Content-Length {declared!r}", 400) from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit_bytes:
+            raise ProtocolError(_too_large(limit_bytes), 413)
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(limit_bytes: int) -> str:
+    return (
+        f"request body is over the {limit_bytes / (1 << 20):g} MiB limit — send smaller "
+        "batches or start the server with a larger --max-body-mb"
+    )
+
+
+def _header_length(request: Request) -> int | None:
+    value = request.headers.get("inference-header-content-length")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ProtocolError(
+            f"Inference-Header-Content-Length {value!r} is not an integer"
+        ) from None
+
+
+class _Routes:
+    def __init__(
+        self, repository: ModelRepository, metrics: ServerMetrics, max_body_bytes: int
+    ) -> None:
+        self.repository = repository
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.ready = True
+
+    async def server_metadata(self, request: Request) -> Response:
+        return _json(
+            {"name": "edgeshift", "version": edgeshift.__version__, "extensions": EXTENSIONS}
+        )
+
+    async def live(self, request: Request) -> Response:
+        return _json({"live": True})
+
+    async def server_ready(self, request: Request) -> Response:
+        if not self.ready:
+            return _error("server is shutting down", 503)
+        return _json({"ready": True})
+
+    async def model_metadata(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        model = self.repository.get(name, request.path_params.get("version"))
+        return _json(model.metadata(self.repository.versions(name)))
+
+    async def model_ready(self, request: Request) -> Response:
+        model = self.repository.get(request.path_params["name"], request.path_params.get("version"))
+        return _json({"name": model.name, "version": model.version, "ready": True})
+
+    async def infer(self, request: Request) -> Response:
+        started_s = time.perf_counter()
+        name = request.path_params["name"]
+        label, version, status = _UNKNOWN_MODEL, "", 500
+        try:
+            model = self.repository.get(name, request.path_params.get("version"))
+            label, version = model.name, model.version
+            body = await read_body(request, self.max_body_bytes)
+            infer_request = decode_infer_request(body, _header_length(request))
+            outputs = await model.infer(infer_request)
+            encoded = encode_infer_response(model.name, model.version, outputs, infer_request)
+            headers = None
+            if encoded.header_length is not None:
+                headers = {"Inference-Header-Content-Length": str(encoded.header_length)}
+            status = 200
+            return Response(encoded.body, 200, headers, media_type=encoded.content_type)
+        except ProtocolError as exc:
+            status = exc.status
+            return _error(str(exc), exc.status)
+        except EdgeshiftError as exc:  # DataError from the runtime: the request was bad
+            status = 400
+            return _error(str(exc), 400)
+        except Exception as exc:
+            log.exception("inference on %s failed", name)
+            return _error(f"internal error: {type(exc).__name__}: {exc}", 500)
+        finally:
+            self.metrics.observe_request(label, version, status, time.perf_counter() - started_s)
+
+    async def repository_index(self, request: Request) -> Response:
+        body = await read_body(request, self.max_body_bytes)
+        ready_only = False
+        if body.strip():
+            try:
+                params = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise ProtocolError(
+                    'repository index body must be JSON, e.g. {"ready": true}'
+                ) from None
+            ready_only = bool(params.get("ready", False)) if isinstance(params, dict) else False
+        return _json(self.repository.index(ready_only))
+
+    async def load(self, request: Request) -> Response:
+        await read_body(request, self.max_body_bytes)  # parameters (config/files) are not supported
+        await self.repository.load(request.path_params["name"])
+        return _json({})
+
+    async def unload(self, request: Request) -> Response:
+        await read_body(request, self.max_body_bytes)
+        await self.repository.unload(request.path_params["name"])
+        return _json({})
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=self.metrics.content_type)
+
+
+async def _protocol_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProtocolError)
+    return _error(str(exc), exc.status)
+
+
+async def _edgeshift_error(request: Request, exc: Exception) -> Response:
+    return _error(str(exc), 400)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = exc.detail if exc.status_code != 404 else f"no route {request.url.path} — see /v2"
+    return _error(str(message), exc.status_code)
+
+
+class AccessLogMiddleware:
+    """One JSON line per request on the ``edgeshift.serve.access`` logger."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started_s = time.perf_counter()
+        status = [500]
+
+        async def send_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            client = scope.get("client")
+            access_log.info(
+                json.dumps(
+                    {
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status[0],
+                        "duration_ms": round((time.perf_counter() - started_s) * 1000, 3),
+                        "client": f"{client[0]}:{client[1]}" if client else None,
+                    },
+                    separators=(",", ":"),
+                )
+            )
+
+
+def create_app(
+    repository: ModelRepository,
+    metrics: ServerMetrics,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    access_log_enabled: bool = True,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> ASGIApp:
+    """The ASGI app serving REPOSITORY's models (loaded beforehand by the caller)."""
+    r = _Routes(repository, metrics, max_body_bytes)
+    model = "/v2/models/{name}"
+    versioned = "/v2/models/{name}/versions/{version}"
+    routes = [
+        Route("/v2", r.server_metadata, methods=["GET"]),
+        Route("/v2/health/live", r.live, methods=["GET"]),
+        Route("/v2/health/ready", r.server_ready, methods=["GET"]),
+        Route(model, r.model_metadata, methods=["GET"]),
+        Route(versioned, r.model_metadata, methods=["GET"]),
+        Route(f"{model}/ready", r.model_ready, methods=["GET"]),
+        Route(f"{versioned}/ready", r.model_ready, methods=["GET"]),
+        Route(f"{model}/infer", r.infer, methods=["POST"]),
+        Route(f"{versioned}/infer", r.infer, methods=["POST"]),
+        Route("/v2/repository/index", r.repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{name}/load", r.load, methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", r.unload, methods=["POST"]),
+        Route("/metrics", r.metrics_endpoint, methods=["GET"]),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        # uvicorn has stopped accepting and answered in-flight requests; drain the queues.
+        r.ready = False
+        if on_shutdown is not None:
+            await on_shutdown()
+
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            ProtocolError: _protocol_error,
+            EdgeshiftError: _edgeshift_error,
+            HTTPException: _http_error,
+        },
+        lifespan=lifespan,
+    )
+    return AccessLogMiddleware(app) if access_log_enabled else app

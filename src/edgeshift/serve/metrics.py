@@ -1,0 +1,80 @@
+"""Prometheus metrics of one server, in a registry of its own (two servers in one process,
+as in tests, do not share counters)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# Latency buckets from sub-millisecond edge models to multi-second transformer batches.
+_LATENCY_BUCKETS_S = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class ServerMetrics:
+    """Requests, errors, latency and batch-size histograms and queue depth, per model."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "edgeshift_inference_requests",
+            "Inference requests answered, by model, version and HTTP status.",
+            ["model", "version", "status"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "edgeshift_inference_errors",
+            "Inference requests answered with an error status, by model and status.",
+            ["model", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "edgeshift_inference_latency_seconds",
+            "Time from request received to response ready, by model.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "edgeshift_batch_size",
+            "Rows per backend call formed by the dynamic batcher, by model.",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "edgeshift_queue_depth",
+            "Requests waiting for the model's batcher, by model.",
+            ["model"],
+            registry=self.registry,
+        )
+
+    def observe_request(self, model: str, version: str, status: int, latency_s: float) -> None:
+        self.requests.labels(model, version, str(status)).inc()
+        if status >= 400:
+            self.errors.labels(model, str(status)).inc()
+        else:
+            self.latency.labels(model).observe(latency_s)
+
+    def observe_batch(self, model: str, rows: int) -> None:
+        self.batch_size.labels(model).observe(rows)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

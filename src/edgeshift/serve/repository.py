@@ -1,0 +1,345 @@
+"""The models a server holds: where they come from on disk, which versions are loaded under
+the version policy, and loading/unloading them while the server runs.
+
+A PATH is a model file (name: its stem, version 1), an optimize artifact directory (name: the
+directory's, version 1, its runtime options applied by ``open_backend``), or a model repository
+``repo/NAME/VERSION/`` where VERSION is an integer directory holding ``model.onnx``, one other
+``.onnx`` file, or an artifact. Repository directories are scanned again on every index or
+load request, so new models and versions appear without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from edgeshift.errors import ConfigError, EdgeshiftError, ModelError, ProtocolError
+from edgeshift.model.load import MANIFEST_NAME
+from edgeshift.runtime import Backend, open_backend
+from edgeshift.serve.batcher import Batcher, batch_dim_supported
+from edgeshift.serve.metrics import ServerMetrics
+from edgeshift.serve.protocol import InferRequest, check_request, tensor_metadata
+
+_POLICY_RE = re.compile(r"^specific:(\d+(,\d+)*)$")
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions of a model to load: the highest, all of them, or the listed ones."""
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    versions: tuple[int, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> VersionPolicy:
+        text = text.strip().lower()
+        if text in ("latest", "all"):
+            return cls(kind=text)  # type: ignore[arg-type]
+        match = _POLICY_RE.match(text.replace(" ", ""))
+        if match:
+            return cls("specific", tuple(sorted({int(v) for v in match.group(1).split(",")})))
+        raise ConfigError(
+            f"bad --version-policy {text!r} — use latest, all, or specific:1,3 (version numbers)"
+        )
+
+    def select(self, available: Sequence[int]) -> list[int]:
+        if not available:
+            return []
+        if self.kind == "latest":
+            return [max(available)]
+        if self.kind == "all":
+            return sorted(available)
+        return [v for v in self.versions if v in available]
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How every model is served; the CLI flags of ``edgeshift serve``."""
+
+    max_batch: int = 32  # rows per backend call; 1 turns batching off
+    max_delay_ms: float = 0.0  # wait for a fuller batch; 0: take what is queued
+    max_queue: int = 512  # queued requests per model before 503
+    threads: int | None = None  # runtime threads per model; None: usable CPUs
+    backend: str | None = None  # None: the artifact's, else onnxruntime
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_batch >= 1, f"--max-batch must be >= 1, not {self.max_batch}"),
+            (self.max_delay_ms >= 0, f"--max-delay-ms must be >= 0, not {self.max_delay_ms}"),
+            (self.max_queue >= 1, f"--max-queue must be >= 1, not {self.max_queue}"),
+            (
+                self.threads is None or self.threads >= 1,
+                f"--threads must be >= 1, not {self.threads}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+@dataclass
+class ModelSource:
+    name: str
+    versions: dict[int, Path]
+    repository: Path | None = None  # repo root to rescan; None for a file or artifact PATH
+
+
+def _version_path(version_dir: Path) -> Path:
+    preferred = version_dir / "model.onnx"
+    if preferred.is_file() and not (version_dir / MANIFEST_NAME).is_file():
+        return preferred
+    return version_dir
+
+
+def _scan_model_dir(model_dir: Path) -> dict[int, Path]:
+    return {
+        int(v.name): _version_path(v)
+        for v in sorted(model_dir.iterdir())
+        if v.is_dir() and v.name.isdigit()
+    }
+
+
+def _is_repository(path: Path) -> bool:
+    return any(d.is_dir() and _scan_model_dir(d) for d in path.iterdir())
+
+
+def discover(paths: Sequence[str | Path]) -> dict[str, ModelSource]:
+    """Model name -> where its versions are, for the PATH arguments of ``edgeshift serve``."""
+    sources: dict[str, ModelSource] = {}
+
+    def add(source: ModelSource, origin: Path) -> None:
+        if source.name in sources:
+            raise ConfigError(
+                f"two models are named {source.name!r} ({origin}) — rename one file or directory"
+            )
+        sources[source.name] = source
+
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise ModelError(
+                f"model not found: {path} — pass a .onnx file, an artifact or a repository"
+            )
+        if path.is_file():
+            add(ModelSource(path.stem, {1: path}), path)
+        elif (path / MANIFEST_NAME).is_file():
+            add(ModelSource(path.resolve().name, {1: path}), path)
+        elif _is_repository(path):
+            for model_dir in sorted(path.iterdir()):
+                if model_dir.is_dir() and (versions := _scan_model_dir(model_dir)):
+                    add(ModelSource(model_dir.name, versions, repository=path), model_dir)
+        elif list(path.glob("*.onnx")):
+            add(ModelSource(path.resolve().name, {1: path}), path)
+        else:
+            raise ModelError(
+                f"{path} holds no model: expected a .onnx file, an artifact (manifest.json) or "
+                "a repository laid out as NAME/VERSION/model.onnx"
+            )
+    return sources
+
+
+class ServedModel:
+    """One loaded version: its backend, its batcher and its OIP metadata."""
+
+    def __init__(self, name: str, version: int, backend: Backend, batcher: Batcher) -> None:
+        self.name = name
+        self.version = str(version)
+        self.backend = backend
+        self.batcher = batcher
+        self.inputs = list(backend.inputs)
+        self.outputs = list(backend.outputs)
+        self._output_names = [o.name for o in self.outputs]
+        self._string_inputs = [i.name for i in self.inputs if i.dtype == "object"]
+
+    @property
+    def platform(self) -> str:
+        return f"{self.backend.name}_onnx"
+
+    def metadata(self, versions: list[str]) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "versions": versions,
+            "platform": self.platform,
+            "inputs": [tensor_metadata(spec) for spec in self.inputs],
+            "outputs": [tensor_metadata(spec) for spec in self.outputs],
+        }
+
+    async def infer(self, request: InferRequest) -> dict[str, np.ndarray]:
+        """Outputs for REQUEST, filtered and ordered as it asked."""
+        check_request(request, self.inputs, self.outputs)
+        feeds = dict(request.inputs)
+        for name in self._string_inputs:
+            # BYTES arrive as bytes; onnxruntime wants str for string tensors.
+            try:
+                feeds[name] = np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(
+                    feeds[name]
+                )
+            except UnicodeDecodeError:
+                raise ProtocolError(f"input {name!r}: string tensors must be UTF-8", 400) from None
+        result = await self.batcher.submit(feeds)
+        names = self._output_names if request.outputs is None else [o.name for o in request.outputs]
+        return {name: result[name] for name in names}
+
+
+BackendOpener = Callable[..., Backend]
+
+
+class ModelRepository:
+    """Loaded models by name and version, and the repository API's operations."""
+
+    def __init__(
+        self,
+        sources: dict[str, ModelSource],
+        options: ServeOptions,
+        metrics: ServerMetrics,
+        opener: BackendOpener = open_backend,
+    ) -> None:
+        self.sources = sources
+        self.options = options
+        self.metrics = metrics
+        self._opener = opener
+        self._loaded: dict[str, dict[str, ServedModel]] = {}
+        self._reasons: dict[str, str] = {}  # why a model is not loaded
+        self._lock = asyncio.Lock()
+
+    # --- queries (called on every request: cheap, no I/O) ---
+
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        versions = self._loaded.get(name)
+        if not versions:
+            if name in self.sources:
+                raise ProtocolError(
+                    f"model {name!r} is not loaded — POST /v2/repository/models/{name}/load", 503
+                )
+            known = ", ".join(sorted(self._loaded)) or "none"
+            raise ProtocolError(f"unknown model {name!r} — loaded models: {known}", 404)
+        if version is None or version == "":
+            return versions[max(versions, key=int)]
+        served = versions.get(version)
+        if served is None:
+            raise ProtocolError(
+                f"model {name!r} has no loaded version {version!r} — loaded: "
+                f"{', '.join(sorted(versions, key=int))}",
+                404,
+            )
+        return served
+
+    def versions(self, name: str) -> list[str]:
+        return sorted(self._loaded.get(name, {}), key=int)
+
+    def models(self) -> list[ServedModel]:
+        return [m for versions in self._loaded.values() for m in versions.values()]
+
+    def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        self._rescan()
+        rows: list[dict[str, Any]] = []
+        for name in sorted(self.sources):
+            loaded = self._loaded.get(name, {})
+            for version in sorted(self.sources[name].versions):
+                state = "READY" if str(version) in loaded else "UNAVAILABLE"
+                if ready_only and state != "READY":
+                    continue
+                row = {"name": name, "version": str(version), "state": state}
+                if state != "READY":
+                    row["reason"] = self._reasons.get(name, "not selected by the version policy")
+                rows.append(row)
+        return rows
+
+    # --- changes ---
+
+    def _rescan(self) -> None:
+        roots = {s.repository for s in self.sources.values() if s.repository is not None}
+        for root in roots:
+            for model_dir in sorted(root.iterdir()) if root.is_dir() else []:
+                versions = _scan_model_dir(model_dir) if model_dir.is_dir() else {}
+                existing = self.sources.get(model_dir.name)
+                if existing is not None and existing.repository != root:
+                    continue  # a file PATH of the same name wins
+                if versions:
+                    self.sources[model_dir.name] = ModelSource(model_dir.name, versions, root)
+                elif existing is not None and model_dir.name not in self._loaded:
+                    del self.sources[model_dir.name]
+
+    async def load_all(self) -> None:
+        for name in sorted(self.sources):
+            await self.load(name)
+
+    async def load(self, name: str) -> None:
+        """(Re)load NAME's versions chosen by the policy; old versions drain, then close."""
+        async with self._lock:
+            self._rescan()
+            source = self.sources.get(name)
+            if source is None:
+                raise ProtocolError(f"no model {name!r} in the repository", 404)
+            chosen = self.options.version_policy.select(sorted(source.versions))
+            if not chosen:
+                self._reasons[name] = "no version matches the version policy"
+                raise ProtocolError(
+                    f"model {name!r}: no version matches the version policy "
+                    f"(available: {', '.join(map(str, sorted(source.versions)))})",
+                    400,
+                )
+            fresh: dict[str, ServedModel] = {}
+            try:
+                for version in chosen:
+                    fresh[str(version)] = await self._open(name, version, source.versions[version])
+            except EdgeshiftError as exc:
+                for served in fresh.values():
+                    await self._close(served)
+                self._reasons[name] = str(exc)
+                raise ProtocolError(f"cannot load model {name!r}: {exc}", 400) from exc
+            old = self._loaded.get(name, {})
+            self._loaded[name] = fresh
+            self._reasons.pop(name, None)
+            self.metrics.queue_depth.labels(name).set_function(
+                lambda: sum(m.batcher.depth for m in self._loaded.get(name, {}).values())
+            )
+            for served in old.values():
+                await self._close(served)
+
+    async def unload(self, name: str) -> None:
+        async with self._lock:
+            if name not in self._loaded:
+                if name in self.sources:
+                    return  # already unloaded: unloading is idempotent, as in Triton
+                raise ProtocolError(f"unknown model {name!r}", 404)
+            old = self._loaded.pop(name)
+            self._reasons[name] = "unloaded"
+            for served in old.values():
+                await self._close(served)
+
+    async def close(self) -> None:
+        """Finish every queued request, then release every model."""
+        async with self._lock:
+            loaded, self._loaded = self._loaded, {}
+            for versions in loaded.values():
+                for served in versions.values():
+                    await self._close(served)
+
+    async def _open(self, name: str, version: int, path: Path) -> ServedModel:
+        opts = self.options
+        backend = await asyncio.to_thread(
+            self._opener, path, backend=opts.backend, threads=opts.threads
+        )
+        batcher = Batcher(
+            f"{name}:{version}",
+            backend.run,
+            batchable=batch_dim_supported(backend.inputs, backend.outputs),
+            max_batch=opts.max_batch,
+            max_delay_ms=opts.max_delay_ms,
+            max_queue=opts.max_queue,
+            on_batch=lambda rows: self.metrics.observe_batch(name, rows),
+        )
+        return ServedModel(name, version, backend, batcher)
+
+    @staticmethod
+    async def _close(served: ServedModel) -> None:
+        await served.batcher.close()
+        served.backend.close()

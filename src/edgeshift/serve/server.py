@@ -1,0 +1,242 @@
+"""Starting and stopping the server: load the models, bind the socket, run uvicorn, and on
+SIGTERM/SIGINT stop accepting, answer every queued and in-flight request, then exit.
+
+Models are loaded and the socket is bound before uvicorn starts, so a bad model or a busy port
+is an EdgeshiftError with one line, never a server that starts half-working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import uvicorn
+
+from edgeshift.errors import ConfigError
+from edgeshift.serve.app import DEFAULT_MAX_BODY_BYTES, create_app
+from edgeshift.serve.metrics import ServerMetrics
+from edgeshift.serve.repository import ModelRepository, ServeOptions, discover
+
+log = logging.getLogger("edgeshift.serve")
+
+
+@dataclass
+class ServerSettings:
+    """Everything ``edgeshift serve`` was asked for."""
+
+    paths: Sequence[str | Path]
+    host: str = "127.0.0.1"  # loopback unless asked: an inference server is not public by default
+    port: int = 8000  # 0: any free port (read it back from InferenceServer.port)
+    options: ServeOptions = field(default_factory=ServeOptions)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    access_log: bool = True
+    graceful_timeout_s: float = 30.0  # then in-flight requests are cancelled
+
+    @staticmethod
+    def body_limit_bytes(max_body_mb: float) -> int:
+        if not max_body_mb > 0:
+            raise ConfigError(f"--max-body-mb must be > 0, not {max_body_mb}")
+        return int(max_body_mb * (1 << 20))
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except (OSError, OverflowError) as exc:
+        sock.close()
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({reason}) — pick another --port or --host"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn, with signals that only ask for a graceful exit (uvicorn re-raises them after
+    shutdown, which would turn a clean drain into a death by SIGTERM)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: int) -> None:
+        if self.should_exit:
+            self.force_exit = True  # a second signal: stop waiting for in-flight requests
+        log.info("%s: draining in-flight requests, then exiting", signal.Signals(sig).name)
+        self.should_exit = True
+
+
+class InferenceServer:
+    """One server: ``await start()`` loads models and binds, ``await serve()`` runs to exit."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.metrics = ServerMetrics()
+        self.repository: ModelRepository | None = None
+        self._socket: socket.socket | None = None
+        self._uvicorn: _Uvicorn | None = None
+
+    @property
+    def port(self) -> int:
+        if self._socket is None:
+            raise RuntimeError("the server is not started")
+        return int(self._socket.getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        """host:port, as tritonclient wants it."""
+        host = self.settings.host
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        s = self.settings
+        self.repository = ModelRepository(discover(s.paths), s.options, self.metrics)
+        try:
+            await self.repository.load_all()
+            self._socket = bind_socket(s.host, s.port)
+        except BaseException:
+            await self.repository.close()
+            raise
+        rss_bytes = psutil.Process().memory_info().rss
+        names = ", ".join(f"{m.name}:{m.version}" for m in self.repository.models())
+        log.info("loaded %s; RSS %.1f MiB", names, rss_bytes / (1 << 20))
+        app = create_app(
+            self.repository,
+            self.metrics,
+            max_body_bytes=s.max_body_bytes,
+            access_log_enabled=s.access_log,
+            on_shutdown=self.repository.close,
+        )
+        config = uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,  # ours is structured (AccessLogMiddleware)
+            lifespan="on",
+            timeout_graceful_shutdown=int(s.graceful_timeout_s),
+            server_header=False,
+        )
+        self._uvicorn = _Uvicorn(config)
+
+    async def serve(self) -> None:
+        if self._uvicorn is None or self._socket is None:
+            await self.start()
+        assert self._uvicorn is not None and self._socket is not None
+        log.info("serving Open Inference Protocol v2 on http://%s", self.url)
+        try:
+            await self._uvicorn.serve(sockets=[self._socket])
+        finally:
+            if self.repository is not None:
+                await self.repository.close()  # no-op when the lifespan already drained it
+            self._socket.close()
+
+    @property
+    def started(self) -> bool:
+        return self._uvicorn is not None and self._uvicorn.started
+
+    def request_exit(self) -> None:
+        """Graceful exit, as on SIGTERM (call from the server's own loop)."""
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+
+
+def run_server(settings: ServerSettings) -> None:
+    """Serve until SIGTERM/SIGINT, in this thread (the ``edgeshift serve`` command)."""
+    server = InferenceServer(settings)
+
+    async def main() -> None:
+        await server.start()
+        await server.serve()
+
+    try:
+        import uvloop  # optional: a faster event loop when installed
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
+
+
+class ServerThread:
+    """A server on its own thread and event loop, for tests, benchmarks and notebooks.
+
+    ``with ServerThread(ServerSettings([path], port=0)) as server:`` then talk to
+    ``server.url``; leaving the block drains and stops it.
+    """
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.server = InferenceServer(settings)
+        self._thread = threading.Thread(target=self._run, name="edgeshift-serve", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            try:
+                await self.server.start()
+            except BaseException as exc:
+                self._error = exc
+                self._ready.set()
+                return
+            watcher = asyncio.create_task(self._signal_ready())
+            try:
+                await self.server.serve()
+            finally:
+                watcher.cancel()
+                self._ready.set()
+
+        asyncio.run(main())
+
+    async def _signal_ready(self) -> None:
+        while not self.server.started:
+            await asyncio.sleep(0.005)
+        self._ready.set()
+
+    def start(self, timeout_s: float = 120.0) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise TimeoutError(f"the server did not start within {timeout_s} s")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        if self._loop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self.server.request_exit)
+        self._thread.join(timeout_s)
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
