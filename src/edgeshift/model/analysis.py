@@ -1,0 +1,316 @@
+"""Static analysis of an ONNX model: parameters, MACs/FLOPs per node, activation memory.
+
+Pure apart from reading the file when given a path. The numbers are at one concrete input
+shape: dynamic dims come from the overrides, else batch 1 and ``DEFAULT_DYNAMIC_DIM`` (each
+guess listed in ``assumed``). Everything that could not be counted is listed in
+``uncounted``, so a figure is never silently low.
+
+What counts as a *parameter*: a constant tensor (initializer, sparse initializer or Constant
+node output, in the main graph or any subgraph) with more than one element whose type is not
+int64, uint64, bool or string — those hold shapes, axes and indices. Every constant's bytes
+count in ``weight_bytes`` whatever its type or size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from edgeshift.model.liveness import activation_memory, node_reads, topological_order
+from edgeshift.model.load import LoadedModel, load_model
+from edgeshift.model.op_costs import TensorInfo, node_cost, tensor_bytes
+from edgeshift.model.shape_infer import infer_tensor_infos
+from edgeshift.model.shapes import TensorSpec, graph_io, resolve_input_shapes
+
+_T = onnx.TensorProto
+_NOT_PARAMETER_TYPES = frozenset({_T.INT64, _T.UINT64, _T.BOOL, _T.STRING})
+_GRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+
+
+@dataclass(frozen=True)
+class NodeCost:
+    """Cost of one top-level node at the analysed input shapes."""
+
+    name: str
+    op_type: str
+    macs: int  # multiply-accumulates (0 for non-MAC ops)
+    flops: int  # 2*macs for MAC ops, ~1 per output element for element-wise
+    input_bytes: int  # activation bytes read (inputs that are not weights)
+    output_bytes: int  # activation bytes written
+    weight_bytes: int  # bytes of constant weights this node reads
+    counted: bool  # False when the cost could not be computed (unknown shape, unsupported op)
+    domain: str = ""  # "" for the default ONNX domain
+    reason: str | None = None  # why it was not counted
+
+
+@dataclass
+class ModelAnalysis:
+    """What ``edgeshift inspect`` reports about a model (see docs/inspect.md)."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    opset: int
+    ir_version: int
+    producer: str
+    input_shapes: dict[str, tuple[int, ...]]
+    assumed: list[str]
+    params: int
+    weight_bytes: int
+    macs: int
+    flops: int
+    macs_by_op: dict[str, int]
+    flops_by_op: dict[str, int]
+    nodes: list[NodeCost]
+    peak_activation_bytes: int
+    naive_activation_bytes: int
+    op_histogram: dict[str, int]
+    uncounted: list[str]
+    opsets: dict[str, int] = field(default_factory=dict)  # every imported domain's version
+    constant_node_weight_bytes: int = 0  # the part of weight_bytes held in Constant nodes
+    subgraph_nodes: int = 0  # nodes inside If/Loop/Scan bodies (in the histogram only)
+    output_shapes: dict[str, tuple[int, ...] | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Weight:
+    info: TensorInfo
+    nbytes: int
+    params: int
+    in_constant_node: bool
+
+
+def _tensor_weight(t: onnx.TensorProto, in_constant_node: bool) -> _Weight:
+    numel = math.prod(t.dims)
+    if t.data_type == _T.STRING and t.string_data:
+        nbytes = sum(len(s) for s in t.string_data)
+    else:
+        nbytes = tensor_bytes(t.data_type, numel)
+    params = numel if numel > 1 and t.data_type not in _NOT_PARAMETER_TYPES else 0
+    return _Weight(
+        TensorInfo(t.data_type, tuple(int(d) for d in t.dims)), nbytes, params, in_constant_node
+    )
+
+
+def _sparse_weight(s: onnx.SparseTensorProto, in_constant_node: bool) -> _Weight:
+    # Stored as values + indices; the parameters are the stored values.
+    values = _tensor_weight(s.values, in_constant_node)
+    indices = _tensor_weight(s.indices, in_constant_node)
+    dense = TensorInfo(s.values.data_type, tuple(int(d) for d in s.dims))
+    return _Weight(dense, values.nbytes + indices.nbytes, values.params, in_constant_node)
+
+
+def _constant_weight(node: onnx.NodeProto) -> _Weight | None:
+    for a in node.attribute:
+        if a.name == "value":
+            return _tensor_weight(a.t, True)
+        if a.name == "sparse_value":
+            return _sparse_weight(a.sparse_tensor, True)
+        # Scalar and list attributes: value_float(s), value_int(s), value_string(s).
+        elem, count, scalar = {
+            "value_float": (_T.FLOAT, 1, True),
+            "value_floats": (_T.FLOAT, len(a.floats), False),
+            "value_int": (_T.INT64, 1, True),
+            "value_ints": (_T.INT64, len(a.ints), False),
+            "value_string": (_T.STRING, 1, True),
+            "value_strings": (_T.STRING, len(a.strings), False),
+        }.get(a.name, (0, 0, False))
+        if elem:
+            shape: tuple[int, ...] = () if scalar else (count,)
+            params = count if count > 1 and elem not in _NOT_PARAMETER_TYPES else 0
+            return _Weight(TensorInfo(elem, shape), tensor_bytes(elem, count), params, True)
+    return None
+
+
+def _graph_weights(graph: onnx.GraphProto) -> dict[str, _Weight]:
+    weights = {t.name: _tensor_weight(t, False) for t in graph.initializer}
+    weights.update({s.values.name: _sparse_weight(s, False) for s in graph.sparse_initializer})
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output:
+            w = _constant_weight(node)
+            if w is not None:
+                weights[node.output[0]] = w
+    return weights
+
+
+def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            yield a.g
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            yield from a.graphs
+
+
+def _nested_nodes(node: onnx.NodeProto) -> int:
+    return sum(len(g.node) + sum(_nested_nodes(n) for n in g.node) for g in _subgraphs(node))
+
+
+def _op_key(node: onnx.NodeProto) -> str:
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+
+
+def _as_proto(model: onnx.ModelProto | LoadedModel | str | Path) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, LoadedModel):
+        return model.proto
+    return load_model(model).proto
+
+
+def _shape_of(info: TensorInfo | None) -> tuple[int, ...] | None:
+    return None if info is None else info.shape
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def analyze(
+    model: onnx.ModelProto | LoadedModel | str | Path,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    batch: int | None = None,
+) -> ModelAnalysis:
+    """Analyse MODEL at concrete input shapes.
+
+    SHAPES are parsed ``--shape`` overrides (input names or symbolic dims); BATCH sets the
+    first axis of dynamic inputs. Raises ModelError for a file that cannot be loaded and
+    ShapeError for overrides that do not fit the model.
+    """
+    proto = _as_proto(model)
+    graph = proto.graph
+    inputs, outputs = graph_io(proto)
+    resolved = resolve_input_shapes(inputs, shapes, batch)
+    symbols = {
+        d: resolved.shapes[spec.name][axis]
+        for spec in inputs
+        if spec.shape is not None
+        for axis, d in enumerate(spec.shape)
+        if isinstance(d, str)
+    }
+    input_types = {vi.name: vi.type.tensor_type.elem_type for vi in graph.input}
+
+    top_weights = _graph_weights(graph)
+    params = sum(w.params for w in top_weights.values())
+    weight_bytes = sum(w.nbytes for w in top_weights.values())
+    constant_bytes = sum(w.nbytes for w in top_weights.values() if w.in_constant_node)
+
+    histogram: Counter[str] = Counter(_op_key(n) for n in graph.node)
+    subgraph_nodes = 0
+    uncounted: list[str] = []
+    # Walk subgraphs once: their ops go in the histogram, their constants in the weights.
+    stack = [g for n in graph.node for g in _subgraphs(n)]
+    while stack:
+        sub = stack.pop()
+        sub_weights = _graph_weights(sub)
+        params += sum(w.params for w in sub_weights.values())
+        weight_bytes += sum(w.nbytes for w in sub_weights.values())
+        constant_bytes += sum(w.nbytes for w in sub_weights.values() if w.in_constant_node)
+        for n in sub.node:
+            histogram[_op_key(n)] += 1
+            subgraph_nodes += 1
+            stack.extend(_subgraphs(n))
+
+    weight_infos = {name: w.info for name, w in top_weights.items()}
+    real_inputs = {spec.name: resolved.shapes[spec.name] for spec in inputs}
+    infos, notes = infer_tensor_infos(proto, real_inputs, input_types, weight_infos, symbols)
+    uncounted.extend(notes)
+
+    nodes = list(graph.node)
+    reads = [node_reads(n) for n in nodes]
+    order, complete = topological_order(nodes, reads, [*real_inputs, *top_weights])
+    if not complete:
+        uncounted.append("the graph has a cycle: memory figures follow the stored node order")
+
+    def nbytes(name: str) -> int | None:
+        info = infos.get(name)
+        return None if info is None else info.nbytes
+
+    costs: list[NodeCost] = []
+    not_counted: dict[tuple[str, str], list[str]] = {}
+    for i in order:
+        node = nodes[i]
+        ins = [infos.get(n) if n else None for n in node.input]
+        outs = [infos.get(n) if n else None for n in node.output]
+        cost = node_cost(node, ins, outs)
+        is_constant = node.op_type == "Constant" and node.output and node.output[0] in top_weights
+        act_in = sum(nbytes(n) or 0 for n in node.input if n and n not in top_weights)
+        w_in = sum(top_weights[n].nbytes for n in node.input if n in top_weights)
+        act_out = 0 if is_constant else sum(nbytes(n) or 0 for n in node.output if n)
+        name = node.name or f"{node.op_type}_{i}"
+        costs.append(
+            NodeCost(
+                name=name,
+                op_type=node.op_type,
+                macs=cost.macs,
+                flops=cost.flops,
+                input_bytes=act_in,
+                output_bytes=act_out,
+                weight_bytes=w_in,
+                counted=cost.counted,
+                domain=node.domain,
+                reason=cost.reason,
+            )
+        )
+        if not cost.counted:
+            not_counted.setdefault((_op_key(node), cost.reason or ""), []).append(name)
+
+    macs_by_op: Counter[str] = Counter()
+    flops_by_op: Counter[str] = Counter()
+    for c, i in zip(costs, order, strict=True):
+        key = _op_key(nodes[i])
+        macs_by_op[key] += c.macs
+        flops_by_op[key] += c.flops
+
+    for (op, reason), names in not_counted.items():
+        shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+        if reason.startswith("control flow"):
+            inner = sum(_nested_nodes(nodes[i]) for i in order if _op_key(nodes[i]) == op)
+            uncounted.append(
+                f"{op} ×{len(names)} ({shown}): the {inner} ops of its subgraphs are in the "
+                "histogram but their MACs/FLOPs are not counted — the branch taken or the "
+                "trip count depends on the data"
+            )
+        else:
+            uncounted.append(f"{op} ×{len(names)} ({shown}): {reason} — MACs/FLOPs not counted")
+
+    sizes = {name: info.nbytes for name, info in infos.items()}
+    memory = activation_memory(
+        nodes, reads, order, list(real_inputs), [o.name for o in graph.output], top_weights, sizes
+    )
+    if memory.unknown:
+        shown = ", ".join(memory.unknown[:3]) + (", …" if len(memory.unknown) > 3 else "")
+        uncounted.append(
+            f"{_plural(len(memory.unknown), 'activation tensor')} of unknown shape ({shown}) "
+            "left out of the activation memory figures"
+        )
+
+    opsets = {(o.domain or "ai.onnx"): int(o.version) for o in proto.opset_import}
+    producer = " ".join(p for p in (proto.producer_name, proto.producer_version) if p)
+    return ModelAnalysis(
+        inputs=inputs,
+        outputs=outputs,
+        opset=opsets.get("ai.onnx", 0),
+        ir_version=int(proto.ir_version),
+        producer=producer,
+        input_shapes=dict(resolved.shapes),
+        assumed=list(resolved.assumed),
+        params=params,
+        weight_bytes=weight_bytes,
+        macs=sum(c.macs for c in costs),
+        flops=sum(c.flops for c in costs),
+        macs_by_op=dict(macs_by_op),
+        flops_by_op=dict(flops_by_op),
+        nodes=costs,
+        peak_activation_bytes=memory.peak_bytes,
+        naive_activation_bytes=memory.naive_bytes,
+        op_histogram=dict(histogram.most_common()),
+        uncounted=uncounted,
+        opsets=opsets,
+        constant_node_weight_bytes=constant_bytes,
+        subgraph_nodes=subgraph_nodes,
+        output_shapes={o.name: _shape_of(infos.get(o.name)) for o in outputs},
+    )

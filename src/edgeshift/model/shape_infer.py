@@ -1,0 +1,176 @@
+"""Concrete type and shape of every tensor of a graph's top level, at given input shapes.
+
+ONNX shape inference runs on a *skeleton* of the model: the real inputs fixed to concrete
+shapes, large weights turned into typed graph inputs (inference needs their shapes, not their
+bytes — so a multi-GB model costs no copy), small constants kept because data propagation
+reads them (Reshape targets, Slice bounds). What onnx leaves unknown is retried with ORT's
+symbolic shape inference, then with the model's own value_info where its symbolic dims are
+known; what stays unknown is reported by the caller.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping
+
+import onnx
+from onnx import helper
+
+from edgeshift.model.op_costs import Shape, TensorInfo
+
+# Constants up to this many elements stay in the skeleton for data propagation.
+SMALL_TENSOR_ELEMENTS = 1024
+
+
+def _vi_info(vi: onnx.ValueInfoProto) -> TensorInfo | None:
+    if not vi.type.HasField("tensor_type"):
+        return None  # sequences, maps, optionals: no tensor shape
+    t = vi.type.tensor_type
+    shape: Shape | None = None
+    if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+        shape = tuple(int(d.dim_value) for d in t.shape.dim)
+    return TensorInfo(t.elem_type, shape)
+
+
+def _substituted(vi: onnx.ValueInfoProto, symbols: Mapping[str, int]) -> TensorInfo | None:
+    # The exporter's value_info, with symbolic dims the inputs resolved filled in.
+    if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+        return None
+    dims: list[int] = []
+    for d in vi.type.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.dim_param in symbols:
+            dims.append(symbols[d.dim_param])
+        else:
+            return None
+    return TensorInfo(vi.type.tensor_type.elem_type, tuple(dims))
+
+
+def _typed_input(name: str, info: TensorInfo) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, info.elem_type, info.shape)
+
+
+def _skeleton(
+    proto: onnx.ModelProto,
+    input_shapes: Mapping[str, Shape],
+    input_types: Mapping[str, int],
+    weights: Mapping[str, TensorInfo],
+) -> onnx.ModelProto:
+    graph = proto.graph
+    skel = onnx.ModelProto()
+    skel.ir_version = proto.ir_version
+    skel.opset_import.extend(proto.opset_import)
+    skel.functions.extend(proto.functions)
+    g = skel.graph
+    g.name = graph.name
+    g.input.extend(
+        _typed_input(name, TensorInfo(input_types[name], shape))
+        for name, shape in input_shapes.items()
+    )
+    for init in graph.initializer:
+        info = weights.get(init.name)
+        if info is not None and (info.numel or 0) > SMALL_TENSOR_ELEMENTS:
+            g.input.append(_typed_input(init.name, info))
+        else:
+            g.initializer.append(init)
+            if proto.ir_version < 4:  # before IR 4 every initializer had to be an input too
+                g.input.append(helper.make_tensor_value_info(init.name, init.data_type, init.dims))
+    g.sparse_initializer.extend(graph.sparse_initializer)
+    for node in graph.node:
+        out = node.output[0] if node.op_type == "Constant" and node.output else None
+        info = weights.get(out) if out is not None else None
+        if out is not None and info is not None and (info.numel or 0) > SMALL_TENSOR_ELEMENTS:
+            g.input.append(_typed_input(out, info))
+        else:
+            g.node.append(node)
+    # Outputs keep only their type: a stale fixed dim declared by the exporter would clash
+    # with the shapes inferred at the requested input shapes.
+    for out_vi in graph.output:
+        vi = g.output.add()
+        vi.name = out_vi.name
+        if out_vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.elem_type = out_vi.type.tensor_type.elem_type
+        else:
+            vi.type.CopyFrom(out_vi.type)
+    return skel
+
+
+def _collect(model: onnx.ModelProto, infos: dict[str, TensorInfo]) -> None:
+    g = model.graph
+    for vi in (*g.input, *g.value_info, *g.output):
+        info = _vi_info(vi)
+        known = infos.get(vi.name)
+        if info is not None and (known is None or known.shape is None):
+            infos[vi.name] = info
+
+
+def _ort_symbolic(skel: onnx.ModelProto) -> onnx.ModelProto | None:
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_opset
+    except ImportError:
+        return None
+    opset = get_opset(skel)
+    if not opset or opset < 7:  # its own lower bound
+        return None
+    # SymbolicShapeInference.infer_shapes() saves a file into the working directory when
+    # some shape stays unknown; its steps are run here instead, keeping partial results.
+    logger = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # it warns once per op it cannot handle
+    try:
+        engine = SymbolicShapeInference(2**31 - 1, True, False, 0)
+        engine._preprocess(copy.deepcopy(skel))
+        while engine.run_:
+            engine._infer_impl()
+        engine._update_output_from_vi()
+        result = engine.out_mp_
+    except Exception:  # its failures are assertion/KeyError soup; the onnx result stands
+        return None
+    finally:
+        logger.setLevel(level)
+    return result if isinstance(result, onnx.ModelProto) else None
+
+
+def infer_tensor_infos(
+    proto: onnx.ModelProto,
+    input_shapes: Mapping[str, Shape],
+    input_types: Mapping[str, int],
+    weights: Mapping[str, TensorInfo],
+    symbols: Mapping[str, int],
+) -> tuple[dict[str, TensorInfo], list[str]]:
+    """Infos of the inputs, weights and node outputs of PROTO's top graph, and notes."""
+    notes: list[str] = []
+    skel = _skeleton(proto, input_shapes, input_types, weights)
+    infos: dict[str, TensorInfo] = dict(weights)
+    for name, shape in input_shapes.items():
+        infos[name] = TensorInfo(input_types[name], shape)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(
+            skel, check_type=False, strict_mode=False, data_prop=True
+        )
+        _collect(inferred, infos)
+    except Exception as exc:  # InferenceError, or a C++ error on a malformed node
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        notes.append(f"onnx shape inference failed ({first[:200]})")
+
+    def missing() -> bool:
+        return any(
+            out and (infos.get(out) is None or infos[out].shape is None)
+            for node in proto.graph.node
+            for out in node.output
+        )
+
+    if missing():
+        symbolic = _ort_symbolic(skel)
+        if symbolic is not None:
+            _collect(symbolic, infos)
+    if missing():
+        for vi in (*proto.graph.value_info, *proto.graph.output):
+            known = infos.get(vi.name)
+            if known is None or known.shape is None:
+                info = _substituted(vi, symbols)
+                if info is not None:
+                    infos[vi.name] = info
+    return infos, notes
