@@ -1,0 +1,445 @@
+"""Does a model fit on a target, how fast, how much energy and money per inference.
+
+The model is a roofline per node: ``max(flops / (peak x efficiency), bytes / bandwidth)``
+plus a fixed cost per executed node and per call. Peaks and bandwidths are the target's
+catalog numbers; the efficiencies and fixed costs are measured on the host by
+:mod:`edgeshift.targets.host` and carried over (overheads scaled by clock). The core,
+:func:`estimate_analysis`, is pure: data in, data out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeshift.errors import ShapeError
+from edgeshift.model.load import LoadedModel
+from edgeshift.targets.roofline import (
+    DEFAULT_EFFICIENCY,
+    OP_CLASSES,
+    Efficiency,
+    efficiency_from_calibration,
+    op_class,
+)
+from edgeshift.targets.schema import BYTES_PER_ELEMENT, PRECISION_PREFERENCE, Target
+
+SECONDS_PER_YEAR = 365.25 * 24 * 3600
+_INT8_OPS = {
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
+    "QLinearMatMul", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat",
+}  # fmt: skip
+_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int64": 8, "int32": 4}
+
+
+@dataclass
+class OpClassCost:
+    """One row of the breakdown: all nodes of one op class."""
+
+    op_class: str
+    nodes: int
+    flops: int
+    bytes: int  # weights + activations read and written, at the estimate's precision
+    bound: str  # "compute" or "memory": which side of the roofline dominates this class
+    ms: float  # time of these nodes in one call, per-node overhead included
+    overhead_ms: float  # the per-node dispatch part of ``ms``
+
+
+@dataclass
+class Estimate:
+    """What running MODEL on TARGET costs. Infinite figures mean "cannot run" (see fit_reason)."""
+
+    target_id: str
+    model: str
+    batch: int
+    precision: str
+    fits: bool
+    fit_reason: str
+    ram_required_bytes: int
+    ram_available_bytes: int
+    flash_required_bytes: int | None
+    flash_available_bytes: int | None
+    latency_ms: float  # one inference call at this batch
+    throughput_items_s: float  # items per second at this batch on the whole target
+    energy_j: float  # joules per item
+    usd_per_million: float  # cost per million items
+    breakdown: list[OpClassCost]
+    confidence: str
+    notes: list[str] = field(default_factory=list)
+    overhead_ms: float = 0.0  # per-call fixed cost (dispatch, GPU sync and copies) in latency_ms
+    streams: int = 1  # concurrent calls behind throughput_items_s
+    utilization: float = 1.0
+    usd_per_kwh: float = 0.15
+
+
+def stored_precision(analysis: Any) -> str:
+    """The precision the model file holds: int8 (quantized ops), fp16, or fp32."""
+    if any(op in _INT8_OPS for op in analysis.op_histogram):
+        return "int8"
+    if analysis.params and analysis.weight_bytes / analysis.params < 3:
+        return "fp16"
+    return "fp32"
+
+
+def usable_precisions(stored: str) -> tuple[str, ...]:
+    """Precisions a runtime can run the stored model at without new calibration data."""
+    if stored == "int8":
+        return ("int8", "fp32")  # a quantized model can also run dequantized
+    if stored == "fp16":
+        return ("fp16", "fp32")
+    return ("fp32", "fp16", "bf16")  # float casts happen at load time (OpenVINO, TensorRT)
+
+
+def choose_precision(target: Target, stored: str) -> str:
+    """The fastest precision both sides allow: highest peak, ties broken int8 > fp16 > bf16."""
+    usable = [
+        p for p in PRECISION_PREFERENCE if p in target.precisions and p in usable_precisions(stored)
+    ]
+    if not usable:
+        return "fp32"
+    return max(usable, key=lambda p: (target.peak(p), -PRECISION_PREFERENCE.index(p)))
+
+
+def _check_shapes(analysis: Any) -> None:
+    guessed = [a for a in analysis.assumed if not a.rstrip().endswith("(batch)")]
+    if guessed:
+        raise ShapeError(
+            f"cannot estimate: {guessed[0].split(';')[0]} was guessed — the cost depends on it; "
+            "give the real size with --shape NAME=DIMS (e.g. --shape sequence=128)"
+        )
+
+
+def _input_bytes(analysis: Any) -> int:
+    total = 0
+    for spec in analysis.inputs:
+        shape = analysis.input_shapes.get(spec.name, ())
+        total += math.prod(shape) * _ITEMSIZE.get(spec.dtype, 1)
+    return total
+
+
+def _analysis_batch(analysis: Any) -> int:
+    for spec in analysis.inputs:
+        shape = analysis.input_shapes.get(spec.name)
+        if shape:
+            return int(shape[0])
+    return 1
+
+
+def _overhead_us(target: Target, eff: Efficiency, which: str) -> float:
+    q = target.call_overhead_us if which == "call" else target.op_overhead_us
+    if q is not None:
+        return q.value
+    base = eff.call_overhead_us if which == "call" else eff.op_overhead_us
+    # A runtime's dispatch is serial code: it scales with the clock, not the core count.
+    return base * eff.reference_clock_ghz / target.clock_ghz.value
+
+
+@dataclass
+class _Timing:
+    total_s: float
+    per_class: dict[
+        str, tuple[int, int, int, float, float, float]
+    ]  # nodes, flops, bytes, t_c, t_m, oh
+
+
+def _time_one_call(
+    nodes: list[Any],
+    target: Target,
+    eff: Efficiency,
+    precision: str,
+    byte_scale: float,
+    share: int,
+    model_bytes: float,
+) -> _Timing:
+    """Seconds of one call when the target's compute and bandwidth are split SHARE ways."""
+    peak = target.peak(precision) * 1e9 / share
+    bw = target.mem_bandwidth_gbs.value * 1e9 * eff.memory / share
+    llc = target.llc.bytes / share if target.llc is not None else 0.0
+    all_cached = llc > 0 and model_bytes <= llc
+    cache_bw = bw * eff.cache_speedup
+    op_oh = _overhead_us(target, eff, "op") * 1e-6
+    per_class: dict[str, list[float]] = {}
+    total = 0.0
+    for node in nodes:
+        cls = op_class(node.op_type)
+        row = per_class.setdefault(cls, [0, 0, 0, 0.0, 0.0, 0.0])
+        w_bytes = node.weight_bytes * byte_scale
+        a_bytes = (node.input_bytes + node.output_bytes) * byte_scale
+        if cls == "free":
+            row[0] += 1
+            continue
+        t_c = node.flops / (peak * eff.compute_for(cls, precision)) if node.flops else 0.0
+        if all_cached:
+            t_m = (w_bytes + a_bytes) / cache_bw
+        else:
+            a_bw = cache_bw if llc and a_bytes <= llc / 2 else bw
+            t_m = w_bytes / bw + a_bytes / a_bw
+        row[0] += 1
+        row[1] += node.flops
+        row[2] += int(w_bytes + a_bytes)
+        row[3] += t_c if t_c >= t_m else 0.0
+        row[4] += t_m if t_m > t_c else 0.0
+        row[5] += op_oh
+        total += max(t_c, t_m) + op_oh
+    return _Timing(total, {k: tuple(v) for k, v in per_class.items()})  # type: ignore[misc]
+
+
+def estimate_analysis(
+    analysis: Any,
+    target: Target,
+    *,
+    model_name: str = "model",
+    batch: int | None = None,
+    precision: str | None = None,
+    efficiency: Efficiency | None = None,
+    usd_per_kwh: float = 0.15,
+    utilization: float = 1.0,
+) -> Estimate:
+    """The pure estimate: a ModelAnalysis (or anything with its fields) on TARGET."""
+    if not 0 < utilization <= 1:
+        raise ValueError(f"utilization must be in (0, 1], not {utilization}")
+    eff = efficiency or DEFAULT_EFFICIENCY
+    if target.calibration is not None and efficiency is None:
+        eff = efficiency_from_calibration(target.calibration, target.clock_ghz.value)
+    notes: list[str] = []
+    stored = stored_precision(analysis)
+    chosen = precision or choose_precision(target, stored)
+    model_batch = _analysis_batch(analysis)
+    batch = batch or model_batch
+    calls = max(1, math.ceil(batch / model_batch))
+    if calls > 1:
+        notes.append(
+            f"the analysis is at batch {model_batch}: batch {batch} is {calls} calls in a row"
+        )
+    byte_scale = BYTES_PER_ELEMENT[chosen] / BYTES_PER_ELEMENT[stored]
+    if chosen == "int8" and stored != "int8":
+        notes.append("int8 of a float model: this estimates a quantized variant — build it "
+                     "with `edgeshift optimize`")  # fmt: skip
+    weight_bytes = int(analysis.weight_bytes * byte_scale)
+    act_bytes = int(analysis.peak_activation_bytes * byte_scale)
+    overhead_bytes = target.runtime_overhead.bytes
+    if target.calibration is not None:
+        overhead_bytes = target.calibration.runtime_overhead_bytes
+
+    # Fit: MCUs execute weights from flash (XIP) and keep activations in SRAM.
+    flash_required: int | None = None
+    if target.tier == "mcu":
+        ram_required = act_bytes + overhead_bytes
+        code = target.runtime_code.bytes if target.runtime_code else 0
+        flash_required = weight_bytes + code
+    else:
+        ram_required = weight_bytes + act_bytes + overhead_bytes
+    ram_avail = target.ram_bytes
+    reasons: list[str] = []
+    if chosen not in target.precisions:
+        reasons.append(
+            f"{target.id} does not run {chosen} (it runs {', '.join(target.precisions)})"
+        )
+    if ram_required > ram_avail:
+        reasons.append(
+            f"needs {_mib(ram_required)} RAM ({_ram_parts(target, weight_bytes, act_bytes, overhead_bytes)})"
+            f" but {target.id} has {_mib(ram_avail)}"
+        )
+    if (
+        flash_required is not None
+        and target.flash_bytes is not None
+        and flash_required > target.flash_bytes
+    ):
+        reasons.append(
+            f"needs {_mib(flash_required)} flash (weights {_mib(weight_bytes)} + runtime code) "
+            f"but {target.id} has {_mib(target.flash_bytes)}"
+        )
+    fits = not reasons
+    if fits:
+        fit_reason = (
+            f"fits: {_mib(ram_required)} of {_mib(ram_avail)} RAM "
+            f"({_ram_parts(target, weight_bytes, act_bytes, overhead_bytes)})"
+        )
+        if flash_required is not None and target.flash_bytes is not None:
+            fit_reason += f"; {_mib(flash_required)} of {_mib(target.flash_bytes)} flash"
+    else:
+        fit_reason = "does not fit: " + "; ".join(reasons)
+
+    confidence = _confidence(target, eff)
+    if chosen not in target.precisions:
+        return Estimate(
+            target.id, model_name, batch, chosen, False, fit_reason, ram_required, ram_avail,
+            flash_required, target.flash_bytes, math.inf, 0.0, math.inf, math.inf, [],
+            confidence, notes, utilization=utilization, usd_per_kwh=usd_per_kwh,
+        )  # fmt: skip
+
+    nodes = list(analysis.nodes)
+    model_bytes = weight_bytes + act_bytes
+    single = _time_one_call(nodes, target, eff, chosen, byte_scale, 1, model_bytes)
+    call_oh_s = _overhead_us(target, eff, "call") * 1e-6
+    if target.tier == "gpu" and target.host_link_gbs is not None:
+        call_oh_s += _input_bytes(analysis) / (target.host_link_gbs.value * 1e9)
+    latency_s = calls * (single.total_s + call_oh_s)
+
+    # Throughput: one call on all cores, or one call per core side by side (small models
+    # cannot use many cores in one call). GPUs run one stream.
+    streams = max(1, int(target.cores.value)) if target.tier != "gpu" else 1
+    throughput = batch / latency_s
+    if streams > 1:
+        split = _time_one_call(nodes, target, eff, chosen, byte_scale, streams, model_bytes)
+        multi = streams * batch / (calls * (split.total_s + call_oh_s))
+        if multi > throughput:
+            throughput = multi
+            notes.append(f"throughput assumes {streams} concurrent calls, one per core")
+        else:
+            streams = 1
+
+    unknown = [n.op_type for n in nodes if not n.counted]
+    if unknown:
+        notes.append(f"{len(unknown)} nodes without a cost model ({', '.join(sorted(set(unknown))[:4])}): "
+                     "their FLOPs count as zero")  # fmt: skip
+
+    breakdown = []
+    for cls in OP_CLASSES:
+        if cls not in single.per_class:
+            continue
+        n, flops, nbytes, t_c, t_m, oh = single.per_class[cls]
+        breakdown.append(
+            OpClassCost(
+                cls,
+                int(n),
+                int(flops),
+                int(nbytes),
+                "compute" if t_c >= t_m else "memory",
+                calls * (t_c + t_m + oh) * 1e3,
+                calls * oh * 1e3,
+            )
+        )
+
+    # Energy: active power while busy, idle power for the rest of the wall time.
+    idle, active = target.power_idle_w, target.power_active_w
+    busy_s_per_item = 1.0 / throughput
+    wall_s_per_item = busy_s_per_item / utilization
+    energy_j = (active - idle) * busy_s_per_item + idle * wall_s_per_item
+    if target.usd_per_hour is not None:
+        usd_per_item = target.usd_per_hour / 3600 * wall_s_per_item  # power is in the price
+        notes.append(
+            f"cost: {target.usd_per_hour} USD/h over {throughput * utilization:.4g} items/s"
+        )
+    else:
+        assert target.purchase_usd is not None and target.lifetime_years is not None
+        amortized_usd_s = target.purchase_usd / (target.lifetime_years * SECONDS_PER_YEAR)
+        usd_per_item = amortized_usd_s * wall_s_per_item + energy_j / 3.6e6 * usd_per_kwh
+        notes.append(
+            f"cost: {target.purchase_usd} USD over {target.lifetime_years} years + energy at "
+            f"{usd_per_kwh} USD/kWh, at {utilization:.0%} utilization"
+        )
+    return Estimate(
+        target_id=target.id,
+        model=model_name,
+        batch=batch,
+        precision=chosen,
+        fits=fits,
+        fit_reason=fit_reason,
+        ram_required_bytes=ram_required,
+        ram_available_bytes=ram_avail,
+        flash_required_bytes=flash_required,
+        flash_available_bytes=target.flash_bytes,
+        latency_ms=latency_s * 1e3,
+        throughput_items_s=throughput,
+        energy_j=energy_j,
+        usd_per_million=usd_per_item * 1e6,
+        breakdown=breakdown,
+        confidence=confidence,
+        notes=notes,
+        overhead_ms=calls * call_oh_s * 1e3,
+        streams=streams,
+        utilization=utilization,
+        usd_per_kwh=usd_per_kwh,
+    )
+
+
+def _mib(n: float) -> str:
+    if n < 1 << 20:
+        return f"{n / 1024:.1f} KiB"
+    if n < 1 << 30:
+        return f"{n / (1 << 20):.1f} MiB"
+    return f"{n / (1 << 30):.2f} GiB"
+
+
+def _ram_parts(target: Target, weights: int, acts: int, overhead: int) -> str:
+    if target.tier == "mcu":
+        return f"activations {_mib(acts)} + runtime {_mib(overhead)}; weights in flash"
+    return f"weights {_mib(weights)} + activations {_mib(acts)} + runtime {_mib(overhead)}"
+
+
+def _confidence(target: Target, eff: Efficiency) -> str:
+    if target.tier == "gpu":
+        return (
+            "low — carried over, not measured: GPU peaks from the datasheet with CPU-measured "
+            "efficiencies and assumed launch overheads"
+        )
+    if target.calibration is not None:
+        return (
+            "high — efficiencies, bandwidth and overheads measured on this host; the roofline "
+            "per node is still a model"
+        )
+    if eff.measured:
+        return (
+            f"medium — efficiencies measured on this host, carried to {target.id} by its "
+            "datasheet peaks and bandwidth; overheads scaled by clock"
+        )
+    return (
+        "low — no host calibration cached: default efficiencies (run `edgeshift targets host` "
+        "to measure them)"
+    )
+
+
+def estimate(
+    model: str | Path | LoadedModel | Any,
+    target: str | Target,
+    *,
+    batch: int = 1,
+    precision: str | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    usd_per_kwh: float = 0.15,
+    utilization: float = 1.0,
+) -> Estimate:
+    """Estimate MODEL (a .onnx path, artifact dir, LoadedModel or ModelAnalysis) on TARGET.
+
+    TARGET is a catalog id, ``"host"`` or a :class:`Target`. PRECISION defaults to the
+    fastest one the target runs and the model can use (see :func:`choose_precision`).
+    Efficiencies come from the cached host calibration when there is one (never measured
+    here unless TARGET is ``"host"``). Raises TargetError, ModelError or ShapeError.
+    """
+    from edgeshift.targets.catalog import get_target
+    from edgeshift.targets.host import cached_efficiency
+
+    if batch < 1:
+        raise ShapeError(f"--batch must be >= 1, not {batch}")
+    tgt = get_target(target) if isinstance(target, str) else target
+    if hasattr(model, "nodes") and hasattr(model, "peak_activation_bytes"):
+        analysis, name = model, "model"
+    else:
+        from edgeshift.model.analysis import analyze
+
+        analysis = analyze(model, shapes=shapes, batch=batch)
+        path = model.path if isinstance(model, LoadedModel) else Path(model)
+        name = path.stem if path.suffix == ".onnx" else path.name
+    _check_shapes(analysis)
+    if precision is not None:
+        precision = normalize_target_precision(precision)
+    eff = None if tgt.calibration is not None else cached_efficiency()
+    return estimate_analysis(
+        analysis, tgt, model_name=name, batch=batch, precision=precision, efficiency=eff,
+        usd_per_kwh=usd_per_kwh, utilization=utilization,
+    )  # fmt: skip
+
+
+def normalize_target_precision(precision: str) -> str:
+    from edgeshift.errors import TargetError
+    from edgeshift.targets.schema import PRECISIONS
+
+    aliases = {"f32": "fp32", "float32": "fp32", "f16": "fp16", "float16": "fp16",
+               "half": "fp16", "bfloat16": "bf16", "i8": "int8", "u8": "int8"}  # fmt: skip
+    p = aliases.get(precision.lower(), precision.lower())
+    if p not in PRECISIONS:
+        raise TargetError(f"unknown precision {precision!r} — use one of {', '.join(PRECISIONS)}")
+    return p
