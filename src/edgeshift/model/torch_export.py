@@ -8,16 +8,19 @@ opset-17 graphs that both onnxruntime and OpenVINO load.
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import re
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from edgeshift.errors import BackendError, ModelError
+from edgeshift.errors import BackendError, ModelError, ShapeError
 
 # fp32 outputs of ORT and torch differ only by summation order and fused kernels: a few ulps
 # per accumulation, ~1e-5 relative for reductions over thousands of terms. 1e-3 relative (and
@@ -83,6 +86,42 @@ def _mismatch(name: str, got: np.ndarray, want: np.ndarray) -> str | None:
     return None
 
 
+_STATIC_HINT = "export with dynamic_batch=False (CLI: --static-batch)"
+
+
+def _doubled_batch_check(
+    module: Any,
+    args: tuple[Any, ...],
+    reference: list[np.ndarray],
+    in_names: Sequence[str],
+    out_names: Sequence[str],
+) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """Feeds at twice the example batch and the module's outputs for them.
+
+    Naming axis 0 ``batch`` is a promise: the module must run at another batch size and every
+    output's axis 0 must follow it. A module that breaks it gets a ModelError, not a file
+    whose dynamic axis is a lie.
+    """
+    import torch
+
+    doubled = tuple(torch.cat([a, a], dim=0) for a in args)
+    try:
+        with torch.no_grad():
+            want = _flatten_outputs(module(*doubled), torch)
+    except Exception as exc:
+        raise ModelError(
+            f"the module does not run at batch {doubled[0].shape[0]} ({type(exc).__name__}), so "
+            f"its batch axis is not dynamic — {_STATIC_HINT}"
+        ) from exc
+    for name, before, after in zip(out_names, reference, want, strict=True):
+        if before.ndim == 0 or after.ndim == 0 or after.shape[0] != 2 * before.shape[0]:
+            raise ModelError(
+                f"output {name!r} does not follow the batch (shape {list(before.shape)} at batch "
+                f"{args[0].shape[0]}, {list(after.shape)} at {doubled[0].shape[0]}) — {_STATIC_HINT}"
+            )
+    return {n: a.numpy() for n, a in zip(in_names, doubled, strict=True)}, want
+
+
 def _is_tracer(w: warnings.WarningMessage) -> bool:
     return w.category.__name__ == "TracerWarning"
 
@@ -122,7 +161,7 @@ def from_torch(
     batch sizes baked into reshapes. ``dynamic_axes`` names further dynamic axes per tensor,
     e.g. ``{"input_ids": {1: "seq"}}``. Raises ModelError when export, the checker or the
     comparison with the module's own outputs fails (the bad file is removed), and
-    BackendError when torch is not installed.
+    BackendError when torch is not installed. The module is put in eval mode.
     """
     torch = import_torch()
     if not isinstance(module, torch.nn.Module):
@@ -161,6 +200,9 @@ def from_torch(
                 f"known: {', '.join([*in_names, *out_names])}"
             )
         axes.setdefault(name, {}).update(extra)
+    doubled_check = []
+    if dynamic_batch and all(a.ndim > 0 for a in args):
+        doubled_check.append(_doubled_batch_check(module, args, reference, in_names, out_names))
 
     with warnings.catch_warnings(record=True) as caught:
         # The TorchScript exporter announces its own deprecation (we chose it: module doc) and
@@ -185,27 +227,17 @@ def from_torch(
     try:
         onnx.checker.check_model(str(out_path))
         feeds = {n: a.detach().cpu().numpy() for n, a in zip(in_names, args, strict=True)}
-        checks = [(feeds, reference)]
-        if dynamic_batch and all(a.ndim > 0 for a in args):
-            doubled = tuple(torch.cat([a, a], dim=0) for a in args)
-            try:
-                with torch.no_grad():
-                    want_doubled = _flatten_outputs(module(*doubled), torch)
-            except Exception:  # the module itself needs its example batch: nothing to compare
-                want_doubled = None
-            if want_doubled is not None:
-                feeds_doubled = {n: a.numpy() for n, a in zip(in_names, doubled, strict=True)}
-                checks.append((feeds_doubled, want_doubled))
+        checks = [(feeds, reference), *doubled_check]
         for check_feeds, want in checks:
             got = _run_ort(out_path, check_feeds, out_names)
             for name, g, w in zip(out_names, got, want, strict=True):
                 problem = _mismatch(name, np.asarray(g), w)
                 if problem:
-                    tracer = [str(w.message).splitlines()[0] for w in caught if _is_tracer(w)]
+                    tracer = [str(m.message).splitlines()[0] for m in caught if _is_tracer(m)]
                     hint = f"; the tracer warned: {tracer[0][:200]}" if tracer else ""
                     raise ModelError(
-                        f"the exported ONNX disagrees with the module ({problem}{hint}) — the "
-                        "module may depend on a fixed batch size; try dynamic_batch=False"
+                        f"the exported ONNX disagrees with the module ({problem}{hint}) — if "
+                        f"it depends on a fixed batch size, {_STATIC_HINT}"
                     )
     except onnx.checker.ValidationError as exc:
         out_path.unlink(missing_ok=True)
@@ -215,3 +247,78 @@ def from_torch(
         out_path.unlink(missing_ok=True)
         raise
     return out_path
+
+
+_DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One example input for the CLI form: ``NAME=DIMS[:dtype]``."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+
+def parse_input_spec(spec: str) -> InputSpec:
+    """Parse ``NAME=DIMS[:dtype]`` (DIMS like ``1x64`` or ``1,3,8,8``; dtype default float32)."""
+    name, sep, rest = spec.partition("=")
+    dims_text, _, dtype = rest.partition(":")
+    dtype = dtype.strip() or "float32"
+    usage = "write NAME=DIMS[:dtype], e.g. input=1x64 or input_ids=1x128:int64"
+    if not sep or not name.strip() or not re.fullmatch(r"\s*\d+(\s*[x,]\s*\d+)*\s*", dims_text):
+        raise ShapeError(f"bad --input {spec!r} — {usage}")
+    if dtype not in _DTYPES:
+        raise ShapeError(
+            f"bad --input {spec!r}: unknown dtype {dtype!r} — use {', '.join(_DTYPES)}"
+        )
+    shape = tuple(int(v) for v in re.split(r"[x,]", dims_text.replace(" ", "")))
+    if any(v <= 0 for v in shape):
+        raise ShapeError(f"bad --input {spec!r} — every dim must be a positive integer")
+    return InputSpec(name.strip(), shape, dtype)
+
+
+def example_arrays(specs: Sequence[InputSpec], seed: int = 0) -> list[np.ndarray]:
+    """Example values: floats ~ N(0, 1); integers and bools 0/1 (valid ids, masks, indices)."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for s in specs:
+        if np.issubdtype(np.dtype(s.dtype), np.floating):
+            arrays.append(rng.standard_normal(s.shape).astype(s.dtype))
+        else:
+            arrays.append(rng.integers(0, 2, size=s.shape).astype(s.dtype))
+    return arrays
+
+
+def load_factory(spec: str) -> Any:
+    """Import ``package.module:callable`` and call it; the result must be a torch nn.Module."""
+    torch = import_torch()
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr.isidentifier():
+        raise ModelError(
+            f"bad model factory {spec!r} — write MODULE:FACTORY, e.g. mypkg.models:make_model"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ModelError(
+            f"cannot import {module_name!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            " — run from its directory or add it to PYTHONPATH"
+        ) from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        near = difflib.get_close_matches(attr, public, n=1)
+        hint = f" — did you mean {module_name}:{near[0]}?" if near else ""
+        raise ModelError(f"{module_name} has no callable {attr!r}{hint}")
+    try:
+        model = factory()
+    except Exception as exc:
+        raise ModelError(
+            f"{spec}() failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+            " — it must build the model with no arguments"
+        ) from exc
+    if not isinstance(model, torch.nn.Module):
+        raise ModelError(f"{spec}() returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
