@@ -1,0 +1,242 @@
+"""Every way to place each workload: (pool, variant) with its latency, replicas and cost.
+
+An option is sized with the fewest replicas that meet the workload's SLO at peak rate with the
+scenario's utilization headroom; when no replica count meets the SLO it is sized for capacity
+alone and flagged, so that the baselines can still use it and count the violation. Options a
+data policy forbids are kept too, flagged, for the same reason and for the explanations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from edgeshift.plan.problem import LinkSpec, Pool, Problem, Variant, WorkloadSpec
+from edgeshift.plan.queueing import min_servers, response_quantile_ms
+
+# Beyond this many replicas of one workload we stop searching: no real pool is this large.
+_MAX_REPLICAS_SEARCH = 100_000
+
+
+@dataclass
+class Option:
+    workload: str
+    pool: str
+    site: str
+    site_kind: str
+    tier: str
+    target_id: str
+    variant: str
+    precision: str
+    accuracy_drop: float
+    network_ms: float  # round trip (+ payload transfer time when it crosses a link)
+    service_ms: float
+    ram_required_bytes: int
+    servers_per_replica: int  # concurrent inference streams one node sustains
+    replicas: int  # 0 when the option cannot run at all
+    latency_ms: float  # predicted response quantile (the SLO's), end to end; inf if unusable
+    floor_latency_ms: float  # network + service: the latency with unlimited replicas
+    utilization_peak: float
+    utilization_mean: float
+    power_w: float  # at peak utilization, for site power budgets
+    energy_usd: float  # per month at mean utilization (owned nodes; cloud bills it per hour)
+    instance_usd: float  # per month, cloud instances
+    egress_usd: float  # per month
+    link: frozenset[str] | None
+    link_bps: float  # payload bits/s over the link at peak
+    fits: bool  # the model runs on the target (precision supported, memory fits)
+    meets_slo: bool
+    policy_ok: bool
+    within_capacity: bool  # the pool has enough nodes for the sizing
+    reason: str  # why the option is not admissible ("" when it is)
+
+    @property
+    def admissible(self) -> bool:
+        return self.fits and self.meets_slo and self.policy_ok and self.within_capacity
+
+    @property
+    def usable(self) -> bool:
+        """Runnable at all (for baselines, which may break SLOs and policies)."""
+        return self.fits and self.within_capacity and self.replicas > 0
+
+    @property
+    def running_usd(self) -> float:
+        """Monthly cost of this option alone; purchases of owned nodes are added per pool."""
+        return self.energy_usd + self.instance_usd + self.egress_usd
+
+
+def policy_allows(problem: Problem, workload: WorkloadSpec, site: str) -> tuple[bool, str]:
+    """Whether WORKLOAD's data may be processed at SITE, and why not."""
+    home = problem.sites[workload.site]
+    there = problem.sites[site]
+    if site in workload.deny_sites:
+        return False, f"{workload.name} denies site {site}"
+    if workload.allow_sites is not None and site not in workload.allow_sites and site != home.name:
+        return False, f"{workload.name} allows only {', '.join(sorted(workload.allow_sites))}"
+    if workload.data_policy == "site" and site != home.name:
+        return False, f"{workload.name} data may not leave site {home.name}"
+    if workload.data_policy == "region" and there.region != home.region:
+        return False, f"{workload.name} data may not leave region {home.region}"
+    return True, ""
+
+
+def build_options(problem: Problem) -> dict[str, list[Option]]:
+    """Options per workload name, for every pool reachable from where its data is produced."""
+    pools_by_site: dict[str, list[Pool]] = {}
+    for pool in problem.pools:
+        pools_by_site.setdefault(pool.site, []).append(pool)
+    neighbours: dict[str, list[tuple[str, LinkSpec]]] = {}
+    for each in problem.links.values():
+        neighbours.setdefault(each.a, []).append((each.b, each))
+        neighbours.setdefault(each.b, []).append((each.a, each))
+    # Identical (pool, variant, rate, budget) sizings recur across workloads: cache them.
+    sizing_cache: dict[tuple[object, ...], int | None] = {}
+    result: dict[str, list[Option]] = {}
+    for workload in problem.workloads:
+        reachable: list[tuple[str, LinkSpec | None]] = [(workload.site, None)]
+        reachable.extend(neighbours.get(workload.site, []))
+        options: list[Option] = []
+        for site, link in reachable:
+            for pool in pools_by_site.get(site, []):
+                for variant in workload.variants:
+                    options.append(_option(problem, workload, pool, variant, link, sizing_cache))
+        result[workload.name] = options
+    return result
+
+
+def _option(
+    problem: Problem,
+    workload: WorkloadSpec,
+    pool: Pool,
+    variant: Variant,
+    link: LinkSpec | None,
+    sizing_cache: dict[tuple[object, ...], int | None],
+) -> Option:
+    site = problem.sites[pool.site]
+    if link is None:
+        network_ms = site.lan_rtt_ms
+    else:
+        network_ms = link.rtt_ms + workload.payload_bytes * 8.0 / link.bandwidth_bps * 1000.0
+    policy_ok, policy_reason = policy_allows(problem, workload, pool.site)
+    perf = problem.perf.get((variant.model_key, pool.target_id, variant.precision))
+    base = dict(
+        workload=workload.name,
+        pool=pool.id,
+        site=pool.site,
+        site_kind=site.kind,
+        tier=pool.tier,
+        target_id=pool.target_id,
+        variant=variant.name,
+        precision=variant.precision,
+        accuracy_drop=variant.accuracy_drop,
+        network_ms=network_ms,
+        link=None if link is None else link.key,
+        link_bps=0.0 if link is None else workload.peak_rps * workload.payload_bytes * 8.0,
+        policy_ok=policy_ok,
+    )
+    unusable = dict(
+        servers_per_replica=1,
+        replicas=0,
+        latency_ms=math.inf,
+        utilization_peak=0.0,
+        utilization_mean=0.0,
+        power_w=0.0,
+        energy_usd=0.0,
+        instance_usd=0.0,
+        egress_usd=0.0,
+        meets_slo=False,
+        within_capacity=False,
+    )
+    if perf is None:
+        reason = f"{pool.target_id} cannot run {variant.precision}"
+        return Option(
+            **base,  # type: ignore[arg-type]
+            **unusable,  # type: ignore[arg-type]
+            service_ms=math.inf,
+            ram_required_bytes=0,
+            floor_latency_ms=math.inf,
+            fits=False,
+            reason=reason,
+        )
+    floor_ms = network_ms + perf.service_ms
+    if not perf.fits or perf.ram_required_bytes > pool.ram_bytes:
+        need_mib = perf.ram_required_bytes / 2**20
+        reason = perf.fit_reason or (
+            f"needs {need_mib:.1f} MiB, {pool.target_id} has {pool.ram_bytes / 2**20:.1f} MiB"
+        )
+        return Option(
+            **base,  # type: ignore[arg-type]
+            **unusable,  # type: ignore[arg-type]
+            service_ms=perf.service_ms,
+            ram_required_bytes=perf.ram_required_bytes,
+            floor_latency_ms=floor_ms,
+            fits=False,
+            reason=f"memory: {reason}",
+        )
+    servers = max(1, perf.streams)
+    budget_ms = workload.slo_ms - network_ms
+    key = (perf.service_ms, servers, workload.peak_rps, workload.quantile, budget_ms)
+    if key not in sizing_cache:
+        sizing_cache[key] = min_servers(
+            workload.peak_rps,
+            perf.service_ms,
+            workload.quantile,
+            budget_ms,
+            problem.headroom,
+            servers,
+            _MAX_REPLICAS_SEARCH,
+        )
+    slo_replicas = sizing_cache[key]
+    # Capacity-only sizing, used when the SLO cannot be met (baselines count the violation).
+    load = workload.peak_rps * perf.service_ms / 1000.0
+    capacity_replicas = max(1, math.ceil(load / (problem.headroom * servers) - 1e-12))
+    meets_slo = slo_replicas is not None
+    replicas = slo_replicas if slo_replicas is not None else capacity_replicas
+    within_capacity = replicas <= pool.capacity
+    reason = ""
+    if not policy_ok:
+        reason = f"policy: {policy_reason}"
+    elif not meets_slo:
+        reason = (
+            f"slo: {workload.slo_label} ≥ {floor_ms:.1f} ms here (network {network_ms:.1f} + "
+            f"service {perf.service_ms:.1f}) > SLO {workload.slo_ms:g} ms"
+        )
+    elif not within_capacity:
+        reason = f"capacity: needs {replicas} nodes, {pool.id} has at most {pool.capacity}"
+    capacity_servers = replicas * servers
+    latency_ms = network_ms + response_quantile_ms(
+        workload.peak_rps, perf.service_ms, capacity_servers, workload.quantile
+    )
+    util_peak = load / capacity_servers
+    util_mean = workload.mean_rps * perf.service_ms / 1000.0 / capacity_servers
+    dynamic_w = pool.active_w - pool.idle_w
+    power_w = replicas * (pool.idle_w + dynamic_w * min(util_peak, 1.0))
+    energy_usd = 0.0
+    if not pool.is_cloud:
+        mean_w = replicas * (pool.idle_w + dynamic_w * min(util_mean, 1.0))
+        energy_usd = mean_w / 1000.0 * problem.hours_per_month * site.usd_per_kwh
+    egress_usd = 0.0
+    if link is not None:
+        gb_per_month = (
+            workload.payload_bytes * workload.mean_rps * 3600.0 * problem.hours_per_month / 1e9
+        )
+        egress_usd = gb_per_month * link.usd_per_gb
+    return Option(
+        **base,  # type: ignore[arg-type]
+        service_ms=perf.service_ms,
+        ram_required_bytes=perf.ram_required_bytes,
+        servers_per_replica=servers,
+        replicas=replicas,
+        latency_ms=latency_ms,
+        floor_latency_ms=floor_ms,
+        utilization_peak=util_peak,
+        utilization_mean=util_mean,
+        power_w=power_w,
+        energy_usd=energy_usd,
+        instance_usd=replicas * pool.instance_usd_per_month,
+        egress_usd=egress_usd,
+        fits=True,
+        meets_slo=meets_slo,
+        within_capacity=within_capacity,
+        reason=reason,
+    )
