@@ -1,0 +1,151 @@
+"""Repair an ONNX graph so quantizers and runtimes accept it. Pure functions on ModelProto.
+
+Each pass returns a new model and leaves its input untouched; :func:`repair_for_quantization`
+runs them all and says what it changed:
+
+- Constant nodes become initializers: paddle2onnx (and some tf2onnx graphs) keep weights in
+  Constant nodes, and the quantizers only quantize weights that are initializers.
+- The default-domain opset is raised to >= 13: per-channel QuantizeLinear/DequantizeLinear
+  (the ``axis`` attribute) exists from opset 13, and OpenVINO rejects per-channel QDQ at 12.
+- Every node gets a unique name: float fallback excludes nodes by name.
+- Shapes are inferred (onnx's inference, then ORT's symbolic inference, then none at all):
+  quantizers need the element types of intermediate tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+MIN_QUANT_OPSET = 13
+
+_SCALAR_ATTRS = {
+    "value_float": np.float32,
+    "value_floats": np.float32,
+    "value_int": np.int64,
+    "value_ints": np.int64,
+}
+
+
+@dataclass
+class RepairResult:
+    """The repaired model and one line per change made (empty when nothing was needed)."""
+
+    model: onnx.ModelProto
+    notes: list[str] = field(default_factory=list)
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return 0
+
+
+def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The tensor a Constant node yields, or None for forms we leave alone (sparse, strings)."""
+    for attr in node.attribute:
+        if attr.name == "value":
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(attr.t)
+            tensor.name = node.output[0]
+            return tensor
+        if attr.name in _SCALAR_ATTRS:
+            value = helper.get_attribute_value(attr)
+            array = np.asarray(value, dtype=_SCALAR_ATTRS[attr.name])
+            return numpy_helper.from_array(array, node.output[0])
+    return None
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> RepairResult:
+    """Turn the main graph's Constant nodes into initializers of the same name."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    kept: list[onnx.NodeProto] = []
+    moved = 0
+    for node in out.graph.node:
+        tensor = _constant_tensor(node) if node.op_type == "Constant" and not node.domain else None
+        if tensor is None:
+            kept.append(node)
+            continue
+        out.graph.initializer.append(tensor)
+        moved += 1
+    if not moved:
+        return RepairResult(model)
+    del out.graph.node[:]
+    out.graph.node.extend(kept)
+    return RepairResult(out, [f"moved {moved} Constant node(s) into initializers"])
+
+
+def upgrade_opset(model: onnx.ModelProto, min_opset: int = MIN_QUANT_OPSET) -> RepairResult:
+    """Convert the default domain to ``min_opset`` when it is older (needs per-channel QDQ)."""
+    have = default_opset(model)
+    if have >= min_opset:
+        return RepairResult(model)
+    try:
+        converted = onnx.version_converter.convert_version(model, min_opset)
+    except Exception as exc:  # the converter raises bare RuntimeErrors from C++
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return RepairResult(model, [f"opset {have} kept: upgrade to {min_opset} failed ({first})"])
+    return RepairResult(converted, [f"upgraded opset {have} -> {min_opset}"])
+
+
+def name_nodes(model: onnx.ModelProto) -> RepairResult:
+    """Give every main-graph node a unique, non-empty name (existing unique names are kept)."""
+    seen: set[str] = set()
+    needs = False
+    for node in model.graph.node:
+        if not node.name or node.name in seen:
+            needs = True
+            break
+        seen.add(node.name)
+    if not needs:
+        return RepairResult(model)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    taken = {n.name for n in out.graph.node if n.name}
+    seen = set()
+    renamed = 0
+    for index, node in enumerate(out.graph.node):
+        if node.name and node.name not in seen:
+            seen.add(node.name)
+            continue
+        candidate = f"{node.op_type}_{index}"
+        while candidate in taken or candidate in seen:
+            candidate += "_"
+        node.name = candidate
+        seen.add(candidate)
+        renamed += 1
+    return RepairResult(out, [f"named {renamed} unnamed or duplicate node(s)"])
+
+
+def infer_shapes(model: onnx.ModelProto) -> RepairResult:
+    """Shape-infer with onnx, falling back to ORT's symbolic inference, then to no change."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        return RepairResult(inferred)
+    except Exception as onnx_exc:  # strict mode raises InferenceError; >2 GB raises ValueError
+        first = str(onnx_exc).strip().splitlines()[0][:200] if str(onnx_exc).strip() else "?"
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        symbolic = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        if symbolic is not None:
+            return RepairResult(symbolic, [f"onnx shape inference failed ({first}); used ORT's"])
+    except Exception:  # symbolic inference fails on unknown custom ops: fall through
+        pass
+    return RepairResult(model, [f"shape inference failed ({first}); shapes left as they were"])
+
+
+def repair_for_quantization(model: onnx.ModelProto) -> RepairResult:
+    """All passes, in the order each needs the last: constants, opset, names, shapes."""
+    notes: list[str] = []
+    current = model
+    for step in (constants_to_initializers, upgrade_opset, name_nodes, infer_shapes):
+        result = step(current)
+        current = result.model
+        notes.extend(result.notes)
+    return RepairResult(current, notes)

@@ -1,0 +1,113 @@
+"""Recipes: each turns the user's fp32 model into one candidate variant (a file + how to run it).
+
+One module per family; :data:`RECIPES` lists every recipe by name in the order the search
+tries them. A quantizing recipe can rebuild itself with some nodes kept in float
+(``exclude``), which is how accuracy recovery works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgeshift.optimize.manifest import HostInfo
+
+
+@dataclass
+class BuildContext:
+    """Everything a recipe may use: the models, calibration feeds, the host, a scratch dir."""
+
+    source_path: Path  # the user's model, as given
+    repaired_path: Path  # the same model repaired for quantizers (model/repair.py)
+    repaired: onnx.ModelProto
+    workdir: Path
+    calibration: list[dict[str, np.ndarray]]  # feed dicts, one per calibration batch
+    host: HostInfo
+    seed: int
+    quick: bool
+    is_transformer: bool
+    cache: dict[str, Any] = field(default_factory=dict)  # per-search memo (calibration ranges)
+
+
+@dataclass
+class Variant:
+    """A built candidate: the model file and what open_backend needs to run it as intended."""
+
+    model_path: Path
+    backend: str
+    runtime_precision: str  # what the runtime is asked for (fp32/bf16/fp16)
+    options: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # recipe settings, for the manifest
+
+
+class Recipe(ABC):
+    """One way to build a candidate. ``quantized`` recipes support ``exclude`` (float fallback)."""
+
+    name: str
+    family: str  # module name, recorded as the manifest's recipe
+    backend: str
+    precision: str  # the variant's precision label
+    quantized: bool = False
+    op_types: tuple[str, ...] = ()  # what a quantized recipe quantizes
+    default: bool = True  # in the search unless asked for; False: only by --recipes
+
+    def unavailable(self, ctx: BuildContext) -> str | None:
+        """Why this recipe cannot run on this host (a skip reason), or None."""
+        return None
+
+    @abstractmethod
+    def build(self, ctx: BuildContext, exclude: Sequence[str] = ()) -> Variant: ...
+
+    def quantizable_nodes(self, ctx: BuildContext) -> list[str]:
+        """Names of the nodes this recipe quantizes, in graph order (recovery ranks them)."""
+        return [n.name for n in ctx.repaired.graph.node if n.op_type in self.op_types]
+
+    def variant_path(self, ctx: BuildContext, exclude: Sequence[str]) -> Path:
+        suffix = f"-f{len(exclude)}" if exclude else ""
+        return ctx.workdir / f"{self.name}{suffix}.onnx"
+
+
+@contextlib.contextmanager
+def quiet_root_logger() -> Iterator[None]:
+    """Silence the root-logger warnings onnxruntime.quantization prints on every call."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def all_recipes() -> list[Recipe]:
+    """Every recipe, fastest-to-build first (the order the search tries them)."""
+    from edgeshift.optimize.recipes.openvino_float import OpenVINOFloat
+    from edgeshift.optimize.recipes.openvino_nncf_int8 import OpenVINONNCFInt8
+    from edgeshift.optimize.recipes.ort_dynamic_int8 import OrtDynamicInt8
+    from edgeshift.optimize.recipes.ort_float import OrtFloatOptimized
+    from edgeshift.optimize.recipes.ort_fp16 import OrtFp16
+    from edgeshift.optimize.recipes.ort_static_int8 import OrtStaticInt8
+
+    return [
+        OrtFloatOptimized(),
+        OrtDynamicInt8(),
+        OrtDynamicInt8(with_conv=True),
+        OrtStaticInt8(),
+        OrtFp16(),
+        OpenVINOFloat("fp32"),
+        OpenVINOFloat("bf16"),
+        OpenVINOFloat("fp16"),
+        OpenVINONNCFInt8(),
+    ]
+
+
+def recipe_names() -> list[str]:
+    return [r.name for r in all_recipes()]

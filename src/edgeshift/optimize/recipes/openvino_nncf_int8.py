@@ -1,0 +1,63 @@
+"""OpenVINO int8 via NNCF post-training quantization of the ONNX graph.
+
+NNCF writes a QDQ ONNX model (so the artifact stays ONNX: `inspect` reads it, OpenVINO runs the
+QDQ pairs as int8 kernels). Transformers get NNCF's transformer preset (SmoothQuant, mixed
+symmetric/asymmetric). The ops NNCF leaves in float run at bf16 where the CPU has it. Recovery
+keeps nodes in float through NNCF's ignored scope.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Sequence
+
+import onnx
+
+from edgeshift.optimize.recipes import BuildContext, Recipe, Variant
+
+# NNCF quantizes these on CPU; recovery ranks them.
+_QUANTIZED_OPS = ("Conv", "MatMul", "Gemm", "ConvTranspose")
+
+
+class OpenVINONNCFInt8(Recipe):
+    name = "openvino-int8"
+    family = "openvino_nncf_int8"
+    backend = "openvino"
+    precision = "int8"
+    quantized = True
+    op_types = _QUANTIZED_OPS
+
+    def unavailable(self, ctx: BuildContext) -> str | None:
+        if "INT8" not in ctx.host.openvino_capabilities:
+            return "OpenVINO's CPU plugin offers no INT8 here"
+        if not self.quantizable_nodes(ctx):
+            return "no Conv/MatMul/Gemm nodes to quantize"
+        return None
+
+    def build(self, ctx: BuildContext, exclude: Sequence[str] = ()) -> Variant:
+        import nncf
+
+        nncf.set_log_level(logging.ERROR)
+        out = self.variant_path(ctx, exclude)
+        model_type = nncf.ModelType.TRANSFORMER if ctx.is_transformer else None
+        ignored = nncf.IgnoredScope(names=list(exclude), validate=False) if exclude else None
+        # NNCF draws rich progress bars on stdout; keep stdout clean for --json.
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantized = nncf.quantize(
+                ctx.repaired,
+                nncf.Dataset(ctx.calibration),
+                subset_size=len(ctx.calibration),
+                model_type=model_type,
+                ignored_scope=ignored,
+            )
+        onnx.save(quantized, str(out))
+        runtime_precision = "bf16" if "BF16" in ctx.host.openvino_capabilities else "fp32"
+        params = {
+            "tool": "nncf.quantize",
+            "model_type": "transformer" if model_type else "default",
+            "subset_size": len(ctx.calibration),
+            "float_ops_precision": runtime_precision,
+        }
+        return Variant(out, self.backend, runtime_precision, {}, params)

@@ -1,0 +1,50 @@
+"""ORT dynamic int8: weights quantized per channel offline, activations at run time.
+
+MatMul/Gemm only by default: on MatMul-heavy models (transformers) it is a solid win, while
+Conv becomes ConvInteger, which on x86 is many times slower than fp32 Conv and quantizes each
+activation tensor with one runtime scale, so outliers wipe out the rest of the tensor.
+``ort-int8-dynamic-conv`` includes Conv for those who want to see that; it is not in the
+default search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import onnx
+from onnxruntime.quantization import QuantType, quantize_dynamic
+
+from edgeshift.optimize.recipes import BuildContext, Recipe, Variant, quiet_root_logger
+
+
+class OrtDynamicInt8(Recipe):
+    family = "ort_dynamic_int8"
+    backend = "onnxruntime"
+    precision = "int8"
+    quantized = True
+
+    def __init__(self, with_conv: bool = False) -> None:
+        self.name = "ort-int8-dynamic-conv" if with_conv else "ort-int8-dynamic"
+        self.op_types = ("MatMul", "Gemm", "Conv") if with_conv else ("MatMul", "Gemm")
+        self.default = not with_conv
+
+    def unavailable(self, ctx: BuildContext) -> str | None:
+        if not self.quantizable_nodes(ctx):
+            return f"no {'/'.join(self.op_types)} nodes to quantize"
+        return None
+
+    def build(self, ctx: BuildContext, exclude: Sequence[str] = ()) -> Variant:
+        out = self.variant_path(ctx, exclude)
+        with quiet_root_logger():
+            quantize_dynamic(
+                ctx.repaired_path,
+                out,
+                op_types_to_quantize=list(self.op_types),
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=list(exclude),
+                # Fused or custom-domain nodes defeat type inference; their outputs are float.
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+        params = {"op_types": list(self.op_types), "per_channel": True, "weight_type": "int8"}
+        return Variant(out, self.backend, "fp32", {"graph_optimization_level": "all"}, params)

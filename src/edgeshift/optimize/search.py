@@ -1,0 +1,549 @@
+"""The search: build every candidate, score it on held-out data, recover accuracy where it
+falls short, time the survivors side by side, keep the fastest within budget, write the artifact.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+import edgeshift
+from edgeshift.errors import BudgetError, DataError, OptimizeError
+from edgeshift.model.load import LoadedModel, load_model, sha256_file
+from edgeshift.model.repair import repair_for_quantization
+from edgeshift.model.shapes import graph_io
+from edgeshift.optimize.data import EvalData, fixed_batch, load_eval_data, split_indices
+from edgeshift.optimize.evaluate import Timing, eval_batches, measure_side_by_side, run_outputs
+from edgeshift.optimize.host import detect_host
+from edgeshift.optimize.manifest import (
+    AccuracyInfo,
+    CandidateRecord,
+    Manifest,
+    MetricInfo,
+    PerformanceInfo,
+    SourceInfo,
+    write_manifest,
+)
+from edgeshift.optimize.metrics import Metric, check_metric_name, resolve_metric
+from edgeshift.optimize.recipes import BuildContext, Recipe, Variant, all_recipes
+from edgeshift.optimize.recovery import recover_accuracy
+from edgeshift.optimize.result import OptimizeResult
+from edgeshift.runtime import BACKENDS, open_backend, usable_cpus
+from edgeshift.runtime.base import Backend
+
+ARTIFACT_MODEL = "model.onnx"
+ORIGINAL = "original"
+TIE_FRACTION = 0.02  # candidates within 2% of the fastest are tied: measurement noise
+ProgressFn = Callable[[str, int, int], None]  # (what is happening, steps done, steps in all)
+
+
+@dataclass
+class _Settings:
+    max_calibration: int
+    max_eval: int | None
+    bench_seconds: float
+    min_iterations: int
+    warmup: int
+    rounds: int
+    bisect: bool
+
+    @classmethod
+    def for_mode(cls, quick: bool, bench_seconds: float | None) -> _Settings:
+        if quick:
+            return cls(16, 64, bench_seconds or 0.2, 5, 2, 1, False)
+        return cls(64, None, bench_seconds or 2.0, 20, 5, 3, True)
+
+
+@dataclass
+class _Candidate:
+    record: CandidateRecord
+    variant: Variant | None = None
+    backend: Backend | None = None
+    seconds_per_run: float = 0.0
+    timing: Timing | None = None
+    recovered: bool = False
+
+
+def optimize(
+    model: str | Path | LoadedModel,
+    data: str | Path | EvalData,
+    *,
+    labels: str | None = None,
+    metric: str = "auto",
+    max_drop: float | None = None,
+    objective: str = "latency",
+    batch: int = 1,
+    backends: Sequence[str] | None = None,
+    recipes: Sequence[str] | None = None,
+    out: str | Path | None = None,
+    seed: int = 0,
+    quick: bool = False,
+    threads: int | None = None,
+    recovery: bool = True,
+    require: bool = False,
+    bench_seconds: float | None = None,
+    progress: ProgressFn | None = None,
+) -> OptimizeResult:
+    """Find the fastest variant of MODEL whose accuracy on DATA stays within ``max_drop``.
+
+    DATA is an .npz with one array per model input (first axis = samples) and optionally
+    labels (``labels`` names the array; default ``labels``). It is split by ``seed`` into a
+    calibration part and a held-out part; only the held-out part is scored. ``metric`` is
+    ``auto``, ``top1``, ``cosine``, ``rmse``, ``max-abs``, ``iou`` or ``module:function``;
+    ``max_drop`` is in its unit (see :mod:`edgeshift.optimize.metrics`). When ``out`` is given
+    the chosen model and ``manifest.json`` are written there; when no candidate meets the
+    budget the original is kept, and ``require=True`` then raises BudgetError.
+    """
+    chosen_recipes = _select_recipes(backends, recipes)
+    _check_arguments(metric, max_drop, objective, batch, threads)
+    settings = _Settings.for_mode(quick, bench_seconds)
+    threads = threads or usable_cpus()
+    report = progress or (lambda message, done, total: None)
+    total_steps = len(chosen_recipes) + 3
+
+    # 1. The model and the data, matched to each other and split.
+    report("loading the model and data", 0, total_steps)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    inputs, outputs = graph_io(loaded.proto)
+    dataset = data if isinstance(data, EvalData) else load_eval_data(data, inputs, labels)
+    fixed = fixed_batch(inputs)
+    if fixed is not None and fixed != batch:
+        raise DataError(f"the model fixes its batch axis at {fixed}: use --batch {fixed}")
+    calib_idx, eval_idx = split_indices(
+        dataset.samples, seed, settings.max_calibration, settings.max_eval
+    )
+    calibration, held_out = dataset.take(calib_idx), dataset.take(eval_idx)
+    feeds = eval_batches(held_out, batch, fixed)
+    calib_feeds = list(calibration.batches(fixed or 1))
+
+    with tempfile.TemporaryDirectory(prefix="edgeshift-optimize-") as tmp:
+        workdir = Path(tmp)
+
+        # 2. Repair a copy for the quantizers; the float recipes use the model as given.
+        repaired = repair_for_quantization(loaded.proto)
+        repaired_path = workdir / "repaired.onnx"
+        _save(repaired.model, repaired_path)
+        ctx = BuildContext(
+            source_path=loaded.path,
+            repaired_path=repaired_path,
+            repaired=repaired.model,
+            workdir=workdir,
+            calibration=calib_feeds,
+            host=detect_host(),
+            seed=seed,
+            quick=quick,
+            is_transformer=_looks_like_transformer(repaired.model),
+        )
+
+        # 3. The reference: the original on ORT fp32 with default settings.
+        report("running the original (onnxruntime fp32)", 1, total_steps)
+        original_backend = open_backend(loaded.path, "onnxruntime", "fp32", threads)
+        reference, original_spr = run_outputs(original_backend, feeds)
+        chosen_metric = resolve_metric(metric, reference, outputs[0].name, held_out.labels)
+        original_score = chosen_metric.score(reference, reference, held_out.labels)
+        budget = (
+            max_drop
+            if max_drop is not None
+            else chosen_metric.default_max_drop(reference, held_out.labels, original_score)
+        )
+        original = _Candidate(
+            CandidateRecord(
+                name=ORIGINAL,
+                recipe="none",
+                backend="onnxruntime",
+                precision="fp32",
+                status="accepted",
+                reason="the reference: ORT fp32, default settings",
+                size_bytes=loaded.path.stat().st_size,
+                score=original_score,
+                drop=0.0,
+                runtime_options=original_backend.runtime_options(),
+            ),
+            backend=original_backend,
+            seconds_per_run=original_spr,
+        )
+
+        def evaluate(variant: Variant) -> tuple[float, float, Backend, float]:
+            backend = open_backend(
+                variant.model_path,
+                variant.backend,
+                variant.runtime_precision,
+                threads,
+                variant.options,
+            )
+            got, seconds_per_run = run_outputs(backend, feeds)
+            score = chosen_metric.score(got, reference, held_out.labels)
+            return score, chosen_metric.drop(original_score, score), backend, seconds_per_run
+
+        # 4. Every candidate: build, score, recover accuracy where it falls short.
+        candidates = [original]
+        for step, recipe in enumerate(chosen_recipes, start=2):
+            report(f"building {recipe.name}", step, total_steps)
+            candidates.append(
+                _try_candidate(
+                    recipe, ctx, evaluate, chosen_metric, budget, recovery, threads, settings
+                )
+            )
+
+        # 5. Time the survivors side by side at the requested batch.
+        report("measuring the candidates", total_steps - 1, total_steps)
+        survivors = [c for c in candidates if c.record.status == "accepted" and c.backend]
+        _measure(survivors, feeds, settings)
+        _reject_slow_recoveries(survivors, objective)
+
+        # 6. Choose, explain, write the artifact.
+        winner = _choose(candidates, objective)
+        budget_met = any(c.record.status in ("accepted", "chosen") for c in candidates[1:])
+        manifest = _manifest(
+            loaded,
+            winner,
+            original,
+            candidates,
+            chosen_metric,
+            budget,
+            objective,
+            batch,
+            threads,
+            ctx,
+            repaired.notes,
+            budget_met,
+            seed,
+            quick,
+            len(calib_idx),
+            held_out,
+        )
+        message = _message(winner, original, chosen_metric, budget, budget_met, objective)
+        artifact_dir = _write_artifact(out, winner, loaded, manifest) if out is not None else None
+        report("done", total_steps, total_steps)
+        for c in candidates:
+            if c.backend is not None:
+                c.backend.close()
+    result = OptimizeResult(manifest, artifact_dir, message)
+    if require and not budget_met:
+        raise BudgetError(f"{message} — raise --max-drop or add data; the original was kept")
+    return result
+
+
+def _select_recipes(backends: Sequence[str] | None, names: Sequence[str] | None) -> list[Recipe]:
+    recipes = all_recipes()
+    known = [r.name for r in recipes]
+    for name in names or ():
+        if name not in known:
+            raise OptimizeError(f"unknown recipe {name!r} — use one of {', '.join(known)}")
+    for backend in backends or ():
+        if backend not in BACKENDS:
+            raise OptimizeError(f"unknown backend {backend!r} — use one of {', '.join(BACKENDS)}")
+    if names:
+        selected = [r for r in recipes if r.name in names]
+    else:
+        selected = [r for r in recipes if r.default]
+    if backends:
+        selected = [r for r in selected if r.backend in backends]
+    if not selected:
+        raise OptimizeError("--backends and --recipes leave no candidate — widen one of them")
+    return selected
+
+
+def _check_arguments(
+    metric: str, max_drop: float | None, objective: str, batch: int, threads: int | None
+) -> None:
+    if objective not in ("latency", "throughput"):
+        raise OptimizeError(f"unknown objective {objective!r} — use latency or throughput")
+    if batch < 1:
+        raise OptimizeError(f"--batch must be >= 1, not {batch}")
+    if threads is not None and threads < 1:
+        raise OptimizeError(f"--threads must be >= 1, not {threads}")
+    if max_drop is not None and (not math.isfinite(max_drop) or max_drop < 0):
+        raise OptimizeError(f"--max-drop must be a finite number >= 0, not {max_drop}")
+    check_metric_name(metric)
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    # Past protobuf's 2 GB limit the weights must live beside the graph.
+    large = model.ByteSize() > 1_900_000_000
+    onnx.save(model, str(path), save_as_external_data=large, location=f"{path.name}.data")
+
+
+def _looks_like_transformer(model: onnx.ModelProto) -> bool:
+    ops = [n.op_type for n in model.graph.node]
+    if any(op in ("Attention", "MultiHeadAttention") for op in ops):
+        return True
+    return "Softmax" in ops and ops.count("MatMul") >= 4
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def _try_candidate(
+    recipe: Recipe,
+    ctx: BuildContext,
+    evaluate: Callable[[Variant], tuple[float, float, Backend, float]],
+    metric: Metric,
+    budget: float,
+    recovery: bool,
+    threads: int,
+    settings: _Settings,
+) -> _Candidate:
+    """One recipe's candidate with its verdict; never raises (a failure is a verdict too)."""
+    record = CandidateRecord(
+        name=recipe.name,
+        recipe=recipe.family,
+        backend=recipe.backend,
+        precision=recipe.precision,
+        status="skipped",
+        reason="",
+    )
+    skip = recipe.unavailable(ctx)
+    if skip:
+        record.reason = skip
+        return _Candidate(record)
+    try:
+        variant = recipe.build(ctx)
+    except Exception as exc:  # any recipe failure is this candidate's verdict, not the search's
+        record.status, record.reason = "failed", f"build failed: {_first_line(exc)}"
+        return _Candidate(record)
+    record.params = variant.params
+    try:
+        score, drop, backend, seconds_per_run = evaluate(variant)
+    except Exception as exc:
+        record.status, record.reason = "failed", f"does not run: {_first_line(exc)}"
+        return _Candidate(record, variant)
+    candidate = _Candidate(record, variant, backend, seconds_per_run)
+    _fill(record, variant, backend, score, drop)
+    if drop <= budget:
+        record.status, record.reason = "accepted", "within budget"
+        return candidate
+    over = f"{metric.name} drop {drop:.4g} > budget {budget:.4g}"
+    if not (recipe.quantized and recovery):
+        record.status, record.reason = "rejected", over
+        backend.close()
+        candidate.backend = None
+        return candidate
+    backend.close()
+
+    def score_variant(v: Variant) -> tuple[float, float]:
+        s, d, b, _ = evaluate(v)
+        b.close()
+        return s, d
+
+    outcome = recover_accuracy(
+        recipe, ctx, variant, score_variant, budget, threads, settings.bisect
+    )
+    record.recovery_steps = [
+        {"float_nodes": s.float_nodes, "score": s.score, "drop": s.drop, "error": s.error}
+        for s in outcome.steps
+    ]
+    if outcome.variant is None:
+        record.status, record.reason = "rejected", f"{over}; recovery: {outcome.reason}"
+        candidate.backend = None
+        return candidate
+    score, drop, backend, seconds_per_run = evaluate(outcome.variant)
+    _fill(record, outcome.variant, backend, score, drop)
+    record.float_nodes = outcome.float_nodes
+    record.status, record.reason = "accepted", f"recovered: {outcome.reason}"
+    return _Candidate(record, outcome.variant, backend, seconds_per_run, recovered=True)
+
+
+def _fill(
+    record: CandidateRecord, variant: Variant, backend: Backend, score: float, drop: float
+) -> None:
+    record.score, record.drop = score, drop
+    record.size_bytes = variant.model_path.stat().st_size
+    record.runtime_options = backend.runtime_options()
+    record.params = variant.params
+
+
+def _measure(
+    survivors: list[_Candidate], feeds: list[dict[str, np.ndarray]], settings: _Settings
+) -> None:
+    bench_feeds = feeds[:4]
+    iterations = [
+        max(
+            settings.min_iterations,
+            min(2000, int(settings.bench_seconds / max(c.seconds_per_run, 1e-6))),
+        )
+        for c in survivors
+    ]
+    backends = [c.backend for c in survivors if c.backend is not None]
+    timings = measure_side_by_side(
+        backends, bench_feeds, iterations, settings.warmup, settings.rounds
+    )
+    for candidate, timing in zip(survivors, timings, strict=True):
+        candidate.timing = timing
+        r = candidate.record
+        r.p50_ms, r.p90_ms, r.mean_ms = timing.p50_ms, timing.p90_ms, timing.mean_ms
+        r.throughput_items_s = timing.throughput_items_s
+    base = survivors[0].timing  # the original is always first and always survives
+    assert base is not None
+    for candidate in survivors:
+        t = candidate.timing
+        assert t is not None
+        candidate.record.speedup = base.p50_ms / t.p50_ms
+
+
+def _key(candidate: _Candidate, objective: str) -> float:
+    """Smaller is better: p50 latency, or inverse throughput."""
+    t = candidate.timing
+    assert t is not None
+    return t.p50_ms if objective == "latency" else 1.0 / t.throughput_items_s
+
+
+def _reject_slow_recoveries(survivors: list[_Candidate], objective: str) -> None:
+    floats = [c for c in survivors if c.record.precision in ("fp32", "bf16", "fp16") and c.timing]
+    if not floats:
+        return
+    fastest_float = min(floats, key=lambda c: _key(c, objective))
+    for c in survivors:
+        if c.recovered and _key(c, objective) >= _key(fastest_float, objective):
+            c.record.status = "rejected"
+            c.record.reason = (
+                f"{c.record.reason}, but then no faster than {fastest_float.record.name} "
+                f"({c.record.p50_ms:.3g} vs {fastest_float.record.p50_ms:.3g} ms p50)"
+            )
+
+
+def _choose(candidates: list[_Candidate], objective: str) -> _Candidate:
+    eligible = [c for c in candidates if c.record.status == "accepted" and c.timing is not None]
+    best_key = min(_key(c, objective) for c in eligible)
+    tied = [c for c in eligible if _key(c, objective) <= best_key * (1 + TIE_FRACTION)]
+    winner = min(tied, key=lambda c: (c.record.size_bytes or 0, _key(c, objective)))
+    winner.record.status = "chosen"
+    winner.record.reason = (
+        "fastest within budget"
+        if len(tied) == 1
+        else f"fastest within budget (smallest of {len(tied)} tied within {TIE_FRACTION:.0%})"
+    )
+    for c in eligible:
+        if c is winner:
+            continue
+        if c in tied:
+            c.record.reason = f"within budget, tied on speed with {winner.record.name} but larger"
+        else:
+            unit = "ms p50" if objective == "latency" else "items/s"
+            mine = c.record.p50_ms if objective == "latency" else c.record.throughput_items_s
+            theirs = (
+                winner.record.p50_ms if objective == "latency" else winner.record.throughput_items_s
+            )
+            c.record.reason = f"within budget but slower: {mine:.4g} vs {theirs:.4g} {unit}"
+    return winner
+
+
+def _manifest(
+    loaded: LoadedModel,
+    winner: _Candidate,
+    original: _Candidate,
+    candidates: list[_Candidate],
+    metric: Metric,
+    budget: float,
+    objective: str,
+    batch: int,
+    threads: int,
+    ctx: BuildContext,
+    repair_notes: list[str],
+    budget_met: bool,
+    seed: int,
+    quick: bool,
+    calibration_samples: int,
+    held_out: EvalData,
+) -> Manifest:
+    w, o = winner.record, original.record
+    model_path = winner.variant.model_path if winner.variant else loaded.path
+    source_sha = sha256_file(loaded.path)
+    assert winner.timing is not None and original.timing is not None
+    speedup = _key(original, objective) / _key(winner, objective)
+    return Manifest(
+        edgeshift_version=edgeshift.__version__,
+        model_file=ARTIFACT_MODEL,
+        backend=w.backend,
+        precision=w.precision,
+        runtime_options=w.runtime_options,
+        recipe=w.recipe if w.name != ORIGINAL else "none",
+        recipe_params={"candidate": w.name, **w.params},
+        float_nodes=w.float_nodes,
+        source=SourceInfo(
+            path=str(loaded.path.resolve()),
+            sha256=source_sha,
+            size_bytes=loaded.path.stat().st_size,
+        ),
+        source_sha256=source_sha,
+        artifact_sha256=sha256_file(model_path),
+        metric=MetricInfo(
+            name=metric.name,
+            unit=metric.unit,
+            higher_is_better=metric.higher_is_better,
+            output=metric.output,
+            reason=metric.reason,
+            max_drop=budget,
+        ),
+        accuracy=AccuracyInfo(
+            original=o.score or 0.0,
+            chosen=w.score or 0.0,
+            drop=w.drop or 0.0,
+            eval_samples=held_out.samples,
+            calibration_samples=calibration_samples,
+            labels=held_out.labels_key,
+        ),
+        performance=PerformanceInfo(
+            objective=objective,  # type: ignore[arg-type]  # checked in _check_arguments
+            batch=batch,
+            threads=threads,
+            p50_ms=winner.timing.p50_ms,
+            p90_ms=winner.timing.p90_ms,
+            mean_ms=winner.timing.mean_ms,
+            throughput_items_s=winner.timing.throughput_items_s,
+            original_p50_ms=original.timing.p50_ms,
+            original_throughput_items_s=original.timing.throughput_items_s,
+            speedup=speedup,
+        ),
+        host=ctx.host,
+        budget_met=budget_met,
+        seed=seed,
+        quick=quick,
+        repair_notes=repair_notes,
+        candidates=[c.record for c in candidates],
+    )
+
+
+def _message(
+    winner: _Candidate,
+    original: _Candidate,
+    metric: Metric,
+    budget: float,
+    budget_met: bool,
+    objective: str,
+) -> str:
+    w = winner.record
+    if not budget_met:
+        return (
+            f"no candidate met the budget ({metric.name} drop <= {budget:.4g}); "
+            "kept the original model"
+        )
+    if w.name == ORIGINAL:
+        return "no candidate within budget was faster than the original; kept the original model"
+    speedup = _key(original, objective) / _key(winner, objective)
+    return (
+        f"chose {w.name} ({w.backend} {w.precision}): {speedup:.2f}x the original's "
+        f"{objective}, {metric.name} {w.score:.4g} (drop {w.drop:.3g} <= {budget:.3g})"
+    )
+
+
+def _write_artifact(
+    out: str | Path, winner: _Candidate, loaded: LoadedModel, manifest: Manifest
+) -> Path:
+    directory = Path(out)
+    if directory.exists() and not directory.is_dir():
+        raise OptimizeError(f"--out {directory} is a file — give a directory for the artifact")
+    directory.mkdir(parents=True, exist_ok=True)
+    source = winner.variant.model_path if winner.variant else loaded.path
+    shutil.copyfile(source, directory / ARTIFACT_MODEL)
+    write_manifest(directory, manifest)
+    return directory
