@@ -92,12 +92,14 @@ def ort_accuracy(model_path: Path, x: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == y).mean())
 
 
-def build(name: str, model: nn.Module, shape: tuple[int, ...], epochs: int) -> float:
+def build(
+    name: str, model: nn.Module, shape: tuple[int, ...], epochs: int, zoo_dir: Path = ZOO_DIR
+) -> float:
     x_train, x_test, y_train, y_test = split()
     x_train = x_train.reshape(-1, *shape)
     x_test = np.ascontiguousarray(x_test.reshape(-1, *shape))
     train(model, x_train, y_train, epochs)
-    model_path = ZOO_DIR / "models" / f"{name}.onnx"
+    model_path = zoo_dir / "models" / f"{name}.onnx"
     from_torch(
         model, (torch.from_numpy(x_test[:4]),), model_path, input_names=["input"],
         output_names=["logits"],
@@ -118,7 +120,7 @@ def build(name: str, model: nn.Module, shape: tuple[int, ...], epochs: int) -> f
     }.items():
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(model_path))
-    np.savez_compressed(ZOO_DIR / "data" / f"{name}.npz", input=x_test, labels=y_test)
+    np.savez_compressed(zoo_dir / "data" / f"{name}.npz", input=x_test, labels=y_test)
     print(f"{name}: test accuracy {accuracy:.4f} on {len(y_test)} samples -> {model_path}")
     return accuracy
 
@@ -126,14 +128,17 @@ def build(name: str, model: nn.Module, shape: tuple[int, ...], epochs: int) -> f
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["digits-mlp", "digits-cnn"], default=None)
+    parser.add_argument(
+        "--out", type=Path, default=ZOO_DIR, help="zoo dir to write models/ and data/ into"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    (ZOO_DIR / "models").mkdir(parents=True, exist_ok=True)
-    (ZOO_DIR / "data").mkdir(parents=True, exist_ok=True)
+    (args.out / "models").mkdir(parents=True, exist_ok=True)
+    (args.out / "data").mkdir(parents=True, exist_ok=True)
     if args.only in (None, "digits-mlp"):
-        build("digits-mlp", make_mlp(), (64,), epochs=60)
+        build("digits-mlp", make_mlp(), (64,), epochs=60, zoo_dir=args.out)
     if args.only in (None, "digits-cnn"):
-        build("digits-cnn", make_cnn(), (1, 8, 8), epochs=30)
+        build("digits-cnn", make_cnn(), (1, 8, 8), epochs=30, zoo_dir=args.out)
     return 0
 
 
