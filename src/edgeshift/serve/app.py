@@ -118,9 +118,12 @@ class _Routes:
         started_s = time.perf_counter()
         name = request.path_params["name"]
         label, version, status = _UNKNOWN_MODEL, "", 500
+        in_flight = None
         try:
             model = self.repository.get(name, request.path_params.get("version"))
             label, version = model.name, model.version
+            in_flight = self.metrics.in_flight.labels(label)
+            in_flight.inc()
             body = await read_body(request, self.max_body_bytes)
             infer_request = decode_infer_request(body, _header_length(request))
             outputs = await model.infer(infer_request)
@@ -140,6 +143,8 @@ class _Routes:
             log.exception("inference on %s failed", name)
             return _error(f"internal error: {type(exc).__name__}: {exc}", 500)
         finally:
+            if in_flight is not None:
+                in_flight.dec()
             self.metrics.observe_request(label, version, status, time.perf_counter() - started_s)
 
     async def repository_index(self, request: Request) -> Response:

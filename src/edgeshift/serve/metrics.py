@@ -27,7 +27,8 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class ServerMetrics:
-    """Requests, errors, latency and batch-size histograms and queue depth, per model."""
+    """Requests, errors, latency and batch-size histograms, queue depth and requests in
+    flight, per model."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -62,6 +63,13 @@ class ServerMetrics:
         self.queue_depth = Gauge(
             "edgeshift_queue_depth",
             "Requests waiting for the model's batcher, by model.",
+            ["model"],
+            registry=self.registry,
+        )
+
+        self.in_flight = Gauge(
+            "edgeshift_inference_in_flight",
+            "Inference requests received and not yet answered, by model.",
             ["model"],
             registry=self.registry,
         )

@@ -1,0 +1,132 @@
+"""Small ONNX models for the serve tests, built with onnx.helper so outputs are hand-checkable,
+and a model repository laid out as REPO/NAME/VERSION/model.onnx."""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+    return path
+
+
+def mlp_weights(
+    seed: int, sizes: tuple[int, ...] = (8, 16, 4)
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [
+        (
+            (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32),
+            (rng.standard_normal(b) * 0.1).astype(np.float32),
+        )
+        for a, b in itertools.pairwise(sizes)
+    ]
+
+
+def save_mlp(path: Path, seed: int = 0, sizes: tuple[int, ...] = (8, 16, 4)) -> Path:
+    """x [batch, 8] float32 -> Gemm, Relu, Gemm -> y [batch, 4]."""
+    nodes, inits, prev = [], [], "x"
+    weights = mlp_weights(seed, sizes)
+    for i, (w, b) in enumerate(weights):
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        out = "y" if i == len(weights) - 1 else f"g{i}"
+        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [out]))
+        if out != "y":
+            nodes.append(helper.make_node("Relu", [out], [f"r{i}"]))
+            out = f"r{i}"
+        prev = out
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", sizes[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", sizes[-1]])],
+        inits,
+    )
+    return _save(graph, path)
+
+
+def mlp_reference(x: np.ndarray, seed: int = 0, sizes: tuple[int, ...] = (8, 16, 4)) -> np.ndarray:
+    h = x.astype(np.float64)
+    weights = mlp_weights(seed, sizes)
+    for i, (w, b) in enumerate(weights):
+        h = h @ w + b
+        if i < len(weights) - 1:
+            h = np.maximum(h, 0)
+    return h
+
+
+def save_fixed(path: Path) -> Path:
+    """x [1, 4] float32 -> y = 2x: a fixed batch of 1, so it can never be batched."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["y"])],
+        "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.array(2.0, np.float32), "two")],
+    )
+    return _save(graph, path)
+
+
+def save_multi(path: Path) -> Path:
+    """a [n, 3] float32, b [n, 3] int64 -> sum = a + float(b), twice = 2 * b (int64)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["b"], ["bf"], to=TensorProto.FLOAT),
+            helper.make_node("Add", ["a", "bf"], ["sum"]),
+            helper.make_node("Add", ["b", "b"], ["twice"]),
+        ],
+        "multi",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 3]),
+            helper.make_tensor_value_info("b", TensorProto.INT64, ["n", 3]),
+        ],
+        [
+            helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["n", 3]),
+            helper.make_tensor_value_info("twice", TensorProto.INT64, ["n", 3]),
+        ],
+    )
+    return _save(graph, path)
+
+
+def save_strings(path: Path) -> Path:
+    """text [n] string -> same [n] string (Identity): BYTES end to end."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["text"], ["same"])],
+        "strings",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["n"])],
+        [helper.make_tensor_value_info("same", TensorProto.STRING, ["n"])],
+    )
+    return _save(graph, path)
+
+
+def make_repository(root: Path) -> Path:
+    """root/mlp/{1,2}/model.onnx (weights seeded 1 and 2), root/double/1/model.onnx (fixed)."""
+    save_mlp(root / "mlp" / "1" / "model.onnx", seed=1)
+    save_mlp(root / "mlp" / "2" / "model.onnx", seed=2)
+    save_fixed(root / "double" / "1" / "model.onnx")
+    return root
+
+
+def exchange(
+    url: str, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One plain HTTP exchange with the server at host:port: (status, headers, body)."""
+    host, port = url.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()

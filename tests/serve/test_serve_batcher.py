@@ -1,0 +1,236 @@
+"""The dynamic batcher with a fake runtime whose calls we can hold, count and inspect."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgeshift.errors import DataError
+from edgeshift.model.shapes import TensorSpec
+from edgeshift.serve.batcher import (
+    Batcher,
+    BatcherClosedError,
+    QueueFullError,
+    batch_dim_supported,
+)
+
+
+class FakeRuntime:
+    """y = 2x + row index within the call, so a wrong split or a wrong batch shows up."""
+
+    def __init__(self, hold_first: bool = True) -> None:
+        self.calls: list[list[int]] = []  # the batch shapes of each call
+        self.gate = threading.Event()
+        if not hold_first:
+            self.gate.set()
+        self.entered = threading.Event()
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = feeds["x"]
+        self.calls.append(list(x.shape))
+        self.entered.set()
+        self.gate.wait(10)
+        if np.isnan(x).any():
+            raise DataError("NaN in input")
+        return {"y": x * 2, "rows": np.full((x.shape[0],), x.shape[0])}
+
+
+async def _wait_entered(runtime: FakeRuntime) -> None:
+    while not runtime.entered.is_set():
+        await asyncio.sleep(0.001)
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_requests_queued_while_busy_form_one_batch_and_split_back() -> None:
+    runtime = FakeRuntime()
+
+    async def main() -> None:
+        batcher = Batcher("m", runtime, batchable=True, max_batch=32)
+        first = asyncio.ensure_future(batcher.submit({"x": np.full((1, 3), 100.0)}))
+        await _wait_entered(runtime)  # the worker is busy with the first request
+        rows = [1, 2, 3, 1]
+        inputs = [
+            np.arange(n * 3, dtype=np.float64).reshape(n, 3) + 10 * i for i, n in enumerate(rows)
+        ]
+        rest = [asyncio.ensure_future(batcher.submit({"x": x})) for x in inputs]
+        await asyncio.sleep(0.01)
+        assert batcher.depth == 4
+        runtime.gate.set()
+        results = await asyncio.gather(first, *rest)
+        await batcher.close()
+        assert runtime.calls == [[1, 3], [7, 3]]  # 1 alone, then 1+2+3+1 concatenated
+        np.testing.assert_array_equal(results[0]["y"], np.full((1, 3), 200.0))
+        for x, result in zip(inputs, results[1:], strict=True):
+            np.testing.assert_array_equal(result["y"], x * 2)
+            np.testing.assert_array_equal(result["rows"], np.full(len(x), 7))
+
+    _run(main())
+
+
+def test_max_batch_caps_rows_per_call() -> None:
+    runtime = FakeRuntime()
+    sizes: list[int] = []
+
+    async def main() -> None:
+        batcher = Batcher("m", runtime, batchable=True, max_batch=4, on_batch=sizes.append)
+        futures = [asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 2))}))]
+        await _wait_entered(runtime)
+        futures += [
+            asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 2))})) for _ in range(9)
+        ]
+        futures.append(asyncio.ensure_future(batcher.submit({"x": np.zeros((3, 2))})))
+        await asyncio.sleep(0.01)
+        runtime.gate.set()
+        await asyncio.gather(*futures)
+        await batcher.close()
+
+    _run(main())
+    # 1 alone; 9 singles in 4+4+1 — the 3-row request does not fit the third batch (1+3=4 fits).
+    assert [c[0] for c in runtime.calls] == [1, 4, 4, 4]
+    assert sizes == [1, 4, 4, 4]
+
+
+def test_only_equal_shapes_are_concatenated_and_order_is_kept() -> None:
+    runtime = FakeRuntime()
+
+    async def main() -> None:
+        batcher = Batcher("m", runtime, batchable=True, max_batch=32)
+        futures = [asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 1))}))]
+        await _wait_entered(runtime)
+        for width in (3, 3, 5, 5, 3):
+            futures.append(asyncio.ensure_future(batcher.submit({"x": np.zeros((1, width))})))
+        await asyncio.sleep(0.01)
+        runtime.gate.set()
+        results = await asyncio.gather(*futures)
+        await batcher.close()
+        assert [r["y"].shape[1] for r in results] == [1, 3, 3, 5, 5, 3]
+
+    _run(main())
+    assert runtime.calls == [[1, 1], [2, 3], [2, 5], [1, 3]]
+
+
+def test_models_without_a_batch_dim_run_one_by_one() -> None:
+    runtime = FakeRuntime()
+
+    async def main() -> None:
+        batcher = Batcher("m", runtime, batchable=False, max_batch=32)
+        futures = [asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 2))})) for _ in range(4)]
+        runtime.gate.set()
+        await asyncio.gather(*futures)
+        await batcher.close()
+
+    _run(main())
+    assert runtime.calls == [[1, 2]] * 4
+
+
+def test_full_queue_is_refused_at_once_with_503() -> None:
+    runtime = FakeRuntime()
+
+    async def main() -> None:
+        batcher = Batcher("m", runtime, batchable=True, max_batch=8, max_queue=2)
+        running = asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 2))}))
+        await _wait_entered(runtime)
+        queued = [asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 2))})) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFullError) as info:
+            await batcher.submit({"x": np.zeros((1, 2))})
+        assert info.value.status == 503
+        runtime.gate.set()
+        await asyncio.gather(running, *queued)
+        await batcher.close()
+
+    _run(main())
+
+
+def test_a_bad_request_fails_alone_not_its_batch() -> None:
+    runtime = FakeRuntime()
+
+    async def main() -> None:
+        batcher = Batcher("m", runtime, batchable=True, max_batch=8)
+        first = asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 2))}))
+        await _wait_entered(runtime)
+        good = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2))}))
+        bad = asyncio.ensure_future(batcher.submit({"x": np.full((1, 2), np.nan)}))
+        runtime.gate.set()
+        await first
+        np.testing.assert_array_equal((await good)["y"], [[2.0, 2.0]])
+        with pytest.raises(DataError, match="NaN"):
+            await bad
+        await batcher.close()
+
+    _run(main())
+    assert runtime.calls == [[1, 2], [2, 2], [1, 2], [1, 2]]  # batch failed, retried alone
+
+
+def test_close_finishes_queued_requests_then_refuses() -> None:
+    runtime = FakeRuntime()
+
+    async def main() -> None:
+        batcher = Batcher("m", runtime, batchable=True, max_batch=2)
+        futures = [asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 2))}))]
+        await _wait_entered(runtime)
+        futures += [
+            asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 2))})) for _ in range(5)
+        ]
+        await asyncio.sleep(0)
+        closing = asyncio.ensure_future(batcher.close())
+        await asyncio.sleep(0.01)
+        with pytest.raises(BatcherClosedError):
+            await batcher.submit({"x": np.zeros((1, 2))})
+        runtime.gate.set()
+        await closing
+        assert all(f.done() and f.exception() is None for f in futures)
+
+    _run(main())
+    assert sum(c[0] for c in runtime.calls) == 6
+
+
+def test_max_delay_waits_for_a_fuller_batch() -> None:
+    runtime = FakeRuntime(hold_first=False)
+
+    async def main() -> None:
+        # A long delay that a full batch cuts short: the test never waits for it to expire.
+        batcher = Batcher("m", runtime, batchable=True, max_batch=2, max_delay_ms=60_000)
+        first = asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 2))}))
+        await asyncio.sleep(0.02)  # the worker holds the first request, waiting for more
+        assert runtime.calls == []
+        second = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2))}))
+        await asyncio.gather(first, second)
+        await batcher.close()
+
+    _run(main())
+    assert runtime.calls == [[2, 2]]
+
+
+def test_an_output_without_batch_rows_is_an_error_not_a_wrong_split() -> None:
+    def reduce_all(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"total": np.array([feeds["x"].sum()])}
+
+    async def main() -> None:
+        batcher = Batcher("m", reduce_all, batchable=True, max_batch=8)
+        a = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2))}))
+        b = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2))}))
+        results = await asyncio.gather(a, b, return_exceptions=True)
+        await batcher.close()
+        assert all("--max-batch 1" in str(r) for r in results)
+
+    _run(main())
+
+
+def test_batch_dim_detection() -> None:
+    dyn = TensorSpec("x", "float32", ("batch", 4))
+    unknown = TensorSpec("x", "float32", (None, 4))
+    fixed = TensorSpec("x", "float32", (1, 4))
+    scalar = TensorSpec("x", "float32", ())
+    assert batch_dim_supported([dyn], [unknown])
+    assert not batch_dim_supported([dyn], [fixed])
+    assert not batch_dim_supported([fixed], [dyn])
+    assert not batch_dim_supported([scalar], [dyn])
+    assert not batch_dim_supported([TensorSpec("x", "float32", None)], [dyn])

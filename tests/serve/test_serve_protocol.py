@@ -1,0 +1,291 @@
+"""The OIP v2 codecs against hand-built bytes and against tritonclient's own encoder/decoder."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import ml_dtypes
+import numpy as np
+import pytest
+import tritonclient.http as th
+from tritonclient.http._utils import _get_inference_request
+
+from edgeshift.errors import ProtocolError
+from edgeshift.model.shapes import TensorSpec
+from edgeshift.serve.protocol import (
+    DATATYPES,
+    InferRequest,
+    RequestedOutput,
+    check_request,
+    decode_bytes_elements,
+    decode_infer_request,
+    encode_bytes_elements,
+    encode_infer_response,
+)
+
+SAMPLES = {
+    "BOOL": np.array([[True, False, True]]),
+    "UINT8": np.array([[0, 7, 255]], np.uint8),
+    "UINT16": np.array([[0, 7, 65535]], np.uint16),
+    "UINT32": np.array([[0, 7, 2**32 - 1]], np.uint32),
+    "UINT64": np.array([[0, 7, 2**64 - 1]], np.uint64),
+    "INT8": np.array([[-128, 0, 127]], np.int8),
+    "INT16": np.array([[-32768, 0, 32767]], np.int16),
+    "INT32": np.array([[-(2**31), 0, 2**31 - 1]], np.int32),
+    "INT64": np.array([[-(2**63), 0, 2**63 - 1]], np.int64),
+    "FP16": np.array([[-1.5, 0.0, 65504.0]], np.float16),
+    "FP32": np.array([[-1.5, 1e-30, 3.4e38]], np.float32),
+    "FP64": np.array([[-1.5, 1e-300, 1.7e308]], np.float64),
+    "BYTES": np.array([[b"ab", b"", "é".encode()]], dtype=object),
+}
+
+
+def _client_body(arr: np.ndarray, datatype: str, binary: bool) -> tuple[bytes, int | None]:
+    inp = th.InferInput("x", list(arr.shape), datatype)
+    inp.set_data_from_numpy(arr, binary_data=binary)
+    body, header_length = _get_inference_request(
+        [inp],
+        "req-1",
+        [th.InferRequestedOutput("y", binary_data=binary)],
+        0,
+        False,
+        False,
+        0,
+        None,
+        None,
+    )
+    return body if isinstance(body, bytes) else body.encode(), header_length
+
+
+@pytest.mark.parametrize("datatype", sorted(SAMPLES))
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_decode_matches_what_tritonclient_encodes(datatype: str, binary: bool) -> None:
+    arr = SAMPLES[datatype]
+    body, header_length = _client_body(arr, datatype, binary)
+    assert (header_length is not None) == binary
+    request = decode_infer_request(body, header_length)
+    got = request.inputs["x"]
+    assert got.shape == arr.shape
+    assert request.datatypes == {"x": datatype}
+    assert request.id == "req-1"
+    assert request.outputs == [RequestedOutput("y", binary)]
+    if datatype == "BYTES":
+        assert got.tolist() == arr.tolist()
+    else:
+        assert got.dtype == DATATYPES[datatype]
+        np.testing.assert_array_equal(got, arr)  # exact: both paths are lossless for these values
+
+
+def test_bf16_is_binary_only_and_decodes_exactly() -> None:
+    arr = np.array([[1.0, -2.5, 0.0078125]], dtype=ml_dtypes.bfloat16)  # all exact in bf16
+    body, header_length = _client_body(arr, "BF16", True)
+    got = decode_infer_request(body, header_length).inputs["x"]
+    assert got.dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(got.astype(np.float32), [[1.0, -2.5, 0.0078125]])
+    header = {"inputs": [{"name": "x", "datatype": "BF16", "shape": [1], "data": [1.0]}]}
+    with pytest.raises(ProtocolError, match="BF16 data must be sent as binary"):
+        decode_infer_request(json.dumps(header).encode())
+
+
+def test_bytes_elements_are_length_prefixed_little_endian() -> None:
+    raw = encode_bytes_elements(np.array([b"ab", "", "é"], dtype=object))
+    assert raw == b"\x02\x00\x00\x00ab" + b"\x00\x00\x00\x00" + b"\x02\x00\x00\x00\xc3\xa9"
+    assert decode_bytes_elements(raw, 3, "x").tolist() == [b"ab", b"", "é".encode()]
+    with pytest.raises(ProtocolError, match="ends after 3 of 4"):
+        decode_bytes_elements(raw, 4, "x")
+    with pytest.raises(ProtocolError, match="bytes left after 2"):
+        decode_bytes_elements(raw, 2, "x")
+    with pytest.raises(ProtocolError, match="claims 2 bytes past the end"):
+        decode_bytes_elements(raw[:-1], 3, "x")
+
+
+def test_binary_body_layout_by_hand() -> None:
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "a",
+                    "datatype": "FP32",
+                    "shape": [2],
+                    "parameters": {"binary_data_size": 8},
+                },
+                {"name": "b", "datatype": "INT64", "shape": [1, 1], "data": [[5]]},
+                {
+                    "name": "c",
+                    "datatype": "INT16",
+                    "shape": [1],
+                    "parameters": {"binary_data_size": 2},
+                },
+            ]
+        }
+    ).encode()
+    body = header + struct.pack("<2f", 1.0, -2.0) + struct.pack("<h", -3)
+    request = decode_infer_request(body, len(header))
+    np.testing.assert_array_equal(request.inputs["a"], [1.0, -2.0])
+    np.testing.assert_array_equal(request.inputs["b"], [[5]])
+    np.testing.assert_array_equal(request.inputs["c"], [-3])
+    assert request.outputs is None and request.binary_output is False
+
+
+def test_nested_json_data_is_row_major() -> None:
+    body = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "INT32", "shape": [2, 2], "data": [[1, 2], [3, 4]]}]}
+    ).encode()
+    np.testing.assert_array_equal(decode_infer_request(body).inputs["x"], [[1, 2], [3, 4]])
+
+
+def _header(**tensor: object) -> bytes:
+    spec = {"name": "x", "datatype": "FP32", "shape": [2], "data": [1.0, 2.0], **tensor}
+    return json.dumps({"inputs": [spec]}).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "header_length", "message"),
+    [
+        (b"{not json", None, "not valid JSON"),
+        (b"\xff\xfe", None, "not valid JSON"),
+        (b"[1, 2]", None, "must be an object"),
+        (b"{}", None, "non-empty 'inputs'"),
+        (_header(datatype="FP8"), None, "unknown datatype 'FP8'"),
+        (_header(shape=[3]), None, "needs 3 elements, got 2"),
+        (_header(shape=[-1]), None, "non-negative integers"),
+        (_header(shape="2"), None, "non-negative integers"),
+        (_header(data=["a", "b"]), None, "not a valid FP32 array"),
+        (_header(data=[[1.0], [2.0, 3.0]]), None, "not a valid FP32 array"),
+        (_header(datatype="UINT8", data=[1, 300]), None, "not a valid UINT8 array"),
+        (_header(datatype="BOOL", data=[1, 0]), None, "true/false"),
+        (_header(datatype="BYTES", data=[1, 2]), None, "must be strings"),
+        (_header(name=""), None, "'name' string"),
+        (_header(parameters=[1]), None, "'parameters' must be a JSON object"),
+        (_header(data=None, parameters={"binary_data_size": 8}), None, "no Inference-Header"),
+        (
+            json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]}).encode(),
+            None,
+            "neither",
+        ),
+        (json.dumps({"id": 3, "inputs": []}).encode(), None, "'id' must be a string"),
+    ],
+)
+def test_malformed_requests_are_400_with_a_reason(
+    body: bytes, header_length: int | None, message: str
+) -> None:
+    with pytest.raises(ProtocolError, match=message) as info:
+        decode_infer_request(body, header_length)
+    assert info.value.status == 400
+
+
+def test_binary_size_errors() -> None:
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": [2],
+                    "parameters": {"binary_data_size": 8},
+                }
+            ]
+        }
+    ).encode()
+    payload = struct.pack("<2f", 1.0, 2.0)
+    with pytest.raises(ProtocolError, match="truncated"):
+        decode_infer_request(header + payload[:5], len(header))
+    with pytest.raises(ProtocolError, match="not claimed"):
+        decode_infer_request(header + payload + b"\x00", len(header))
+    with pytest.raises(ProtocolError, match="Inference-Header-Content-Length is 999"):
+        decode_infer_request(header + payload, 999)
+    with pytest.raises(ProtocolError, match="not valid JSON"):
+        decode_infer_request(header + payload, len(header) - 1)
+    with pytest.raises(ProtocolError, match="Inference-Header-Content-Length is 0"):
+        decode_infer_request(header + payload, 0)
+    wrong = header.replace(b'"shape": [2]', b'"shape": [3]')
+    with pytest.raises(ProtocolError, match="binary_data_size is 8 bytes but shape"):
+        decode_infer_request(wrong + payload, len(wrong))
+
+
+def test_duplicate_and_conflicting_fields() -> None:
+    spec = {"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}
+    with pytest.raises(ProtocolError, match="given twice"):
+        decode_infer_request(json.dumps({"inputs": [spec, spec]}).encode())
+    outputs = [{"name": "y"}, {"name": "y"}]
+    with pytest.raises(ProtocolError, match="requested twice"):
+        decode_infer_request(json.dumps({"inputs": [spec], "outputs": outputs}).encode())
+    outputs = [{"name": "y", "parameters": {"classification": 3}}]
+    with pytest.raises(ProtocolError, match="classification"):
+        decode_infer_request(json.dumps({"inputs": [spec], "outputs": outputs}).encode())
+
+
+def _request(outputs: list[RequestedOutput] | None, binary_output: bool = False) -> InferRequest:
+    return InferRequest(
+        inputs={}, datatypes={}, id="r7", outputs=outputs, binary_output=binary_output
+    )
+
+
+def test_response_decodes_with_tritonclient_binary_and_json() -> None:
+    outputs = {
+        "y": np.array([[1.5, -2.0]], np.float32),
+        "s": np.array(["hé", "x"], dtype=object),
+        "i": np.array([3], np.int64),
+    }
+    request = _request(
+        [RequestedOutput("y", True), RequestedOutput("s", True), RequestedOutput("i", False)]
+    )
+    encoded = encode_infer_response("m", "2", outputs, request)
+    assert encoded.content_type == "application/octet-stream"
+    header = json.loads(encoded.body[: encoded.header_length])
+    assert header["model_name"] == "m" and header["model_version"] == "2" and header["id"] == "r7"
+    assert header["outputs"][0]["parameters"] == {"binary_data_size": 8}
+    assert header["outputs"][2]["data"] == [3]
+    # Binary payload: y's 8 bytes, then s length-prefixed.
+    assert encoded.body[encoded.header_length :] == (
+        struct.pack("<2f", 1.5, -2.0) + b"\x03\x00\x00\x00h\xc3\xa9" + b"\x01\x00\x00\x00x"
+    )
+    result = th.InferResult.from_response_body(encoded.body, header_length=encoded.header_length)
+    np.testing.assert_array_equal(result.as_numpy("y"), outputs["y"])
+    assert result.as_numpy("s").tolist() == ["hé".encode(), b"x"]
+    np.testing.assert_array_equal(result.as_numpy("i"), [3])
+
+    as_json = encode_infer_response("m", "2", outputs, _request(None))
+    assert as_json.header_length is None and as_json.content_type == "application/json"
+    result = th.InferResult.from_response_body(as_json.body)
+    np.testing.assert_array_equal(result.as_numpy("y"), outputs["y"])
+    assert result.as_numpy("s").tolist() == ["hé", "x"]
+
+
+def test_request_wide_binary_output_and_bf16_output() -> None:
+    outputs = {"y": np.array([1.0, 2.0], dtype=ml_dtypes.bfloat16)}
+    encoded = encode_infer_response("m", "1", outputs, _request(None, binary_output=True))
+    assert (
+        encoded.body[encoded.header_length :] == np.array([1.0, 2.0], ml_dtypes.bfloat16).tobytes()
+    )
+    with pytest.raises(ProtocolError, match="BF16"):
+        encode_infer_response("m", "1", outputs, _request(None))
+
+
+def test_check_request_against_the_model_signature() -> None:
+    inputs = [TensorSpec("x", "float32", ("batch", 4)), TensorSpec("k", "int64", (1,))]
+    outputs = [TensorSpec("y", "float32", ("batch", 2))]
+
+    def req(**arrays: np.ndarray) -> InferRequest:
+        return InferRequest(
+            inputs=dict(arrays),
+            datatypes={n: "FP32" if a.dtype == np.float32 else "INT64" for n, a in arrays.items()},
+        )
+
+    ok = {"x": np.zeros((3, 4), np.float32), "k": np.zeros(1, np.int64)}
+    check_request(req(**ok), inputs, outputs)
+    with pytest.raises(ProtocolError, match="unknown input 'z'"):
+        check_request(req(**ok, z=np.zeros(1, np.int64)), inputs, outputs)
+    with pytest.raises(ProtocolError, match="missing input 'k'"):
+        check_request(req(x=ok["x"]), inputs, outputs)
+    with pytest.raises(ProtocolError, match=r"datatype INT64; the model wants FP32"):
+        check_request(req(x=np.zeros((3, 4), np.int64), k=ok["k"]), inputs, outputs)
+    with pytest.raises(ProtocolError, match=r"shape \[3, 5\]; the model wants \[-1, 4\]"):
+        check_request(req(x=np.zeros((3, 5), np.float32), k=ok["k"]), inputs, outputs)
+    with pytest.raises(ProtocolError, match=r"shape \[12\]"):
+        check_request(req(x=np.zeros(12, np.float32), k=ok["k"]), inputs, outputs)
+    bad_output = req(**ok)
+    bad_output.outputs = [RequestedOutput("nope", None)]
+    with pytest.raises(ProtocolError, match="unknown output 'nope'"):
+        check_request(bad_output, inputs, outputs)
