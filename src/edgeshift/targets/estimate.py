@@ -356,6 +356,13 @@ def estimate_analysis(
     )
 
 
+def model_display_name(path: Path) -> str:
+    """``resnet`` for resnet.onnx; the directory's name for artifacts and zoo ``model.onnx``."""
+    if path.suffix != ".onnx":
+        return path.name
+    return path.parent.name if path.stem == "model" and path.parent.name else path.stem
+
+
 def _mib(n: float) -> str:
     if n < 1 << 20:
         return f"{n / 1024:.1f} KiB"
@@ -422,7 +429,7 @@ def estimate(
 
         analysis = analyze(model, shapes=shapes, batch=batch)
         path = model.path if isinstance(model, LoadedModel) else Path(model)
-        name = path.stem if path.suffix == ".onnx" else path.name
+        name = model_display_name(path)
     _check_shapes(analysis)
     if precision is not None:
         precision = normalize_target_precision(precision)
