@@ -216,14 +216,13 @@ def analyze(
 
     weight_infos = {name: w.info for name, w in top_weights.items()}
     real_inputs = {spec.name: resolved.shapes[spec.name] for spec in inputs}
-    infos, notes = infer_tensor_infos(proto, real_inputs, input_types, weight_infos, symbols)
-    uncounted.extend(notes)
-
     nodes = list(graph.node)
     reads = [node_reads(n) for n in nodes]
     order, complete = topological_order(nodes, reads, [*real_inputs, *top_weights])
     if not complete:
         uncounted.append("the graph has a cycle: memory figures follow the stored node order")
+    infos, notes = infer_tensor_infos(proto, real_inputs, input_types, weight_infos, symbols, order)
+    uncounted.extend(notes)
 
     def nbytes(name: str) -> int | None:
         info = infos.get(name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import onnx
 from onnx import helper
@@ -57,6 +57,7 @@ def _skeleton(
     input_shapes: Mapping[str, Shape],
     input_types: Mapping[str, int],
     weights: Mapping[str, TensorInfo],
+    order: Sequence[int],
 ) -> onnx.ModelProto:
     graph = proto.graph
     skel = onnx.ModelProto()
@@ -78,7 +79,8 @@ def _skeleton(
             if proto.ir_version < 4:  # before IR 4 every initializer had to be an input too
                 g.input.append(helper.make_tensor_value_info(init.name, init.data_type, init.dims))
     g.sparse_initializer.extend(graph.sparse_initializer)
-    for node in graph.node:
+    for i in order:  # onnx infers in stored order; a misordered graph would lose shapes
+        node = graph.node[i]
         out = node.output[0] if node.op_type == "Constant" and node.output else None
         info = weights.get(out) if out is not None else None
         if out is not None and info is not None and (info.numel or 0) > SMALL_TENSOR_ELEMENTS:
@@ -139,10 +141,14 @@ def infer_tensor_infos(
     input_types: Mapping[str, int],
     weights: Mapping[str, TensorInfo],
     symbols: Mapping[str, int],
+    order: Sequence[int],
 ) -> tuple[dict[str, TensorInfo], list[str]]:
-    """Infos of the inputs, weights and node outputs of PROTO's top graph, and notes."""
+    """Infos of the inputs, weights and node outputs of PROTO's top graph, and notes.
+
+    ORDER is a topological order of the graph's nodes (indices into ``graph.node``).
+    """
     notes: list[str] = []
-    skel = _skeleton(proto, input_shapes, input_types, weights)
+    skel = _skeleton(proto, input_shapes, input_types, weights, order)
     infos: dict[str, TensorInfo] = dict(weights)
     for name, shape in input_shapes.items():
         infos[name] = TensorInfo(input_types[name], shape)
