@@ -156,6 +156,7 @@ def test_torch_missing_is_a_backend_error(monkeypatch, tmp_path) -> None:
 def test_edgeshift_import_does_not_import_torch() -> None:
     code = (
         "import sys, edgeshift, edgeshift.zoo, edgeshift.model.torch_export, edgeshift.cli.main;"
+        "edgeshift.zoo.list_models();"
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

