@@ -275,3 +275,26 @@ def test_metadata() -> None:
     assert a.opset == 17 and a.opsets == {"ai.onnx": 17, "com.microsoft": 1}
     assert [s.name for s in a.inputs] == ["x"] and a.inputs[0].shape == ("N", 8)
     assert a.outputs[0].dtype == "float32"
+
+
+def test_nodes_computed_from_constants_are_folded() -> None:
+    # QDQ weights: DequantizeLinear(int8 w, scale, zero point) → MatMul. Runtimes fold the
+    # DequantizeLinear at load time: it costs no FLOPs and its float output is a weight.
+    w = numpy_helper.from_array(np.ones((4, 4), np.int8), "w_q")
+    scale = numpy_helper.from_array(np.array(0.5, np.float32), "scale")
+    zero = numpy_helper.from_array(np.array(0, np.int8), "zero")
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w_q", "scale", "zero"], ["w"]),
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+    ]
+    a = analyze(_model(nodes, [_vi("x", [2, 4])], [_vi("y", [2, 4])], [w, scale, zero]))
+    assert a.params == 16  # the int8 weight; scale and zero point are scalars
+    assert a.weight_bytes == 16 + 4 + 1
+    dq, matmul = a.nodes
+    assert dq.folded and dq.flops == 0 and dq.output_bytes == 0
+    assert matmul.weight_bytes == 16 * 4  # reads the folded float weight
+    assert matmul.input_bytes == 2 * 4 * 4
+    assert a.flops == 2 * 2 * 4 * 4
+    # Activations: x and y (32 B each); the dequantized weight is not one.
+    assert (a.peak_activation_bytes, a.naive_activation_bytes) == (64, 64)
+    assert any(note.startswith("DequantizeLinear ×1") for note in a.uncounted)

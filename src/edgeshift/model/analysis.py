@@ -23,7 +23,7 @@ import onnx
 
 from edgeshift.model.liveness import activation_memory, node_reads, topological_order
 from edgeshift.model.load import LoadedModel, load_model
-from edgeshift.model.op_costs import TensorInfo, node_cost, tensor_bytes
+from edgeshift.model.op_costs import Cost, TensorInfo, node_cost, tensor_bytes
 from edgeshift.model.shape_infer import infer_tensor_infos
 from edgeshift.model.shapes import TensorSpec, graph_io, resolve_input_shapes
 
@@ -46,6 +46,7 @@ class NodeCost:
     counted: bool  # False when the cost could not be computed (unknown shape, unsupported op)
     domain: str = ""  # "" for the default ONNX domain
     reason: str | None = None  # why it was not counted
+    folded: bool = False  # computed from constants only: folded at load time, costs 0
 
 
 @dataclass
@@ -153,6 +154,77 @@ def _op_key(node: onnx.NodeProto) -> str:
     return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
 
 
+_NONDETERMINISTIC = frozenset(
+    {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+     "Bernoulli", "Dropout"}
+)  # fmt: skip
+
+
+def _foldable(node: onnx.NodeProto, constants: Mapping[str, int | None]) -> bool:
+    # What ORT and OpenVINO fold at load time: a standard, deterministic op whose inputs
+    # are all constants (e.g. DequantizeLinear of int8 weights, Transpose of a weight).
+    inputs = [n for n in node.input if n]
+    return (
+        bool(inputs)
+        and node.op_type != "Constant"
+        and node.domain in ("", "ai.onnx")
+        and node.op_type not in _NONDETERMINISTIC
+        and all(n in constants for n in inputs)
+        and not any(a.type in _GRAPH_ATTRS for a in node.attribute)
+    )
+
+
+def _node_costs(
+    nodes: list[onnx.NodeProto],
+    order: list[int],
+    infos: Mapping[str, TensorInfo],
+    weights: Mapping[str, _Weight],
+) -> tuple[list[NodeCost], dict[tuple[str, str], list[str]], dict[str, int | None]]:
+    """Per-node costs in ORDER, the uncounted nodes by (op, reason), and every constant
+    tensor (weights and folded outputs) with its size."""
+
+    def nbytes(name: str) -> int | None:
+        info = infos.get(name)
+        return None if info is None else info.nbytes
+
+    constants: dict[str, int | None] = {name: w.nbytes for name, w in weights.items()}
+    costs: list[NodeCost] = []
+    not_counted: dict[tuple[str, str], list[str]] = {}
+    for i in order:
+        node = nodes[i]
+        folded = _foldable(node, constants)
+        if folded:
+            cost = Cost()
+        else:
+            ins = [infos.get(n) if n else None for n in node.input]
+            outs = [infos.get(n) if n else None for n in node.output]
+            cost = node_cost(node, ins, outs)
+        writes_constant = folded or (node.op_type == "Constant" and node.output[0] in weights)
+        name = node.name or f"{node.op_type}_{i}"
+        costs.append(
+            NodeCost(
+                name=name,
+                op_type=node.op_type,
+                macs=cost.macs,
+                flops=cost.flops,
+                input_bytes=sum(nbytes(n) or 0 for n in node.input if n and n not in constants),
+                output_bytes=0
+                if writes_constant
+                else sum(nbytes(n) or 0 for n in node.output if n),
+                weight_bytes=sum(constants[n] or 0 for n in node.input if n in constants),
+                counted=cost.counted,
+                domain=node.domain,
+                reason=cost.reason,
+                folded=folded,
+            )
+        )
+        if folded:
+            constants.update({n: nbytes(n) for n in node.output if n})
+        if not cost.counted:
+            not_counted.setdefault((_op_key(node), cost.reason or ""), []).append(name)
+    return costs, not_counted, constants
+
+
 def _as_proto(model: onnx.ModelProto | LoadedModel | str | Path) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         return model
@@ -224,38 +296,14 @@ def analyze(
     infos, notes = infer_tensor_infos(proto, real_inputs, input_types, weight_infos, symbols, order)
     uncounted.extend(notes)
 
-    def nbytes(name: str) -> int | None:
-        info = infos.get(name)
-        return None if info is None else info.nbytes
-
-    costs: list[NodeCost] = []
-    not_counted: dict[tuple[str, str], list[str]] = {}
-    for i in order:
-        node = nodes[i]
-        ins = [infos.get(n) if n else None for n in node.input]
-        outs = [infos.get(n) if n else None for n in node.output]
-        cost = node_cost(node, ins, outs)
-        is_constant = node.op_type == "Constant" and node.output and node.output[0] in top_weights
-        act_in = sum(nbytes(n) or 0 for n in node.input if n and n not in top_weights)
-        w_in = sum(top_weights[n].nbytes for n in node.input if n in top_weights)
-        act_out = 0 if is_constant else sum(nbytes(n) or 0 for n in node.output if n)
-        name = node.name or f"{node.op_type}_{i}"
-        costs.append(
-            NodeCost(
-                name=name,
-                op_type=node.op_type,
-                macs=cost.macs,
-                flops=cost.flops,
-                input_bytes=act_in,
-                output_bytes=act_out,
-                weight_bytes=w_in,
-                counted=cost.counted,
-                domain=node.domain,
-                reason=cost.reason,
-            )
+    costs, not_counted, constants = _node_costs(nodes, order, infos, top_weights)
+    folded = Counter(_op_key(nodes[i]) for c, i in zip(costs, order, strict=True) if c.folded)
+    if folded:
+        ops = ", ".join(f"{op} ×{n}" for op, n in folded.most_common())
+        uncounted.append(
+            f"{ops}: computed from constants only — runtimes fold them at load time, so their "
+            "FLOPs are not counted and their outputs count as weights, not activations"
         )
-        if not cost.counted:
-            not_counted.setdefault((_op_key(node), cost.reason or ""), []).append(name)
 
     macs_by_op: Counter[str] = Counter()
     flops_by_op: Counter[str] = Counter()
@@ -278,7 +326,7 @@ def analyze(
 
     sizes = {name: info.nbytes for name, info in infos.items()}
     memory = activation_memory(
-        nodes, reads, order, list(real_inputs), [o.name for o in graph.output], top_weights, sizes
+        nodes, reads, order, list(real_inputs), [o.name for o in graph.output], constants, sizes
     )
     if memory.unknown:
         shown = ", ".join(memory.unknown[:3]) + (", …" if len(memory.unknown) > 3 else "")

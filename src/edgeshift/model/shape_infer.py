@@ -10,9 +10,13 @@ known; what stays unknown is reported by the caller.
 
 from __future__ import annotations
 
-import copy
+import importlib.util
 import logging
+import sys
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import onnx
 from onnx import helper
@@ -108,22 +112,47 @@ def _collect(model: onnx.ModelProto, infos: dict[str, TensorInfo]) -> None:
             infos[vi.name] = info
 
 
-def _ort_symbolic(skel: onnx.ModelProto) -> onnx.ModelProto | None:
+_ORT_SYMBOLIC = "onnxruntime.tools.symbolic_shape_infer"
+
+
+@lru_cache(maxsize=1)
+def _symbolic_engine() -> Any:
+    """ORT's SymbolicShapeInference class, or None when onnxruntime/sympy are missing."""
+    if _ORT_SYMBOLIC in sys.modules:
+        return sys.modules[_ORT_SYMBOLIC].SymbolicShapeInference
+    # Importing the onnxruntime.tools package imports torch when it is installed (~3 s); the
+    # module itself needs only onnx, numpy and sympy, so it is loaded from its file.
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_opset
-    except ImportError:
+        ort_spec = importlib.util.find_spec("onnxruntime")
+        origin = ort_spec.origin if ort_spec else None
+        if origin is None:
+            return None
+        path = Path(origin).parent / "tools" / "symbolic_shape_infer.py"
+        spec = importlib.util.spec_from_file_location(_ORT_SYMBOLIC, path)
+        if spec is None or spec.loader is None:
+            return None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.SymbolicShapeInference
+    except Exception:  # a missing sympy, a moved file: go without this fallback
         return None
-    opset = get_opset(skel)
-    if not opset or opset < 7:  # its own lower bound
+
+
+def _ort_symbolic(skel: onnx.ModelProto) -> onnx.ModelProto | None:
+    engine_class = _symbolic_engine()
+    if engine_class is None:
+        return None
+    opsets = [o.version for o in skel.opset_import if o.domain in ("", "ai.onnx")]
+    if not opsets or opsets[0] < 7:  # its own lower bound
         return None
     # SymbolicShapeInference.infer_shapes() saves a file into the working directory when
     # some shape stays unknown; its steps are run here instead, keeping partial results.
-    logger = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
+    logger = logging.getLogger(_ORT_SYMBOLIC)
     level = logger.level
     logger.setLevel(logging.CRITICAL)  # it warns once per op it cannot handle
     try:
-        engine = SymbolicShapeInference(2**31 - 1, True, False, 0)
-        engine._preprocess(copy.deepcopy(skel))
+        engine = engine_class(2**31 - 1, True, False, 0)
+        engine._preprocess(skel)  # works on its own copy
         while engine.run_:
             engine._infer_impl()
         engine._update_output_from_vi()
