@@ -89,7 +89,12 @@ def _explain_placed(
         f"{_fmt_ms(chosen.latency_ms)} ≤ {workload.slo_ms:g} ms SLO, ${cost:,.2f}/mo"
     )
     parts = [head]
-    elsewhere = [o for o in opts if o.site != chosen.site and o.fits]
+    # Compare with the other side of the shift: the cloud for an edge placement, the cloud GPU
+    # for a cloud CPU one, the cloud CPU for a GPU one; other pools when there is none.
+    elsewhere = [o for o in opts if o.pool != chosen.pool and o.fits]
+    contrast = [o for o in elsewhere if _contrasts(chosen, o)]
+    if any(o.admissible for o in contrast) or not any(o.admissible for o in elsewhere):
+        elsewhere = contrast or elsewhere
     admissible = [o for o in elsewhere if o.admissible]
     if admissible:
         alt = min(admissible, key=lambda o: option_cost_usd(problem, o))
@@ -98,15 +103,12 @@ def _explain_placed(
         parts.append(f"vs {_fmt_ms(alt.latency_ms)}, ${alt_cost:,.2f}/mo on {alt.pool}{taken}")
     elif elsewhere:
         alt = min(elsewhere, key=lambda o: (o.latency_ms, option_cost_usd(problem, o)))
-        if not alt.policy_ok:
-            why = "not allowed"
-        elif not alt.meets_slo:
-            why = "misses the SLO"
-        else:
-            why = "too few nodes"
+        kind = alt.reason.split(":", 1)[0]
+        why = _SHORT_REASON.get(kind, kind)
         parts.append(f"vs {_fmt_ms(alt.latency_ms)} on {alt.pool} ({why})")
-    if any(not o.policy_ok for o in opts):
-        parts.append(f"{workload.name} data may not leave {_policy_scope(problem, workload)}")
+    barred = [o for o in opts if not o.policy_ok]
+    if barred:
+        parts.append(barred[0].reason.removeprefix("policy: "))
     same_site_cheaper = [
         o
         for o in opts
@@ -120,6 +122,21 @@ def _explain_placed(
         slow = min(same_site_cheaper, key=lambda o: o.floor_latency_ms)
         parts.append(f"{slow.pool} is too slow ({_fmt_ms(slow.floor_latency_ms)} floor)")
     return Explanation(workload.name, "; ".join(parts), placed=True)
+
+
+_SHORT_REASON = {
+    "policy": "not allowed",
+    "slo": "misses the SLO",
+    "capacity": "too few nodes",
+    "bandwidth": "link too narrow",
+    "memory": "does not fit",
+}
+
+
+def _contrasts(chosen: Option, other: Option) -> bool:
+    if chosen.site_kind != "cloud":
+        return other.site_kind == "cloud"
+    return other.site_kind == "cloud" and (other.tier == "gpu") != (chosen.tier == "gpu")
 
 
 def _explain_unplaced(
@@ -200,8 +217,8 @@ def _coupled(
     link_used: dict[frozenset[str], float] = {}
     for o in placed:
         power_used[o.site] = power_used.get(o.site, 0.0) + o.power_w
-        if o.link is not None:
-            link_used[o.link] = link_used.get(o.link, 0.0) + o.link_bps
+        for key in o.links:
+            link_used[key] = link_used.get(key, 0.0) + o.link_bps
     binding: list[str] = []
     fixes: list[str] = []
     for o in sorted(candidates, key=lambda o: option_cost_usd(problem, o)):
@@ -222,11 +239,11 @@ def _coupled(
                     f"{power_used.get(o.site, 0.0):.1f} W, {o.pool} needs {o.power_w:.1f} W more"
                 )
                 fixes.append(f"raise power_budget_w of {o.site} to {math.ceil(need)} W")
-        if o.link is not None:
-            link = problem.links[o.link]
+        for key in o.links:
+            link = problem.links[key]
             cap = problem.headroom * link.bandwidth_bps
-            if link_used.get(o.link, 0.0) + o.link_bps > cap:
-                need_mbps = (link_used.get(o.link, 0.0) + o.link_bps) / problem.headroom / 1e6
+            if link_used.get(key, 0.0) + o.link_bps > cap:
+                need_mbps = (link_used.get(key, 0.0) + o.link_bps) / problem.headroom / 1e6
                 binding.append(f"bandwidth: link {link.a}–{link.b} is full at peak")
                 fixes.append(
                     f"raise bandwidth_mbps of link {link.a}–{link.b} to {math.ceil(need_mbps)}"

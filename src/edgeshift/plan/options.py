@@ -8,10 +8,11 @@ data policy forbids are kept too, flagged, for the same reason and for the expla
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 
-from edgeshift.plan.problem import LinkSpec, Pool, Problem, Variant, WorkloadSpec
+from edgeshift.plan.problem import LinkSpec, Perf, Pool, Problem, Variant, WorkloadSpec
 from edgeshift.plan.queueing import min_servers, response_quantile_ms
 
 # Beyond this many replicas of one workload we stop searching: no real pool is this large.
@@ -34,6 +35,8 @@ class Option:
     ram_required_bytes: int
     servers_per_replica: int  # concurrent inference streams one node sustains
     replicas: int  # 0 when the option cannot run at all
+    queue_rps: float  # peak arrivals into one queue (the whole rate, or one device's share)
+    queue_servers: int  # servers behind that queue
     latency_ms: float  # predicted response quantile (the SLO's), end to end; inf if unusable
     floor_latency_ms: float  # network + service: the latency with unlimited replicas
     utilization_peak: float
@@ -42,7 +45,7 @@ class Option:
     energy_usd: float  # per month at mean utilization (owned nodes; cloud bills it per hour)
     instance_usd: float  # per month, cloud instances
     egress_usd: float  # per month
-    link: frozenset[str] | None
+    links: tuple[frozenset[str], ...]  # the route's links, empty when processed on site
     link_bps: float  # payload bits/s over the link at peak
     fits: bool  # the model runs on the target (precision supported, memory fits)
     meets_slo: bool
@@ -85,23 +88,44 @@ def build_options(problem: Problem) -> dict[str, list[Option]]:
     pools_by_site: dict[str, list[Pool]] = {}
     for pool in problem.pools:
         pools_by_site.setdefault(pool.site, []).append(pool)
-    neighbours: dict[str, list[tuple[str, LinkSpec]]] = {}
-    for each in problem.links.values():
-        neighbours.setdefault(each.a, []).append((each.b, each))
-        neighbours.setdefault(each.b, []).append((each.a, each))
+    routes_from: dict[str, dict[str, tuple[LinkSpec, ...]]] = {}
     # Identical (pool, variant, rate, budget) sizings recur across workloads: cache them.
     sizing_cache: dict[tuple[object, ...], int | None] = {}
     result: dict[str, list[Option]] = {}
     for workload in problem.workloads:
-        reachable: list[tuple[str, LinkSpec | None]] = [(workload.site, None)]
-        reachable.extend(neighbours.get(workload.site, []))
+        if workload.site not in routes_from:
+            routes_from[workload.site] = shortest_routes(problem, workload.site)
         options: list[Option] = []
-        for site, link in reachable:
+        for site, route in routes_from[workload.site].items():
+            if problem.sites[site].kind == "device" and site != workload.site:
+                continue  # a sensor's processor serves its own data, not other sites'
             for pool in pools_by_site.get(site, []):
                 for variant in workload.variants:
-                    options.append(_option(problem, workload, pool, variant, link, sizing_cache))
+                    options.append(_option(problem, workload, pool, variant, route, sizing_cache))
         result[workload.name] = options
     return result
+
+
+def shortest_routes(problem: Problem, source: str) -> dict[str, tuple[LinkSpec, ...]]:
+    """The lowest round-trip route (a chain of links) from SOURCE to every reachable site."""
+    neighbours: dict[str, list[tuple[str, LinkSpec]]] = {}
+    for each in problem.links.values():
+        neighbours.setdefault(each.a, []).append((each.b, each))
+        neighbours.setdefault(each.b, []).append((each.a, each))
+    best: dict[str, float] = {source: 0.0}
+    routes: dict[str, tuple[LinkSpec, ...]] = {source: ()}
+    heap: list[tuple[float, str]] = [(0.0, source)]
+    while heap:
+        dist, site = heapq.heappop(heap)
+        if dist > best[site]:
+            continue
+        for other, link in neighbours.get(site, []):
+            candidate = dist + link.rtt_ms
+            if candidate < best.get(other, math.inf):
+                best[other] = candidate
+                routes[other] = (*routes[site], link)
+                heapq.heappush(heap, (candidate, other))
+    return routes
 
 
 def _option(
@@ -109,14 +133,18 @@ def _option(
     workload: WorkloadSpec,
     pool: Pool,
     variant: Variant,
-    link: LinkSpec | None,
+    route: tuple[LinkSpec, ...],
     sizing_cache: dict[tuple[object, ...], int | None],
 ) -> Option:
     site = problem.sites[pool.site]
-    if link is None:
+    if not route:
         network_ms = site.lan_rtt_ms
     else:
-        network_ms = link.rtt_ms + workload.payload_bytes * 8.0 / link.bandwidth_bps * 1000.0
+        # Store and forward: every hop adds its round trip and the payload's transfer time.
+        network_ms = sum(
+            link.rtt_ms + workload.payload_bytes * 8.0 / link.bandwidth_bps * 1000.0
+            for link in route
+        )
     policy_ok, policy_reason = policy_allows(problem, workload, pool.site)
     perf = problem.perf.get((variant.model_key, pool.target_id, variant.precision))
     base = dict(
@@ -130,13 +158,15 @@ def _option(
         precision=variant.precision,
         accuracy_drop=variant.accuracy_drop,
         network_ms=network_ms,
-        link=None if link is None else link.key,
-        link_bps=0.0 if link is None else workload.peak_rps * workload.payload_bytes * 8.0,
+        links=tuple(link.key for link in route),
+        link_bps=workload.peak_rps * workload.payload_bytes * 8.0 if route else 0.0,
         policy_ok=policy_ok,
     )
     unusable = dict(
         servers_per_replica=1,
         replicas=0,
+        queue_rps=0.0,
+        queue_servers=0,
         latency_ms=math.inf,
         utilization_peak=0.0,
         utilization_mean=0.0,
@@ -175,6 +205,8 @@ def _option(
         )
     servers = max(1, perf.streams)
     budget_ms = workload.slo_ms - network_ms
+    if site.kind == "device":
+        return _device_option(problem, workload, pool, perf, base, network_ms, servers)
     key = (perf.service_ms, servers, workload.peak_rps, workload.quantile, budget_ms)
     if key not in sizing_cache:
         sizing_cache[key] = min_servers(
@@ -203,7 +235,16 @@ def _option(
         )
     elif not within_capacity:
         reason = f"capacity: needs {replicas} nodes, {pool.id} has at most {pool.capacity}"
+    peak_bps = workload.peak_rps * workload.payload_bytes * 8.0
+    for link in route:
+        if peak_bps > problem.headroom * link.bandwidth_bps:
+            within_capacity = False
+            reason = reason or (
+                f"bandwidth: {peak_bps / 1e6:.1f} Mbit/s at peak > {problem.headroom:.0%} of "
+                f"link {link.a}–{link.b} ({link.bandwidth_bps / 1e6:g} Mbit/s)"
+            )
     capacity_servers = replicas * servers
+    queue_fields = dict(queue_rps=workload.peak_rps, queue_servers=capacity_servers)
     latency_ms = network_ms + response_quantile_ms(
         workload.peak_rps, perf.service_ms, capacity_servers, workload.quantile
     )
@@ -216,13 +257,14 @@ def _option(
         mean_w = replicas * (pool.idle_w + dynamic_w * min(util_mean, 1.0))
         energy_usd = mean_w / 1000.0 * problem.hours_per_month * site.usd_per_kwh
     egress_usd = 0.0
-    if link is not None:
+    if route:
         gb_per_month = (
             workload.payload_bytes * workload.mean_rps * 3600.0 * problem.hours_per_month / 1e9
         )
-        egress_usd = gb_per_month * link.usd_per_gb
+        egress_usd = gb_per_month * sum(link.usd_per_gb for link in route)
     return Option(
         **base,  # type: ignore[arg-type]
+        **queue_fields,  # type: ignore[arg-type]
         service_ms=perf.service_ms,
         ram_required_bytes=perf.ram_required_bytes,
         servers_per_replica=servers,
@@ -238,5 +280,69 @@ def _option(
         fits=True,
         meets_slo=meets_slo,
         within_capacity=within_capacity,
+        reason=reason,
+    )
+
+
+def _device_option(
+    problem: Problem,
+    workload: WorkloadSpec,
+    pool: Pool,
+    perf: Perf,
+    base: dict[str, object],
+    network_ms: float,
+    servers: int,
+) -> Option:
+    """On the producing devices themselves: each device runs the model on its own share of the
+    rate, in its own queue; all of them are used and none can be added."""
+    devices = pool.existing
+    share_rps = workload.peak_rps / devices if devices else math.inf
+    load = share_rps * perf.service_ms / 1000.0
+    util_peak = load / servers
+    latency_ms = network_ms + (
+        response_quantile_ms(share_rps, perf.service_ms, servers, workload.quantile)
+        if devices
+        else math.inf
+    )
+    fast_enough = latency_ms <= workload.slo_ms
+    within_capacity = devices > 0 and util_peak <= problem.headroom
+    reason = ""
+    if not base["policy_ok"]:
+        reason = "policy: the data may not be processed here"
+    elif not devices:
+        reason = f"capacity: {pool.id} lists no devices (count: 0)"
+    elif not within_capacity:
+        reason = (
+            f"capacity: each device is {util_peak:.0%} busy at peak, above the "
+            f"{problem.headroom:.0%} headroom"
+        )
+    elif not fast_enough:
+        reason = (
+            f"slo: {workload.slo_label} {latency_ms:.1f} ms on each device > SLO "
+            f"{workload.slo_ms:g} ms"
+        )
+    util_mean = workload.mean_rps / max(devices, 1) * perf.service_ms / 1000.0 / servers
+    dynamic_w = pool.active_w - pool.idle_w
+    site = problem.sites[pool.site]
+    mean_w = devices * (pool.idle_w + dynamic_w * min(util_mean, 1.0))
+    return Option(
+        **base,  # type: ignore[arg-type]
+        service_ms=perf.service_ms,
+        ram_required_bytes=perf.ram_required_bytes,
+        servers_per_replica=servers,
+        replicas=devices,
+        queue_rps=share_rps,
+        queue_servers=servers,
+        latency_ms=latency_ms,
+        floor_latency_ms=network_ms + perf.service_ms,
+        utilization_peak=util_peak,
+        utilization_mean=util_mean,
+        power_w=devices * (pool.idle_w + dynamic_w * min(util_peak, 1.0)),
+        energy_usd=mean_w / 1000.0 * problem.hours_per_month * site.usd_per_kwh,
+        instance_usd=devices * pool.instance_usd_per_month,
+        egress_usd=0.0,
+        fits=True,
+        meets_slo=fast_enough and within_capacity,
+        within_capacity=devices > 0,
         reason=reason,
     )

@@ -77,14 +77,13 @@ def simulate_solution(
 ) -> dict[str, SimResult]:
     """Simulate each placed workload at its peak rate on its chosen replicas."""
     out: dict[str, SimResult] = {}
-    by_name = {w.name: w for w in problem.workloads}
     for index, (name, option) in enumerate(solution.chosen.items()):
         if option is None:
             continue
         out[name] = simulate_queue(
-            by_name[name].peak_rps,
+            option.queue_rps,
             option.service_ms,
-            option.replicas * option.servers_per_replica,
+            option.queue_servers,
             requests=settings.requests,
             network_ms=option.network_ms,
             service=settings.service,

@@ -112,8 +112,8 @@ def solve(
         per_workload[w_index].append((col, 1.0))
         per_pool.setdefault(option.pool, []).append((col, float(option.replicas)))
         per_site.setdefault(option.site, []).append((col, option.power_w))
-        if option.link is not None:
-            per_link.setdefault(option.link, []).append((col, option.link_bps))
+        for link_key in option.links:
+            per_link.setdefault(link_key, []).append((col, option.link_bps))
     for w_index in range(n_w):
         add_row([*per_workload[w_index], (n_x + w_index, 1.0)], 1.0, 1.0)
     for pool in problem.pools:

@@ -1,0 +1,308 @@
+"""report.html: one self-contained page (inline CSS and SVG, no script, nothing fetched)."""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+import re
+from typing import Any
+
+from edgeshift.plan.explain import option_cost_usd
+from edgeshift.plan.pipeline import AGREEMENT_FACTOR, PlanResult
+
+_TIER_COLORS = {"mcu": "#4c9a2a", "edge": "#2a7ab0", "server": "#e08a1e", "gpu": "#b5332e"}
+_BASELINE_LABELS = {
+    "plan": "edgeshift plan",
+    "cloud-gpu": "all on cloud GPU",
+    "cloud-cpu": "all on cloud CPU",
+    "edge": "all at the edge",
+}
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;
+max-width:1180px;color:#1d232a;padding:0 16px}
+h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #dde}
+.sub{color:#5a6570}.cards{display:flex;gap:12px;flex-wrap:wrap;margin:16px 0}
+.card{border:1px solid #dde;border-radius:8px;padding:10px 14px;min-width:170px}
+.card b{display:block;font-size:20px}.ok{color:#2e7d32}.bad{color:#c62828}
+table{border-collapse:collapse;width:100%;margin:8px 0}th,td{border-bottom:1px solid #eef;
+padding:5px 8px;text-align:left;vertical-align:top}th{background:#f5f7fa}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+.charts{display:grid;grid-template-columns:1fr 1fr;gap:16px}.chart svg{width:100%;height:auto}
+.wide{grid-column:1 / span 2}.why{color:#3d4750;font-size:13px}code{background:#f3f3f6;padding:0 3px}
+"""
+
+
+def render_report(result: PlanResult, summary: dict[str, Any]) -> str:
+    """The HTML page for RESULT; SUMMARY is the plan.json document of the same result."""
+    problem, solution = result.problem, result.solution
+    title = problem.name or "placement plan"
+    placed = len(problem.workloads) - len(solution.unplaced)
+    cards = [
+        ("monthly cost", f"${solution.total_usd:,.2f}", ""),
+        (
+            "workloads placed",
+            f"{placed} / {len(problem.workloads)}",
+            "ok" if not solution.unplaced else "bad",
+        ),
+    ]
+    for kind, base in result.baselines.items():
+        saved = base.total_usd - solution.total_usd
+        pct = f" ({saved / base.total_usd:.0%})" if base.total_usd > 0 else ""
+        cards.append((f"saves vs {_BASELINE_LABELS[kind]}", f"${saved:,.2f}{pct}", ""))
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>edgeshift plan — {_e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>edgeshift plan — {_e(title)}</h1>",
+        f"<div class='sub'>{len(problem.workloads)} workloads, {len(problem.sites)} sites, "
+        f"{sum(p.existing + p.max_add for p in problem.pools):,} nodes possible in "
+        f"{len(problem.pools)} pools; solver {solution.status} in {solution.solve_s:.2f} s "
+        f"({solution.variables} variables, {solution.constraints} constraints)</div>",
+        "<div class='cards'>",
+        *(
+            f"<div class='card'>{_e(label)}<b class='{cls}'>{_e(value)}</b></div>"
+            for label, value, cls in cards
+        ),
+        "</div>",
+        "<h2>Charts</h2><div class='charts'>",
+        f"<div class='chart' id='chart-cost'>{_cost_chart(result)}</div>",
+        f"<div class='chart' id='chart-baselines'>{_baseline_chart(result)}</div>",
+        f"<div class='chart wide' id='chart-latency'>{_latency_chart(result)}</div>",
+        "</div>",
+        _placement_table(result),
+        _unplaced_section(result),
+        _baseline_table(result),
+        _pool_table(summary),
+        _assumptions(result),
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _ms(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "—"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def _placement_table(result: PlanResult) -> str:
+    problem, solution = result.problem, result.solution
+    rows = []
+    for w in problem.workloads:
+        option = solution.chosen.get(w.name)
+        why = _e(result.explanations[w.name].line)
+        if option is None:
+            rows.append(
+                f"<tr><td>{_e(w.name)}</td><td colspan='7' class='bad'>not placed</td>"
+                f"<td class='why'>{why}</td></tr>"
+            )
+            continue
+        sim = result.simulations.get(w.name)
+        sim_ms = sim.quantile_ms(w.quantile) if sim is not None else None
+        cls = "ok" if option.latency_ms <= w.slo_ms else "bad"
+        rows.append(
+            f"<tr><td>{_e(w.name)}</td><td>{_e(option.pool)}</td><td>{_e(option.tier)}</td>"
+            f"<td class='num'>{option.replicas}</td><td>{_e(option.variant)}</td>"
+            f"<td class='num {cls}'>{_ms(option.latency_ms)}</td><td class='num'>{_ms(sim_ms)}</td>"
+            f"<td class='num'>{w.slo_label} {w.slo_ms:g}</td><td class='why'>{why}</td></tr>"
+        )
+    return (
+        "<h2>Placement</h2><table id='plan-table'><thead><tr><th>workload</th><th>pool</th>"
+        "<th>tier</th><th class='num'>replicas</th><th>variant</th>"
+        "<th class='num'>predicted ms</th><th class='num'>simulated ms</th>"
+        "<th class='num'>SLO ms</th><th>why</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+
+
+def _unplaced_section(result: PlanResult) -> str:
+    if not result.solution.unplaced:
+        return ""
+    items = []
+    for name in result.solution.unplaced:
+        ex = result.explanations[name]
+        items.append(
+            f"<li><b>{_e(name)}</b>: {_e('; '.join(ex.binding))}<br>fix: "
+            f"{_e(' or '.join(ex.fixes))}</li>"
+        )
+    return "<h2 class='bad'>Infeasible</h2><ul id='infeasible'>" + "".join(items) + "</ul>"
+
+
+def _baseline_table(result: PlanResult) -> str:
+    rows = []
+    entries = [("plan", result.solution), *result.baselines.items()]
+    for kind, sol in entries:
+        rows.append(
+            f"<tr><td>{_e(_BASELINE_LABELS[kind])}</td>"
+            f"<td class='num'>${sol.total_usd:,.2f}</td>"
+            f"<td class='num'>${sol.purchase_usd:,.2f}</td><td class='num'>${sol.energy_usd:,.2f}</td>"
+            f"<td class='num'>${sol.instance_usd:,.2f}</td><td class='num'>${sol.egress_usd:,.2f}</td>"
+            f"<td>{_e(', '.join(sol.slo_violations) or '—')}</td>"
+            f"<td>{_e(', '.join(sol.policy_violations) or '—')}</td>"
+            f"<td>{_e(', '.join(sol.unplaced) or '—')}</td></tr>"
+        )
+    return (
+        "<h2>Against the baselines</h2><p class='why'>Each baseline is solved the same way "
+        "(same options, same sizing, same solver) but restricted to one kind of placement; it "
+        "may break SLOs and data policies, which it then minimizes first and reports.</p>"
+        "<table id='baselines'><thead><tr><th>placement</th><th class='num'>$/month</th>"
+        "<th class='num'>purchase</th><th class='num'>energy</th><th class='num'>instances</th>"
+        "<th class='num'>egress</th><th>SLO violations</th><th>policy violations</th>"
+        "<th>unplaced</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+    )
+
+
+def _pool_table(summary: dict[str, Any]) -> str:
+    rows = [
+        f"<tr><td>{_e(p['pool'])}</td><td>{_e(p['target'])}</td><td>{_e(p['tier'])}</td>"
+        f"<td class='num'>{p['existing']}</td><td class='num'>{p['used']}</td>"
+        f"<td class='num'>{p['added']}</td><td class='num'>{p['max_add']}</td></tr>"
+        for p in summary["pools"]
+        if p["used"] or p["existing"]
+    ]
+    return (
+        "<h2>Node pools</h2><table id='pools'><thead><tr><th>pool</th><th>target</th>"
+        "<th>tier</th><th class='num'>existing</th><th class='num'>used</th>"
+        "<th class='num'>to add</th><th class='num'>max add</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+
+
+def _assumptions(result: PlanResult) -> str:
+    p = result.problem
+    notes = "".join(f"<li>{_e(n)}</li>" for n in p.notes)
+    return (
+        "<h2>How the numbers are made</h2><ul class='why'>"
+        "<li>Latency = network round trip (+ payload transfer over the link) + M/M/c "
+        "(Erlang C) waiting-time quantile at the <b>peak</b> rate + service time from "
+        "<code>edgeshift estimate</code>. Service times are nearly constant, so the M/M/c wait "
+        "over-states the real wait: predictions are conservative. The simulation (Poisson "
+        "arrivals at peak, constant service) checks them; agreement means simulated ≤ "
+        f"{AGREEMENT_FACTOR:.2f} × predicted.</li>"
+        f"<li>Replicas: fewest that keep utilization at peak ≤ {p.headroom:.0%} and meet the "
+        "SLO. Each replica is one whole node (nodes are not shared between workloads).</li>"
+        f"<li>Monthly costs over {p.hours_per_month:g} h: owned nodes added = purchase / "
+        "(lifetime × 12); existing nodes are sunk (no purchase cost) but their energy counts; "
+        "energy = (idle + (active − idle) × mean utilization) × hours × site $/kWh; unused "
+        "nodes are assumed powered off; cloud instances = $/h × hours (energy included); "
+        "egress = payload × mean rate × link $/GB.</li>"
+        f"{notes}</ul>"
+    )
+
+
+# ---- charts (matplotlib, SVG backend; fonts as paths so nothing is fetched) ----
+
+
+def _svg(fig: Any, prefix: str) -> str:
+    import matplotlib
+    from matplotlib.backends.backend_svg import FigureCanvasSVG
+
+    FigureCanvasSVG(fig)
+    buf = io.StringIO()
+    # Glyphs as paths: the page needs no font; a fixed salt makes the output reproducible.
+    with matplotlib.rc_context({"svg.fonttype": "path", "svg.hashsalt": "edgeshift"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    text = buf.getvalue()
+    text = text[text.index("<svg") :]
+    # Several SVGs share one page: give each its own id namespace.
+    ids = set(re.findall(r'id="([^"]+)"', text))
+    for ident in sorted(ids, key=len, reverse=True):
+        text = text.replace(f'id="{ident}"', f'id="{prefix}-{ident}"')
+        text = text.replace(f"#{ident})", f"#{prefix}-{ident})")
+        text = text.replace(f'#{ident}"', f'#{prefix}-{ident}"')
+    return text
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100)
+
+
+def _cost_chart(result: PlanResult) -> str:
+    problem, solution = result.problem, result.solution
+    by_site: dict[str, dict[str, float]] = {}
+    for option in solution.chosen.values():
+        if option is None:
+            continue
+        tiers = by_site.setdefault(option.site, {})
+        tiers[option.tier] = tiers.get(option.tier, 0.0) + option_cost_usd(
+            problem, option, solution
+        )
+    fig = _figure(5.6, 3.4)
+    ax = fig.add_subplot()
+    sites = sorted(by_site, key=lambda s: -sum(by_site[s].values()))[:12]
+    left = [0.0] * len(sites)
+    for tier, color in _TIER_COLORS.items():
+        values = [by_site[s].get(tier, 0.0) for s in sites]
+        if any(values):
+            ax.barh(sites, values, left=left, color=color, label=tier)
+            left = [a + b for a, b in zip(left, values, strict=True)]
+    ax.invert_yaxis()
+    ax.set_xlabel("USD per month")
+    ax.set_title("Cost by site and tier")
+    if sites:
+        ax.legend(fontsize=8, loc="lower right")
+    for i, total in enumerate(left):
+        ax.text(total, i, f" ${total:,.2f}", va="center", fontsize=8)
+    ax.margins(x=0.25)
+    return _svg(fig, "cost")
+
+
+def _baseline_chart(result: PlanResult) -> str:
+    entries = [("plan", result.solution), *result.baselines.items()]
+    fig = _figure(5.6, 3.4)
+    ax = fig.add_subplot()
+    labels = [_BASELINE_LABELS[k] for k, _ in entries]
+    totals = [max(s.total_usd, 0.01) for _, s in entries]
+    colors = ["#2e7d32", "#b5332e", "#e08a1e", "#2a7ab0"]
+    ax.barh(labels, totals, color=colors[: len(entries)])
+    ax.set_xscale("log")
+    ax.invert_yaxis()
+    ax.set_xlabel("USD per month (log scale)")
+    ax.set_title("The plan against the baselines")
+    for i, (_, sol) in enumerate(entries):
+        flags = []
+        if sol.slo_violations:
+            flags.append(f"{len(sol.slo_violations)} SLO violations")
+        if sol.policy_violations:
+            flags.append(f"{len(sol.policy_violations)} policy violations")
+        if sol.unplaced:
+            flags.append(f"{len(sol.unplaced)} unplaced")
+        note = f" ({', '.join(flags)})" if flags else ""
+        ax.text(totals[i], i, f" ${sol.total_usd:,.0f}{note}", va="center", fontsize=8)
+    ax.margins(x=0.6)
+    return _svg(fig, "base")
+
+
+def _latency_chart(result: PlanResult) -> str:
+    problem, solution = result.problem, result.solution
+    workloads = problem.workloads[:40]  # a readable chart; the table lists every workload
+    fig = _figure(11.2, max(2.2, 0.38 * len(workloads) + 1.0))
+    ax = fig.add_subplot()
+    names = [w.name for w in workloads]
+    predicted = []
+    for w in workloads:
+        option = solution.chosen.get(w.name)
+        predicted.append(option.latency_ms if option is not None else float("nan"))
+    ax.barh(names, predicted, color="#2a7ab0", label="predicted (model)")
+    sim_x = []
+    for w in workloads:
+        sim = result.simulations.get(w.name)
+        sim_x.append(sim.quantile_ms(w.quantile) if sim is not None else float("nan"))
+    ax.plot(sim_x, range(len(names)), "o", color="#ffb300", label="simulated", ms=6)
+    ax.plot([w.slo_ms for w in workloads], range(len(names)), "|", color="#c62828", ms=18, mew=2.5)
+    ax.plot([], [], "|", color="#c62828", ms=12, mew=2.5, label="SLO")
+    ax.set_xscale("log")
+    ax.invert_yaxis()
+    ax.set_xlabel("ms at the SLO's percentile, peak rate (log scale)")
+    ax.set_title("Latency against the SLO, per workload")
+    ax.legend(fontsize=8, loc="lower right")
+    return _svg(fig, "lat")
