@@ -298,3 +298,34 @@ def test_nodes_computed_from_constants_are_folded() -> None:
     # Activations: x and y (32 B each); the dequantized weight is not one.
     assert (a.peak_activation_bytes, a.naive_activation_bytes) == (64, 64)
     assert any(note.startswith("DequantizeLinear ×1") for note in a.uncounted)
+
+
+def test_shapes_computed_from_shape_ops_are_resolved() -> None:
+    # BERT-style position ids: Slice(positions, 0, Unsqueeze(Shape(x)[1])) — onnx's own
+    # inference cannot see through the computed Slice end; the ORT symbolic fallback can.
+    positions = numpy_helper.from_array(np.arange(64, dtype=np.int64).reshape(1, 64), "positions")
+    table = numpy_helper.from_array(np.zeros((64, 4), np.float32), "table")
+    w = numpy_helper.from_array(np.zeros((4, 8), np.float32), "w")
+    consts = {
+        "one": np.array(1, np.int64),
+        "zero1": np.array([0], np.int64),
+        "axis0": np.array([0], np.int64),
+        "axis1": np.array([1], np.int64),
+    }
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "one"], ["seq"]),
+        helper.make_node("Unsqueeze", ["seq", "axis0"], ["end"]),
+        helper.make_node("Slice", ["positions", "zero1", "end", "axis1"], ["pos"]),
+        helper.make_node("Gather", ["table", "pos"], ["pe"]),  # [1, seq, 4]
+        helper.make_node("Add", ["x", "pe"], ["h"]),
+        helper.make_node("MatMul", ["h", "w"], ["y"]),
+    ]
+    inits = [positions, table, w, *(numpy_helper.from_array(v, k) for k, v in consts.items())]
+    model = _model(nodes, [_vi("x", ["batch", "seq", 4])], [_vi("y", ["batch", "seq", 8])], inits)
+    a = analyze(model, shapes={"seq": (10,)}, batch=2)
+    assert a.uncounted == []  # every tensor's shape known, the sliced positions included
+    assert a.macs == 2 * 10 * 4 * 8
+    gather_pe = next(n for n in a.nodes if n.op_type == "Gather" and n.weight_bytes == 64 * 16)
+    assert gather_pe.output_bytes == 1 * 10 * 4 * 4  # pe is [1, seq, 4]
+    assert a.output_shapes == {"y": (2, 10, 8)}
