@@ -155,6 +155,7 @@ def _header(**tensor: object) -> bytes:
         (_header(data=[[1.0], [2.0, 3.0]]), None, "not a valid FP32 array"),
         (_header(datatype="UINT8", data=[1, 300]), None, "not a valid UINT8 array"),
         (_header(datatype="BOOL", data=[1, 0]), None, "true/false"),
+        (_header(datatype="FP16", data=[1.0, 1e9]), None, "not a valid FP16 array"),
         (_header(datatype="BYTES", data=[1, 2]), None, "must be strings"),
         (_header(name=""), None, "'name' string"),
         (_header(parameters=[1]), None, "'parameters' must be a JSON object"),

@@ -192,8 +192,9 @@ def _decode_json_data(name: str, datatype: str, shape: tuple[int, ...], data: An
             isinstance(v, bool) for v in np.asarray(data, dtype=object).ravel()
         ):
             raise _bad(f"input {name!r}: BOOL data must be true/false")
-        arr = np.asarray(data, dtype=DATATYPES[datatype])
-    except (ValueError, TypeError, OverflowError) as exc:
+        with np.errstate(over="raise", invalid="raise"):  # 1e9 as FP16 is an error, not inf
+            arr = np.asarray(data, dtype=DATATYPES[datatype])
+    except (ValueError, TypeError, OverflowError, FloatingPointError) as exc:
         raise _bad(f"input {name!r}: data is not a valid {datatype} array ({exc})") from None
     if arr.size != count:
         raise _bad(f"input {name!r}: shape {list(shape)} needs {count} elements, got {arr.size}")

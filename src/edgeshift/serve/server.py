@@ -143,13 +143,20 @@ class InferenceServer:
         if self._uvicorn is None or self._socket is None:
             await self.start()
         assert self._uvicorn is not None and self._socket is not None
-        log.info("serving Open Inference Protocol v2 on http://%s", self.url)
+        announce = asyncio.create_task(self._announce())
         try:
             await self._uvicorn.serve(sockets=[self._socket])
         finally:
+            announce.cancel()
             if self.repository is not None:
                 await self.repository.close()  # no-op when the lifespan already drained it
             self._socket.close()
+
+    async def _announce(self) -> None:
+        # Tests and scripts wait for this line: only write it once uvicorn accepts.
+        while not self.started:
+            await asyncio.sleep(0.01)
+        log.info("serving Open Inference Protocol v2 on http://%s", self.url)
 
     @property
     def started(self) -> bool:

@@ -1,0 +1,212 @@
+"""``edgeshift serve`` as a real subprocess (tritonclient talks to it; SIGTERM drains it) and
+the command's bad-input paths through CliRunner."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as th
+import tritonclient.http.aio as tha
+from serve_models import exchange, mlp_reference, save_mlp
+from typer.testing import CliRunner
+
+from edgeshift.cli.main import app
+
+READY_RE = re.compile(r"serving Open Inference Protocol v2 on http://(\S+)")
+
+
+class ServeProcess:
+    """`python -m edgeshift serve ...` with its stderr read on a thread (never blocks the pipe)."""
+
+    def __init__(self, *args: str) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeshift", "serve", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.stderr: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        self.url = self._wait_ready()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+            self.lines.put(line)
+
+    def _wait_ready(self, timeout_s: float = 60) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            match = READY_RE.search(line)
+            if match:
+                return match.group(1)
+        self.proc.kill()
+        raise AssertionError("server did not start:\n" + "".join(self.stderr))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(30)
+
+
+@pytest.fixture
+def model_path(tmp_path: Path) -> Path:
+    return save_mlp(tmp_path / "dense.onnx", seed=0)
+
+
+@pytest.fixture
+def served(model_path: Path) -> Iterator[ServeProcess]:
+    process = ServeProcess(str(model_path), "--port", "0", "--threads", "1")
+    yield process
+    process.stop()
+
+
+@pytest.mark.slow
+def test_real_cli_process_serves_tritonclient(served: ServeProcess) -> None:
+    client = th.InferenceServerClient(served.url)
+    assert client.is_server_ready()
+    x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    inp = th.InferInput("x", [3, 8], "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer("dense", [inp])
+    np.testing.assert_allclose(result.as_numpy("y"), mlp_reference(x, 0), rtol=1e-4, atol=1e-5)
+    client.close()
+    # The access log is on by default: one JSON line per request.
+    deadline = time.monotonic() + 10
+    while not any('"path":"/v2/models/dense/infer"' in line for line in served.stderr):
+        assert time.monotonic() < deadline, "".join(served.stderr)
+        time.sleep(0.02)
+
+
+def _in_flight(url: str) -> float:
+    body = exchange(url, "GET", "/metrics")[2].decode()
+    match = re.search(r'edgeshift_inference_in_flight\{model="dense"\} (\S+)', body)
+    return float(match.group(1)) if match else 0.0
+
+
+@pytest.mark.slow
+def test_sigterm_drains_in_flight_requests_then_exits_cleanly(model_path: Path) -> None:
+    # A long batching delay keeps requests in flight while the signal arrives.
+    process = ServeProcess(
+        str(model_path),
+        "--port",
+        "0",
+        "--max-delay-ms",
+        "1500",
+        "--max-batch",
+        "64",
+        "--no-access-log",
+    )
+    xs = [np.full((1, 8), i, np.float32) for i in range(8)]
+
+    async def main() -> list[np.ndarray]:
+        client = tha.InferenceServerClient(process.url)
+        try:
+            inputs = []
+            for x in xs:
+                inp = tha.InferInput("x", [1, 8], "FP32")
+                inp.set_data_from_numpy(x)
+                inputs.append(inp)
+            tasks = [asyncio.ensure_future(client.infer("dense", [inp])) for inp in inputs]
+            deadline = time.monotonic() + 20
+            while await asyncio.to_thread(_in_flight, process.url) < len(xs):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            process.proc.send_signal(signal.SIGTERM)
+            return [r.as_numpy("y") for r in await asyncio.gather(*tasks)]
+        finally:
+            await client.close()
+
+    try:
+        results = asyncio.run(main())
+        assert process.proc.wait(30) == 0
+    finally:
+        process.stop()
+    for x, got in zip(xs, results, strict=True):
+        np.testing.assert_allclose(got, mlp_reference(x, 0), rtol=1e-4, atol=1e-5)
+    log = "".join(process.stderr)
+    assert "SIGTERM: draining in-flight requests" in log
+    assert '"path"' not in log  # --no-access-log
+
+
+runner = CliRunner()
+
+
+def _fails_cleanly(args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["serve", *args])
+    assert result.exit_code != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert message in lines[0], lines[0]
+
+
+def test_missing_model_path(tmp_path: Path) -> None:
+    _fails_cleanly([str(tmp_path / "nope.onnx")], "model not found")
+
+
+def test_directory_without_a_model(tmp_path: Path) -> None:
+    _fails_cleanly([str(tmp_path)], "holds no model")
+
+
+def test_corrupt_model_file(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x00garbage")
+    _fails_cleanly([str(bad)], "cannot load model 'broken'")
+
+
+def test_two_models_with_one_name(tmp_path: Path, model_path: Path) -> None:
+    other = save_mlp(tmp_path / "other" / "dense.onnx")
+    _fails_cleanly([str(model_path), str(other)], "two models are named 'dense'")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--version-policy", "newest"], "bad --version-policy"),
+        (["--max-batch", "0"], "--max-batch must be >= 1"),
+        (["--max-queue", "0"], "--max-queue must be >= 1"),
+        (["--max-delay-ms", "-1"], "--max-delay-ms must be >= 0"),
+        (["--threads", "0"], "--threads must be >= 1"),
+        (["--max-body-mb", "0"], "--max-body-mb must be > 0"),
+        (["--port", "70000"], "cannot listen on 127.0.0.1:70000"),
+    ],
+)
+def test_bad_flags(model_path: Path, flags: list[str], message: str) -> None:
+    _fails_cleanly([str(model_path), *flags], message)
+
+
+def test_port_in_use(model_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        _fails_cleanly([str(model_path), "--port", str(port)], f"cannot listen on 127.0.0.1:{port}")
+
+
+def test_version_policy_matching_nothing(tmp_path: Path) -> None:
+    save_mlp(tmp_path / "repo" / "m" / "1" / "model.onnx")
+    _fails_cleanly([str(tmp_path / "repo"), "--version-policy", "specific:5"], "no version matches")
