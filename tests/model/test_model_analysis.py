@@ -329,3 +329,20 @@ def test_shapes_computed_from_shape_ops_are_resolved() -> None:
     gather_pe = next(n for n in a.nodes if n.op_type == "Gather" and n.weight_bytes == 64 * 16)
     assert gather_pe.output_bytes == 1 * 10 * 4 * 4  # pe is [1, seq, 4]
     assert a.output_shapes == {"y": (2, 10, 8)}
+
+
+def test_exporter_value_info_fills_shapes_after_a_custom_op() -> None:
+    # Nothing can infer through acme.Frob; the graph output's declared [N, 4], with N
+    # resolved from the input, still lets the Relu after it be costed.
+    nodes = [
+        helper.make_node("Frob", ["x"], ["h"], domain="acme"),
+        helper.make_node("Relu", ["h"], ["y"]),
+    ]
+    model = _model(nodes, [_vi("x", ["N", 4])], [_vi("y", ["N", 4])])
+    model.opset_import.append(helper.make_opsetid("acme", 1))
+    a = analyze(model, batch=3)
+    frob, relu = a.nodes
+    assert not frob.counted and relu.counted
+    assert relu.flops == 12
+    assert a.output_shapes == {"y": (3, 4)}
+    assert any("1 activation tensor of unknown shape (h)" in n for n in a.uncounted)
