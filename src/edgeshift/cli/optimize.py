@@ -1,7 +1,177 @@
-"""CLI: optimize (not yet built)."""
+"""CLI: ``edgeshift optimize`` — the fastest variant of a model within an accuracy budget."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
 
 import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from edgeshift.cli.render import console, err_console, human_bytes, print_json, progress_enabled
+from edgeshift.errors import BudgetError, OptimizeError
+from edgeshift.optimize import OptimizeResult, optimize
+from edgeshift.optimize.manifest import CandidateRecord
+
+_VERDICT_STYLE = {
+    "chosen": "bold green",
+    "accepted": "green",
+    "rejected": "red",
+    "skipped": "dim",
+    "failed": "yellow",
+}
+
+
+def _split_list(values: list[str]) -> list[str]:
+    """Accept repeated options and comma lists alike: --backends a,b --backends c."""
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+def optimize_command(
+    model: Path = typer.Argument(..., help="The .onnx model to optimize."),
+    data: Path = typer.Option(
+        ..., "--data", help="EVAL.npz: one array per model input (samples first), labels optional."
+    ),
+    labels: str | None = typer.Option(
+        None,
+        "--labels",
+        help="Name of the labels array in EVAL.npz (default: 'labels' if present).",
+    ),
+    metric: str = typer.Option(
+        "auto",
+        "--metric",
+        help="auto, top1, cosine, rmse, max-abs, iou, or module:function (file.py:function).",
+    ),
+    max_drop: float | None = typer.Option(
+        None,
+        "--max-drop",
+        help="Largest accuracy drop allowed, in the metric's unit (top1/iou: points, default 1; "
+        "cosine: default 0.01; rmse/max-abs: default 1% of the target's scale).",
+    ),
+    objective: str = typer.Option("latency", "--objective", help="latency (p50) or throughput."),
+    batch: int = typer.Option(1, "--batch", help="Items per inference call, as you will serve."),
+    backends: list[str] = typer.Option(
+        [], "--backends", help="Limit to these runtimes: onnxruntime, openvino (comma list)."
+    ),
+    recipes: list[str] = typer.Option(
+        [], "--recipes", help="Limit to these recipes (comma list; see docs/optimize.md)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Artifact directory (default: ./<model name>-optimized)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the calibration/evaluation split."),
+    quick: bool = typer.Option(
+        False, "--quick", help="Fewer samples and timing runs: a fast, rougher answer."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", help="Runtime threads (default: CPUs usable under cgroups/affinity)."
+    ),
+    no_recovery: bool = typer.Option(
+        False, "--no-recovery", help="Do not keep sensitive layers in float when int8 misses."
+    ),
+    require: bool = typer.Option(
+        False, "--require", help="Exit non-zero (3) when no candidate meets the budget."
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Search runtimes x precisions x quantization recipes; keep the fastest within budget."""
+    if objective not in ("latency", "throughput"):
+        raise OptimizeError(f"unknown --objective {objective!r} — use latency or throughput")
+    out_dir = out if out is not None else Path(f"{model.stem}-optimized")
+    show_progress = progress_enabled(json_output)
+    bar = Progress(
+        TextColumn("[bold]optimize[/]"),
+        BarColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
+    with bar if show_progress else nullcontext():
+        task = bar.add_task("starting", total=1) if show_progress else None
+
+        def on_progress(message: str, done: int, total: int) -> None:
+            if task is not None:
+                bar.update(task, description=message, completed=done, total=total)
+
+        result = optimize(
+            model,
+            data,
+            labels=labels,
+            metric=metric,
+            max_drop=max_drop,
+            objective=objective,
+            batch=batch,
+            backends=_split_list(backends) or None,
+            recipes=_split_list(recipes) or None,
+            out=out_dir,
+            seed=seed,
+            quick=quick,
+            threads=threads,
+            recovery=not no_recovery,
+            require=False,  # the table is printed first; the exit code follows below
+            progress=on_progress,
+        )
+    if json_output:
+        print_json(
+            {
+                "message": result.message,
+                "artifact": result.artifact_dir,
+                **result.manifest.model_dump(mode="json"),
+            }
+        )
+    else:
+        _render(result)
+    if require and not result.budget_met:
+        raise BudgetError(f"{result.message} — raise --max-drop, or add calibration data")
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _row(c: CandidateRecord) -> list[str]:
+    style = _VERDICT_STYLE[c.status]
+    return [
+        c.name if c.name != "original" else "original (ort fp32)",
+        human_bytes(c.size_bytes) if c.size_bytes is not None else "—",
+        _fmt(c.p50_ms, ".3f"),
+        _fmt(c.throughput_items_s, ",.0f"),
+        _fmt(c.speedup, ".2f") + ("x" if c.speedup is not None else ""),
+        _fmt(c.score, ".4g"),
+        _fmt(c.drop, "+.2g"),
+        f"[{style}]{c.status}[/]",
+    ]
+
+
+def _render(result: OptimizeResult) -> None:
+    m = result.manifest
+    title = (
+        f"{Path(m.source.path).name} · {m.metric.name}, budget {m.metric.max_drop:.3g} "
+        f"({m.metric.unit}) · batch {m.performance.batch} · {m.performance.threads} threads"
+    )
+    table = Table(title=title, pad_edge=False)
+    table.add_column("candidate", no_wrap=True)
+    for header in ("size", "p50 ms", "items/s", "speed-up", m.metric.name, "drop"):
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
+    for candidate in m.candidates:
+        table.add_row(*_row(candidate))
+    console.print(table)
+    for c in m.candidates:
+        floats = f" [{len(c.float_nodes)} node(s) in float]" if c.float_nodes else ""
+        console.print(f"  {c.name}: {c.reason}{floats}", soft_wrap=True)
+    console.print(f"metric: {m.metric.name} — {m.metric.reason}", soft_wrap=True)
+    for note in m.repair_notes:
+        console.print(f"repaired for quantizers: {note}", soft_wrap=True)
+    console.print(result.message, soft_wrap=True)
+    if result.artifact_dir is not None:
+        console.print(
+            f"artifact: {result.artifact_dir} (run it: edgeshift bench {result.artifact_dir})",
+            soft_wrap=True,
+        )
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("optimize")(optimize_command)

@@ -71,6 +71,12 @@ class _Candidate:
     recovered: bool = False
 
 
+def evaluation_split(samples: int, seed: int, quick: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The (calibration, held-out) sample indices a search with SEED and QUICK uses."""
+    settings = _Settings.for_mode(quick, None)
+    return split_indices(samples, seed, settings.max_calibration, settings.max_eval)
+
+
 def optimize(
     model: str | Path | LoadedModel,
     data: str | Path | EvalData,
@@ -116,9 +122,7 @@ def optimize(
     fixed = fixed_batch(inputs)
     if fixed is not None and fixed != batch:
         raise DataError(f"the model fixes its batch axis at {fixed}: use --batch {fixed}")
-    calib_idx, eval_idx = split_indices(
-        dataset.samples, seed, settings.max_calibration, settings.max_eval
-    )
+    calib_idx, eval_idx = evaluation_split(dataset.samples, seed, quick)
     calibration, held_out = dataset.take(calib_idx), dataset.take(eval_idx)
     feeds = eval_batches(held_out, batch, fixed)
     calib_feeds = list(calibration.batches(fixed or 1))

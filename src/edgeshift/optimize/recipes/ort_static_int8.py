@@ -6,6 +6,12 @@ percentile histograms are too sparse to trust, and MinMax never clips a value se
 calibration. Clipping trouble is what accuracy recovery is for. The calibrated ranges are
 cached, so each recovery step only re-writes the graph. Only Conv/MatMul/Gemm are quantized:
 those are the ops ORT fuses into integer kernels; QDQ around element-wise ops costs time.
+
+ORT's quantizer routes *every* consumer of a quantized activation through its
+QuantizeLinear/DequantizeLinear pair, float consumers included: a residual Add beside a
+quantized MatMul then adds a uint8-rounded copy of the residual stream, and a node kept in
+float for accuracy still reads rounded inputs. After quantizing, float consumers are wired
+back to the float tensor (:func:`float_consumers_read_float`).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -31,6 +38,32 @@ class _FeedReader(CalibrationDataReader):
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._feeds, None)
+
+
+def float_consumers_read_float(
+    model: onnx.ModelProto, quantized_nodes: set[str]
+) -> tuple[onnx.ModelProto, int]:
+    """Rewire nodes outside QUANTIZED_NODES that read an activation's DequantizeLinear output
+    to the float tensor before its QuantizeLinear. Returns the model and how many inputs moved."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    q_input = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    float_of = {
+        n.output[0]: q_input[n.input[0]]
+        for n in graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in q_input
+    }
+    graph_outputs = {o.name for o in graph.output}
+    moved = 0
+    for node in graph.node:
+        if node.name in quantized_nodes or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for i, name in enumerate(node.input):
+            if name in float_of and name not in graph_outputs:
+                node.input[i] = float_of[name]
+                moved += 1
+    return out, moved
 
 
 class OrtStaticInt8(Recipe):
@@ -67,6 +100,10 @@ class OrtStaticInt8(Recipe):
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
                 calibration_cache_path=cache,
             )
+        quantized = {n for n in self.quantizable_nodes(ctx) if n not in set(exclude)}
+        rewired, moved = float_consumers_read_float(onnx.load(str(out)), quantized)
+        if moved:
+            onnx.save(rewired, str(out))
         params = {
             "format": "QDQ",
             "op_types": list(self.op_types),

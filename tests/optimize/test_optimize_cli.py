@@ -1,0 +1,151 @@
+"""`edgeshift optimize` from the command line: table, JSON, the artifact with bench/inspect,
+and every bad input as one line on stderr with a non-zero exit and no traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+from edgeshift import zoo
+from edgeshift.cli.main import app
+
+pytestmark = pytest.mark.slow
+
+
+def _invoke(*args: str | Path) -> Result:
+    return CliRunner().invoke(app, ["optimize", *map(str, args)])
+
+
+def _assert_one_line_error(result: Result, *fragments: str) -> None:
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output + result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_table_and_artifact_usable_by_bench_and_inspect(
+    digits_mlp: zoo.ZooModel, tmp_path: Path
+) -> None:
+    out = tmp_path / "art"
+    result = _invoke(
+        digits_mlp.model_path,
+        "--data",
+        digits_mlp.data_path,
+        "--quick",
+        "--out",
+        out,
+        "--recipes",
+        "ort-int8-dynamic,ort-fp32-opt",
+    )
+    assert result.exit_code == 0, result.output + result.stderr
+    for word in ("original", "ort-int8-dynamic", "ort-fp32-opt", "chosen", "top1"):
+        assert word in result.stdout
+    assert (out / "manifest.json").is_file() and (out / "model.onnx").is_file()
+    bench = CliRunner().invoke(app, ["bench", str(out), "--iterations", "3", "--json"])
+    assert bench.exit_code == 0, bench.output + bench.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert json.loads(bench.stdout)["backend"] == manifest["backend"]
+    inspect = CliRunner().invoke(app, ["inspect", str(out), "--json"])
+    assert inspect.exit_code == 0, inspect.output + inspect.stderr
+
+
+def test_json_output(digits_mlp: zoo.ZooModel, tmp_path: Path) -> None:
+    result = _invoke(
+        digits_mlp.model_path,
+        "--data",
+        digits_mlp.data_path,
+        "--quick",
+        "--json",
+        "--out",
+        tmp_path / "art",
+        "--backends",
+        "onnxruntime",
+        "--recipes",
+        "ort-int8-dynamic",
+    )
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["metric"]["name"] == "top1"
+    assert doc["accuracy"]["labels"] == "labels"
+    assert {c["name"] for c in doc["candidates"]} == {"original", "ort-int8-dynamic"}
+    assert doc["artifact"] == str(tmp_path / "art")
+
+
+def test_budget_not_met(hot_cnn: tuple[Path, Path], tmp_path: Path) -> None:
+    model, data = hot_cnn
+    args = [model, "--data", data, "--quick", "--recipes", "ort-int8-dynamic-conv", "--no-recovery"]
+    kept = _invoke(*args, "--out", tmp_path / "a")
+    assert kept.exit_code == 0, kept.stderr
+    assert "no candidate met the budget" in kept.stdout
+    required = _invoke(*args, "--out", tmp_path / "b", "--require")
+    assert required.exit_code == 3
+    _assert_one_line_error(required, "no candidate met the budget", "--max-drop")
+    assert (tmp_path / "b" / "model.onnx").is_file()  # the original is still kept
+
+
+@pytest.fixture
+def npz(tmp_path: Path):
+    def write(**arrays: np.ndarray) -> Path:
+        path = tmp_path / "data.npz"
+        np.savez(path, **arrays)
+        return path
+
+    return write
+
+
+@pytest.mark.parametrize(
+    ("arrays", "extra", "fragments"),
+    [
+        ({"pixels": np.zeros((20, 64), np.float32)}, [], ["no array", "input"]),
+        ({"input": np.zeros((20, 64), np.float64)}, [], ["float64", "float32"]),
+        ({"input": np.zeros((20, 63), np.float32)}, [], ["axis 1 must be 64"]),
+        ({"input": np.zeros((3, 64), np.float32)}, [], ["3 sample", "at least 4"]),
+        ({"input": np.zeros((20, 64), np.float32)}, ["--metric", "f1"], ["unknown metric 'f1'"]),
+        (
+            {"input": np.zeros((20, 64), np.float32)},
+            ["--metric", "edgeshift_missing_mod:f"],
+            ["does not import"],
+        ),
+        ({"input": np.zeros((20, 64), np.float32)}, ["--labels", "y"], ["no array 'y'"]),
+        (
+            {"input": np.zeros((20, 64), np.float32)},
+            ["--objective", "fast"],
+            ["unknown --objective"],
+        ),
+        ({"input": np.zeros((20, 64), np.float32)}, ["--recipes", "magic"], ["unknown recipe"]),
+    ],
+)
+def test_bad_input(
+    digits_mlp: zoo.ZooModel,
+    npz,
+    tmp_path: Path,
+    arrays: dict,
+    extra: list[str],
+    fragments: list[str],
+) -> None:
+    name = _input_name(digits_mlp.model_path)
+    arrays = {(name if k == "input" else k): v for k, v in arrays.items()}
+    fragments = [f.replace("input", name) if f == "input" else f for f in fragments]
+    result = _invoke(
+        digits_mlp.model_path, "--data", npz(**arrays), "--quick", "--out", tmp_path / "o", *extra
+    )
+    _assert_one_line_error(result, *fragments)
+
+
+def test_missing_model(tmp_path: Path, npz) -> None:
+    result = _invoke(tmp_path / "nope.onnx", "--data", npz(x=np.zeros((4, 1), np.float32)))
+    _assert_one_line_error(result, "model not found")
+
+
+def _input_name(model: Path) -> str:
+    from edgeshift.model import graph_io, load_model
+
+    return graph_io(load_model(model).proto)[0][0].name
