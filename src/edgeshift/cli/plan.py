@@ -48,8 +48,11 @@ def plan(
         raise ConfigError(f"cannot write to {out_dir} ({exc.strerror}) — choose --out DIR") from exc
     if json_output:
         print_json(summary)
-        return
-    _render(summary, out_dir)
+    else:
+        _render(summary, out_dir)
+    if not summary["feasible"]:
+        # The plan and its reasons are written; the exit code tells scripts it is incomplete.
+        raise typer.Exit(1)
 
 
 def _render(summary: dict, out_dir: Path) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from edgeshift.plan.options import Option
 from edgeshift.plan.problem import Problem, WorkloadSpec
+from edgeshift.plan.queueing import response_quantile_ms
 from edgeshift.plan.solver import Solution
 
 
@@ -133,6 +134,19 @@ _SHORT_REASON = {
 }
 
 
+def _best_latency_ms(problem: Problem, workload: WorkloadSpec, option: Option) -> float:
+    """The lowest latency OPTION reaches with every node its pool may have (capped at 10^4)."""
+    if option.site_kind == "device" or option.replicas == 0:
+        return option.latency_ms
+    replicas = min(problem.pool(option.pool).capacity, 10_000)
+    if replicas < option.replicas and not option.meets_slo:
+        return math.inf  # even the capacity-only sizing does not fit in the pool
+    servers = max(replicas, option.replicas) * option.servers_per_replica
+    return option.network_ms + response_quantile_ms(
+        workload.peak_rps, option.service_ms, servers, workload.quantile
+    )
+
+
 def _contrasts(chosen: Option, other: Option) -> bool:
     if chosen.site_kind != "cloud":
         return other.site_kind == "cloud"
@@ -185,9 +199,9 @@ def _explain_unplaced(
             f"(network {best.network_ms:.1f} + service {best.service_ms:.1f} ms) > "
             f"{workload.slo_ms:g} ms"
         )
-        sized = [o for o in allowed if o.within_capacity]
-        relax_to = min((o.latency_ms for o in sized), default=best.floor_latency_ms)
-        fixes.append(f"relax the SLO to {math.ceil(relax_to)} ms")
+        relax_to = min(_best_latency_ms(problem, workload, o) for o in allowed)
+        if math.isfinite(relax_to):
+            fixes.append(f"relax the SLO to {math.ceil(relax_to)} ms")
         outside = [o for o in fitting if not o.policy_ok and o.meets_slo and o.within_capacity]
         if outside:
             alt = min(outside, key=lambda o: o.latency_ms)
