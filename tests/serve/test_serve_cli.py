@@ -210,3 +210,15 @@ def test_port_in_use(model_path: Path) -> None:
 def test_version_policy_matching_nothing(tmp_path: Path) -> None:
     save_mlp(tmp_path / "repo" / "m" / "1" / "model.onnx")
     _fails_cleanly([str(tmp_path / "repo"), "--version-policy", "specific:5"], "no version matches")
+
+
+def test_listening_socket_is_tcp_so_responses_skip_nagle() -> None:
+    # asyncio sets TCP_NODELAY only on accepted sockets whose proto is IPPROTO_TCP; without it
+    # every keep-alive response waited ~40 ms for a delayed ACK.
+    from edgeshift.serve.server import bind_socket
+
+    sock = bind_socket("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
