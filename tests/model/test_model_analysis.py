@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeshift.errors import ModelError, ShapeError
+from edgeshift.model import shape_infer
 from edgeshift.model.analysis import analyze
 from edgeshift.model.load import load_model
 from edgeshift.model.shapes import DEFAULT_DYNAMIC_DIM
@@ -300,9 +301,11 @@ def test_nodes_computed_from_constants_are_folded() -> None:
     assert any(note.startswith("DequantizeLinear ×1") for note in a.uncounted)
 
 
-def test_shapes_computed_from_shape_ops_are_resolved() -> None:
+def test_shapes_computed_from_shape_ops_are_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
     # BERT-style position ids: Slice(positions, 0, Unsqueeze(Shape(x)[1])) — onnx's own
-    # inference cannot see through the computed Slice end; the ORT symbolic fallback can.
+    # inference cannot see through the computed Slice end; folding the shape values can
+    # (without help from the ORT fallback, switched off here).
+    monkeypatch.setattr(shape_infer, "_ort_symbolic", lambda skel: None)
     positions = numpy_helper.from_array(np.arange(64, dtype=np.int64).reshape(1, 64), "positions")
     table = numpy_helper.from_array(np.zeros((64, 4), np.float32), "table")
     w = numpy_helper.from_array(np.zeros((4, 8), np.float32), "w")
@@ -346,3 +349,50 @@ def test_exporter_value_info_fills_shapes_after_a_custom_op() -> None:
     assert relu.flops == 12
     assert a.output_shapes == {"y": (3, 4)}
     assert any("1 activation tensor of unknown shape (h)" in n for n in a.uncounted)
+
+
+def test_torch_expand_pattern_is_folded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch writes x.expand(-1, n, -1) as Expand(x, Where(Equal(s, -1), ones, s)) with s
+    # built from Shape/Gather/Concat; onnx inference alone leaves the Expand unknown.
+    monkeypatch.setattr(shape_infer, "_ort_symbolic", lambda skel: None)
+    consts = {
+        "minus1": np.array([-1], np.int64),
+        "idx1": np.array(1, np.int64),
+        "axis0": np.array([0], np.int64),
+        "ones": np.array([1, 1, 1], np.int64),
+    }
+    w = numpy_helper.from_array(np.zeros((4, 5), np.float32), "w")
+    nodes = [
+        helper.make_node("Shape", ["seq"], ["s_shape"]),
+        helper.make_node("Gather", ["s_shape", "idx1"], ["n"]),
+        helper.make_node("Unsqueeze", ["n", "axis0"], ["n1"]),
+        helper.make_node("Concat", ["minus1", "n1", "minus1"], ["target"], axis=0),
+        helper.make_node("Equal", ["target", "minus1"], ["is_keep"]),
+        helper.make_node("Where", ["is_keep", "ones", "target"], ["expand_to"]),
+        helper.make_node("Expand", ["x", "expand_to"], ["xe"]),  # [B, n, 4]
+        helper.make_node("MatMul", ["xe", "w"], ["y"]),
+    ]
+    inits = [w, *(numpy_helper.from_array(v, k) for k, v in consts.items())]
+    model = _model(nodes, [_vi("x", ["B", 1, 4]), _vi("seq", ["B", "T"])], [_vi("y", None)], inits)
+    a = analyze(model, shapes={"T": (7,)}, batch=3)
+    assert a.uncounted == []
+    assert a.macs == 3 * 7 * 4 * 5
+    assert a.output_shapes == {"y": (3, 7, 5)}
+
+
+def test_ort_symbolic_inference_covers_contrib_ops() -> None:
+    # onnx knows no shapes for com.microsoft ops; ORT's symbolic inference does, so the
+    # MatMul after a BiasGelu is still costed.
+    nodes = [
+        helper.make_node("BiasGelu", ["x", "bias"], ["h"], domain="com.microsoft"),
+        helper.make_node("MatMul", ["h", "w"], ["y"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.zeros(4, np.float32), "bias"),
+        numpy_helper.from_array(np.zeros((4, 3), np.float32), "w"),
+    ]
+    model = _model(nodes, [_vi("x", [2, 4])], [_vi("y", None)], inits)
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    a = analyze(model)
+    assert a.uncounted == []
+    assert [n.flops for n in a.nodes] == [8, 2 * 2 * 4 * 3]

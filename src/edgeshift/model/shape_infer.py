@@ -18,13 +18,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from edgeshift.model.op_costs import Shape, TensorInfo
+from edgeshift.model.shape_fold import fold_values, small_constants
 
 # Constants up to this many elements stay in the skeleton for data propagation.
 SMALL_TENSOR_ELEMENTS = 1024
+_MAX_ROUNDS = 8  # of inference + folding; shape chains settle in 2-3
 
 
 def _vi_info(vi: onnx.ValueInfoProto) -> TensorInfo | None:
@@ -62,6 +65,7 @@ def _skeleton(
     input_types: Mapping[str, int],
     weights: Mapping[str, TensorInfo],
     order: Sequence[int],
+    folded: Mapping[str, np.ndarray],
 ) -> onnx.ModelProto:
     graph = proto.graph
     skel = onnx.ModelProto()
@@ -85,6 +89,10 @@ def _skeleton(
     g.sparse_initializer.extend(graph.sparse_initializer)
     for i in order:  # onnx infers in stored order; a misordered graph would lose shapes
         node = graph.node[i]
+        outputs = [o for o in node.output if o]
+        if outputs and all(o in folded for o in outputs):
+            g.initializer.extend(numpy_helper.from_array(folded[o], o) for o in outputs)
+            continue
         out = node.output[0] if node.op_type == "Constant" and node.output else None
         info = weights.get(out) if out is not None else None
         if out is not None and info is not None and (info.numel or 0) > SMALL_TENSOR_ELEMENTS:
@@ -177,18 +185,32 @@ def infer_tensor_infos(
     ORDER is a topological order of the graph's nodes (indices into ``graph.node``).
     """
     notes: list[str] = []
-    skel = _skeleton(proto, input_shapes, input_types, weights, order)
     infos: dict[str, TensorInfo] = dict(weights)
     for name, shape in input_shapes.items():
         infos[name] = TensorInfo(input_types[name], shape)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(
-            skel, check_type=False, strict_mode=False, data_prop=True
-        )
+    opsets = {o.domain: int(o.version) for o in proto.opset_import}
+    values = small_constants(proto.graph)
+    folded: dict[str, np.ndarray] = {}
+    # Alternate inference and folding: each round's new shapes let more Shape nodes fold,
+    # and each round's folded values let inference see further (Reshape/Expand targets).
+    for _ in range(_MAX_ROUNDS):
+        new = fold_values(proto.graph.node, order, {**values, **folded}, infos, opsets)
+        for name, value in new.items():
+            infos[name] = TensorInfo(helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
+        folded.update(new)
+        skel = _skeleton(proto, input_shapes, input_types, weights, order, folded)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(
+                skel, check_type=False, strict_mode=False, data_prop=True
+            )
+        except Exception as exc:  # InferenceError, or a C++ error on a malformed node
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            notes.append(f"onnx shape inference failed ({first[:200]})")
+            break
+        before = sum(1 for info in infos.values() if info.shape is not None)
         _collect(inferred, infos)
-    except Exception as exc:  # InferenceError, or a C++ error on a malformed node
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        notes.append(f"onnx shape inference failed ({first[:200]})")
+        if not new and sum(1 for info in infos.values() if info.shape is not None) == before:
+            break
 
     def missing() -> bool:
         return any(
