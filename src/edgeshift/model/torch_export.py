@@ -119,7 +119,7 @@ def _doubled_batch_check(
                 f"output {name!r} does not follow the batch (shape {list(before.shape)} at batch "
                 f"{args[0].shape[0]}, {list(after.shape)} at {doubled[0].shape[0]}) — {_STATIC_HINT}"
             )
-    return {n: a.numpy() for n, a in zip(in_names, doubled, strict=True)}, want
+    return {n: a.detach().cpu().numpy() for n, a in zip(in_names, doubled, strict=True)}, want
 
 
 def _is_tracer(w: warnings.WarningMessage) -> bool:
