@@ -198,3 +198,15 @@ def test_bad_shape_syntax(conv_path: Path) -> None:
 
 def test_shape_rank_mismatch(conv_path: Path) -> None:
     _assert_one_line_error(_invoke(str(conv_path), "--shape", "x=1x3x8"), "rank")
+
+
+def test_bad_batch(conv_path: Path) -> None:
+    _assert_one_line_error(_invoke(str(conv_path), "--batch", "0"), "--batch")
+
+
+def test_symbolic_dim_override(conv_path: Path) -> None:
+    result = _invoke(str(conv_path), "--json", "--no-load-check", "--shape", "N=3")
+    data = json.loads(result.stdout)
+    assert data["input_shapes"] == {"x": [3, 3, 8, 8]}
+    assert data["macs"] == 3 * 6920
+    assert data["output_shapes"] == {"y": [3, 2]}

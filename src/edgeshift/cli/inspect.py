@@ -22,7 +22,7 @@ from edgeshift.cli.render import (
     progress_enabled,
     to_jsonable,
 )
-from edgeshift.errors import EdgeshiftError
+from edgeshift.errors import EdgeshiftError, ShapeError
 from edgeshift.model.analysis import ModelAnalysis, analyze
 from edgeshift.model.load import LoadedModel, load_model
 from edgeshift.model.shapes import parse_shape_overrides
@@ -218,15 +218,17 @@ def register(app: typer.Typer) -> None:
             help="NAME=DIMS for an input (1x3x224x224) or a symbolic dim (seq=128); repeatable.",
         ),
         batch: int | None = typer.Option(
-            None, "--batch", min=1, help="Batch size for the first axis of dynamic inputs."
+            None, "--batch", help="Batch size for the first axis of dynamic inputs."
         ),
         json_output: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
         load_check: bool = typer.Option(
             True, "--load-check/--no-load-check", help="Try loading on each runtime."
         ),
-        top: int = typer.Option(0, "--top", min=0, help="Also list the N costliest nodes."),
+        top: int = typer.Option(0, "--top", help="Also list the N costliest nodes."),
     ) -> None:
         """Ops, parameters, MACs/FLOPs, peak activation memory and runtime support."""
+        if batch is not None and batch < 1:
+            raise ShapeError(f"--batch must be a positive integer, not {batch}")
         overrides = parse_shape_overrides(shape)
         loaded = load_model(model)
         support: list[RuntimeSupport] | None = None
