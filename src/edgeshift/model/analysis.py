@@ -34,7 +34,10 @@ _GRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 
 @dataclass(frozen=True)
 class NodeCost:
-    """Cost of one top-level node at the analysed input shapes."""
+    """Cost of one top-level node at the analysed input shapes.
+
+    ``ModelAnalysis.nodes`` lists them in the topological order the analysis used.
+    """
 
     name: str
     op_type: str
@@ -225,6 +228,66 @@ def _node_costs(
     return costs, not_counted, constants
 
 
+@dataclass
+class _Inventory:
+    params: int = 0
+    weight_bytes: int = 0
+    constant_node_bytes: int = 0
+    histogram: Counter[str] = field(default_factory=Counter)
+    subgraph_nodes: int = 0
+
+
+def _inventory(graph: onnx.GraphProto, top_weights: Mapping[str, _Weight]) -> _Inventory:
+    """Parameters, weight bytes and op histogram over the graph and all its subgraphs."""
+    inv = _Inventory(histogram=Counter(_op_key(n) for n in graph.node))
+    pending: list[Mapping[str, _Weight]] = [top_weights]
+    stack = [g for n in graph.node for g in _subgraphs(n)]
+    while stack:
+        sub = stack.pop()
+        pending.append(_graph_weights(sub))
+        for n in sub.node:
+            inv.histogram[_op_key(n)] += 1
+            inv.subgraph_nodes += 1
+            stack.extend(_subgraphs(n))
+    for weights in pending:
+        inv.params += sum(w.params for w in weights.values())
+        inv.weight_bytes += sum(w.nbytes for w in weights.values())
+        inv.constant_node_bytes += sum(w.nbytes for w in weights.values() if w.in_constant_node)
+    return inv
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+
+
+def _cost_notes(
+    nodes: list[onnx.NodeProto],
+    order: list[int],
+    costs: list[NodeCost],
+    not_counted: Mapping[tuple[str, str], list[str]],
+) -> list[str]:
+    """One line per group of nodes whose FLOPs are left out, and why."""
+    notes: list[str] = []
+    folded = Counter(_op_key(nodes[i]) for c, i in zip(costs, order, strict=True) if c.folded)
+    if folded:
+        ops = ", ".join(f"{op} ×{n}" for op, n in folded.most_common())
+        notes.append(
+            f"{ops}: computed from constants only — runtimes fold them at load time, so their "
+            "FLOPs are not counted and their outputs count as weights, not activations"
+        )
+    for (op, reason), names in not_counted.items():
+        if reason.startswith("control flow"):
+            inner = sum(_nested_nodes(nodes[i]) for i in order if _op_key(nodes[i]) == op)
+            notes.append(
+                f"{op} ×{len(names)} ({_shown(names)}): the {inner} ops of its subgraphs are in "
+                "the histogram but their MACs/FLOPs are not counted — the branch taken or the "
+                "trip count depends on the data"
+            )
+        else:
+            notes.append(f"{op} ×{len(names)} ({_shown(names)}): {reason} — MACs/FLOPs not counted")
+    return notes
+
+
 def _as_proto(model: onnx.ModelProto | LoadedModel | str | Path) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         return model
@@ -266,25 +329,8 @@ def analyze(
     input_types = {vi.name: vi.type.tensor_type.elem_type for vi in graph.input}
 
     top_weights = _graph_weights(graph)
-    params = sum(w.params for w in top_weights.values())
-    weight_bytes = sum(w.nbytes for w in top_weights.values())
-    constant_bytes = sum(w.nbytes for w in top_weights.values() if w.in_constant_node)
-
-    histogram: Counter[str] = Counter(_op_key(n) for n in graph.node)
-    subgraph_nodes = 0
+    inventory = _inventory(graph, top_weights)
     uncounted: list[str] = []
-    # Walk subgraphs once: their ops go in the histogram, their constants in the weights.
-    stack = [g for n in graph.node for g in _subgraphs(n)]
-    while stack:
-        sub = stack.pop()
-        sub_weights = _graph_weights(sub)
-        params += sum(w.params for w in sub_weights.values())
-        weight_bytes += sum(w.nbytes for w in sub_weights.values())
-        constant_bytes += sum(w.nbytes for w in sub_weights.values() if w.in_constant_node)
-        for n in sub.node:
-            histogram[_op_key(n)] += 1
-            subgraph_nodes += 1
-            stack.extend(_subgraphs(n))
 
     weight_infos = {name: w.info for name, w in top_weights.items()}
     real_inputs = {spec.name: resolved.shapes[spec.name] for spec in inputs}
@@ -297,14 +343,7 @@ def analyze(
     uncounted.extend(notes)
 
     costs, not_counted, constants = _node_costs(nodes, order, infos, top_weights)
-    folded = Counter(_op_key(nodes[i]) for c, i in zip(costs, order, strict=True) if c.folded)
-    if folded:
-        ops = ", ".join(f"{op} ×{n}" for op, n in folded.most_common())
-        uncounted.append(
-            f"{ops}: computed from constants only — runtimes fold them at load time, so their "
-            "FLOPs are not counted and their outputs count as weights, not activations"
-        )
-
+    uncounted.extend(_cost_notes(nodes, order, costs, not_counted))
     macs_by_op: Counter[str] = Counter()
     flops_by_op: Counter[str] = Counter()
     for c, i in zip(costs, order, strict=True):
@@ -312,26 +351,14 @@ def analyze(
         macs_by_op[key] += c.macs
         flops_by_op[key] += c.flops
 
-    for (op, reason), names in not_counted.items():
-        shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
-        if reason.startswith("control flow"):
-            inner = sum(_nested_nodes(nodes[i]) for i in order if _op_key(nodes[i]) == op)
-            uncounted.append(
-                f"{op} ×{len(names)} ({shown}): the {inner} ops of its subgraphs are in the "
-                "histogram but their MACs/FLOPs are not counted — the branch taken or the "
-                "trip count depends on the data"
-            )
-        else:
-            uncounted.append(f"{op} ×{len(names)} ({shown}): {reason} — MACs/FLOPs not counted")
-
     sizes = {name: info.nbytes for name, info in infos.items()}
     memory = activation_memory(
         nodes, reads, order, list(real_inputs), [o.name for o in graph.output], constants, sizes
     )
     if memory.unknown:
-        shown = ", ".join(memory.unknown[:3]) + (", …" if len(memory.unknown) > 3 else "")
         uncounted.append(
-            f"{_plural(len(memory.unknown), 'activation tensor')} of unknown shape ({shown}) "
+            f"{_plural(len(memory.unknown), 'activation tensor')} of unknown shape "
+            f"({_shown(memory.unknown)}) "
             "left out of the activation memory figures"
         )
 
@@ -345,8 +372,8 @@ def analyze(
         producer=producer,
         input_shapes=dict(resolved.shapes),
         assumed=list(resolved.assumed),
-        params=params,
-        weight_bytes=weight_bytes,
+        params=inventory.params,
+        weight_bytes=inventory.weight_bytes,
         macs=sum(c.macs for c in costs),
         flops=sum(c.flops for c in costs),
         macs_by_op=dict(macs_by_op),
@@ -354,10 +381,10 @@ def analyze(
         nodes=costs,
         peak_activation_bytes=memory.peak_bytes,
         naive_activation_bytes=memory.naive_bytes,
-        op_histogram=dict(histogram.most_common()),
+        op_histogram=dict(inventory.histogram.most_common()),
         uncounted=uncounted,
         opsets=opsets,
-        constant_node_weight_bytes=constant_bytes,
-        subgraph_nodes=subgraph_nodes,
+        constant_node_weight_bytes=inventory.constant_node_bytes,
+        subgraph_nodes=inventory.subgraph_nodes,
         output_shapes={o.name: _shape_of(infos.get(o.name)) for o in outputs},
     )
