@@ -125,7 +125,9 @@ def _show(t: Target, json_output: bool) -> None:
         cal.add_row("copy bandwidth (numpy)", f"{c.dram_copy_gbs:.1f} GB/s")
         cal.add_row("elementwise, DRAM-sized", f"{c.elementwise_gbs:.1f} GB/s")
         cal.add_row("elementwise, cache-sized", f"{c.cache_gbs:.1f} GB/s")
-        cal.add_row("per call / per op", f"{c.call_overhead_us:.1f} µs / {c.op_overhead_us:.2f} µs")
+        for prec, call in c.call_overhead_us.items():
+            op = c.op_overhead_us.get(prec, 0.0)
+            cal.add_row(f"per call / per op, {prec}", f"{call:.1f} µs / {op:.2f} µs")
         cal.add_row("runtime RSS", human_bytes(c.runtime_overhead_bytes))
         console.print(cal)
     if t.notes:

@@ -127,21 +127,38 @@ def _analysis_batch(analysis: Any) -> int:
     return 1
 
 
-def _overhead_us(target: Target, eff: Efficiency, which: str) -> float:
+def _overhead_us(target: Target, eff: Efficiency, which: str, precision: str) -> float:
     q = target.call_overhead_us if which == "call" else target.op_overhead_us
     if q is not None:
         return q.value
-    base = eff.call_overhead_us if which == "call" else eff.op_overhead_us
+    call, op = eff.overheads_us(precision)
     # A runtime's dispatch is serial code: it scales with the clock, not the core count.
-    return base * eff.reference_clock_ghz / target.clock_ghz.value
+    return (call if which == "call" else op) * eff.reference_clock_ghz / target.clock_ghz.value
+
+
+def _rows(node: Any, stored: str) -> float | None:
+    """M of a GEMM / output positions of a Conv: MACs per weight element (None: no weights)."""
+    elems = node.weight_bytes / BYTES_PER_ELEMENT[stored]
+    return node.macs / elems if node.macs and elems >= 1 else None
+
+
+def _fused(node: Any, prev: Any | None, cls: str, prev_cls: str | None) -> bool:
+    # Runtimes fuse a bias add / activation into the GEMM or Conv before it: same-sized
+    # output, read straight from that node's result, no dispatch and no memory traffic.
+    return (
+        cls == "elementwise"
+        and prev is not None
+        and prev_cls in ("gemm", "conv")
+        and node.output_bytes == prev.output_bytes
+        and node.input_bytes <= 2 * prev.output_bytes
+    )
 
 
 @dataclass
 class _Timing:
     total_s: float
-    per_class: dict[
-        str, tuple[int, int, int, float, float, float]
-    ]  # nodes, flops, bytes, t_c, t_m, oh
+    # op class -> [nodes, flops, bytes, compute-bound s, memory-bound s, dispatch s]
+    per_class: dict[str, list[float]]
 
 
 def _time_one_call(
@@ -149,41 +166,48 @@ def _time_one_call(
     target: Target,
     eff: Efficiency,
     precision: str,
-    byte_scale: float,
+    stored: str,
     share: int,
     model_bytes: float,
 ) -> _Timing:
     """Seconds of one call when the target's compute and bandwidth are split SHARE ways."""
+    byte_scale = BYTES_PER_ELEMENT[precision] / BYTES_PER_ELEMENT[stored]
     peak = target.peak(precision) * 1e9 / share
     bw = target.mem_bandwidth_gbs.value * 1e9 * eff.memory / share
     llc = target.llc.bytes / share if target.llc is not None else 0.0
     all_cached = llc > 0 and model_bytes <= llc
     cache_bw = bw * eff.cache_speedup
-    op_oh = _overhead_us(target, eff, "op") * 1e-6
+    op_oh = _overhead_us(target, eff, "op", precision) * 1e-6
     per_class: dict[str, list[float]] = {}
     total = 0.0
+    prev, prev_cls, fused_run = None, None, 0
     for node in nodes:
         cls = op_class(node.op_type)
         row = per_class.setdefault(cls, [0, 0, 0, 0.0, 0.0, 0.0])
+        row[0] += 1
+        if cls == "free":
+            continue
+        if fused_run < 2 and _fused(node, prev, cls, prev_cls):
+            fused_run += 1
+            continue  # prev / prev_cls stay on the GEMM or Conv it fused into
+        fused_run = 0
         w_bytes = node.weight_bytes * byte_scale
         a_bytes = (node.input_bytes + node.output_bytes) * byte_scale
-        if cls == "free":
-            row[0] += 1
-            continue
-        t_c = node.flops / (peak * eff.compute_for(cls, precision)) if node.flops else 0.0
+        rows = _rows(node, stored) if cls in ("gemm", "conv") else None
+        t_c = node.flops / (peak * eff.compute_for(cls, precision, rows)) if node.flops else 0.0
         if all_cached:
             t_m = (w_bytes + a_bytes) / cache_bw
         else:
             a_bw = cache_bw if llc and a_bytes <= llc / 2 else bw
             t_m = w_bytes / bw + a_bytes / a_bw
-        row[0] += 1
         row[1] += node.flops
         row[2] += int(w_bytes + a_bytes)
         row[3] += t_c if t_c >= t_m else 0.0
         row[4] += t_m if t_m > t_c else 0.0
         row[5] += op_oh
         total += max(t_c, t_m) + op_oh
-    return _Timing(total, {k: tuple(v) for k, v in per_class.items()})  # type: ignore[misc]
+        prev, prev_cls = node, cls
+    return _Timing(total, per_class)
 
 
 def estimate_analysis(
@@ -272,8 +296,8 @@ def estimate_analysis(
 
     nodes = list(analysis.nodes)
     model_bytes = weight_bytes + act_bytes
-    single = _time_one_call(nodes, target, eff, chosen, byte_scale, 1, model_bytes)
-    call_oh_s = _overhead_us(target, eff, "call") * 1e-6
+    single = _time_one_call(nodes, target, eff, chosen, stored, 1, model_bytes)
+    call_oh_s = _overhead_us(target, eff, "call", chosen) * 1e-6
     if target.tier == "gpu" and target.host_link_gbs is not None:
         call_oh_s += _input_bytes(analysis) / (target.host_link_gbs.value * 1e9)
     latency_s = calls * (single.total_s + call_oh_s)
@@ -283,7 +307,7 @@ def estimate_analysis(
     streams = max(1, int(target.cores.value)) if target.tier != "gpu" else 1
     throughput = batch / latency_s
     if streams > 1:
-        split = _time_one_call(nodes, target, eff, chosen, byte_scale, streams, model_bytes)
+        split = _time_one_call(nodes, target, eff, chosen, stored, streams, model_bytes)
         multi = streams * batch / (calls * (split.total_s + call_oh_s))
         if multi > throughput:
             throughput = multi

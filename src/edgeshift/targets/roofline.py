@@ -65,30 +65,45 @@ def op_class(op_type: str) -> str:
 
 @dataclass(frozen=True)
 class Efficiency:
-    """Fractions of peak that each op class reaches, and the fixed costs, at a reference clock."""
+    """Fractions of peak that each op class reaches, and the fixed costs, at a reference clock.
 
-    compute: dict[str, float]  # op class -> achieved / peak compute
-    gemm_by_precision: dict[str, float]  # GEMM achieved / peak per precision, where measured
+    GEMM and Conv saturate with problem size: ``compute[cls] * rows / (rows + half_rows)``
+    where rows is M of a GEMM or the output positions of a Conv (MACs / weight elements).
+    """
+
+    compute: dict[str, float]  # op class -> achieved / peak compute when saturated (fp32)
+    half_rows: dict[str, float]  # "gemm_fp32", "conv_fp32", "gemm_bf16", ...: rows at half speed
+    gemm_by_precision: dict[str, float]  # saturated GEMM achieved / peak, where measured
     memory: float  # achieved elementwise bandwidth / theoretical DRAM bandwidth
     cache_speedup: float  # cache-resident bandwidth / DRAM-resident bandwidth (>= 1)
-    call_overhead_us: float  # per inference call, at reference_clock_ghz
-    op_overhead_us: float  # per executed node, at reference_clock_ghz
+    call_overhead_us: dict[str, float]  # per precision (fp32 always), at reference_clock_ghz
+    op_overhead_us: dict[str, float]  # per executed node, per precision
     reference_clock_ghz: float
     measured: bool  # True when it comes from a host calibration
 
-    def compute_for(self, cls: str, precision: str) -> float:
+    def compute_for(self, cls: str, precision: str, rows: float | None = None) -> float:
         base = self.compute[cls]
-        if cls not in ("gemm", "conv") or precision == "fp32":
+        if cls not in ("gemm", "conv"):
             return base
-        if precision not in self.gemm_by_precision:
+        if precision != "fp32" and precision in self.gemm_by_precision:
+            # Conv at another precision gains what GEMM gained on the host.
+            fp32 = self.gemm_by_precision.get("fp32", self.compute["gemm"])
+            base *= self.gemm_by_precision[precision] / fp32
+        half = self.half_rows.get(f"{cls}_{precision}", self.half_rows.get(f"{cls}_fp32", 0.0))
+        if rows is None or half <= 0:
             return base
-        # Conv at another precision gains what GEMM gained on the host.
-        fp32 = self.gemm_by_precision.get("fp32", self.compute["gemm"])
-        return base * self.gemm_by_precision[precision] / fp32
+        return base * rows / (rows + half)
+
+    def overheads_us(self, precision: str) -> tuple[float, float]:
+        """(per call, per op) microseconds at the reference clock for PRECISION's runtime."""
+        call = self.call_overhead_us.get(precision, self.call_overhead_us["fp32"])
+        op = self.op_overhead_us.get(precision, self.op_overhead_us["fp32"])
+        return call, op
 
 
 # Assumptions when no calibration is cached: tuned BLAS reaches ~60% of peak on mid-size
-# GEMMs, direct/im2col conv ~40%; vector ops with transcendental math ~10% of FMA peak.
+# GEMMs (half of that at M = 8), direct/im2col conv ~40%; vector ops with transcendental
+# math ~10% of FMA peak.
 DEFAULT_EFFICIENCY = Efficiency(
     compute={
         "gemm": 0.6,
@@ -99,11 +114,12 @@ DEFAULT_EFFICIENCY = Efficiency(
         "movement": 0.1,
         "free": 1.0,
     },
+    half_rows={"gemm_fp32": 8.0, "conv_fp32": 32.0},
     gemm_by_precision={},
     memory=0.6,
     cache_speedup=3.0,
-    call_overhead_us=20.0,
-    op_overhead_us=3.0,
+    call_overhead_us={"fp32": 10.0},
+    op_overhead_us={"fp32": 1.0},
     reference_clock_ghz=3.0,
     measured=False,
 )
@@ -116,11 +132,12 @@ def efficiency_from_calibration(cal: Calibration, host_clock_ghz: float) -> Effi
     by_precision = {k.removeprefix("gemm_"): v for k, v in eff.items() if k.startswith("gemm_")}
     return Efficiency(
         compute=compute,
+        half_rows=dict(cal.half_rows),
         gemm_by_precision=by_precision,
         memory=eff.get("memory", DEFAULT_EFFICIENCY.memory),
         cache_speedup=max(1.0, cal.cache_gbs / max(cal.elementwise_gbs, 1e-9)),
-        call_overhead_us=cal.call_overhead_us,
-        op_overhead_us=cal.op_overhead_us,
+        call_overhead_us=dict(cal.call_overhead_us),
+        op_overhead_us=dict(cal.op_overhead_us),
         reference_clock_ghz=host_clock_ghz,
         measured=True,
     )

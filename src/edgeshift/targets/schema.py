@@ -143,7 +143,12 @@ class Price(BaseModel):
 
 
 class Calibration(BaseModel):
-    """What was measured on the host (cached as JSON); see :mod:`edgeshift.targets.host`."""
+    """What was measured on the host (cached as JSON); see :mod:`edgeshift.targets.host`.
+
+    Timings are low percentiles of many runs, so a busy neighbour inflates them less.
+    GEMM/Conv throughput follows ``achieved(rows) = max * rows / (rows + half_rows)``, fitted
+    from a small and a large problem; ``rows`` is M for a GEMM, output positions for a Conv.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -152,15 +157,17 @@ class Calibration(BaseModel):
     cpu_model: str
     threads: int
     runtime_versions: dict[str, str]
-    achieved_gops: dict[str, float]  # GEMM GFLOP/s (GOP/s for int8) per precision
-    conv_gflops: float  # fp32 Conv GFLOP/s
+    achieved_gops: dict[str, float]  # saturated GEMM GFLOP/s (GOP/s for int8) per precision
+    conv_gflops: float  # saturated fp32 Conv GFLOP/s
+    half_rows: dict[str, float]  # "gemm_fp32", "gemm_bf16", "gemm_int8", "conv_fp32"
     dram_copy_gbs: float  # numpy copy of a buffer much larger than the caches
     elementwise_gbs: float  # runtime elementwise op on a buffer much larger than the caches
     cache_gbs: float  # runtime elementwise op on a cache-resident buffer
-    call_overhead_us: float  # a trivial graph, one call through Backend.run
-    op_overhead_us: float  # each further tiny node in a chain
-    runtime_overhead_bytes: int  # RSS a runtime session adds beyond the weights
-    efficiency: dict[str, float]  # per op class: achieved / peak (compute or bandwidth)
+    call_overhead_us: dict[str, float]  # per precision (its runtime): a one-node graph
+    op_overhead_us: dict[str, float]  # per precision: each further tiny node
+    runtime_overhead_bytes: int  # process RSS with a runtime session open (an upper bound)
+    efficiency: dict[str, float]  # achieved / peak: gemm, conv, memory, gemm_<precision>
+    peak_corrected: bool = False  # the flag-based peak was below what GEMM reached
     seconds: float  # how long the calibration took
 
 

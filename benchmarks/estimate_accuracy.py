@@ -1,0 +1,107 @@
+"""How close is ``edgeshift estimate --target host`` to ``edgeshift bench`` on this machine?
+
+One run: calibrate the host (fresh, unless --cached), then for each zoo model (MiniLM when
+its package is installed), each batch and each runtime configuration, estimate the latency
+and measure it with the bench harness on the model's eval data. Prints the signed error per
+row (estimate / measured - 1) and the median absolute error; the goal is <= 25%. "measured"
+is the best p50 of a few short bench rounds; "spread" is worst / best round (noise).
+
+Run: ``python benchmarks/estimate_accuracy.py [--batches 1,8] [--duration 2] [--cached]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from edgeshift import zoo
+from edgeshift.bench import bench
+from edgeshift.runtime.openvino import cpu_capabilities
+from edgeshift.targets.estimate import estimate
+from edgeshift.targets.host import host_target
+
+# (runtime, precision the runtime runs at, precision the estimate is asked for)
+CONFIGS = [("onnxruntime", "fp32"), ("openvino", "bf16")]
+
+
+def run(
+    batches: list[int], duration_s: float, cached: bool, configs: list[str], n_rounds: int
+) -> None:
+    console = Console()
+    target = host_target(recalibrate=not cached, progress=True)
+    cal = target.calibration
+    assert cal is not None
+    console.print(
+        f"host: {cal.cpu_model}, {cal.threads} threads; calibration took {cal.seconds:.1f} s "
+        f"(GEMM fp32 {cal.achieved_gops['fp32']:.0f} GFLOP/s, copy {cal.dram_copy_gbs:.0f} GB/s, "
+        f"call {cal.call_overhead_us['fp32']:.1f} µs, op {cal.op_overhead_us['fp32']:.2f} µs)"
+    )
+    use = [c for c in CONFIGS if f"{c[0]}:{c[1]}" in configs or c[1] in configs]
+    if "BF16" not in cpu_capabilities():
+        use = [c for c in use if c[1] != "bf16"]
+    table = Table(title="estimate vs bench on this host (p50 latency per call)")
+    cols = ("model", "runtime", "prec", "batch", "measured ms", "estimated ms", "error", "spread")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("model", "runtime", "prec") else "right")
+    errors: list[float] = []
+    names = [e.name for e in zoo.list_models() if e.available]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            m = zoo.get(name, Path(tmp) / name)
+            for backend, precision in use:
+                for batch in batches:
+                    # Several short rounds, best p50: on a shared machine other jobs only
+                    # ever add time, and the estimate models the machine to itself.
+                    rounds = [
+                        bench(
+                            m.model_path, backend=backend, precision=precision, batch=batch,
+                            data=m.data_path, duration_s=duration_s / n_rounds,
+                        )
+                        for _ in range(n_rounds)
+                    ]  # fmt: skip
+                    measured = min(rounds, key=lambda r: r.p50_ms)
+                    spread = max(r.p50_ms for r in rounds) / measured.p50_ms
+                    est = estimate(
+                        m.model_path, target, batch=batch, precision=precision,
+                        shapes=measured.input_shapes,
+                    )  # fmt: skip
+                    err = est.latency_ms / measured.p50_ms - 1
+                    errors.append(abs(err))
+                    table.add_row(
+                        name, backend, precision, str(batch), f"{measured.p50_ms:.4g}",
+                        f"{est.latency_ms:.4g}", f"{err:+.0%}", f"{spread:.2f}",
+                    )  # fmt: skip
+    console.print(table)
+    med = statistics.median(errors)
+    verdict = "meets" if med <= 0.25 else "misses"
+    console.print(
+        f"median absolute error {med:.0%} over {len(errors)} rows ({verdict} the 25% goal)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds of bench per row")
+    parser.add_argument("--rounds", type=int, default=3, help="bench rounds per row (best p50)")
+    parser.add_argument("--cached", action="store_true", help="reuse the cached calibration")
+    parser.add_argument(
+        "--configs", default="fp32,bf16", help="fp32 (ORT) and/or bf16 (OpenVINO), comma-separated"
+    )
+    args = parser.parse_args()
+    run(
+        [int(b) for b in args.batches.split(",")],
+        args.duration,
+        args.cached,
+        args.configs.split(","),
+        args.rounds,
+    )
+
+
+if __name__ == "__main__":
+    main()
