@@ -396,3 +396,24 @@ def test_ort_symbolic_inference_covers_contrib_ops() -> None:
     a = analyze(model)
     assert a.uncounted == []
     assert [n.flops for n in a.nodes] == [8, 2 * 2 * 4 * 3]
+
+
+def test_model_local_functions_are_inlined_and_costed() -> None:
+    dense = helper.make_function(
+        "acme.fn",
+        "Dense",
+        ["x", "w"],
+        ["y"],
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+        [helper.make_opsetid("", 17)],
+    )
+    call = helper.make_node("Dense", ["x", "w"], ["y"], domain="acme.fn")
+    w = numpy_helper.from_array(np.zeros((4, 3), np.float32), "w")
+    model = _model([call], [_vi("x", ["N", 4])], [_vi("y", ["N", 3])], [w])
+    model.opset_import.append(helper.make_opsetid("acme.fn", 1))
+    model.functions.append(dense)
+    a = analyze(model, batch=2)
+    assert a.uncounted == []
+    assert a.op_histogram == {"MatMul": 1, "Relu": 1}
+    assert a.macs == 2 * 4 * 3
+    assert a.flops == 2 * 24 + 6

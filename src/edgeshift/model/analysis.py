@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
+import onnx.inliner
 
 from edgeshift.model.liveness import activation_memory, node_reads, topological_order
 from edgeshift.model.load import LoadedModel, load_model
@@ -296,6 +297,17 @@ def _as_proto(model: onnx.ModelProto | LoadedModel | str | Path) -> onnx.ModelPr
     return load_model(model).proto
 
 
+def _inline_functions(proto: onnx.ModelProto) -> onnx.ModelProto:
+    # Calls to model-local functions (some exporters emit one per module) are inlined so
+    # their bodies are costed like any other node.
+    if not proto.functions:
+        return proto
+    try:
+        return onnx.inliner.inline_local_functions(proto)
+    except Exception:  # > 2 GB, or a malformed function: analyse the calls as they are
+        return proto
+
+
 def _shape_of(info: TensorInfo | None) -> tuple[int, ...] | None:
     return None if info is None else info.shape
 
@@ -315,7 +327,7 @@ def analyze(
     first axis of dynamic inputs. Raises ModelError for a file that cannot be loaded and
     ShapeError for overrides that do not fit the model.
     """
-    proto = _as_proto(model)
+    proto = _inline_functions(_as_proto(model))
     graph = proto.graph
     inputs, outputs = graph_io(proto)
     resolved = resolve_input_shapes(inputs, shapes, batch)
