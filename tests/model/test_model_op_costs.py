@@ -234,3 +234,61 @@ def test_unknown_input_shape_leaves_the_node_uncounted() -> None:
     assert matmul.op_type == "MatMul" and not matmul.counted
     assert any("MatMul" in n and "shape unknown" in n for n in a.uncounted)
     assert any("unknown shape" in n for n in a.uncounted)  # r and y left out of memory
+
+
+def _analyze_contrib(op: str, inputs: dict[str, list[int]], weights: dict[str, np.ndarray],
+                     domain: str = "com.microsoft", opset: int = 17, **attrs: object
+                     ) -> ModelAnalysis:  # fmt: skip
+    node = helper.make_node(op, [*inputs, *weights], ["y"], domain=domain, **attrs)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info(n, F, s) for n, s in inputs.items()],
+        [helper.make_tensor_value_info("y", F, None)],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    imports = [helper.make_opsetid("", opset)]
+    if domain:
+        imports.append(helper.make_opsetid(domain, 1))
+    return analyze(helper.make_model(graph, opset_imports=imports))
+
+
+def test_matmul_nbits_uses_k_and_n_attributes() -> None:
+    # A [2,3,16] × int4 B (N=8, K=16, one block of 16 → 8 packed bytes per row).
+    a = _analyze_contrib(
+        "MatMulNBits",
+        {"a": [2, 3, 16]},
+        {"b": np.zeros((8, 1, 8), np.uint8), "scales": np.ones(8, np.float32)},
+        K=16, N=8, bits=4, block_size=16,
+    )  # fmt: skip
+    assert a.macs == 2 * 3 * 16 * 8
+
+
+def test_onnx_attention_4d() -> None:
+    # Q [1,2,5,8], K [1,2,7,8], V [1,2,7,4]: QKᵀ 1·2·5·7·8, AV 1·2·5·7·4, softmax 5 per score.
+    a = _analyze_contrib(
+        "Attention", {"q": [1, 2, 5, 8], "k": [1, 2, 7, 8], "v": [1, 2, 7, 4]}, {},
+        domain="", opset=23,
+    )  # fmt: skip
+    assert a.macs == 2 * 5 * 7 * (8 + 4) == 840
+    assert a.flops == 2 * 840 + 5 * 2 * 5 * 7
+
+
+def test_contrib_attention_counts_projection_and_sdpa() -> None:
+    # x [2,5,16] × W [16,48] (q, k, v of 16 each), 4 heads of 4.
+    a = _analyze_contrib(
+        "Attention", {"x": [2, 5, 16]},
+        {"w": np.zeros((16, 48), np.float32), "bias": np.zeros(48, np.float32)}, num_heads=4,
+    )  # fmt: skip
+    projection = 2 * 5 * 16 * 48
+    scores = 2 * 4 * 5 * 5
+    assert a.macs == projection + scores * (4 + 4)
+    assert a.flops == 2 * a.macs + 5 * scores
+
+
+def test_contrib_multi_head_attention() -> None:
+    a = _analyze_contrib(
+        "MultiHeadAttention", {"q": [2, 5, 16], "k": [2, 7, 16], "v": [2, 7, 16]}, {},
+        num_heads=4,
+    )  # fmt: skip
+    assert a.macs == 2 * 4 * 5 * 7 * (4 + 4)

@@ -122,14 +122,17 @@ def _conv_transpose(node: onnx.NodeProto, ins: Infos, outs: Infos) -> Cost:
     return _mac(_numel(ins, 0) * math.prod(w_shape[1:]))
 
 
-def _gemm(node: onnx.NodeProto, ins: Infos, outs: Infos) -> Cost:
-    # Gemm: MACs = M·K·N with A = [M,K] (or [K,M] when transA), B = [K,N] (or [N,K]).
-    a, b = _shape(ins, 0), _shape(ins, 1)
-    if len(a) != 2 or len(b) != 2:
-        return Cost(reason="Gemm inputs are not 2-D")
-    m, k = (a[1], a[0]) if _int_attr(node, "transA", 0) else (a[0], a[1])
-    n = b[0] if _int_attr(node, "transB", 0) else b[1]
-    return _mac(m * k * n)
+def _gemm(a_index: int, b_index: int) -> Rule:
+    def rule(node: onnx.NodeProto, ins: Infos, outs: Infos) -> Cost:
+        # Gemm: MACs = M·K·N with A = [M,K] (or [K,M] when transA), B = [K,N] (or [N,K]).
+        a, b = _shape(ins, a_index), _shape(ins, b_index)
+        if len(a) != 2 or len(b) != 2:
+            return Cost(reason="Gemm inputs are not 2-D")
+        m, k = (a[1], a[0]) if _int_attr(node, "transA", 0) else (a[0], a[1])
+        n = b[0] if _int_attr(node, "transB", 0) else b[1]
+        return _mac(m * k * n)
+
+    return rule
 
 
 def _matmul_macs(a: Shape, b: Shape, trans_a: bool = False, trans_b: bool = False) -> int:
@@ -188,6 +191,59 @@ def _einsum(node: onnx.NodeProto, ins: Infos, outs: Infos) -> Cost:
         for symbol, dim in zip(symbols, shape, strict=True):
             sizes[symbol] = max(sizes.get(symbol, 1), dim)
     return _mac((len(terms) - 1) * math.prod(sizes.values()))
+
+
+def _matmul_nbits(node: onnx.NodeProto, ins: Infos, outs: Infos) -> Cost:
+    # MatMulNBits (int4/int8 block-quantized weights, ORT contrib): MACs = Π(A[:-1])·K·N,
+    # K and N from its attributes (B is stored packed).
+    a = _shape(ins, 0)
+    k, n = _int_attr(node, "K", 0), _int_attr(node, "N", 0)
+    if not k or not n:
+        return Cost(reason="MatMulNBits without K/N attributes")
+    return _mac(math.prod(a[:-1]) * k * n)
+
+
+def _sdpa(batch: int, heads: int, q_seq: int, kv_seq: int, qk_dim: int, v_dim: int) -> Cost:
+    # Scaled dot-product attention: QKᵀ is B·h·S_q·S_kv·d_qk MACs, AV B·h·S_q·S_kv·d_v;
+    # the softmax over the scores adds 5 FLOPs per score.
+    scores = batch * heads * q_seq * kv_seq
+    macs = scores * (qk_dim + v_dim)
+    return Cost(macs=macs, flops=2 * macs + 5 * scores)
+
+
+def _attention(node: onnx.NodeProto, ins: Infos, outs: Infos) -> Cost:
+    if node.domain == "com.microsoft":
+        # Contrib Attention: input [B,S,D_in] × packed QKV weights [D_in, q+k+v] then SDPA
+        # (past key/value not included).
+        x, w = _shape(ins, 0), _shape(ins, 1)
+        sizes = _attr(node, "qkv_hidden_sizes")
+        q_size, _, v_size = (
+            [int(d) for d in sizes] if isinstance(sizes, list) and sizes else [w[1] // 3] * 3
+        )
+        heads = _int_attr(node, "num_heads", 1)
+        batch, seq = x[0], x[1]
+        sdpa = _sdpa(batch, heads, seq, seq, q_size // heads, v_size // heads)
+        projection = batch * seq * x[2] * w[1]
+        return Cost(macs=projection + sdpa.macs, flops=2 * projection + sdpa.flops)
+    # ONNX Attention (opset 23): Q/K/V 4-D [B, heads, S, d] or 3-D [B, S, heads·d].
+    q, k, v = _shape(ins, 0), _shape(ins, 1), _shape(ins, 2)
+    past = _shape(ins, 4)[-2] if len(node.input) > 4 and node.input[4] else 0
+    if len(q) == 4:
+        return _sdpa(q[0], q[1], q[2], k[2] + past, q[3], v[3])
+    q_heads = _int_attr(node, "q_num_heads", 0)
+    kv_heads = _int_attr(node, "kv_num_heads", 0)
+    if not q_heads or not kv_heads:
+        return Cost(reason="3-D Attention without q_num_heads/kv_num_heads")
+    return _sdpa(q[0], q_heads, q[1], k[1] + past, q[2] // q_heads, v[2] // kv_heads)
+
+
+def _multi_head_attention(node: onnx.NodeProto, ins: Infos, outs: Infos) -> Cost:
+    # Contrib MultiHeadAttention on projected query [B,S,D], key [B,L,D], value [B,L,D_v].
+    q, k, v = _shape(ins, 0), _shape(ins, 1), _shape(ins, 2)
+    if len(q) != 3 or len(k) != 3 or len(v) != 3:
+        return Cost(reason="MultiHeadAttention with packed or 4-D key/value")
+    heads = _int_attr(node, "num_heads", 1)
+    return _sdpa(q[0], heads, q[1], k[1], q[2] // heads, v[2] // heads)
 
 
 def _recurrent(gates: int, eltwise_per_unit: int) -> Rule:
@@ -278,11 +334,17 @@ RULES: dict[str, Rule] = {
     "ConvInteger": _conv(0, 1),
     "QLinearConv": _conv(0, 3),
     "ConvTranspose": _conv_transpose,
-    "Gemm": _gemm,
-    "FusedGemm": _gemm,
+    "Gemm": _gemm(0, 1),
+    "FusedGemm": _gemm(0, 1),
+    "QGemm": _gemm(0, 3),
     "MatMul": _matmul(0, 1),
     "FusedMatMul": _matmul(0, 1),
     "MatMulInteger": _matmul(0, 1),
+    "DynamicQuantizeMatMul": _matmul(0, 1),
+    "MatMulIntegerToFloat": _matmul(0, 1),
+    "MatMulNBits": _matmul_nbits,
+    "Attention": _attention,
+    "MultiHeadAttention": _multi_head_attention,
     "QLinearMatMul": _matmul(0, 3),
     "Einsum": _einsum,
     **{op: _recurrent(g, e) for op, (g, e) in _RECURRENT.items()},
@@ -322,6 +384,13 @@ RULES: dict[str, Rule] = {
     "QuantizeLinear": _per_output(2),
     "DequantizeLinear": _per_output(2),
     "DynamicQuantizeLinear": _per_input(4),  # min, max, scale, round
+    # QLinear element-wise ops: the op itself, requantization not counted separately.
+    **{
+        op: _per_output(1)
+        for op in ("QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu")
+    },
+    "QLinearGlobalAveragePool": _per_input(1),
+    "QLinearAveragePool": _window_pool,
     "Sum": _variadic,
     "Max": _variadic,
     "Min": _variadic,
