@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,7 +42,7 @@ def runtime_load_check(model: LoadedModel, backend: str) -> RuntimeSupport:
     try:
         open_backend(model, backend, "fp32", threads=1).close()
     except EdgeshiftError as exc:
-        return RuntimeSupport(backend, False, _error_line(exc))
+        return RuntimeSupport(backend, False, str(exc))
     except Exception as exc:  # a runtime crashing on load is still an answer about it
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return RuntimeSupport(backend, False, f"{type(exc).__name__}: {first}")
@@ -62,23 +61,6 @@ def _steps(enabled: bool) -> Iterator[Progress | None]:
 
 def _shape_text(shape: tuple[int, ...] | None) -> str:
     return "?" if shape is None else "[" + ", ".join(str(d) for d in shape) + "]"
-
-
-def _error_line(exc: Exception) -> str:
-    message = str(exc)
-    # OpenVINO's first line is often a C++ source location; the reason sits further down.
-    cause = exc.__cause__
-    if cause is not None:
-        for line in str(cause).splitlines():
-            line = line.strip(" -")
-            if _REASON_HINTS.search(line) and line not in message:
-                return f"{message} ({line[:200]})"
-    return message
-
-
-_REASON_HINTS = re.compile(
-    r"no conversion rule|not (a )?registered|not supported|unsupported", re.I
-)
 
 
 def _header(path: str, a: ModelAnalysis) -> None:

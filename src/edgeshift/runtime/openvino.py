@@ -74,7 +74,11 @@ class OpenVINOBackend(Backend):
             self.compiled = core().compile_model(model, "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError with multi-line C++ context
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-            detail = next((ln for ln in lines if "Check" not in ln), lines[0] if lines else "")
+            # The last line that is not a "file:line:" location is the reason itself.
+            detail = next(
+                (ln.lstrip("- ") for ln in reversed(lines) if not ln.endswith(":")),
+                lines[0] if lines else "",
+            )
             raise BackendError(
                 f"OpenVINO cannot load {model_path.name}: {detail[:300]} — try "
                 "--backend onnxruntime"
