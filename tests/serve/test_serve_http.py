@@ -4,6 +4,7 @@ plain HTTP for the malformed requests a client library would never send."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import re
@@ -529,3 +530,19 @@ def test_zoo_model_serves_like_the_runtime(tmp_path: Path) -> None:
                 atol=ATOL,
             )
         client.close()
+
+
+def test_served_onnxruntime_sessions_do_not_spin(models: dict[str, Path]) -> None:
+    from edgeshift.runtime.onnxruntime import OnnxRuntimeBackend
+    from edgeshift.serve.repository import _server_runtime_options
+
+    if "allow_spinning" not in inspect.signature(OnnxRuntimeBackend.__init__).parameters:
+        assert _server_runtime_options(models["dense"], None) is None
+        pytest.skip("the runtime has no allow_spinning option yet")
+    assert _server_runtime_options(models["dense"], None) == {"allow_spinning": False}
+    assert _server_runtime_options(models["dense"], "openvino") is None
+    backend = open_backend(models["dense"], threads=1, options={"allow_spinning": False})
+    entry = backend.session.get_session_options().get_session_config_entry(  # type: ignore[attr-defined]
+        "session.intra_op.allow_spinning"
+    )
+    assert entry == "0"

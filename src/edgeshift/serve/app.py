@@ -118,12 +118,10 @@ class _Routes:
         started_s = time.perf_counter()
         name = request.path_params["name"]
         label, version, status = _UNKNOWN_MODEL, "", 500
-        in_flight = None
         try:
             model = self.repository.get(name, request.path_params.get("version"))
             label, version = model.name, model.version
-            in_flight = self.metrics.in_flight.labels(label)
-            in_flight.inc()
+            self.metrics.request_started(label)
             body = await read_body(request, self.max_body_bytes)
             infer_request = decode_infer_request(body, _header_length(request))
             outputs = await model.infer(infer_request)
@@ -143,9 +141,11 @@ class _Routes:
             log.exception("inference on %s failed", name)
             return _error(f"internal error: {type(exc).__name__}: {exc}", 500)
         finally:
-            if in_flight is not None:
-                in_flight.dec()
-            self.metrics.observe_request(label, version, status, time.perf_counter() - started_s)
+            latency_s = time.perf_counter() - started_s
+            if version:
+                self.metrics.request_finished(label, version, status, latency_s)
+            else:  # unknown model or version: never counted as started
+                self.metrics.observe_request(label, version, status, latency_s)
 
     async def repository_index(self, request: Request) -> Response:
         body = await read_body(request, self.max_body_bytes)
@@ -237,7 +237,9 @@ def create_app(
     r = _Routes(repository, metrics, max_body_bytes)
     model = "/v2/models/{name}"
     versioned = "/v2/models/{name}/versions/{version}"
-    routes = [
+    routes = [  # inference first: routes are matched in order, on every request
+        Route(f"{model}/infer", r.infer, methods=["POST"]),
+        Route(f"{versioned}/infer", r.infer, methods=["POST"]),
         Route("/v2", r.server_metadata, methods=["GET"]),
         Route("/v2/health/live", r.live, methods=["GET"]),
         Route("/v2/health/ready", r.server_ready, methods=["GET"]),
@@ -245,8 +247,6 @@ def create_app(
         Route(versioned, r.model_metadata, methods=["GET"]),
         Route(f"{model}/ready", r.model_ready, methods=["GET"]),
         Route(f"{versioned}/ready", r.model_ready, methods=["GET"]),
-        Route(f"{model}/infer", r.infer, methods=["POST"]),
-        Route(f"{versioned}/infer", r.infer, methods=["POST"]),
         Route("/v2/repository/index", r.repository_index, methods=["POST"]),
         Route("/v2/repository/models/{name}/load", r.load, methods=["POST"]),
         Route("/v2/repository/models/{name}/unload", r.unload, methods=["POST"]),

@@ -3,6 +3,8 @@ as in tests, do not share counters)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -34,6 +36,7 @@ class ServerMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.requests = Counter(
             "edgeshift_inference_requests",
             "Inference requests answered, by model, version and HTTP status.",
@@ -74,15 +77,30 @@ class ServerMetrics:
             registry=self.registry,
         )
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        # labels() costs microseconds per call; the label sets are few (models x statuses).
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def request_started(self, model: str) -> None:
+        self._child(self.in_flight, model).inc()
+
+    def request_finished(self, model: str, version: str, status: int, latency_s: float) -> None:
+        self._child(self.in_flight, model).dec()
+        self.observe_request(model, version, status, latency_s)
+
     def observe_request(self, model: str, version: str, status: int, latency_s: float) -> None:
-        self.requests.labels(model, version, str(status)).inc()
+        self._child(self.requests, model, version, str(status)).inc()
         if status >= 400:
-            self.errors.labels(model, str(status)).inc()
+            self._child(self.errors, model, str(status)).inc()
         else:
-            self.latency.labels(model).observe(latency_s)
+            self._child(self.latency, model).observe(latency_s)
 
     def observe_batch(self, model: str, rows: int) -> None:
-        self.batch_size.labels(model).observe(rows)
+        self._child(self.batch_size, model).observe(rows)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
