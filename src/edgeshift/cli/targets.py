@@ -64,7 +64,9 @@ def targets_list(
         title=f"hardware targets ({len(rows)}; `edgeshift targets host` for this machine)"
     )
     for col in ("id", "tier", "cores", "fp32 GFLOP/s", "best peak", "GB/s", "RAM", "price"):
-        table.add_column(col, justify="left" if col in ("id", "tier") else "right")
+        table.add_column(
+            col, justify="left" if col in ("id", "tier") else "right", no_wrap=col == "id"
+        )
     for t in rows:
         best = max(t.precisions, key=t.peak)
         table.add_row(
@@ -267,7 +269,8 @@ def compare_command(
         "SLO",
     )
     for col in cols:
-        table.add_column(col, justify="left" if col in ("target", "tier", "prec") else "right")
+        left = col in ("target", "tier", "prec")
+        table.add_column(col, justify="left" if left else "right", no_wrap=col == "target")
     for e in c.rows:
         table.add_row(
             e.target_id, c.tiers.get(e.target_id, ""), e.precision, "yes" if e.fits else "[red]no[/]",
