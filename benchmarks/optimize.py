@@ -63,7 +63,7 @@ def _side_by_side(runners: list, feeds: list, rounds: int, iterations: int) -> l
 
 
 def run(names: list[str], rounds: int, iterations: int) -> None:
-    console = Console()
+    console = Console(width=max(Console().width, 200))
     table = Table(
         title=f"optimize: chosen variant vs defaults (batch 1, {rounds} rounds x {iterations} runs, p50)"
     )

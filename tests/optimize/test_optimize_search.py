@@ -251,3 +251,30 @@ def test_a_failing_build_is_recorded_not_raised(
 def test_bad_arguments(digits_mlp: zoo.ZooModel, kwargs: dict, message: str) -> None:
     with pytest.raises(OptimizeError, match=message):
         optimize(digits_mlp.model_path, digits_mlp.data_path, quick=True, **kwargs)
+
+
+def test_openvino_int8_via_nncf(digits_cnn: zoo.ZooModel, tmp_path: Path, rigged) -> None:
+    rigged(["openvino-int8"])
+    out = tmp_path / "art"
+    result = optimize(
+        digits_cnn.model_path,
+        digits_cnn.data_path,
+        recipes=["openvino-int8"],
+        out=out,
+        quick=True,
+        max_drop=5.0,
+    )
+    record = result.chosen
+    assert record.name == "openvino-int8", record.reason
+    assert record.params["tool"] == "nncf.quantize"
+    manifest = read_manifest(out)
+    assert manifest.backend == "openvino"
+    ops = {n.op_type for n in load_model(out).proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # int8 as QDQ, still ONNX
+    # The artifact reproduces the scored variant: same top-1 on the held-out split.
+    npz = dict(np.load(digits_cnn.data_path))
+    labels = npz.pop("labels")
+    got, held = _held_out_outputs(out, npz)
+    assert float(np.mean(got.argmax(1) == labels[held]) * 100) == pytest.approx(
+        manifest.accuracy.chosen
+    )
