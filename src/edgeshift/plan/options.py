@@ -97,8 +97,11 @@ def build_options(problem: Problem) -> dict[str, list[Option]]:
             routes_from[workload.site] = shortest_routes(problem, workload.site)
         options: list[Option] = []
         for site, route in routes_from[workload.site].items():
-            if problem.sites[site].kind == "device" and site != workload.site:
+            kind = problem.sites[site].kind
+            if kind == "device" and site != workload.site:
                 continue  # a sensor's processor serves its own data, not other sites'
+            if kind != "cloud" and len(route) > 1:
+                continue  # edge and on-prem sites serve their own and their neighbours' data
             for pool in pools_by_site.get(site, []):
                 for variant in workload.variants:
                     options.append(_option(problem, workload, pool, variant, route, sizing_cache))

@@ -56,10 +56,10 @@ class LinkSpec:
     rtt_ms: float
     bandwidth_bps: float
     usd_per_gb: float  # egress, charged on request payloads that cross the link
+    key: frozenset[str] = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> frozenset[str]:
-        return frozenset((self.a, self.b))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", frozenset((self.a, self.b)))
 
 
 @dataclass(frozen=True)

@@ -68,21 +68,24 @@ def solve(
     candidate: Callable[[Option], bool] | None = None,
     time_limit_s: float = 60.0,
     mip_rel_gap: float = 1e-6,
+    keep_violating: int = 3,
 ) -> Solution:
     """The cheapest placement using, per workload, the options ``candidate`` accepts.
 
     By default only admissible options (fit, SLO met, policy kept, enough nodes) are candidates.
-    A baseline passes a looser ``candidate``; SLO and policy breaks then cost a penalty.
+    A baseline passes a looser ``candidate``; SLO and policy breaks then cost a penalty, and
+    only the ``keep_violating`` cheapest and fastest breaking options of a workload are kept
+    (hundreds of far-away SLO-breaking options would only slow the solver down).
     """
     accept = candidate or (lambda o: o.admissible)
     started = time.perf_counter()
     cols: list[Option] = []
     col_workload: list[int] = []
     for w_index, workload in enumerate(problem.workloads):
-        for option in options.get(workload.name, []):
-            if option.usable and accept(option):
-                cols.append(option)
-                col_workload.append(w_index)
+        accepted = [o for o in options.get(workload.name, []) if o.usable and accept(o)]
+        for option in _prune_violating(accepted, keep_violating):
+            cols.append(option)
+            col_workload.append(w_index)
     n_x = len(cols)
     n_w = len(problem.workloads)
     owned_add = [p for p in problem.pools if not p.is_cloud and p.max_add > 0]
@@ -207,6 +210,18 @@ def solve(
         slo_violations=[o.workload for o in picked if not o.meets_slo],
         policy_violations=[o.workload for o in picked if not o.policy_ok],
     )
+
+
+def _prune_violating(accepted: list[Option], keep: int) -> list[Option]:
+    clean = [o for o in accepted if o.meets_slo and o.policy_ok]
+    breaking = [o for o in accepted if not (o.meets_slo and o.policy_ok)]
+    if len(breaking) <= keep:
+        return accepted
+    cheapest = sorted(breaking, key=lambda o: o.running_usd)[:keep]
+    fastest = sorted(breaking, key=lambda o: o.latency_ms)[:keep]
+    allowed = sorted(breaking, key=lambda o: (not o.policy_ok, o.latency_ms))[:keep]
+    kept = {id(o): o for o in (*cheapest, *fastest, *allowed)}
+    return clean + list(kept.values())
 
 
 def baseline_candidate(kind: str) -> Callable[[Option], bool]:
