@@ -212,3 +212,25 @@ def test_data_policy_is_never_violated(problem: Problem) -> None:
         assert used.get(pool.id, 0) <= pool.existing + sol.added_nodes.get(pool.id, 0) or (
             pool.is_cloud
         )
+
+
+def test_add_node_suggestion_names_the_cheapest_fitting_target(
+    make_hand_problem: Callable[..., Problem],
+) -> None:
+    from edgeshift.plan.pipeline import suggest_nodes
+
+    class FakeEstimator:
+        """Only intel-n100 and jetson-orin-nano-cpu are fast enough (1 ms) for a 5 ms SLO."""
+
+        def get(self, model_key: str, target: object, precision: str) -> Perf | None:
+            fast = target.id in {"intel-n100", "jetson-orin-nano-cpu"}  # type: ignore[attr-defined]
+            return Perf(1.0 if fast else 50.0, 4000.0, 1 << 20, True, streams=4)
+
+    problem = make_hand_problem(slo_ms=5.0)
+    found = suggest_nodes(problem, ["a"], FakeEstimator())["a"]
+    assert {s.target_id for s in found} == {"intel-n100", "jetson-orin-nano-cpu"}
+    options = build_options(problem)
+    sol = solve(problem, options)
+    ex = explain(problem, options, sol, {"a": found})["a"]
+    # Both catalog prices are amortized over their lifetimes; the N100 ($169) is cheaper.
+    assert "add a node of type intel-n100 at f (p99 ≈ 1.5 ms)" in ex.fixes

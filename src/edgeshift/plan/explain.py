@@ -67,6 +67,8 @@ def explain(
 def _fmt_ms(ms: float) -> str:
     if not math.isfinite(ms):
         return "∞"
+    if ms < 1:
+        return f"{ms:.2f} ms"
     return f"{ms:.1f} ms" if ms < 100 else f"{ms:.0f} ms"
 
 
