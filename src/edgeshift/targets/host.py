@@ -21,10 +21,11 @@ import psutil
 from pydantic import ValidationError
 
 from edgeshift.runtime.threads import usable_cpus
+from edgeshift.targets._calibrate import width_factor
 from edgeshift.targets.roofline import STREAM_FRACTION, Efficiency, efficiency_from_calibration
 from edgeshift.targets.schema import ByteQuantity, Calibration, Power, Price, Quantity, Target
 
-CALIBRATION_VERSION = 2  # bump when what is measured changes: old caches are ignored
+CALIBRATION_VERSION = 3  # bump when what is measured changes: old caches are ignored
 _RUNTIMES = ("onnxruntime", "openvino")
 
 
@@ -263,21 +264,16 @@ def host_target(*, recalibrate: bool = False, progress: bool = False) -> Target:
 def build_host_target(host: HostInfo, cal: Calibration) -> Target:
     n, ghz = host.usable_cores, host.clock_ghz
     per_cycle = host.flops_per_cycle()
+    flag = {p: n * ghz * f for p, (f, _) in per_cycle.items()}
+    k = width_factor(flag, cal.achieved_gops)
     peaks = {}
     for p, (f, why) in per_cycle.items():
         if p != "fp32" and p not in cal.achieved_gops:
             continue  # no runtime here reached that precision
-        flag_peak = n * ghz * f
-        got = cal.achieved_gops.get(p, 0.0)
-        if got > 0.9 * flag_peak:
-            text = (
-                f"measured GEMM {got:.1f} G/s / 0.9 (above the flag-based {flag_peak:.1f}: {why})"
-            )
-            peaks[p] = Quantity(value=got / 0.9, derived=text)
-        else:
-            peaks[p] = Quantity(
-                value=flag_peak, derived=f"{n} cores * {ghz:.3f} GHz * {f:g} ({why})"
-            )
+        text = f"{n} cores * {ghz:.3f} GHz * {f * k:g} ({why})"
+        if k != 1.0:
+            text += f", x{k:g}: GEMM beat the flag-based peak, so the vector units are wider"
+        peaks[p] = Quantity(value=flag[p] * k, derived=text)
     precisions = [p for p in ("fp32", "bf16", "int8") if p in peaks]
     watts_per_core = 4.0
     llc = (
