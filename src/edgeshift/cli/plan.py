@@ -86,11 +86,12 @@ def _render(summary: dict, out_dir: Path) -> None:
             if base[key]:
                 flags.append(f"{len(base[key])} {label} violations")
         if base["unplaced"]:
-            flags.append(f"{len(base['unplaced'])} unplaced")
-        extra = f" ({', '.join(flags)})" if flags else ""
+            flags.append(f"cannot run {', '.join(base['unplaced'])}")
+        extra = f" ({'; '.join(flags)})" if flags else ""
+        on = f" on the {base['compared_workloads']} it runs" if base["unplaced"] else ""
         console.print(
-            f"  vs {kind}: ${base['total_usd_per_month']:,.2f}{extra} — saves "
-            f"${base['savings_usd_per_month']:,.2f}",
+            f"  vs {kind}: ${base['total_usd_per_month']:,.2f}{extra} — the plan saves "
+            f"${base['savings_usd_per_month']:,.2f}/month{on}",
             markup=False,
         )
     if not summary["feasible"]:

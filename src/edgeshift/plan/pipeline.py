@@ -251,7 +251,8 @@ def plan_summary(result: PlanResult) -> dict[str, Any]:
             kind: {
                 "total_usd_per_month": b.total_usd,
                 "cost_usd_per_month": _costs(b),
-                "savings_usd_per_month": b.total_usd - solution.total_usd,
+                "savings_usd_per_month": savings_usd(result, kind),
+                "compared_workloads": len(compared_workloads(result, kind)),
                 "slo_violations": b.slo_violations,
                 "policy_violations": b.policy_violations,
                 "unplaced": b.unplaced,
@@ -273,6 +274,35 @@ def plan_summary(result: PlanResult) -> dict[str, Any]:
             "hours_per_month": problem.hours_per_month,
         },
     }
+
+
+def compared_workloads(result: PlanResult, kind: str) -> list[str]:
+    """Workloads both the plan and baseline KIND place: savings are compared on these."""
+    base = result.baselines[kind]
+    return [
+        w
+        for w, o in result.solution.chosen.items()
+        if o is not None and base.chosen.get(w) is not None
+    ]
+
+
+def savings_usd(result: PlanResult, kind: str) -> float:
+    """What the plan saves per month against baseline KIND, on the workloads both place.
+
+    A baseline that cannot run a workload (say, a camera stream too wide for the uplink)
+    would otherwise look cheaper for leaving it out.
+    """
+    base = result.baselines[kind]
+    names = compared_workloads(result, kind)
+    plan_usd = sum(
+        option_cost_usd(result.problem, o, result.solution)
+        for w in names
+        if (o := result.solution.chosen[w]) is not None
+    )
+    base_usd = sum(
+        option_cost_usd(result.problem, o, base) for w in names if (o := base.chosen[w]) is not None
+    )
+    return base_usd - plan_usd
 
 
 def _costs(solution: Solution) -> dict[str, float]:

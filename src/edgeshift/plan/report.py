@@ -9,7 +9,12 @@ import re
 from typing import Any
 
 from edgeshift.plan.explain import option_cost_usd
-from edgeshift.plan.pipeline import AGREEMENT_FACTOR, PlanResult
+from edgeshift.plan.pipeline import (
+    AGREEMENT_FACTOR,
+    PlanResult,
+    compared_workloads,
+    savings_usd,
+)
 
 _TIER_COLORS = {"mcu": "#4c9a2a", "edge": "#2a7ab0", "server": "#e08a1e", "gpu": "#b5332e"}
 _BASELINE_LABELS = {
@@ -47,10 +52,19 @@ def render_report(result: PlanResult, summary: dict[str, Any]) -> str:
             "ok" if not solution.unplaced else "bad",
         ),
     ]
-    for kind, base in result.baselines.items():
-        saved = base.total_usd - solution.total_usd
-        pct = f" ({saved / base.total_usd:.0%})" if base.total_usd > 0 else ""
-        cards.append((f"saves vs {_BASELINE_LABELS[kind]}", f"${saved:,.2f}{pct}", ""))
+    for kind in result.baselines:
+        saved = savings_usd(result, kind)
+        base_usd = saved + sum(
+            option_cost_usd(problem, o, solution)
+            for w in compared_workloads(result, kind)
+            if (o := solution.chosen[w]) is not None
+        )
+        pct = f" ({saved / base_usd:.0%})" if base_usd > 0 else ""
+        unplaced = len(result.baselines[kind].unplaced)
+        label = f"saves vs {_BASELINE_LABELS[kind]}" + (
+            f" (on the workloads it can run; it cannot run {unplaced})" if unplaced else ""
+        )
+        cards.append((label, f"${saved:,.2f}/mo{pct}", ""))
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>edgeshift plan — {_e(title)}</title><style>{_CSS}</style></head><body>",
