@@ -137,7 +137,7 @@ def recover_accuracy(
     bisect: bool = True,
 ) -> RecoveryOutcome:
     """Keep the most sensitive nodes of QUANTIZED in float until it meets MAX_DROP."""
-    nodes = recipe.quantizable_nodes(ctx)
+    nodes = recipe.quantized_nodes(ctx, quantized)
     feeds = ctx.calibration[:SENSITIVITY_SAMPLES]
     ranking = layer_sensitivity(ctx.repaired, quantized.model_path, nodes, feeds, threads)
     order = [name for name, _ in ranking]

@@ -70,6 +70,10 @@ class Recipe(ABC):
         """Names of the nodes this recipe quantizes, in graph order (recovery ranks them)."""
         return [n.name for n in ctx.repaired.graph.node if n.op_type in self.op_types]
 
+    def quantized_nodes(self, ctx: BuildContext, variant: Variant) -> list[str]:
+        """The nodes VARIANT really quantized (recovery ranks these); by default the op list."""
+        return self.quantizable_nodes(ctx)
+
     def variant_path(self, ctx: BuildContext, exclude: Sequence[str]) -> Path:
         suffix = f"-f{len(exclude)}" if exclude else ""
         return ctx.workdir / f"{self.name}{suffix}.onnx"

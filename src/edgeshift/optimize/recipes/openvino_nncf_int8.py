@@ -36,6 +36,19 @@ class OpenVINONNCFInt8(Recipe):
             return "no Conv/MatMul/Gemm nodes to quantize"
         return None
 
+    def quantized_nodes(self, ctx: BuildContext, variant: Variant) -> list[str]:
+        # NNCF decides for itself what to quantize (embedding Gathers, Reshapes of
+        # transformers, ...): rank every node of the user's graph that reads a DequantizeLinear.
+        model = onnx.load(str(variant.model_path), load_external_data=False)
+        dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+        readers = {
+            n.name
+            for n in model.graph.node
+            if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+            and any(i in dequantized for i in n.input)
+        }
+        return [n.name for n in ctx.repaired.graph.node if n.name in readers]
+
     def build(self, ctx: BuildContext, exclude: Sequence[str] = ()) -> Variant:
         import nncf
 
