@@ -21,12 +21,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import edgeshift
 from edgeshift.errors import EdgeshiftError, ProtocolError
+from edgeshift.serve.endpoint import InferenceEndpoint, too_large
 from edgeshift.serve.metrics import ServerMetrics
-from edgeshift.serve.protocol import (
-    decode_infer_request,
-    encode_infer_response,
-    error_body,
-)
+from edgeshift.serve.protocol import error_body
 from edgeshift.serve.repository import ModelRepository
 
 log = logging.getLogger("edgeshift.serve")
@@ -34,7 +31,6 @@ access_log = logging.getLogger("edgeshift.serve.access")
 
 DEFAULT_MAX_BODY_BYTES = 64 << 20
 EXTENSIONS = ["binary_tensor_data", "model_repository", "metrics"]
-_UNKNOWN_MODEL = "_unknown"  # metrics label for names not served: keeps label cardinality bounded
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -51,7 +47,7 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
     if declared is not None:
         try:
             if int(declared) > limit_bytes:
-                raise ProtocolError(_too_large(limit_bytes), 413)
+                raise ProtocolError(too_large(limit_bytes), 413)
         except ValueError:
             raise ProtocolError(f"bad Content-Length {declared!r}", 400) from None
     chunks: list[bytes] = []
@@ -59,28 +55,9 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit_bytes:
-            raise ProtocolError(_too_large(limit_bytes), 413)
+            raise ProtocolError(too_large(limit_bytes), 413)
         chunks.append(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _too_large(limit_bytes: int) -> str:
-    return (
-        f"request body is over the {limit_bytes / (1 << 20):g} MiB limit — send smaller "
-        "batches or start the server with a larger --max-body-mb"
-    )
-
-
-def _header_length(request: Request) -> int | None:
-    value = request.headers.get("inference-header-content-length")
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ProtocolError(
-            f"Inference-Header-Content-Length {value!r} is not an integer"
-        ) from None
 
 
 class _Routes:
@@ -113,39 +90,6 @@ class _Routes:
     async def model_ready(self, request: Request) -> Response:
         model = self.repository.get(request.path_params["name"], request.path_params.get("version"))
         return _json({"name": model.name, "version": model.version, "ready": True})
-
-    async def infer(self, request: Request) -> Response:
-        started_s = time.perf_counter()
-        name = request.path_params["name"]
-        label, version, status = _UNKNOWN_MODEL, "", 500
-        try:
-            model = self.repository.get(name, request.path_params.get("version"))
-            label, version = model.name, model.version
-            self.metrics.request_started(label)
-            body = await read_body(request, self.max_body_bytes)
-            infer_request = decode_infer_request(body, _header_length(request))
-            outputs = await model.infer(infer_request)
-            encoded = encode_infer_response(model.name, model.version, outputs, infer_request)
-            headers = None
-            if encoded.header_length is not None:
-                headers = {"Inference-Header-Content-Length": str(encoded.header_length)}
-            status = 200
-            return Response(encoded.body, 200, headers, media_type=encoded.content_type)
-        except ProtocolError as exc:
-            status = exc.status
-            return _error(str(exc), exc.status)
-        except EdgeshiftError as exc:  # DataError from the runtime: the request was bad
-            status = 400
-            return _error(str(exc), 400)
-        except Exception as exc:
-            log.exception("inference on %s failed", name)
-            return _error(f"internal error: {type(exc).__name__}: {exc}", 500)
-        finally:
-            latency_s = time.perf_counter() - started_s
-            if version:
-                self.metrics.request_finished(label, version, status, latency_s)
-            else:  # unknown model or version: never counted as started
-                self.metrics.observe_request(label, version, status, latency_s)
 
     async def repository_index(self, request: Request) -> Response:
         body = await read_body(request, self.max_body_bytes)
@@ -237,9 +181,7 @@ def create_app(
     r = _Routes(repository, metrics, max_body_bytes)
     model = "/v2/models/{name}"
     versioned = "/v2/models/{name}/versions/{version}"
-    routes = [  # inference first: routes are matched in order, on every request
-        Route(f"{model}/infer", r.infer, methods=["POST"]),
-        Route(f"{versioned}/infer", r.infer, methods=["POST"]),
+    routes = [  # POST .../infer never gets here: InferenceEndpoint answers it
         Route("/v2", r.server_metadata, methods=["GET"]),
         Route("/v2/health/live", r.live, methods=["GET"]),
         Route("/v2/health/ready", r.server_ready, methods=["GET"]),
@@ -270,4 +212,5 @@ def create_app(
         },
         lifespan=lifespan,
     )
-    return AccessLogMiddleware(app) if access_log_enabled else app
+    served: ASGIApp = InferenceEndpoint(app, repository, metrics, max_body_bytes)
+    return AccessLogMiddleware(served) if access_log_enabled else served
