@@ -6,6 +6,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -134,7 +135,7 @@ def _fmt(value: float | None, spec: str) -> str:
 def _row(c: CandidateRecord) -> list[str]:
     style = _VERDICT_STYLE[c.status]
     return [
-        c.name if c.name != "original" else "original (ort fp32)",
+        c.name,
         human_bytes(c.size_bytes) if c.size_bytes is not None else "—",
         _fmt(c.p50_ms, ".3f"),
         _fmt(c.throughput_items_s, ",.0f"),
@@ -151,7 +152,7 @@ def _render(result: OptimizeResult) -> None:
         f"{Path(m.source.path).name} · {m.metric.name}, budget {m.metric.max_drop:.3g} "
         f"({m.metric.unit}) · batch {m.performance.batch} · {m.performance.threads} threads"
     )
-    table = Table(title=title, pad_edge=False)
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     table.add_column("candidate", no_wrap=True)
     for header in ("size", "p50 ms", "items/s", "speed-up", m.metric.name, "drop"):
         table.add_column(header, justify="right", no_wrap=True)

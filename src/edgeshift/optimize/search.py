@@ -199,12 +199,13 @@ def optimize(
         # 5. Time the survivors side by side at the requested batch.
         report("measuring the candidates", total_steps - 1, total_steps)
         survivors = [c for c in candidates if c.record.status == "accepted" and c.backend]
+        # Met means accurate enough; a variant that then loses on speed still met it.
+        budget_met = len(survivors) > 1
         _measure(survivors, feeds, settings)
         _reject_slow_recoveries(survivors, objective)
 
         # 6. Choose, explain, write the artifact.
         winner = _choose(candidates, objective)
-        budget_met = any(c.record.status in ("accepted", "chosen") for c in candidates[1:])
         manifest = _manifest(
             loaded,
             winner,
