@@ -9,9 +9,12 @@ import json
 import logging
 import re
 import shutil
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -546,3 +549,90 @@ def test_served_onnxruntime_sessions_do_not_spin(models: dict[str, Path]) -> Non
         "session.intra_op.allow_spinning"
     )
     assert entry == "0"
+
+
+def _artifact(directory: Path, backend: str, runtime_options: dict[str, object]) -> Path:
+    save_mlp(directory / "model.onnx", seed=0)
+    manifest = {"model_file": "model.onnx", "backend": backend, "runtime_options": runtime_options}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return directory
+
+
+def test_optimize_artifacts_are_served_with_their_runtime_options(tmp_path: Path) -> None:
+    ort_dir = _artifact(
+        tmp_path / "dense-ort",
+        "onnxruntime",
+        {"precision": "fp32", "graph_optimization_level": "basic"},
+    )
+    ov_dir = _artifact(tmp_path / "dense-ov", "openvino", {"precision": "fp32"})
+    repo_version = _artifact(
+        tmp_path / "repo" / "dense" / "3", "onnxruntime", {"precision": "fp32"}
+    )
+    x = np.random.default_rng(5).standard_normal((2, 8)).astype(np.float32)
+    settings = ServerSettings(
+        [ort_dir, ov_dir, repo_version.parent.parent], port=0, access_log=False
+    )
+    with ServerThread(settings) as server:
+        assert server.server.repository is not None
+        served = server.server.repository.get("dense-ort")
+        assert served.backend.runtime_options()["graph_optimization_level"] == "basic"
+        client = th.InferenceServerClient(server.url)
+        assert client.get_model_metadata("dense-ov")["platform"] == "openvino_onnx"
+        assert client.get_model_metadata("dense")["versions"] == ["3"]
+        for name in ("dense-ort", "dense-ov", "dense"):
+            result = client.infer(name, [_infer_input("x", x, "FP32")])
+            # OpenVINO f32 may fuse and reorder the GEMM sums: allow a few float32 ulps more.
+            np.testing.assert_allclose(
+                result.as_numpy("y"), mlp_reference(x, 0), rtol=1e-4, atol=1e-5
+            )
+        client.close()
+
+
+class _GatedBackend:
+    """A real backend whose run waits for a gate: holds the batcher busy on demand."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.inputs, self.outputs = inner.inputs, inner.outputs
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.entered.set()
+        assert self.gate.wait(30)
+        return self.inner.run(feeds)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_full_queue_answers_503_at_once_and_the_rest_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edgeshift.serve.repository as repository_module
+
+    gated: list[_GatedBackend] = []
+
+    def open_gated(*args: Any, **kwargs: Any) -> _GatedBackend:
+        gated.append(_GatedBackend(open_backend(*args, **kwargs)))
+        return gated[-1]
+
+    monkeypatch.setattr(repository_module, "open_backend", open_gated)
+    path = save_mlp(tmp_path / "dense.onnx")
+    settings = ServerSettings([path], port=0, options=ServeOptions(max_queue=2), access_log=False)
+    body = _json_infer("x", "FP32", [1, 8], list(range(8)))
+    with ServerThread(settings) as server, ThreadPoolExecutor(4) as pool:
+        first = pool.submit(exchange, server.url, "POST", "/v2/models/dense/infer", body)
+        assert gated[0].entered.wait(30)  # the worker is inside run(): the queue is empty
+        queued = [
+            pool.submit(exchange, server.url, "POST", "/v2/models/dense/infer", body)
+            for _ in range(2)
+        ]
+        while _metric(server, "edgeshift_queue_depth", model="dense") < 2:
+            time.sleep(0.005)
+        status, _, answer = exchange(server.url, "POST", "/v2/models/dense/infer", body)
+        assert status == 503 and "overloaded" in json.loads(answer)["error"]
+        assert not first.done()  # refused while the gate is still closed: at once, not queued
+        gated[0].gate.set()
+        assert [f.result()[0] for f in (first, *queued)] == [200, 200, 200]

@@ -218,7 +218,7 @@ class ModelRepository:
         sources: dict[str, ModelSource],
         options: ServeOptions,
         metrics: ServerMetrics,
-        opener: BackendOpener = open_backend,
+        opener: BackendOpener | None = None,  # default: edgeshift.runtime.open_backend
     ) -> None:
         self.sources = sources
         self.options = options
@@ -345,7 +345,7 @@ class ModelRepository:
     async def _open(self, name: str, version: int, path: Path) -> ServedModel:
         opts = self.options
         backend = await asyncio.to_thread(
-            self._opener,
+            self._opener or open_backend,
             path,
             backend=opts.backend,
             threads=opts.threads,
