@@ -70,7 +70,7 @@ def render_report(result: PlanResult, summary: dict[str, Any]) -> str:
         f"<title>edgeshift plan — {_e(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>edgeshift plan — {_e(title)}</h1>",
         f"<div class='sub'>{len(problem.workloads)} workloads, {len(problem.sites)} sites, "
-        f"{sum(p.existing + p.max_add for p in problem.pools):,} nodes possible in "
+        f"{sum(p.existing for p in problem.pools):,} existing nodes in "
         f"{len(problem.pools)} pools; solver {solution.status} in {solution.solve_s:.2f} s "
         f"({solution.variables} variables, {solution.constraints} constraints)</div>",
         "<div class='cards'>",
