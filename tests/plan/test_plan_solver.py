@@ -247,3 +247,15 @@ def test_savings_compare_only_what_both_place(make_hand_problem: Callable[..., P
     # No GPU pool: the GPU baseline runs nothing, so nothing is compared (not "$10 dearer").
     assert compared_workloads(result, "cloud-gpu") == []
     assert savings_usd(result, "cloud-gpu") == 0.0
+
+
+def test_power_budget_infeasibility_is_explained(
+    make_hand_problem: Callable[..., Problem],
+) -> None:
+    # Both must stay on site; a second gateway may be bought but 2 x 2.4 W > 3 W.
+    problem = make_hand_problem(power_budget_w=3.0, policies=("site", "site"))
+    options, sol = _plan(problem)
+    assert len(sol.unplaced) == 1
+    ex = explain(problem, options, sol)[sol.unplaced[0]]
+    assert ex.binding == ["power: f budget 3 W, plan uses 2.4 W, f/gw needs 2.4 W more"]
+    assert ex.fixes == ["raise power_budget_w of f to 5 W"]
