@@ -103,6 +103,8 @@ def test_real_calibration_round_trip(cache_dir: Path, monkeypatch: pytest.Monkey
     assert cal.achieved_gops["fp32"] > 1 and cal.dram_copy_gbs > 0.5
     assert 0 < cal.call_overhead_us["fp32"] < 10_000
     assert 0 < cal.efficiency["gemm"] <= 0.9 + 1e-9
+    assert 0 < cal.efficiency["memory"] <= 0.75 + 1e-9  # never above the STREAM fraction
+    assert cal.op_overhead_us["fp32_conv"] >= 0 and "fp32" in cal.call_overhead_us
     monkeypatch.setattr(_calibrate, "run_calibration", _no_measuring)
     t = host_target()
     assert t.calibration == cal

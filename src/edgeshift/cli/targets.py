@@ -129,7 +129,8 @@ def _show(t: Target, json_output: bool) -> None:
         cal.add_row("elementwise, cache-sized", f"{c.cache_gbs:.1f} GB/s")
         for prec, call in c.call_overhead_us.items():
             op = c.op_overhead_us.get(prec, 0.0)
-            cal.add_row(f"per call / per op, {prec}", f"{call:.1f} µs / {op:.2f} µs")
+            conv = c.op_overhead_us.get(f"{prec}_conv", op)
+            cal.add_row(f"per call / op / conv, {prec}", f"{call:.1f} / {op:.2f} / {conv:.2f} µs")
         cal.add_row("runtime RSS", human_bytes(c.runtime_overhead_bytes))
         console.print(cal)
     if t.notes:

@@ -89,6 +89,24 @@ def matmul_chain_model(path: Path, n_ops: int, width: int) -> Path:
     return _save(path, nodes, [_vi("x", _F, [1, width])], [_vi("y", _F, [1, width])], inits)
 
 
+def conv_chain_model(path: Path, n_ops: int, channels: int = 8, hw: int = 4) -> Path:
+    """x → Conv 3x3 → Conv → … on [1, channels, hw, hw]: a conv's fixed cost, nearly no math."""
+    rng = np.random.default_rng(0)
+    nodes, inits = [], []
+    prev = "x"
+    for i in range(n_ops):
+        out = "y" if i == n_ops - 1 else f"t{i}"
+        w = (rng.standard_normal((channels, channels, 3, 3)) * 0.1).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        node = helper.make_node(
+            "Conv", [prev, f"w{i}"], [out], pads=[1, 1, 1, 1], kernel_shape=[3, 3]
+        )
+        nodes.append(node)
+        prev = out
+    shape = [1, channels, hw, hw]
+    return _save(path, nodes, [_vi("x", _F, shape)], [_vi("y", _F, shape)], inits)
+
+
 # Low percentile of the timed runs: on a shared machine a busy neighbour only ever adds time.
 _PERCENTILE = 10
 
@@ -184,6 +202,9 @@ def run_calibration(
         tiny = {"x": np.ones((1, width), np.float32)}
         one = matmul_chain_model(d / "one.onnx", 1, width)
         chain = matmul_chain_model(d / "chain.onnx", chain_ops + 1, width)
+        conv_one = conv_chain_model(d / "conv_one.onnx", 1)
+        conv_chain = conv_chain_model(d / "conv_chain.onnx", chain_ops + 1)
+        tiny_img = {"x": np.ones((1, 8, 4, 4), np.float32)}
         gemm = {m: matmul_model(d / f"mm{m}.onnx", m, GEMM_K, GEMM_N) for m in GEMM_ROWS}
         gemm8 = {m: matmul_model(d / f"q{m}.onnx", m, GEMM_K, GEMM_N, True) for m in GEMM_ROWS}
         convs = {hw: conv_model(d / f"conv{hw}.onnx", CONV_C, hw) for hw in CONV_HW}
@@ -201,6 +222,9 @@ def run_calibration(
                 except BackendError:
                     continue  # e.g. no bf16 on this CPU
                 keep(f"chain_{prec}", _run_s(chain, tiny, dur, backend, rt_prec))
+                # Convs carry more fixed cost than GEMMs (im2col / layout reorders).
+                keep(f"conv1_{prec}", _run_s(conv_one, tiny_img, dur, backend, rt_prec))
+                keep(f"convn_{prec}", _run_s(conv_chain, tiny_img, dur, backend, rt_prec))
                 if (prec, backend, rt_prec) not in usable:
                     usable.append((prec, backend, rt_prec))
 
@@ -251,8 +275,11 @@ def run_calibration(
     op_us = {
         p: max(best[f"chain_{p}"] - best[f"one_{p}"], 0.0) / chain_ops * 1e6 for p, _, _ in usable
     }
+    for p, _, _ in usable:
+        op_us[f"{p}_conv"] = max(best[f"convn_{p}"] - best[f"conv1_{p}"], 0.0) / chain_ops * 1e6
     call_us.setdefault("int8", call_us["fp32"])  # int8 graphs run on ORT too
     op_us.setdefault("int8", op_us["fp32"])
+    op_us.setdefault("int8_conv", op_us["fp32_conv"])
 
     def rate(key: str, work: float, prec: str) -> float:
         return work / max(best[key] - call_us[prec] * 1e-6, 1e-9) / 1e9
@@ -282,7 +309,8 @@ def run_calibration(
     efficiency = {
         "gemm": achieved["fp32"] / peaks["fp32"],
         "conv": out["conv"] / peaks["fp32"],
-        "memory": out["elementwise"] / (out["copy"] / STREAM_FRACTION),
+        # numpy copies on one thread; the runtime's Add may use all cores and go faster.
+        "memory": out["elementwise"] / (max(out["copy"], out["elementwise"]) / STREAM_FRACTION),
     }
     for p, gops in achieved.items():
         if peaks.get(p):

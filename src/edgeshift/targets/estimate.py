@@ -127,11 +127,13 @@ def _analysis_batch(analysis: Any) -> int:
     return 1
 
 
-def _overhead_us(target: Target, eff: Efficiency, which: str, precision: str) -> float:
+def _overhead_us(
+    target: Target, eff: Efficiency, which: str, precision: str, cls: str = "gemm"
+) -> float:
     q = target.call_overhead_us if which == "call" else target.op_overhead_us
     if q is not None:
         return q.value
-    call, op = eff.overheads_us(precision)
+    call, op = eff.overheads_us(precision, cls)
     # A runtime's dispatch is serial code: it scales with the clock, not the core count.
     return (call if which == "call" else op) * eff.reference_clock_ghz / target.clock_ghz.value
 
@@ -177,7 +179,7 @@ def _time_one_call(
     llc = target.llc.bytes / share if target.llc is not None else 0.0
     all_cached = llc > 0 and model_bytes <= llc
     cache_bw = bw * eff.cache_speedup
-    op_oh = _overhead_us(target, eff, "op", precision) * 1e-6
+    op_oh_s = {c: _overhead_us(target, eff, "op", precision, c) * 1e-6 for c in ("gemm", "conv")}
     per_class: dict[str, list[float]] = {}
     total = 0.0
     prev, prev_cls, fused_run = None, None, 0
@@ -204,6 +206,7 @@ def _time_one_call(
         row[2] += int(w_bytes + a_bytes)
         row[3] += t_c if t_c >= t_m else 0.0
         row[4] += t_m if t_m > t_c else 0.0
+        op_oh = op_oh_s["conv" if cls == "conv" else "gemm"]
         row[5] += op_oh
         total += max(t_c, t_m) + op_oh
         prev, prev_cls = node, cls

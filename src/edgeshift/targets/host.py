@@ -25,7 +25,7 @@ from edgeshift.targets._calibrate import width_factor
 from edgeshift.targets.roofline import STREAM_FRACTION, Efficiency, efficiency_from_calibration
 from edgeshift.targets.schema import ByteQuantity, Calibration, Power, Price, Quantity, Target
 
-CALIBRATION_VERSION = 3  # bump when what is measured changes: old caches are ignored
+CALIBRATION_VERSION = 4  # bump when what is measured changes: old caches are ignored
 _RUNTIMES = ("onnxruntime", "openvino")
 
 
@@ -295,8 +295,9 @@ def build_host_target(host: HostInfo, cal: Calibration) -> Target:
         clock_ghz=Quantity(value=ghz, source=host.clock_source),
         peak_gops=peaks,  # type: ignore[arg-type]
         mem_bandwidth_gbs=Quantity(
-            value=cal.dram_copy_gbs / STREAM_FRACTION,
-            derived=f"measured copy {cal.dram_copy_gbs:.1f} GB/s / {STREAM_FRACTION} (STREAM fraction)",
+            value=max(cal.dram_copy_gbs, cal.elementwise_gbs) / STREAM_FRACTION,
+            derived=f"max(measured copy {cal.dram_copy_gbs:.1f}, runtime Add "
+            f"{cal.elementwise_gbs:.1f}) GB/s / {STREAM_FRACTION} (STREAM fraction)",
         ),
         ram=ByteQuantity(value=host.memory_bytes, source="/proc/meminfo and cgroup memory limit"),
         llc=llc,

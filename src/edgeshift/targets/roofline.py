@@ -77,7 +77,7 @@ class Efficiency:
     memory: float  # achieved elementwise bandwidth / theoretical DRAM bandwidth
     cache_speedup: float  # cache-resident bandwidth / DRAM-resident bandwidth (>= 1)
     call_overhead_us: dict[str, float]  # per precision (fp32 always), at reference_clock_ghz
-    op_overhead_us: dict[str, float]  # per executed node, per precision
+    op_overhead_us: dict[str, float]  # per executed node, per precision ("<p>_conv": convs)
     reference_clock_ghz: float
     measured: bool  # True when it comes from a host calibration
 
@@ -94,10 +94,14 @@ class Efficiency:
             return base
         return base * rows / (rows + half)
 
-    def overheads_us(self, precision: str) -> tuple[float, float]:
-        """(per call, per op) microseconds at the reference clock for PRECISION's runtime."""
+    def overheads_us(self, precision: str, cls: str = "gemm") -> tuple[float, float]:
+        """(per call, per op of class CLS) µs at the reference clock for PRECISION's runtime."""
         call = self.call_overhead_us.get(precision, self.call_overhead_us["fp32"])
         op = self.op_overhead_us.get(precision, self.op_overhead_us["fp32"])
+        if cls == "conv":
+            op = self.op_overhead_us.get(
+                f"{precision}_conv", self.op_overhead_us.get("fp32_conv", op)
+            )
         return call, op
 
 
