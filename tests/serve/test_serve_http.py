@@ -535,7 +535,9 @@ def test_zoo_model_serves_like_the_runtime(tmp_path: Path) -> None:
         client.close()
 
 
-def test_served_onnxruntime_sessions_do_not_spin(models: dict[str, Path]) -> None:
+def test_served_onnxruntime_sessions_do_not_spin(
+    server: ServerThread, models: dict[str, Path]
+) -> None:
     from edgeshift.runtime.onnxruntime import OnnxRuntimeBackend
     from edgeshift.serve.repository import _server_runtime_options
 
@@ -544,8 +546,9 @@ def test_served_onnxruntime_sessions_do_not_spin(models: dict[str, Path]) -> Non
         pytest.skip("the runtime has no allow_spinning option yet")
     assert _server_runtime_options(models["dense"], None) == {"allow_spinning": False}
     assert _server_runtime_options(models["dense"], "openvino") is None
-    backend = open_backend(models["dense"], threads=1, options={"allow_spinning": False})
-    entry = backend.session.get_session_options().get_session_config_entry(  # type: ignore[attr-defined]
+    assert server.server.repository is not None
+    session = server.server.repository.get("dense").backend.session  # type: ignore[attr-defined]
+    entry = session.get_session_options().get_session_config_entry(
         "session.intra_op.allow_spinning"
     )
     assert entry == "0"
