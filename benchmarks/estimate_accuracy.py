@@ -1,12 +1,15 @@
 """How close is ``edgeshift estimate --target host`` to ``edgeshift bench`` on this machine?
 
-One run: calibrate the host (fresh, unless --cached), then for each zoo model (MiniLM when
-its package is installed), each batch and each runtime configuration, estimate the latency
-and measure it with the bench harness on the model's eval data. Prints the signed error per
-row (estimate / measured - 1) and the median absolute error; the goal is <= 25%. "measured"
-is the best p50 of a few short bench rounds; "spread" is worst / best round (noise).
+One run: for each zoo model (MiniLM when its package is installed), each batch and each
+runtime configuration, measure the latency with the bench harness on the model's eval data,
+calibrate the host, and estimate. Rounds interleave calibration passes and bench runs; each
+row keeps its best p50 ("measured"), each microbenchmark its best time, so a busy neighbour
+on a shared machine hurts neither side more than the other. "spread" is worst / best round.
+Prints the signed error per row (estimate / measured - 1) and the median absolute error; the
+goal is <= 25%.
 
-Run: ``python benchmarks/estimate_accuracy.py [--batches 1,8] [--duration 2] [--cached]``.
+Run: ``python benchmarks/estimate_accuracy.py [--batches 1,8] [--duration 3] [--rounds 5]``
+(``--cached`` reuses the cached calibration instead of measuring).
 """
 
 from __future__ import annotations
@@ -24,7 +27,13 @@ from edgeshift import zoo
 from edgeshift.bench import bench
 from edgeshift.runtime.openvino import cpu_capabilities
 from edgeshift.targets.estimate import estimate
-from edgeshift.targets.host import host_target
+from edgeshift.targets.host import (
+    build_host_target,
+    detect_host,
+    load_calibration,
+    new_calibrator,
+    save_calibration,
+)
 
 # (runtime, precision the runtime runs at, precision the estimate is asked for)
 CONFIGS = [("onnxruntime", "fp32"), ("openvino", "bf16")]
@@ -34,14 +43,11 @@ def run(
     batches: list[int], duration_s: float, cached: bool, configs: list[str], n_rounds: int
 ) -> None:
     console = Console()
-    target = host_target(recalibrate=not cached, progress=True)
-    cal = target.calibration
-    assert cal is not None
-    console.print(
-        f"host: {cal.cpu_model}, {cal.threads} threads; calibration took {cal.seconds:.1f} s "
-        f"(GEMM fp32 {cal.achieved_gops['fp32']:.0f} GFLOP/s, copy {cal.dram_copy_gbs:.0f} GB/s, "
-        f"call {cal.call_overhead_us['fp32']:.1f} µs, op {cal.op_overhead_us['fp32']:.2f} µs)"
-    )
+    host = detect_host()
+    calibrator = None if cached else new_calibrator(host)
+    cached_cal = load_calibration(host) if cached else None
+    if cached and cached_cal is None:
+        raise SystemExit("no cached calibration: run `edgeshift targets host` first")
     use = [c for c in CONFIGS if f"{c[0]}:{c[1]}" in configs or c[1] in configs]
     if "BF16" not in cpu_capabilities():
         use = [c for c in use if c[1] != "bf16"]
@@ -57,9 +63,12 @@ def run(
         rows = [(n, b, p, batch) for n in names for b, p in use for batch in batches]
         p50s: dict[tuple[str, str, str, int], list[float]] = {r: [] for r in rows}
         shapes: dict[tuple[str, str, str, int], dict[str, tuple[int, ...]]] = {}
-        # Rounds interleave the rows: on a shared machine other jobs only ever add time, and
-        # a quiet moment then helps every row alike. Each row keeps its best p50.
+        # Rounds interleave the rows and the calibration passes: on a shared machine other
+        # jobs only ever add time, and a quiet moment then helps every row and the
+        # calibration alike. Each row keeps its best p50, each microbenchmark its best time.
         for _ in range(n_rounds):
+            if calibrator is not None:
+                calibrator.run_pass(progress=True)
             for row in rows:
                 name, backend, precision, batch = row
                 m = models[name]
@@ -69,6 +78,18 @@ def run(
                 )  # fmt: skip
                 p50s[row].append(r.p50_ms)
                 shapes[row] = r.input_shapes
+        cal = calibrator.result() if calibrator is not None else cached_cal
+        assert cal is not None
+        if calibrator is not None:
+            save_calibration(cal, host)
+            calibrator.close()
+        target = build_host_target(host, cal)
+        console.print(
+            f"host: {cal.cpu_model}, {cal.threads} threads; calibration {cal.seconds:.1f} s over "
+            f"{n_rounds if calibrator else 'cached'} passes (GEMM fp32 "
+            f"{cal.achieved_gops['fp32']:.0f} GFLOP/s, copy {cal.dram_copy_gbs:.0f} GB/s, "
+            f"call {cal.call_overhead_us['fp32']:.1f} µs, op {cal.op_overhead_us['fp32']:.2f} µs)"
+        )
         for row in rows:
             name, backend, precision, batch = row
             best = min(p50s[row])

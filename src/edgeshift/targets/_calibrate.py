@@ -171,91 +171,109 @@ GEMM_K, GEMM_N, GEMM_ROWS = 384, 1536, (8, 128)
 CONV_C, CONV_HW = 32, (8, 28)
 
 
-def run_calibration(
-    host: object,
-    *,
-    peak_fn: Callable[[str], float | None],
-    quick: bool = False,
-    progress: bool = False,
-) -> Calibration:
-    """Time the microbenchmarks on this host; HOST is a :class:`~edgeshift.targets.host.HostInfo`."""
-    from edgeshift.targets.host import HostInfo
+class Calibrator:
+    """Runs measurement passes, keeping each microbenchmark's best time; :meth:`result`
+    turns them into a :class:`Calibration`. Passes can be spread over time (the accuracy
+    benchmark interleaves them with its own runs) so one busy moment does not decide."""
 
-    assert isinstance(host, HostInfo)
-    t_start = time.perf_counter()
-    dur = 0.1 if quick else 0.3
-    passes = 1 if quick else 2
-    rng = np.random.default_rng(0)
-    best: dict[str, float] = {}  # fastest low-percentile time per microbenchmark, seconds
-    rss: list[int] = []
-    configs = [("fp32", "onnxruntime", "fp32"), ("bf16", "openvino", "bf16")]
-    usable: list[tuple[str, str, str]] = []
-    big = (16 << 20) if quick else (64 << 20)  # bytes per tensor, well past any LLC
-    small = 256 << 10  # stays in L2 on anything that has one
+    configs = (("fp32", "onnxruntime", "fp32"), ("bf16", "openvino", "bf16"))
     width, chain_ops, small_ops = 16, 16, 16
+    small = 256 << 10  # bytes per tensor that stay in L2 on anything that has one
 
-    def keep(key: str, t: float) -> None:
-        best[key] = min(t, best.get(key, math.inf))
+    def __init__(self, host: object, peak_fn: Callable[[str], float | None], quick: bool = False):
+        from edgeshift.targets.host import HostInfo
 
-    with tempfile.TemporaryDirectory(prefix="edgeshift-cal-") as tmp:
-        d = Path(tmp)
-        tiny = {"x": np.ones((1, width), np.float32)}
-        one = matmul_chain_model(d / "one.onnx", 1, width)
-        chain = matmul_chain_model(d / "chain.onnx", chain_ops + 1, width)
-        conv_one = conv_chain_model(d / "conv_one.onnx", 1)
-        conv_chain = conv_chain_model(d / "conv_chain.onnx", chain_ops + 1)
+        assert isinstance(host, HostInfo)
+        self.host = host
+        self.peak_fn = peak_fn
+        self.quick = quick
+        self.dur = 0.1 if quick else 0.3
+        self.big = (16 << 20) if quick else (64 << 20)  # bytes per tensor, well past any LLC
+        self.best: dict[str, float] = {}  # fastest low-percentile time per benchmark, seconds
+        self.rss: list[int] = []
+        self.usable: list[tuple[str, str, str]] = []
+        self.seconds = 0.0
+        self.rng = np.random.default_rng(0)
+        self._tmp = tempfile.TemporaryDirectory(prefix="edgeshift-cal-")
+        d = Path(self._tmp.name)
+        w, n = self.width, self.chain_ops
+        self.one = matmul_chain_model(d / "one.onnx", 1, w)
+        self.chain = matmul_chain_model(d / "chain.onnx", n + 1, w)
+        self.conv_one = conv_chain_model(d / "conv_one.onnx", 1)
+        self.conv_chain = conv_chain_model(d / "conv_chain.onnx", n + 1)
+        self.gemm = {m: matmul_model(d / f"mm{m}.onnx", m, GEMM_K, GEMM_N) for m in GEMM_ROWS}
+        self.gemm8 = {m: matmul_model(d / f"q{m}.onnx", m, GEMM_K, GEMM_N, True) for m in GEMM_ROWS}
+        self.convs = {hw: conv_model(d / f"conv{hw}.onnx", CONV_C, hw) for hw in CONV_HW}
+        self.ew_big = chain_model(d / "big.onnx", 1, self.big // 4)
+        self.ew_small = chain_model(d / "small.onnx", self.small_ops, self.small // 4)
+
+    def __enter__(self) -> Calibrator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    def _keep(self, key: str, t: float) -> None:
+        self.best[key] = min(t, self.best.get(key, math.inf))
+
+    def _overheads(self) -> None:
+        rss_before = psutil.Process().memory_info().rss
+        runtime = open_backend(self.one)
+        self.rss.append(max(psutil.Process().memory_info().rss, rss_before))
+        runtime.close()
+        tiny = {"x": np.ones((1, self.width), np.float32)}
         tiny_img = {"x": np.ones((1, 8, 4, 4), np.float32)}
-        gemm = {m: matmul_model(d / f"mm{m}.onnx", m, GEMM_K, GEMM_N) for m in GEMM_ROWS}
-        gemm8 = {m: matmul_model(d / f"q{m}.onnx", m, GEMM_K, GEMM_N, True) for m in GEMM_ROWS}
-        convs = {hw: conv_model(d / f"conv{hw}.onnx", CONV_C, hw) for hw in CONV_HW}
-        ew_big = chain_model(d / "big.onnx", 1, big // 4)
-        ew_small = chain_model(d / "small.onnx", small_ops, small // 4)
+        for prec, backend, rt_prec in self.configs:
+            try:
+                self._keep(f"one_{prec}", _run_s(self.one, tiny, self.dur, backend, rt_prec))
+            except BackendError:
+                continue  # e.g. no bf16 on this CPU
+            self._keep(f"chain_{prec}", _run_s(self.chain, tiny, self.dur, backend, rt_prec))
+            # Convs carry more fixed cost than GEMMs (im2col / layout reorders).
+            self._keep(f"conv1_{prec}", _run_s(self.conv_one, tiny_img, self.dur, backend, rt_prec))
+            self._keep(
+                f"convn_{prec}", _run_s(self.conv_chain, tiny_img, self.dur, backend, rt_prec)
+            )
+            if (prec, backend, rt_prec) not in self.usable:
+                self.usable.append((prec, backend, rt_prec))
 
-        def overheads() -> None:
-            rss_before = psutil.Process().memory_info().rss
-            runtime = open_backend(one)
-            rss.append(max(psutil.Process().memory_info().rss, rss_before))
-            runtime.close()
-            for prec, backend, rt_prec in configs:
-                try:
-                    keep(f"one_{prec}", _run_s(one, tiny, dur, backend, rt_prec))
-                except BackendError:
-                    continue  # e.g. no bf16 on this CPU
-                keep(f"chain_{prec}", _run_s(chain, tiny, dur, backend, rt_prec))
-                # Convs carry more fixed cost than GEMMs (im2col / layout reorders).
-                keep(f"conv1_{prec}", _run_s(conv_one, tiny_img, dur, backend, rt_prec))
-                keep(f"convn_{prec}", _run_s(conv_chain, tiny_img, dur, backend, rt_prec))
-                if (prec, backend, rt_prec) not in usable:
-                    usable.append((prec, backend, rt_prec))
+    def _gemms(self) -> None:
+        for m in GEMM_ROWS:
+            feed = {"x": self.rng.standard_normal((m, GEMM_K)).astype(np.float32)}
+            for prec, backend, rt_prec in self.usable:
+                self._keep(
+                    f"gemm_{prec}_{m}", _run_s(self.gemm[m], feed, self.dur, backend, rt_prec)
+                )
+            qfeed = {"x": self.rng.integers(0, 255, (m, GEMM_K), dtype=np.uint8)}
+            with contextlib.suppress(BackendError):
+                self._keep(f"gemm_int8_{m}", _run_s(self.gemm8[m], qfeed, self.dur))
 
-        def gemms() -> None:
-            for m in GEMM_ROWS:
-                feed = {"x": rng.standard_normal((m, GEMM_K)).astype(np.float32)}
-                for prec, backend, rt_prec in usable:
-                    keep(f"gemm_{prec}_{m}", _run_s(gemm[m], feed, dur, backend, rt_prec))
-                qfeed = {"x": rng.integers(0, 255, (m, GEMM_K), dtype=np.uint8)}
-                with contextlib.suppress(BackendError):
-                    keep(f"gemm_int8_{m}", _run_s(gemm8[m], qfeed, dur))
+    def _conv(self) -> None:
+        for hw in CONV_HW:
+            feed = {"x": self.rng.standard_normal((1, CONV_C, hw, hw)).astype(np.float32)}
+            self._keep(f"conv_{hw}", _run_s(self.convs[hw], feed, self.dur))
 
-        def conv() -> None:
-            for hw in CONV_HW:
-                feed = {"x": rng.standard_normal((1, CONV_C, hw, hw)).astype(np.float32)}
-                keep(f"conv_{hw}", _run_s(convs[hw], feed, dur))
+    def _bandwidth(self) -> None:
+        big, small = self.big, self.small
+        self._keep("copy", 2 * 2 * big / _copy_gbs(2 * big, 3 if self.quick else 5) / 1e9)
+        self._keep(
+            "ew_big", _run_s(self.ew_big, {"x": np.ones((1, big // 4), np.float32)}, self.dur)
+        )
+        feed = {"x": np.ones((1, small // 4), np.float32)}
+        self._keep("ew_small", _run_s(self.ew_small, feed, self.dur))
 
-        def bandwidth() -> None:
-            keep("copy", 2 * 2 * big / _copy_gbs(2 * big, 3 if quick else 5) / 1e9)
-            keep("ew_big", _run_s(ew_big, {"x": np.ones((1, big // 4), np.float32)}, dur))
-            keep("ew_small", _run_s(ew_small, {"x": np.ones((1, small // 4), np.float32)}, dur))
-
-        # Two passes, keeping each figure's best: a neighbour busy during one pass rarely is
-        # during both.
+    def run_pass(self, progress: bool = False) -> None:
+        """One round of every microbenchmark (about 7 s; 2 s when quick)."""
+        t0 = time.perf_counter()
         steps = [
-            ("overheads", overheads),
-            ("gemm", gemms),
-            ("conv", conv),
-            ("bandwidth", bandwidth),
+            ("overheads", self._overheads),
+            ("gemm", self._gemms),
+            ("conv", self._conv),
+            ("bandwidth", self._bandwidth),
         ]
-        steps = steps * passes
         if progress:
             from rich.progress import Progress
 
@@ -270,7 +288,33 @@ def run_calibration(
         else:
             for _, step in steps:
                 step()
+        self.seconds += time.perf_counter() - t0
 
+    def result(self) -> Calibration:
+        return _derive(self)
+
+
+def run_calibration(
+    host: object,
+    *,
+    peak_fn: Callable[[str], float | None],
+    quick: bool = False,
+    progress: bool = False,
+) -> Calibration:
+    """Measure this host (two passes, or one when QUICK) and return the calibration."""
+    with Calibrator(host, peak_fn, quick=quick) as cal:
+        for _ in range(1 if quick else 2):
+            cal.run_pass(progress)
+        return cal.result()
+
+
+def _derive(c: Calibrator) -> Calibration:
+    """Turn the best timings into throughputs, efficiencies and fixed costs."""
+    host, best, usable, chain_ops = c.host, c.best, c.usable, c.chain_ops
+    big, small, small_ops = c.big, c.small, c.small_ops
+    from edgeshift.targets.host import HostInfo
+
+    assert isinstance(host, HostInfo)
     call_us = {p: best[f"one_{p}"] * 1e6 for p, _, _ in usable}
     op_us = {
         p: max(best[f"chain_{p}"] - best[f"one_{p}"], 0.0) / chain_ops * 1e6 for p, _, _ in usable
@@ -298,11 +342,11 @@ def run_calibration(
     out["elementwise"] = 2 * big / max(best["ew_big"] - call_us["fp32"] * 1e-6, 1e-9) / 1e9
     per_op = (best["ew_small"] - call_us["fp32"] * 1e-6) / small_ops - op_us["fp32"] * 1e-6
     out["cache"] = 2 * small / max(per_op, 1e-9) / 1e9
-    out["runtime_rss"] = float(min(rss))
+    out["runtime_rss"] = float(min(c.rss))
 
     # Flags cannot always tell a CPU generation apart under a hypervisor (a Zen 5 may read
     # as a Zen 4): when GEMM beats 90% of the flag-based peak, the FMA width was wrong.
-    flag = {p: peak_fn(p) or 0.0 for p in ("fp32", "bf16", "int8")}
+    flag = {p: c.peak_fn(p) or 0.0 for p in ("fp32", "bf16", "int8")}
     factor = width_factor(flag, achieved)
     peaks = {p: v * factor for p, v in flag.items()}
     corrected = factor != 1.0
@@ -332,5 +376,5 @@ def run_calibration(
         runtime_overhead_bytes=int(out["runtime_rss"]),
         efficiency=efficiency,
         peak_corrected=corrected,
-        seconds=time.perf_counter() - t_start,
+        seconds=c.seconds,
     )

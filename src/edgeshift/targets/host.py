@@ -21,7 +21,7 @@ import psutil
 from pydantic import ValidationError
 
 from edgeshift.runtime.threads import usable_cpus
-from edgeshift.targets._calibrate import width_factor
+from edgeshift.targets._calibrate import Calibrator, width_factor
 from edgeshift.targets.roofline import STREAM_FRACTION, Efficiency, efficiency_from_calibration
 from edgeshift.targets.schema import ByteQuantity, Calibration, Power, Price, Quantity, Target
 
@@ -236,6 +236,12 @@ def calibrate_host(
                           progress=progress)  # fmt: skip
     save_calibration(cal, host)
     return cal
+
+
+def new_calibrator(host: HostInfo | None = None, *, quick: bool = False) -> Calibrator:
+    """A calibrator whose passes the caller schedules (see benchmarks/estimate_accuracy.py)."""
+    host = host or detect_host()
+    return Calibrator(host, lambda p: host_peak_gops(host).get(p), quick=quick)
 
 
 def host_peak_gops(host: HostInfo) -> dict[str, float]:
