@@ -209,6 +209,7 @@ class Cell:
     p99_ms: list[float] = field(default_factory=list)
     mean_batch: list[float] = field(default_factory=list)
     server_cpu_us: list[float] = field(default_factory=list)  # server CPU time per request
+    client_cpu_us: list[float] = field(default_factory=list)  # load generator's, per request
 
 
 async def drive(
@@ -297,6 +298,11 @@ class Ceiling:
         return best
 
 
+def _own_cpu_s() -> float:
+    times = psutil.Process().cpu_times()
+    return float(times.user + times.system)
+
+
 def _open_without_spinning(model: Path) -> Backend:
     import onnxruntime as ort
 
@@ -381,16 +387,18 @@ def main() -> None:
                     body, headers = bodies[binary]
                     asyncio.run(load(url, body, headers, concurrency, 0.3))  # warm up
                     rows0, calls0 = server.batch_rows()
-                    cpu0 = server.cpu_s()
+                    cpu0, client0 = server.cpu_s(), _own_cpu_s()
                     rps, p50, p99 = asyncio.run(load(url, body, headers, concurrency, args.seconds))
-                    cpu_s = server.cpu_s() - cpu0
+                    cpu_s, client_s = server.cpu_s() - cpu0, _own_cpu_s() - client0
                     rows1, calls1 = server.batch_rows()
                     cell = cells.setdefault((batching, binary, concurrency), Cell())
                     cell.rps.append(rps)
                     cell.p50_ms.append(p50)
                     cell.p99_ms.append(p99)
                     cell.mean_batch.append((rows1 - rows0) / max(calls1 - calls0, 1))
-                    cell.server_cpu_us.append(cpu_s / max(rps * args.seconds, 1) * 1e6)
+                    answered = max(rps * args.seconds, 1)
+                    cell.server_cpu_us.append(cpu_s / answered * 1e6)
+                    cell.client_cpu_us.append(client_s / answered * 1e6)
         finally:
             for server in servers.values():
                 server.stop()
@@ -400,7 +408,7 @@ def main() -> None:
     table = Table(
         title=f"edgeshift serve · {args.model} · medians of {args.rounds} rounds × {args.seconds:g} s"
     )
-    columns = (
+    columns = (  # CPU µs/req: process CPU time per answered request (server: runtime included)
         "batching",
         "tensors",
         "conc",
@@ -409,6 +417,7 @@ def main() -> None:
         "p99 ms",
         "mean batch",
         "server CPU µs/req",
+        "client CPU µs/req",
         "ceiling req/s",
         "served/ceiling",
     )
@@ -425,6 +434,7 @@ def main() -> None:
             f"{med(cell.p99_ms):.2f}",
             f"{med(cell.mean_batch):.1f}",
             f"{med(cell.server_cpu_us):.0f}",
+            f"{med(cell.client_cpu_us):.0f}",
             f"{ceiling_rps:.0f}",
             f"{med(cell.rps) / ceiling_rps:.0%}",
         )
