@@ -94,6 +94,9 @@ def test_bytes_elements_are_length_prefixed_little_endian() -> None:
     assert decode_bytes_elements(raw, 3, "x").tolist() == [b"ab", b"", "é".encode()]
     with pytest.raises(ProtocolError, match="ends after 3 of 4"):
         decode_bytes_elements(raw, 4, "x")
+    # A huge shape with a tiny payload is refused before anything is allocated.
+    with pytest.raises(ProtocolError, match="cannot hold 4000000000 BYTES elements"):
+        decode_bytes_elements(raw, 4_000_000_000, "x")
     with pytest.raises(ProtocolError, match="bytes left after 2"):
         decode_bytes_elements(raw, 2, "x")
     with pytest.raises(ProtocolError, match="claims 2 bytes past the end"):

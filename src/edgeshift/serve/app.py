@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import edgeshift
 from edgeshift.errors import EdgeshiftError, ProtocolError
-from edgeshift.serve.endpoint import InferenceEndpoint, too_large
+from edgeshift.serve.endpoint import InferenceEndpoint, read_asgi_body
 from edgeshift.serve.metrics import ServerMetrics
 from edgeshift.serve.protocol import error_body
 from edgeshift.serve.repository import ModelRepository
@@ -42,22 +42,7 @@ def _error(message: str, status: int) -> Response:
 
 
 async def read_body(request: Request, limit_bytes: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed the limit."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit_bytes:
-                raise ProtocolError(too_large(limit_bytes), 413)
-        except ValueError:
-            raise ProtocolError(f"bad Content-Length {declared!r}", 400) from None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit_bytes:
-            raise ProtocolError(too_large(limit_bytes), 413)
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return await read_asgi_body(request.scope, request.receive, limit_bytes)
 
 
 class _Routes:

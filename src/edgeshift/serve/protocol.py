@@ -126,8 +126,10 @@ def _element_count(name: str, shape: tuple[int, ...]) -> int:
 
 def decode_bytes_elements(buf: memoryview | bytes, count: int, name: str) -> np.ndarray:
     """Length-prefixed BYTES elements -> a flat object array of ``bytes``; exact size."""
-    out = np.empty(count, dtype=object)
     offset, size = 0, len(buf)
+    if count * 4 > size:  # every element has a 4-byte prefix: refuse before allocating
+        raise _bad(f"input {name!r}: {size} bytes cannot hold {count} BYTES elements")
+    out = np.empty(count, dtype=object)
     for i in range(count):
         if offset + 4 > size:
             raise _bad(f"input {name!r}: BYTES data ends after {i} of {count} elements")
