@@ -281,3 +281,34 @@ def test_openvino_int8_via_nncf(digits_cnn: zoo.ZooModel, tmp_path: Path, rigged
     assert float(np.mean(got.argmax(1) == labels[held]) * 100) == pytest.approx(
         manifest.accuracy.chosen
     )
+
+
+def test_alternative_setting_tried_before_recovery(
+    hot_cnn: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgeshift.optimize.recipes.ort_dynamic_int8 import OrtDynamicInt8
+
+    class ConvFirst(OrtDynamicInt8):
+        """Conv included first (ruins this model); MatMul-only as the alternative."""
+
+        def __init__(self) -> None:
+            super().__init__(with_conv=True)
+            self.default = True
+
+        def alternatives(self, ctx):
+            plain = OrtDynamicInt8()
+            plain.tag = "-alt"
+            return [plain]
+
+    monkeypatch.setattr(search_module, "all_recipes", lambda: [ConvFirst()])
+    model, data = hot_cnn
+    result = optimize(model, data, quick=True, recovery=False)
+    record = next(c for c in result.candidates if c.name == "ort-int8-dynamic-conv")
+    tried = record.params["settings_tried"]
+    assert [t["params"]["op_types"] for t in tried] == [
+        ["MatMul", "Gemm", "Conv"],
+        ["MatMul", "Gemm"],
+    ]
+    assert tried[0]["drop"] > 1.0 >= tried[1]["drop"]
+    assert record.status in ("accepted", "chosen")
+    assert record.drop == tried[1]["drop"]

@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -311,19 +312,28 @@ def _try_candidate(
     if skip:
         record.reason = skip
         return _Candidate(record)
-    try:
-        variant = recipe.build(ctx)
-    except Exception as exc:  # any recipe failure is this candidate's verdict, not the search's
-        record.status, record.reason = "failed", f"build failed: {_first_line(exc)}"
-        return _Candidate(record)
-    record.params = variant.params
-    try:
-        score, drop, backend, seconds_per_run = evaluate(variant)
-    except Exception as exc:
-        record.status, record.reason = "failed", f"does not run: {_first_line(exc)}"
-        return _Candidate(record, variant)
-    candidate = _Candidate(record, variant, backend, seconds_per_run)
-    _fill(record, variant, backend, score, drop)
+    # The recipe's own settings first, then its alternatives while the budget is missed.
+    best: tuple[Recipe, _Candidate] | None = None
+    tried: list[dict[str, Any]] = []
+    for attempt in [recipe, *recipe.alternatives(ctx)]:
+        this = _build_and_score(attempt, ctx, evaluate, record)
+        tried.append({"params": this.record.params, "drop": this.record.drop})
+        if best is None or _better(this, best[1]):
+            if best is not None and best[1].backend is not None:
+                best[1].backend.close()
+            best = (attempt, this)
+        elif this.backend is not None:
+            this.backend.close()
+        if best[1].backend is not None and (best[1].record.drop or 0.0) <= budget:
+            break
+    assert best is not None
+    recipe, candidate = best
+    record = candidate.record
+    if len(tried) > 1:
+        record.params = {**record.params, "settings_tried": tried}
+    if candidate.backend is None or candidate.variant is None:
+        return candidate  # failed: the reason is recorded
+    backend, variant, drop = candidate.backend, candidate.variant, record.drop or 0.0
     if drop <= budget:
         record.status, record.reason = "accepted", "within budget"
         return candidate
@@ -356,6 +366,35 @@ def _try_candidate(
     record.float_nodes = outcome.float_nodes
     record.status, record.reason = "accepted", f"recovered: {outcome.reason}"
     return _Candidate(record, outcome.variant, backend, seconds_per_run, recovered=True)
+
+
+def _better(this: _Candidate, than: _Candidate) -> bool:
+    """A working candidate beats a failed one; of two working ones, the smaller drop wins."""
+    if this.backend is None:
+        return False
+    return than.backend is None or (this.record.drop or 0.0) < (than.record.drop or 0.0)
+
+
+def _build_and_score(
+    recipe: Recipe,
+    ctx: BuildContext,
+    evaluate: Callable[[Variant], tuple[float, float, Backend, float]],
+    template: CandidateRecord,
+) -> _Candidate:
+    record = template.model_copy(deep=True)
+    try:
+        variant = recipe.build(ctx)
+    except Exception as exc:  # any recipe failure is this candidate's verdict, not the search's
+        record.status, record.reason = "failed", f"build failed: {_first_line(exc)}"
+        return _Candidate(record)
+    record.params = variant.params
+    try:
+        score, drop, backend, seconds_per_run = evaluate(variant)
+    except Exception as exc:
+        record.status, record.reason = "failed", f"does not run: {_first_line(exc)}"
+        return _Candidate(record, variant)
+    _fill(record, variant, backend, score, drop)
+    return _Candidate(record, variant, backend, seconds_per_run)
 
 
 def _fill(

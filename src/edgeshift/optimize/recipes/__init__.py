@@ -70,13 +70,20 @@ class Recipe(ABC):
         """Names of the nodes this recipe quantizes, in graph order (recovery ranks them)."""
         return [n.name for n in ctx.repaired.graph.node if n.op_type in self.op_types]
 
+    def alternatives(self, ctx: BuildContext) -> list[Recipe]:
+        """Other settings of this recipe to try, in order, when it misses the budget
+        (before any layer is kept in float)."""
+        return []
+
+    tag: str = ""  # tells the files of alternatives apart
+
     def quantized_nodes(self, ctx: BuildContext, variant: Variant) -> list[str]:
         """The nodes VARIANT really quantized (recovery ranks these); by default the op list."""
         return self.quantizable_nodes(ctx)
 
     def variant_path(self, ctx: BuildContext, exclude: Sequence[str]) -> Path:
         suffix = f"-f{len(exclude)}" if exclude else ""
-        return ctx.workdir / f"{self.name}{suffix}.onnx"
+        return ctx.workdir / f"{self.name}{self.tag}{suffix}.onnx"
 
 
 @contextlib.contextmanager
