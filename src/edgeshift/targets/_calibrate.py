@@ -37,7 +37,7 @@ def _save(path: Path, nodes: list, inputs: list, outputs: list, inits: list) -> 
     return path
 
 
-def _vi(name: str, elem: int, shape: list[int]) -> onnx.ValueInfoProto:
+def _vi(name: str, elem: int, shape: list[int] | list[int | str]) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, elem, shape)
 
 
@@ -76,7 +76,8 @@ def conv_model(path: Path, c: int, hw: int) -> Path:
 
 
 def matmul_chain_model(path: Path, n_ops: int, width: int) -> Path:
-    """x → MatMul → MatMul → … on [1, width]: nodes no runtime fuses, each nearly free."""
+    """x → MatMul → MatMul → … on [batch, width]: nodes no runtime fuses, each nearly free.
+    The batch dim is dynamic as in exported models (OpenVINO dispatches those slower)."""
     rng = np.random.default_rng(0)
     nodes, inits = [], []
     prev = "x"
@@ -103,7 +104,7 @@ def conv_chain_model(path: Path, n_ops: int, channels: int = 8, hw: int = 4) -> 
         )
         nodes.append(node)
         prev = out
-    shape = [1, channels, hw, hw]
+    shape: list[int | str] = ["batch", channels, hw, hw]
     return _save(path, nodes, [_vi("x", _F, shape)], [_vi("y", _F, shape)], inits)
 
 
