@@ -14,6 +14,7 @@ from edgeshift.errors import BudgetError, OptimizeError
 from edgeshift.model.load import load_model, sha256_file
 from edgeshift.optimize import OptimizeResult, optimize, read_manifest
 from edgeshift.optimize import search as search_module
+from edgeshift.optimize import selection as selection_module
 from edgeshift.optimize.evaluate import Timing
 from edgeshift.optimize.search import evaluation_split
 from edgeshift.runtime import open_backend
@@ -40,7 +41,7 @@ def _fake_timing(order: list[str]):
 @pytest.fixture
 def rigged(monkeypatch: pytest.MonkeyPatch):
     """Tag each opened backend with its candidate's recipe so the fake clock can rank it."""
-    real_try = search_module._try_candidate
+    real_try = search_module.try_candidate
 
     def tagged(recipe, *args, **kwargs):
         candidate = real_try(recipe, *args, **kwargs)
@@ -48,10 +49,10 @@ def rigged(monkeypatch: pytest.MonkeyPatch):
             candidate.backend._edgeshift_candidate = recipe.name
         return candidate
 
-    monkeypatch.setattr(search_module, "_try_candidate", tagged)
+    monkeypatch.setattr(search_module, "try_candidate", tagged)
 
     def rig(order: list[str]) -> None:
-        monkeypatch.setattr(search_module, "measure_side_by_side", _fake_timing(order))
+        monkeypatch.setattr(selection_module, "measure_side_by_side", _fake_timing(order))
 
     return rig
 

@@ -10,7 +10,6 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -20,8 +19,9 @@ from edgeshift.errors import BudgetError, DataError, OptimizeError
 from edgeshift.model.load import LoadedModel, load_model, sha256_file
 from edgeshift.model.repair import repair_for_quantization
 from edgeshift.model.shapes import graph_io
+from edgeshift.optimize.candidates import Candidate, try_candidate
 from edgeshift.optimize.data import EvalData, fixed_batch, load_eval_data, split_indices
-from edgeshift.optimize.evaluate import Timing, eval_batches, measure_side_by_side, run_outputs
+from edgeshift.optimize.evaluate import eval_batches, run_outputs
 from edgeshift.optimize.host import detect_host
 from edgeshift.optimize.manifest import (
     AccuracyInfo,
@@ -34,14 +34,18 @@ from edgeshift.optimize.manifest import (
 )
 from edgeshift.optimize.metrics import Metric, check_metric_name, resolve_metric
 from edgeshift.optimize.recipes import BuildContext, Recipe, Variant, all_recipes
-from edgeshift.optimize.recovery import recover_accuracy
 from edgeshift.optimize.result import OptimizeResult
+from edgeshift.optimize.selection import (
+    choose,
+    measure_candidates,
+    objective_key,
+    reject_slow_recoveries,
+)
 from edgeshift.runtime import BACKENDS, open_backend, usable_cpus
 from edgeshift.runtime.base import Backend
 
 ARTIFACT_MODEL = "model.onnx"
 ORIGINAL = "original"
-TIE_FRACTION = 0.02  # candidates within 2% of the fastest are tied: measurement noise
 ProgressFn = Callable[[str, int, int], None]  # (what is happening, steps done, steps in all)
 
 
@@ -60,16 +64,6 @@ class _Settings:
         if quick:
             return cls(16, 64, bench_seconds or 0.2, 5, 2, 1, False)
         return cls(64, None, bench_seconds or 2.0, 20, 5, 3, True)
-
-
-@dataclass
-class _Candidate:
-    record: CandidateRecord
-    variant: Variant | None = None
-    backend: Backend | None = None
-    seconds_per_run: float = 0.0
-    timing: Timing | None = None
-    recovered: bool = False
 
 
 def evaluation_split(samples: int, seed: int, quick: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -158,7 +152,7 @@ def optimize(
             if max_drop is not None
             else chosen_metric.default_max_drop(reference, held_out.labels, original_score)
         )
-        original = _Candidate(
+        original = Candidate(
             CandidateRecord(
                 name=ORIGINAL,
                 recipe="none",
@@ -192,8 +186,8 @@ def optimize(
         for step, recipe in enumerate(chosen_recipes, start=2):
             report(f"building {recipe.name}", step, total_steps)
             candidates.append(
-                _try_candidate(
-                    recipe, ctx, evaluate, chosen_metric, budget, recovery, threads, settings
+                try_candidate(
+                    recipe, ctx, evaluate, chosen_metric, budget, recovery, threads, settings.bisect
                 )
             )
 
@@ -202,11 +196,18 @@ def optimize(
         survivors = [c for c in candidates if c.record.status == "accepted" and c.backend]
         # Met means accurate enough; a variant that then loses on speed still met it.
         budget_met = len(survivors) > 1
-        _measure(survivors, feeds, settings)
-        _reject_slow_recoveries(survivors, objective)
+        measure_candidates(
+            survivors,
+            feeds,
+            settings.bench_seconds,
+            settings.min_iterations,
+            settings.warmup,
+            settings.rounds,
+        )
+        reject_slow_recoveries(survivors, objective)
 
         # 6. Choose, explain, write the artifact.
-        winner = _choose(candidates, objective)
+        winner = choose(candidates, objective)
         manifest = _manifest(
             loaded,
             winner,
@@ -284,208 +285,11 @@ def _looks_like_transformer(model: onnx.ModelProto) -> bool:
     return "Softmax" in ops and ops.count("MatMul") >= 4
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
-
-
-def _try_candidate(
-    recipe: Recipe,
-    ctx: BuildContext,
-    evaluate: Callable[[Variant], tuple[float, float, Backend, float]],
-    metric: Metric,
-    budget: float,
-    recovery: bool,
-    threads: int,
-    settings: _Settings,
-) -> _Candidate:
-    """One recipe's candidate with its verdict; never raises (a failure is a verdict too)."""
-    record = CandidateRecord(
-        name=recipe.name,
-        recipe=recipe.family,
-        backend=recipe.backend,
-        precision=recipe.precision,
-        status="skipped",
-        reason="",
-    )
-    skip = recipe.unavailable(ctx)
-    if skip:
-        record.reason = skip
-        return _Candidate(record)
-    # The recipe's own settings first, then its alternatives while the budget is missed.
-    best: tuple[Recipe, _Candidate] | None = None
-    tried: list[dict[str, Any]] = []
-    for attempt in [recipe, *recipe.alternatives(ctx)]:
-        this = _build_and_score(attempt, ctx, evaluate, record)
-        tried.append({"params": this.record.params, "drop": this.record.drop})
-        if best is None or _better(this, best[1]):
-            if best is not None and best[1].backend is not None:
-                best[1].backend.close()
-            best = (attempt, this)
-        elif this.backend is not None:
-            this.backend.close()
-        if best[1].backend is not None and (best[1].record.drop or 0.0) <= budget:
-            break
-    assert best is not None
-    recipe, candidate = best
-    record = candidate.record
-    if len(tried) > 1:
-        record.params = {**record.params, "settings_tried": tried}
-    if candidate.backend is None or candidate.variant is None:
-        return candidate  # failed: the reason is recorded
-    backend, variant, drop = candidate.backend, candidate.variant, record.drop or 0.0
-    if drop <= budget:
-        record.status, record.reason = "accepted", "within budget"
-        return candidate
-    over = f"{metric.name} drop {drop:.4g} > budget {budget:.4g}"
-    if not (recipe.quantized and recovery):
-        record.status, record.reason = "rejected", over
-        backend.close()
-        candidate.backend = None
-        return candidate
-    backend.close()
-
-    def score_variant(v: Variant) -> tuple[float, float]:
-        s, d, b, _ = evaluate(v)
-        b.close()
-        return s, d
-
-    outcome = recover_accuracy(
-        recipe, ctx, variant, score_variant, budget, threads, settings.bisect
-    )
-    record.recovery_steps = [
-        {"float_nodes": s.float_nodes, "score": s.score, "drop": s.drop, "error": s.error}
-        for s in outcome.steps
-    ]
-    if outcome.variant is None:
-        record.status, record.reason = "rejected", f"{over}; recovery: {outcome.reason}"
-        candidate.backend = None
-        return candidate
-    score, drop, backend, seconds_per_run = evaluate(outcome.variant)
-    _fill(record, outcome.variant, backend, score, drop)
-    record.float_nodes = outcome.float_nodes
-    record.status, record.reason = "accepted", f"recovered: {outcome.reason}"
-    return _Candidate(record, outcome.variant, backend, seconds_per_run, recovered=True)
-
-
-def _better(this: _Candidate, than: _Candidate) -> bool:
-    """A working candidate beats a failed one; of two working ones, the smaller drop wins."""
-    if this.backend is None:
-        return False
-    return than.backend is None or (this.record.drop or 0.0) < (than.record.drop or 0.0)
-
-
-def _build_and_score(
-    recipe: Recipe,
-    ctx: BuildContext,
-    evaluate: Callable[[Variant], tuple[float, float, Backend, float]],
-    template: CandidateRecord,
-) -> _Candidate:
-    record = template.model_copy(deep=True)
-    try:
-        variant = recipe.build(ctx)
-    except Exception as exc:  # any recipe failure is this candidate's verdict, not the search's
-        record.status, record.reason = "failed", f"build failed: {_first_line(exc)}"
-        return _Candidate(record)
-    record.params = variant.params
-    try:
-        score, drop, backend, seconds_per_run = evaluate(variant)
-    except Exception as exc:
-        record.status, record.reason = "failed", f"does not run: {_first_line(exc)}"
-        return _Candidate(record, variant)
-    _fill(record, variant, backend, score, drop)
-    return _Candidate(record, variant, backend, seconds_per_run)
-
-
-def _fill(
-    record: CandidateRecord, variant: Variant, backend: Backend, score: float, drop: float
-) -> None:
-    record.score, record.drop = score, drop
-    record.size_bytes = variant.model_path.stat().st_size
-    record.runtime_options = backend.runtime_options()
-    record.params = variant.params
-
-
-def _measure(
-    survivors: list[_Candidate], feeds: list[dict[str, np.ndarray]], settings: _Settings
-) -> None:
-    bench_feeds = feeds[:4]
-    iterations = [
-        max(
-            settings.min_iterations,
-            min(2000, int(settings.bench_seconds / max(c.seconds_per_run, 1e-6))),
-        )
-        for c in survivors
-    ]
-    backends = [c.backend for c in survivors if c.backend is not None]
-    timings = measure_side_by_side(
-        backends, bench_feeds, iterations, settings.warmup, settings.rounds
-    )
-    for candidate, timing in zip(survivors, timings, strict=True):
-        candidate.timing = timing
-        r = candidate.record
-        r.p50_ms, r.p90_ms, r.mean_ms = timing.p50_ms, timing.p90_ms, timing.mean_ms
-        r.throughput_items_s = timing.throughput_items_s
-    base = survivors[0].timing  # the original is always first and always survives
-    assert base is not None
-    for candidate in survivors:
-        t = candidate.timing
-        assert t is not None
-        candidate.record.speedup = base.p50_ms / t.p50_ms
-
-
-def _key(candidate: _Candidate, objective: str) -> float:
-    """Smaller is better: p50 latency, or inverse throughput."""
-    t = candidate.timing
-    assert t is not None
-    return t.p50_ms if objective == "latency" else 1.0 / t.throughput_items_s
-
-
-def _reject_slow_recoveries(survivors: list[_Candidate], objective: str) -> None:
-    floats = [c for c in survivors if c.record.precision in ("fp32", "bf16", "fp16") and c.timing]
-    if not floats:
-        return
-    fastest_float = min(floats, key=lambda c: _key(c, objective))
-    for c in survivors:
-        if c.recovered and _key(c, objective) >= _key(fastest_float, objective):
-            c.record.status = "rejected"
-            c.record.reason = (
-                f"{c.record.reason}, but then no faster than {fastest_float.record.name} "
-                f"({c.record.p50_ms:.3g} vs {fastest_float.record.p50_ms:.3g} ms p50)"
-            )
-
-
-def _choose(candidates: list[_Candidate], objective: str) -> _Candidate:
-    eligible = [c for c in candidates if c.record.status == "accepted" and c.timing is not None]
-    best_key = min(_key(c, objective) for c in eligible)
-    tied = [c for c in eligible if _key(c, objective) <= best_key * (1 + TIE_FRACTION)]
-    winner = min(tied, key=lambda c: (c.record.size_bytes or 0, _key(c, objective)))
-    winner.record.status = "chosen"
-    winner.record.reason = (
-        "fastest within budget"
-        if len(tied) == 1
-        else f"fastest within budget (smallest of {len(tied)} tied within {TIE_FRACTION:.0%})"
-    )
-    for c in eligible:
-        if c is winner:
-            continue
-        if c in tied:
-            c.record.reason = f"within budget, tied on speed with {winner.record.name} but larger"
-        else:
-            unit = "ms p50" if objective == "latency" else "items/s"
-            mine = c.record.p50_ms if objective == "latency" else c.record.throughput_items_s
-            theirs = (
-                winner.record.p50_ms if objective == "latency" else winner.record.throughput_items_s
-            )
-            c.record.reason = f"within budget but slower: {mine:.4g} vs {theirs:.4g} {unit}"
-    return winner
-
-
 def _manifest(
     loaded: LoadedModel,
-    winner: _Candidate,
-    original: _Candidate,
-    candidates: list[_Candidate],
+    winner: Candidate,
+    original: Candidate,
+    candidates: list[Candidate],
     metric: Metric,
     budget: float,
     objective: str,
@@ -503,7 +307,7 @@ def _manifest(
     model_path = winner.variant.model_path if winner.variant else loaded.path
     source_sha = sha256_file(loaded.path)
     assert winner.timing is not None and original.timing is not None
-    speedup = _key(original, objective) / _key(winner, objective)
+    speedup = objective_key(original, objective) / objective_key(winner, objective)
     return Manifest(
         edgeshift_version=edgeshift.__version__,
         model_file=ARTIFACT_MODEL,
@@ -558,8 +362,8 @@ def _manifest(
 
 
 def _message(
-    winner: _Candidate,
-    original: _Candidate,
+    winner: Candidate,
+    original: Candidate,
     metric: Metric,
     budget: float,
     budget_met: bool,
@@ -573,7 +377,7 @@ def _message(
         )
     if w.name == ORIGINAL:
         return "no candidate within budget was faster than the original; kept the original model"
-    speedup = _key(original, objective) / _key(winner, objective)
+    speedup = objective_key(original, objective) / objective_key(winner, objective)
     return (
         f"chose {w.name} ({w.backend} {w.precision}): {speedup:.2f}x the original's "
         f"{objective}, {metric.name} {w.score:.4g} (drop {w.drop:.3g} <= {budget:.3g})"
@@ -581,7 +385,7 @@ def _message(
 
 
 def _write_artifact(
-    out: str | Path, winner: _Candidate, loaded: LoadedModel, manifest: Manifest
+    out: str | Path, winner: Candidate, loaded: LoadedModel, manifest: Manifest
 ) -> Path:
     directory = Path(out)
     if directory.exists() and not directory.is_dir():

@@ -1,0 +1,89 @@
+"""Selection: time the candidates within budget side by side, drop recoveries that bought
+accuracy with all their speed, and pick the fastest (ties to the smaller file)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgeshift.optimize.candidates import Candidate
+from edgeshift.optimize.evaluate import measure_side_by_side
+
+TIE_FRACTION = 0.02  # candidates within 2% of the fastest are tied: measurement noise
+
+
+def measure_candidates(
+    survivors: list[Candidate],
+    feeds: list[dict[str, np.ndarray]],
+    bench_seconds: float,
+    min_iterations: int,
+    warmup: int,
+    rounds: int,
+) -> None:
+    bench_feeds = feeds[:4]
+    iterations = [
+        max(
+            min_iterations,
+            min(2000, int(bench_seconds / max(c.seconds_per_run, 1e-6))),
+        )
+        for c in survivors
+    ]
+    backends = [c.backend for c in survivors if c.backend is not None]
+    timings = measure_side_by_side(backends, bench_feeds, iterations, warmup, rounds)
+    for candidate, timing in zip(survivors, timings, strict=True):
+        candidate.timing = timing
+        r = candidate.record
+        r.p50_ms, r.p90_ms, r.mean_ms = timing.p50_ms, timing.p90_ms, timing.mean_ms
+        r.throughput_items_s = timing.throughput_items_s
+    base = survivors[0].timing  # the original is always first and always survives
+    assert base is not None
+    for candidate in survivors:
+        t = candidate.timing
+        assert t is not None
+        candidate.record.speedup = base.p50_ms / t.p50_ms
+
+
+def objective_key(candidate: Candidate, objective: str) -> float:
+    """Smaller is better: p50 latency, or inverse throughput."""
+    t = candidate.timing
+    assert t is not None
+    return t.p50_ms if objective == "latency" else 1.0 / t.throughput_items_s
+
+
+def reject_slow_recoveries(survivors: list[Candidate], objective: str) -> None:
+    floats = [c for c in survivors if c.record.precision in ("fp32", "bf16", "fp16") and c.timing]
+    if not floats:
+        return
+    fastest_float = min(floats, key=lambda c: objective_key(c, objective))
+    for c in survivors:
+        if c.recovered and objective_key(c, objective) >= objective_key(fastest_float, objective):
+            c.record.status = "rejected"
+            c.record.reason = (
+                f"{c.record.reason}, but then no faster than {fastest_float.record.name} "
+                f"({c.record.p50_ms:.3g} vs {fastest_float.record.p50_ms:.3g} ms p50)"
+            )
+
+
+def choose(candidates: list[Candidate], objective: str) -> Candidate:
+    eligible = [c for c in candidates if c.record.status == "accepted" and c.timing is not None]
+    best_key = min(objective_key(c, objective) for c in eligible)
+    tied = [c for c in eligible if objective_key(c, objective) <= best_key * (1 + TIE_FRACTION)]
+    winner = min(tied, key=lambda c: (c.record.size_bytes or 0, objective_key(c, objective)))
+    winner.record.status = "chosen"
+    winner.record.reason = (
+        "fastest within budget"
+        if len(tied) == 1
+        else f"fastest within budget (smallest of {len(tied)} tied within {TIE_FRACTION:.0%})"
+    )
+    for c in eligible:
+        if c is winner:
+            continue
+        if c in tied:
+            c.record.reason = f"within budget, tied on speed with {winner.record.name} but larger"
+        else:
+            unit = "ms p50" if objective == "latency" else "items/s"
+            mine = c.record.p50_ms if objective == "latency" else c.record.throughput_items_s
+            theirs = (
+                winner.record.p50_ms if objective == "latency" else winner.record.throughput_items_s
+            )
+            c.record.reason = f"within budget but slower: {mine:.4g} vs {theirs:.4g} {unit}"
+    return winner
