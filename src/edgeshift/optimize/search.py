@@ -40,6 +40,7 @@ from edgeshift.optimize.selection import (
     measure_candidates,
     objective_key,
     reject_slow_recoveries,
+    set_speedups,
 )
 from edgeshift.runtime import BACKENDS, open_backend, usable_cpus
 from edgeshift.runtime.base import Backend
@@ -204,6 +205,7 @@ def optimize(
             settings.warmup,
             settings.rounds,
         )
+        set_speedups(survivors, objective)
         reject_slow_recoveries(survivors, objective)
 
         # 6. Choose, explain, write the artifact.

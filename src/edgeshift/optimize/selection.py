@@ -34,12 +34,17 @@ def measure_candidates(
         r = candidate.record
         r.p50_ms, r.p90_ms, r.mean_ms = timing.p50_ms, timing.p90_ms, timing.mean_ms
         r.throughput_items_s = timing.throughput_items_s
-    base = survivors[0].timing  # the original is always first and always survives
-    assert base is not None
+
+
+def _num(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def set_speedups(survivors: list[Candidate], objective: str) -> None:
+    """Speed-up over the original (always first) by the objective: p50 or throughput."""
+    base = objective_key(survivors[0], objective)
     for candidate in survivors:
-        t = candidate.timing
-        assert t is not None
-        candidate.record.speedup = base.p50_ms / t.p50_ms
+        candidate.record.speedup = base / objective_key(candidate, objective)
 
 
 def objective_key(candidate: Candidate, objective: str) -> float:
@@ -85,5 +90,6 @@ def choose(candidates: list[Candidate], objective: str) -> Candidate:
             theirs = (
                 winner.record.p50_ms if objective == "latency" else winner.record.throughput_items_s
             )
-            c.record.reason = f"within budget but slower: {mine:.4g} vs {theirs:.4g} {unit}"
+            assert mine is not None and theirs is not None
+            c.record.reason = f"within budget but slower: {_num(mine)} vs {_num(theirs)} {unit}"
     return winner
