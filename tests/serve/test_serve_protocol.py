@@ -293,3 +293,20 @@ def test_check_request_against_the_model_signature() -> None:
     bad_output.outputs = [RequestedOutput("nope", None)]
     with pytest.raises(ProtocolError, match="unknown output 'nope'"):
         check_request(bad_output, inputs, outputs)
+
+
+@pytest.mark.parametrize("parser", ["orjson", "json"])
+def test_both_json_parsers_decode_alike(parser: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeshift.serve.protocol as protocol
+
+    if parser == "orjson":
+        orjson = pytest.importorskip("orjson")
+        monkeypatch.setattr(protocol, "_loads", orjson.loads)
+    else:
+        monkeypatch.setattr(protocol, "_loads", json.loads)
+    arr = SAMPLES["FP32"]
+    body, header_length = _client_body(arr, "FP32", False)
+    np.testing.assert_array_equal(decode_infer_request(body, header_length).inputs["x"], arr)
+    for bad in (b"{not json", b"\xff\xfe", b"[" * 100_000):
+        with pytest.raises(ProtocolError, match="JSON"):
+            decode_infer_request(bad)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +64,14 @@ _DTYPE_NAMES = {
 }
 
 _U32 = struct.Struct("<I")
+
+_loads: Callable[[bytes], Any]
+try:  # parses JSON tensors' floats ~10x faster than the stdlib; optional
+    import orjson
+
+    _loads = orjson.loads
+except ImportError:  # pragma: no cover - depends on the environment
+    _loads = json.loads
 
 
 def datatype_of(dtype: np.dtype[Any] | str) -> str:
@@ -225,7 +233,7 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
     hlen = size if header_length is None else header_length
     view = memoryview(body)
     try:
-        header = json.loads(view[:hlen].tobytes() if hlen != size else body)
+        header = _loads(view[:hlen].tobytes() if hlen != size else body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _bad(
             f"request body is not valid JSON ({exc}) — send an OIP v2 inference request"
