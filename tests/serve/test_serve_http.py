@@ -639,3 +639,15 @@ def test_full_queue_answers_503_at_once_and_the_rest_complete(
         assert not first.done()  # refused while the gate is still closed: at once, not queued
         gated[0].gate.set()
         assert [f.result()[0] for f in (first, *queued)] == [200, 200, 200]
+
+
+def test_models_removed_from_the_repository_leave_the_index(tmp_path: Path) -> None:
+    repo = make_repository(tmp_path / "repo")
+    with ServerThread(ServerSettings([repo], port=0, access_log=False)) as server:
+        client = th.InferenceServerClient(server.url)
+        client.unload_model("double")
+        shutil.rmtree(repo / "double")
+        assert [r["name"] for r in client.get_model_repository_index()] == ["mlp", "mlp"]
+        with pytest.raises(InferenceServerException, match="no model 'double'"):
+            client.load_model("double")
+        client.close()

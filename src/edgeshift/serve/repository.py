@@ -276,15 +276,17 @@ class ModelRepository:
     def _rescan(self) -> None:
         roots = {s.repository for s in self.sources.values() if s.repository is not None}
         for root in roots:
+            found: dict[str, dict[int, Path]] = {}
             for model_dir in sorted(root.iterdir()) if root.is_dir() else []:
-                versions = _scan_model_dir(model_dir) if model_dir.is_dir() else {}
-                existing = self.sources.get(model_dir.name)
-                if existing is not None and existing.repository != root:
-                    continue  # a file PATH of the same name wins
-                if versions:
-                    self.sources[model_dir.name] = ModelSource(model_dir.name, versions, root)
-                elif existing is not None and model_dir.name not in self._loaded:
-                    del self.sources[model_dir.name]
+                if model_dir.is_dir() and (versions := _scan_model_dir(model_dir)):
+                    found[model_dir.name] = versions
+            for name, versions in found.items():
+                existing = self.sources.get(name)
+                if existing is None or existing.repository == root:  # a PATH of that name wins
+                    self.sources[name] = ModelSource(name, versions, root)
+            for name in [n for n, s in self.sources.items() if s.repository == root]:
+                if name not in found and name not in self._loaded:
+                    del self.sources[name]  # removed from disk and not serving
 
     async def load_all(self) -> None:
         for name in sorted(self.sources):
