@@ -14,6 +14,7 @@ import json
 import os
 import platform
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
@@ -164,8 +165,9 @@ def runtime_versions() -> dict[str, str]:
     return out
 
 
+@lru_cache(maxsize=1)
 def detect_host() -> HostInfo:
-    """Read what this machine is, without measuring anything (fast)."""
+    """Read what this machine is, without measuring anything (fast; once per process)."""
     info = _cpuinfo()
     model = info.get("model name") or info.get("Model") or platform.processor() or "unknown CPU"
     flags = frozenset((info.get("flags") or info.get("Features") or "").split())
