@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -226,3 +227,24 @@ def test_compare_bad_inputs(mlp_path: Path) -> None:
         compare(mlp_path, ["rpi5"], slo_ms=0)
     with pytest.raises(TargetError, match="did you mean"):
         compare(mlp_path, ["rpi5", "nvidia-t4"])
+
+
+def test_dispatch_costs_scale_with_clock_and_size(
+    make_target: Any, half: Any, make_analysis: Any, make_gemm: Any
+) -> None:
+    # No catalog overheads: the host's are carried over, scaled by clock (1 GHz -> 2 GHz
+    # halves them); ops moving >= 16 KiB pay the thread pool's join (5 µs, not 1 µs).
+    eff = dataclasses.replace(
+        half, call_overhead_us={"fp32": 10.0}, op_overhead_us={"fp32": 1.0, "parallel": 5.0}
+    )
+    t = make_target(
+        call_overhead_us=None, op_overhead_us=None, clock_ghz={"value": 2.0, "source": "t"}
+    )
+    fast_mem = {"value": 1e6, "source": "t"}  # bandwidth so high the bytes cost ~nothing
+    t = t.model_copy(update={"mem_bandwidth_gbs": Quantity(**fast_mem)})
+    small = make_analysis([make_gemm(0, 1000, 1000, 0, op="Add")], 0, 2000, 0)
+    big = make_analysis([make_gemm(0, 10_000, 10_000, 0, op="Add")], 0, 20_000, 0)
+    a = estimate_analysis(small, t, efficiency=eff, precision="fp32")
+    b = estimate_analysis(big, t, efficiency=eff, precision="fp32")
+    assert a.latency_ms == pytest.approx((10.0 + 1.0) / 2 / 1e3, rel=1e-3)
+    assert b.latency_ms == pytest.approx((10.0 + 5.0) / 2 / 1e3, rel=1e-3)

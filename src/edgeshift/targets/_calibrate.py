@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgeshift.bench import measure
 from edgeshift.errors import BackendError
 from edgeshift.runtime import open_backend
-from edgeshift.targets.roofline import STREAM_FRACTION
+from edgeshift.targets.roofline import PARALLEL_MIN_BYTES, STREAM_FRACTION
 from edgeshift.targets.schema import Calibration
 
 _F = TensorProto.FLOAT
@@ -180,6 +180,7 @@ class Calibrator:
     configs = (("fp32", "onnxruntime", "fp32"), ("bf16", "openvino", "bf16"))
     width, chain_ops, small_ops = 16, 16, 16
     small = 256 << 10  # bytes per tensor that stay in L2 on anything that has one
+    mid = PARALLEL_MIN_BYTES  # big enough for a runtime to split an op over its threads
 
     def __init__(self, host: object, peak_fn: Callable[[str], float | None], quick: bool = False):
         from edgeshift.targets.host import HostInfo
@@ -207,6 +208,7 @@ class Calibrator:
         self.convs = {hw: conv_model(d / f"conv{hw}.onnx", CONV_C, hw) for hw in CONV_HW}
         self.ew_big = chain_model(d / "big.onnx", 1, self.big // 4)
         self.ew_small = chain_model(d / "small.onnx", self.small_ops, self.small // 4)
+        self.ew_mid = chain_model(d / "mid.onnx", self.small_ops, self.mid // 4)
 
     def __enter__(self) -> Calibrator:
         return self
@@ -265,6 +267,8 @@ class Calibrator:
         )
         feed = {"x": np.ones((1, small // 4), np.float32)}
         self._keep("ew_small", _run_s(self.ew_small, feed, self.dur))
+        feed = {"x": np.ones((1, self.mid // 4), np.float32)}
+        self._keep("ew_mid", _run_s(self.ew_mid, feed, self.dur))
 
     def run_pass(self, progress: bool = False) -> None:
         """One round of every microbenchmark (about 7 s; 2 s when quick)."""
@@ -341,8 +345,19 @@ def _derive(c: Calibrator) -> Calibration:
     out = {"copy": 2 * 2 * big / best["copy"] / 1e9}
     out["conv"], half_rows["conv_fp32"] = fit_saturation(*conv_pts[0], *conv_pts[1])
     out["elementwise"] = 2 * big / max(best["ew_big"] - call_us["fp32"] * 1e-6, 1e-9) / 1e9
-    per_op = (best["ew_small"] - call_us["fp32"] * 1e-6) / small_ops - op_us["fp32"] * 1e-6
-    out["cache"] = 2 * small / max(per_op, 1e-9) / 1e9
+    # Two sizes of cache-resident Add: t_op = fixed + bytes / cache bandwidth. The fixed part
+    # of an op big enough to be split over threads (pool wake-up and join) is several times
+    # the dispatch of a tiny one.
+    t_small = (best["ew_small"] - call_us["fp32"] * 1e-6) / small_ops
+    t_mid = (best["ew_mid"] - call_us["fp32"] * 1e-6) / small_ops
+    tiny_s = op_us["fp32"] * 1e-6
+    if t_small > t_mid > 0:
+        out["cache"] = 2 * (small - c.mid) / (t_small - t_mid) / 1e9
+        parallel_s = max(t_mid - 2 * c.mid / (out["cache"] * 1e9), tiny_s)
+    else:  # noise hid the size dependence: all of it is bandwidth
+        out["cache"] = 2 * small / max(t_small - tiny_s, 1e-9) / 1e9
+        parallel_s = tiny_s
+    op_us["parallel"] = parallel_s * 1e6
     out["runtime_rss"] = float(min(c.rss))
 
     # Flags cannot always tell a CPU generation apart under a hypervisor (a Zen 5 may read

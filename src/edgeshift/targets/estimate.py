@@ -128,12 +128,17 @@ def _analysis_batch(analysis: Any) -> int:
 
 
 def _overhead_us(
-    target: Target, eff: Efficiency, which: str, precision: str, cls: str = "gemm"
+    target: Target,
+    eff: Efficiency,
+    which: str,
+    precision: str,
+    cls: str = "gemm",
+    nbytes: float = 0.0,
 ) -> float:
     q = target.call_overhead_us if which == "call" else target.op_overhead_us
     if q is not None:
         return q.value
-    call, op = eff.overheads_us(precision, cls)
+    call, op = eff.overheads_us(precision, cls, nbytes)
     # A runtime's dispatch is serial code: it scales with the clock, not the core count.
     return (call if which == "call" else op) * eff.reference_clock_ghz / target.clock_ghz.value
 
@@ -179,7 +184,6 @@ def _time_one_call(
     llc = target.llc.bytes / share if target.llc is not None else 0.0
     all_cached = llc > 0 and model_bytes <= llc
     cache_bw = bw * eff.cache_speedup
-    op_oh_s = {c: _overhead_us(target, eff, "op", precision, c) * 1e-6 for c in ("gemm", "conv")}
     per_class: dict[str, list[float]] = {}
     total = 0.0
     prev, prev_cls, fused_run = None, None, 0
@@ -206,7 +210,7 @@ def _time_one_call(
         row[2] += int(w_bytes + a_bytes)
         row[3] += t_c if t_c >= t_m else 0.0
         row[4] += t_m if t_m > t_c else 0.0
-        op_oh = op_oh_s["conv" if cls == "conv" else "gemm"]
+        op_oh = _overhead_us(target, eff, "op", precision, cls, (w_bytes + a_bytes) / share) * 1e-6
         row[5] += op_oh
         total += max(t_c, t_m) + op_oh
         prev, prev_cls = node, cls

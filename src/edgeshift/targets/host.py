@@ -26,7 +26,7 @@ from edgeshift.targets._calibrate import Calibrator, width_factor
 from edgeshift.targets.roofline import STREAM_FRACTION, Efficiency, efficiency_from_calibration
 from edgeshift.targets.schema import ByteQuantity, Calibration, Power, Price, Quantity, Target
 
-CALIBRATION_VERSION = 5  # bump when what is measured changes: old caches are ignored
+CALIBRATION_VERSION = 6  # bump when what is measured changes: old caches are ignored
 _RUNTIMES = ("onnxruntime", "openvino")
 
 

@@ -15,6 +15,10 @@ from edgeshift.targets.schema import Calibration
 # the host's theoretical figure and back for the catalog targets.
 STREAM_FRACTION = 0.75
 
+# Ops moving at least this many bytes get split over the runtime's threads, and pay the
+# thread pool's wake-up and join (measured as ``op_overhead_us["parallel"]``).
+PARALLEL_MIN_BYTES = 16 << 10
+
 OP_CLASSES = ("conv", "gemm", "norm", "elementwise", "pool", "movement", "free")
 
 _CONV = {"Conv", "FusedConv", "ConvInteger", "QLinearConv", "ConvTranspose"}
@@ -94,14 +98,18 @@ class Efficiency:
             return base
         return base * rows / (rows + half)
 
-    def overheads_us(self, precision: str, cls: str = "gemm") -> tuple[float, float]:
-        """(per call, per op of class CLS) µs at the reference clock for PRECISION's runtime."""
+    def overheads_us(
+        self, precision: str, cls: str = "gemm", nbytes: float = 0.0
+    ) -> tuple[float, float]:
+        """(per call, per op of class CLS moving NBYTES) µs at the reference clock for
+        PRECISION's runtime."""
         call = self.call_overhead_us.get(precision, self.call_overhead_us["fp32"])
         op = self.op_overhead_us.get(precision, self.op_overhead_us["fp32"])
         if cls == "conv":
-            op = self.op_overhead_us.get(
-                f"{precision}_conv", self.op_overhead_us.get("fp32_conv", op)
-            )
+            conv = self.op_overhead_us.get("fp32_conv", op)
+            op = self.op_overhead_us.get(f"{precision}_conv", conv)
+        if nbytes >= PARALLEL_MIN_BYTES:
+            op = max(op, self.op_overhead_us.get("parallel", 0.0))
         return call, op
 
 
