@@ -50,3 +50,28 @@ def hot_pixel_data(samples: int = 48, seed: int = 1) -> dict[str, np.ndarray]:
     x[:, 0] = rng.standard_normal((samples, 8, 8))
     x[:, 1, 0, 0] = HOT_PIXEL
     return {"x": x}
+
+
+def paddle_style_cnn(opset: int = 12) -> onnx.ModelProto:
+    """A conv net as paddle2onnx writes it: weights in Constant nodes, unnamed nodes, opset 12
+    (where per-channel QDQ does not exist yet)."""
+    rng = np.random.default_rng(2)
+    w1 = rng.standard_normal((16, 1, 3, 3)).astype(np.float32) * 0.3
+    w2 = rng.standard_normal((16 * 8 * 8, 10)).astype(np.float32) * 0.05
+    nodes = [
+        helper.make_node("Constant", [], ["w1"], value=numpy_helper.from_array(w1)),
+        helper.make_node("Constant", [], ["w2"], value=numpy_helper.from_array(w2)),
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Flatten", ["r1"], ["f"]),
+        helper.make_node("MatMul", ["f", "w2"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "paddle_style",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model

@@ -149,3 +149,32 @@ def _input_name(model: Path) -> str:
     from edgeshift.model import graph_io, load_model
 
     return graph_io(load_model(model).proto)[0][0].name
+
+
+def test_user_metric_end_to_end(digits_mlp: zoo.ZooModel, tmp_path: Path) -> None:
+    metric = tmp_path / "agree.py"
+    metric.write_text(
+        "import numpy as np\n"
+        "def agreement(outputs, reference, labels):\n"
+        "    got = next(iter(outputs.values())).argmax(1)\n"
+        "    return float((got == labels).mean())\n"
+        "agreement.max_drop = 0.05\n"
+    )
+    result = _invoke(
+        digits_mlp.model_path,
+        "--data",
+        digits_mlp.data_path,
+        "--quick",
+        "--json",
+        "--out",
+        tmp_path / "art",
+        "--recipes",
+        "ort-int8-dynamic",
+        "--metric",
+        f"{metric}:agreement",
+    )
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["metric"]["name"] == f"{metric}:agreement"
+    assert doc["metric"]["max_drop"] == 0.05
+    assert 0.9 < doc["accuracy"]["original"] <= 1.0  # a fraction, as the function returns

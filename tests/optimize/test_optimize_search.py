@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from optimize_models import hot_pixel_cnn, hot_pixel_data, paddle_style_cnn, save_model
 
 from edgeshift import zoo
-from edgeshift.errors import BudgetError, OptimizeError
+from edgeshift.errors import BudgetError, DataError, OptimizeError
 from edgeshift.model.load import load_model, sha256_file
 from edgeshift.optimize import OptimizeResult, optimize, read_manifest
 from edgeshift.optimize import search as search_module
@@ -313,3 +314,52 @@ def test_alternative_setting_tried_before_recovery(
     assert tried[0]["drop"] > 1.0 >= tried[1]["drop"]
     assert record.status in ("accepted", "chosen")
     assert record.drop == tried[1]["drop"]
+
+
+def test_paddle_style_model_is_repaired_then_quantized(tmp_path: Path) -> None:
+    model = save_model(paddle_style_cnn(), tmp_path / "paddle.onnx")
+    data = tmp_path / "paddle.npz"
+    np.savez(data, x=np.random.default_rng(0).standard_normal((40, 1, 8, 8)).astype(np.float32))
+    result = optimize(
+        model, data, recipes=["ort-int8-static", "openvino-int8"], quick=True, max_drop=10.0
+    )
+    notes = " ".join(result.manifest.repair_notes)
+    assert "moved 2 Constant node(s) into initializers" in notes
+    assert "upgraded opset 12 -> 13" in notes
+    by_name = {c.name: c for c in result.candidates}
+    original_bytes = by_name["original"].size_bytes
+    for name in ("ort-int8-static", "openvino-int8"):
+        record = by_name[name]
+        assert record.status in ("accepted", "chosen", "rejected"), record.reason
+        # The weights were found and stored as int8: the file shrank to well under half.
+        assert record.size_bytes is not None and record.size_bytes < original_bytes / 2
+
+
+def test_throughput_objective_at_batch(digits_mlp: zoo.ZooModel, rigged) -> None:
+    rigged(["ort-int8-dynamic"])
+    result = optimize(
+        digits_mlp.model_path,
+        digits_mlp.data_path,
+        recipes=["ort-int8-dynamic"],
+        quick=True,
+        batch=4,
+        objective="throughput",
+        max_drop=5.0,
+    )
+    perf = result.manifest.performance
+    assert perf.batch == 4 and perf.objective == "throughput"
+    chosen, original = result.chosen, result.candidates[0]
+    assert chosen.name == "ort-int8-dynamic"
+    assert chosen.speedup == pytest.approx(chosen.throughput_items_s / original.throughput_items_s)
+
+
+def test_fixed_batch_model_refuses_another_batch(tmp_path: Path) -> None:
+    model = hot_pixel_cnn()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    path = save_model(model, tmp_path / "fixed.onnx")
+    data = tmp_path / "fixed.npz"
+    np.savez(data, **hot_pixel_data())
+    with pytest.raises(DataError, match="fixes its batch axis at 1: use --batch 1"):
+        optimize(path, data, batch=8, quick=True, recipes=["ort-fp32-opt"])
+    assert optimize(path, data, quick=True, recipes=["ort-fp32-opt"]).budget_met
