@@ -363,3 +363,25 @@ def test_fixed_batch_model_refuses_another_batch(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="fixes its batch axis at 1: use --batch 1"):
         optimize(path, data, batch=8, quick=True, recipes=["ort-fp32-opt"])
     assert optimize(path, data, quick=True, recipes=["ort-fp32-opt"]).budget_met
+
+
+def test_reference_falls_back_to_openvino(
+    digits_mlp: zoo.ZooModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgeshift.errors import BackendError
+
+    real_open = search_module.open_backend
+
+    def ort_refuses(path, backend=None, *args, **kwargs):
+        if backend == "onnxruntime":
+            raise BackendError("onnxruntime cannot load model.onnx: unsupported op")
+        return real_open(path, backend, *args, **kwargs)
+
+    monkeypatch.setattr(search_module, "open_backend", ort_refuses)
+    result = optimize(
+        digits_mlp.model_path, digits_mlp.data_path, recipes=["openvino-fp32"], quick=True
+    )
+    original = result.candidates[0]
+    assert original.backend == "openvino"
+    assert "OpenVINO fp32" in original.params["reference"]
+    assert "unsupported op" in original.params["reference"]

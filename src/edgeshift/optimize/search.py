@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 import edgeshift
-from edgeshift.errors import BudgetError, DataError, OptimizeError
+from edgeshift.errors import BackendError, BudgetError, DataError, OptimizeError
 from edgeshift.model.load import LoadedModel, load_model, sha256_file
 from edgeshift.model.repair import repair_for_quantization
 from edgeshift.model.shapes import graph_io
@@ -144,7 +144,7 @@ def optimize(
 
         # 3. The reference: the original on ORT fp32 with default settings.
         report("running the original (onnxruntime fp32)", 1, total_steps)
-        original_backend = open_backend(loaded.path, "onnxruntime", "fp32", threads)
+        original_backend, original_reason = _open_reference(loaded.path, threads)
         reference, original_spr = run_outputs(original_backend, feeds)
         chosen_metric = resolve_metric(metric, reference, outputs[0].name, held_out.labels)
         original_score = chosen_metric.score(reference, reference, held_out.labels)
@@ -157,10 +157,11 @@ def optimize(
             CandidateRecord(
                 name=ORIGINAL,
                 recipe="none",
-                backend="onnxruntime",
+                backend=original_backend.name,
                 precision="fp32",
                 status="accepted",
-                reason="the reference: ORT fp32, default settings",
+                reason=original_reason,
+                params={"reference": original_reason},
                 size_bytes=loaded.path.stat().st_size,
                 score=original_score,
                 drop=0.0,
@@ -238,6 +239,20 @@ def optimize(
     if require and not budget_met:
         raise BudgetError(f"{message} — raise --max-drop or add data; the original was kept")
     return result
+
+
+def _open_reference(model_path: Path, threads: int) -> tuple[Backend, str]:
+    """The original on ORT fp32 defaults; on OpenVINO fp32 when ORT cannot load it."""
+    try:
+        return open_backend(model_path, "onnxruntime", "fp32", threads), (
+            "the reference: ORT fp32, default settings"
+        )
+    except BackendError as ort_error:
+        try:
+            backend = open_backend(model_path, "openvino", "fp32", threads)
+        except BackendError:
+            raise ort_error from None
+        return backend, f"the reference: OpenVINO fp32 ({ort_error})"
 
 
 def _select_recipes(backends: Sequence[str] | None, names: Sequence[str] | None) -> list[Recipe]:
