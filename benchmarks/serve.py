@@ -284,18 +284,20 @@ class Ceiling:
         self.backends = [open_backend(model), _open_without_spinning(model)]
         self.sample = sample
 
-    def rows_per_s(self, batch: int, seconds: float) -> float:
+    def measure(self, batch: int, seconds: float) -> tuple[float, float]:
+        """(rows/s, CPU µs per row): the best of the backends on each count."""
         feeds = {name: np.repeat(arr, batch, axis=0) for name, arr in self.sample.items()}
-        best = 0.0
+        best_rps, best_cpu_us = 0.0, float("inf")
         for backend in self.backends:
             for _ in range(3):
                 backend.run(feeds)
-            calls, started = 0, time.perf_counter()
+            calls, started, cpu0 = 0, time.perf_counter(), _own_cpu_s()
             while time.perf_counter() - started < seconds / 2:
                 backend.run(feeds)
                 calls += 1
-            best = max(best, calls * batch / (time.perf_counter() - started))
-        return best
+            best_rps = max(best_rps, calls * batch / (time.perf_counter() - started))
+            best_cpu_us = min(best_cpu_us, (_own_cpu_s() - cpu0) / (calls * batch) * 1e6)
+        return best_rps, best_cpu_us
 
 
 def _own_cpu_s() -> float:
@@ -370,6 +372,7 @@ def main() -> None:
         for server in servers.values():
             server.start()
         ceilings: dict[int, list[float]] = {b: [] for b in batches}
+        ceiling_cpu_us: dict[int, list[float]] = {b: [] for b in batches}
         cells: dict[tuple[bool, bool, int], Cell] = {}
         try:
             for server in servers.values():
@@ -378,7 +381,9 @@ def main() -> None:
             for round_index in range(args.rounds):
                 console.print(f"round {round_index + 1}/{args.rounds}")
                 for batch in batches:
-                    ceilings[batch].append(direct.rows_per_s(batch, min(args.seconds, 2.0)))
+                    rps_, cpu_us = direct.measure(batch, min(args.seconds, 2.0))
+                    ceilings[batch].append(rps_)
+                    ceiling_cpu_us[batch].append(cpu_us)
                 for batching, binary, concurrency in itertools.product(
                     (True, False), (True, False), CONCURRENCY
                 ):
@@ -405,6 +410,7 @@ def main() -> None:
 
     med = statistics.median
     cap = {b: med(v) for b, v in ceilings.items()}
+    cap_cpu_us = {b: med(v) for b, v in ceiling_cpu_us.items()}
     table = Table(
         title=f"edgeshift serve · {args.model} · medians of {args.rounds} rounds × {args.seconds:g} s"
     )
@@ -420,11 +426,14 @@ def main() -> None:
         "client CPU µs/req",
         "ceiling req/s",
         "served/ceiling",
+        "CPU ratio",
     )
     for column in columns:
         table.add_column(column, justify="right")
     for (batching, binary, concurrency), cell in cells.items():
-        ceiling_rps = cap[min(concurrency, MAX_BATCH) if batching else 1]
+        ceiling_batch = min(concurrency, MAX_BATCH) if batching else 1
+        ceiling_rps = cap[ceiling_batch]
+        served_cpu_us = med(cell.server_cpu_us) + med(cell.client_cpu_us)
         table.add_row(
             "on" if batching else "off",
             "binary" if binary else "JSON",
@@ -437,11 +446,18 @@ def main() -> None:
             f"{med(cell.client_cpu_us):.0f}",
             f"{ceiling_rps:.0f}",
             f"{med(cell.rps) / ceiling_rps:.0%}",
+            f"{cap_cpu_us[ceiling_batch] / served_cpu_us:.0%}",
         )
     console.print(table)
     console.print(
         "in-process ceiling (direct backend.run), rows/s by batch: "
         + ", ".join(f"{b}: {v:.0f}" for b, v in cap.items())
+        + "; CPU µs per row: "
+        + ", ".join(f"{b}: {v:.0f}" for b, v in cap_cpu_us.items())
+    )
+    console.print(
+        "CPU ratio = the ceiling's CPU per row / (server + client CPU per request): what the "
+        "served/ceiling ratio approaches on an otherwise idle box, when both keep the CPUs busy"
     )
     on32 = med(cells[(True, True, 32)].rps)
     off32 = med(cells[(False, True, 32)].rps)
