@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-import click
 import typer
 from rich.markup import escape
 from typer.core import TyperGroup
@@ -20,7 +19,8 @@ _COMMAND_MODULES = ("inspect", "bench", "zoo", "optimize", "targets", "plan", "s
 class _Group(TyperGroup):
     """Turns every EdgeshiftError into one line on stderr and its exit code: no traceback."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    # ctx: click's Context, which newer typer vendors privately; Any keeps both typable.
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except EdgeshiftError as exc:
