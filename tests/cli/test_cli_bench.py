@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.helpers import assert_one_line_error
 from typer.testing import CliRunner
 
 from edgeshift.cli.main import app
@@ -63,10 +65,8 @@ def test_bad_input_is_one_line_without_traceback(
     }
     result = runner.invoke(app, [a.format(**values) for a in args] + ["-n", "1"])
     assert result.exit_code == 2
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    assert __import__("re").search(message, lines[0]), lines[0]
+    line = assert_one_line_error(result)
+    assert re.search(message, line), line
 
 
 def test_console_script_runs_as_module(mlp_path: Path) -> None:

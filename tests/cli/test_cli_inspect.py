@@ -10,6 +10,7 @@ import onnx
 import pytest
 from click.testing import Result
 from onnx import TensorProto, helper, numpy_helper
+from tests.helpers import assert_one_line_error
 from typer.testing import CliRunner
 
 from edgeshift.cli.main import app
@@ -57,15 +58,6 @@ def conv_path(tmp_path: Path) -> Path:
 
 def _invoke(*args: str) -> Result:
     return CliRunner().invoke(app, ["inspect", *args])
-
-
-def _assert_one_line_error(result: Result, *fragments: str) -> None:
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output + result.stderr
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:")
-    for fragment in fragments:
-        assert fragment in result.stderr.replace("\n", " ")
 
 
 def test_table_shows_the_numbers(conv_path: Path) -> None:
@@ -172,36 +164,36 @@ def test_custom_op_model_still_inspected_with_runtime_errors(tmp_path: Path) -> 
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    _assert_one_line_error(_invoke(str(tmp_path / "nope.onnx")), "model not found")
+    assert_one_line_error(_invoke(str(tmp_path / "nope.onnx")), "model not found")
 
 
 def test_text_file_is_not_onnx(tmp_path: Path) -> None:
     path = tmp_path / "notes.onnx"
     path.write_text("this is not a model\n" * 20)
-    _assert_one_line_error(_invoke(str(path)), "notes.onnx")
+    assert_one_line_error(_invoke(str(path)), "notes.onnx")
 
 
 def test_truncated_protobuf(tmp_path: Path, conv_path: Path) -> None:
     data = conv_path.read_bytes()
     half = tmp_path / "half.onnx"
     half.write_bytes(data[: len(data) // 2])
-    _assert_one_line_error(_invoke(str(half)), "half.onnx")
+    assert_one_line_error(_invoke(str(half)), "half.onnx")
 
 
 def test_unknown_shape_name_suggests_the_nearest(conv_path: Path) -> None:
-    _assert_one_line_error(_invoke(str(conv_path), "--shape", "NN=2"), "did you mean 'N'")
+    assert_one_line_error(_invoke(str(conv_path), "--shape", "NN=2"), "did you mean 'N'")
 
 
 def test_bad_shape_syntax(conv_path: Path) -> None:
-    _assert_one_line_error(_invoke(str(conv_path), "--shape", "x:1x3"), "bad --shape")
+    assert_one_line_error(_invoke(str(conv_path), "--shape", "x:1x3"), "bad --shape")
 
 
 def test_shape_rank_mismatch(conv_path: Path) -> None:
-    _assert_one_line_error(_invoke(str(conv_path), "--shape", "x=1x3x8"), "rank")
+    assert_one_line_error(_invoke(str(conv_path), "--shape", "x=1x3x8"), "rank")
 
 
 def test_bad_batch(conv_path: Path) -> None:
-    _assert_one_line_error(_invoke(str(conv_path), "--batch", "0"), "--batch")
+    assert_one_line_error(_invoke(str(conv_path), "--batch", "0"), "--batch")
 
 
 def test_symbolic_dim_override(conv_path: Path) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from tests.helpers import assert_one_line_error
 from typer.testing import CliRunner
 
 from edgeshift.cli.main import app
@@ -239,15 +240,6 @@ def test_cli_export_text(models_module, tmp_path) -> None:
     assert "onnxruntime matches PyTorch" in result.stdout and "[batch, 1, 8, 8]" in result.stdout
 
 
-def _assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output and "Traceback" not in result.stderr
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 @pytest.mark.parametrize(
     ("factory", "fragments"),
     [
@@ -263,7 +255,7 @@ def test_cli_bad_factory(models_module, tmp_path, factory, fragments) -> None:
     out = tmp_path / "x.onnx"
     spec = factory.format(m=models_module)
     result = runner.invoke(app, ["export", "torch", spec, str(out), "-i", "image=1x1x8x8"])
-    _assert_one_line_error(result, *fragments)
+    assert_one_line_error(result, *fragments)
     assert not out.exists()
 
 
@@ -278,4 +270,4 @@ def test_cli_bad_factory(models_module, tmp_path, factory, fragments) -> None:
 )
 def test_cli_bad_inputs(models_module, tmp_path, inputs, fragment) -> None:
     args = ["export", "torch", f"{models_module}:make_net", str(tmp_path / "x.onnx"), *inputs]
-    _assert_one_line_error(runner.invoke(app, args), fragment)
+    assert_one_line_error(runner.invoke(app, args), fragment)

