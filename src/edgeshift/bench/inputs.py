@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from edgeshift.errors import DataError
-from edgeshift.model.shapes import TensorSpec
+from edgeshift.model.shapes import TensorSpec, check_tensor
 
 _PASS_THROUGH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Expand"}
 
@@ -117,24 +117,7 @@ def match_inputs(arrays: Mapping[str, np.ndarray], inputs: list[TensorSpec], sou
     counts = set()
     for spec in inputs:
         arr = arrays[spec.name]
-        if spec.dtype != "object" and arr.dtype != np.dtype(spec.dtype):
-            raise DataError(
-                f"{source}: array {spec.name!r} is {arr.dtype}, the model wants {spec.dtype} — "
-                f"save it with .astype('{spec.dtype}')"
-            )
-        if spec.shape is not None:
-            if arr.ndim != len(spec.shape):
-                raise DataError(
-                    f"{source}: array {spec.name!r} has shape {list(arr.shape)}, the input is "
-                    f"{spec.shape_text()} — the first axis is samples, the rest the input's dims"
-                )
-            for axis in range(1, arr.ndim):
-                want = spec.shape[axis]
-                if isinstance(want, int) and arr.shape[axis] != want:
-                    raise DataError(
-                        f"{source}: array {spec.name!r} has shape {list(arr.shape)}; axis {axis} "
-                        f"must be {want} {spec.shape_text()}"
-                    )
+        check_tensor(spec, arr, f"{source}: array {spec.name!r}", samples_first=True)
         counts.add(arr.shape[0] if arr.ndim else 1)
     if len(counts) != 1:
         raise DataError(f"{source}: inputs have different sample counts {sorted(counts)}")

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from edgeshift.errors import ShapeError
+from edgeshift.errors import DataError, ShapeError
 
 DEFAULT_DYNAMIC_DIM = 128
 
@@ -169,3 +169,33 @@ def resolve_input_shapes(
                 )
         resolved.shapes[spec.name] = tuple(dims_out)
     return resolved
+
+
+def check_tensor(
+    spec: TensorSpec, arr: np.ndarray, label: str, *, samples_first: bool = False
+) -> None:
+    """Raise DataError unless ARR can feed SPEC: its dtype, its rank and every fixed dim.
+
+    ``label`` names the array in messages (``input 'x'``, ``eval.npz: array 'x'``). With
+    ``samples_first`` the first axis is a sample axis and may have any length.
+    """
+    if spec.dtype != "object" and arr.dtype != np.dtype(spec.dtype):
+        raise DataError(
+            f"{label} has dtype {arr.dtype}, the model wants {spec.dtype} — "
+            f"convert it with .astype('{spec.dtype}')"
+        )
+    if spec.shape is None:
+        return
+    if arr.ndim != len(spec.shape):
+        hint = " — the first axis is samples, the rest the input's dims" if samples_first else ""
+        raise DataError(
+            f"{label} has shape {list(arr.shape)} (rank {arr.ndim}); the model wants rank "
+            f"{len(spec.shape)} {spec.shape_text()}{hint}"
+        )
+    for axis in range(1 if samples_first else 0, arr.ndim):
+        want = spec.shape[axis]
+        if isinstance(want, int) and arr.shape[axis] != want:
+            raise DataError(
+                f"{label} has shape {list(arr.shape)}; axis {axis} must be {want} "
+                f"{spec.shape_text()}"
+            )

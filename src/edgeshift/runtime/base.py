@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgeshift.errors import BackendError, DataError
-from edgeshift.model.shapes import TensorSpec
+from edgeshift.model.shapes import TensorSpec, check_tensor
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _PRECISION_ALIASES = {
@@ -85,23 +85,7 @@ class Backend(ABC):
         out: dict[str, np.ndarray] = {}
         for name, spec in expected.items():
             arr = np.asarray(feeds[name])
-            if spec.dtype != "object" and arr.dtype != np.dtype(spec.dtype):
-                raise DataError(
-                    f"input {name!r} has dtype {arr.dtype}, the model wants {spec.dtype} — "
-                    f"convert it (e.g. arr.astype('{spec.dtype}'))"
-                )
-            if spec.shape is not None:
-                if arr.ndim != len(spec.shape):
-                    raise DataError(
-                        f"input {name!r} has shape {list(arr.shape)} (rank {arr.ndim}); the model "
-                        f"wants rank {len(spec.shape)} {spec.shape_text()}"
-                    )
-                for axis, (have, want) in enumerate(zip(arr.shape, spec.shape, strict=True)):
-                    if isinstance(want, int) and have != want:
-                        raise DataError(
-                            f"input {name!r} has shape {list(arr.shape)}; axis {axis} must be "
-                            f"{want} {spec.shape_text()}"
-                        )
+            check_tensor(spec, arr, f"input {name!r}")
             out[name] = arr
         return out
 
