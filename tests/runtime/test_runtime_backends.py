@@ -116,3 +116,12 @@ def test_artifact_manifest_options_are_applied(tmp_path: Path, mlp_path: Path) -
     assert rt.precision == manifest["runtime_options"]["precision"]
     # An explicit backend overrides the artifact's and drops the other runtime's options.
     assert open_backend(art, "onnxruntime", threads=1).name == "onnxruntime"
+
+
+def test_onnxruntime_spinning_can_be_turned_off(mlp_path: Path) -> None:
+    spinning = open_backend(mlp_path, "onnxruntime", threads=1)
+    quiet = open_backend(mlp_path, "onnxruntime", threads=1, options={"allow_spinning": False})
+    key = "session.intra_op.allow_spinning"
+    assert quiet.session.get_session_options().get_session_config_entry(key) == "0"
+    assert quiet.runtime_options()["allow_spinning"] is False
+    assert "allow_spinning" not in spinning.runtime_options()  # the default is not recorded

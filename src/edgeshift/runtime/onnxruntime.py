@@ -57,6 +57,7 @@ class OnnxRuntimeBackend(Backend):
         threads: int,
         graph_optimization_level: str = "all",
         optimized_model_path: str | None = None,
+        allow_spinning: bool = True,
     ) -> None:
         super().__init__(model_path, precision=precision, threads=threads)
         if graph_optimization_level not in _LEVELS:
@@ -70,6 +71,11 @@ class OnnxRuntimeBackend(Backend):
         so.inter_op_num_threads = 1
         so.graph_optimization_level = _LEVELS[graph_optimization_level]
         so.log_severity_level = 3
+        # ORT's workers spin between runs: lowest latency back to back, but a server whose
+        # event loop and batcher share the cores with them wants them to sleep instead.
+        self.allow_spinning = allow_spinning
+        if not allow_spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if optimized_model_path:
             so.optimized_model_filepath = optimized_model_path
         try:
@@ -86,10 +92,13 @@ class OnnxRuntimeBackend(Backend):
         self.outputs = [_spec(o) for o in self.session.get_outputs()]
 
     def runtime_options(self) -> dict[str, Any]:
-        return {
+        options: dict[str, Any] = {
             "precision": self.precision,
             "graph_optimization_level": self.graph_optimization_level,
         }
+        if not self.allow_spinning:
+            options["allow_spinning"] = False
+        return options
 
     def _run(
         self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None
