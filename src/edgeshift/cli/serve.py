@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
 
 from edgeshift.serve import ServeOptions, ServerSettings, VersionPolicy, run_server
 
+_LOGGERS = ("edgeshift.serve", "uvicorn.error", "edgeshift.serve.access")
 
-def _configure_logging(access_log: bool, level: str) -> None:
+
+@contextlib.contextmanager
+def _server_logging(access_log: bool, level: str) -> Iterator[None]:
+    """Server messages and the JSON access log on stderr while serving; the loggers are put
+    back afterwards (a failed start inside a test must not leave handlers on a closed stream)."""
+    loggers = {name: logging.getLogger(name) for name in _LOGGERS}
+    saved = {n: (lg.handlers[:], lg.level, lg.propagate, lg.disabled) for n, lg in loggers.items()}
     server_handler = logging.StreamHandler(sys.stderr)
     server_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    for name in ("edgeshift.serve", "uvicorn.error"):
+    for name in _LOGGERS[:2]:
         logger = logging.getLogger(name)
         logger.handlers[:] = [server_handler]
         logger.setLevel(level.upper())
@@ -22,11 +31,17 @@ def _configure_logging(access_log: bool, level: str) -> None:
     access = logging.getLogger("edgeshift.serve.access")
     access.propagate = False
     access.disabled = not access_log
-    if access_log:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))  # JSON lines, one per request
-        access.handlers[:] = [handler]
-        access.setLevel(logging.INFO)
+    access_handler = logging.StreamHandler(sys.stderr)
+    access_handler.setFormatter(logging.Formatter("%(message)s"))  # JSON lines, one per request
+    access.handlers[:] = [access_handler]
+    access.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for name, (handlers, lvl, propagate, disabled) in saved.items():
+            logger = logging.getLogger(name)
+            logger.handlers[:], logger.propagate, logger.disabled = handlers, propagate, disabled
+            logger.setLevel(lvl)
 
 
 def serve_command(
@@ -78,8 +93,8 @@ def serve_command(
         max_body_bytes=ServerSettings.body_limit_bytes(max_body_mb),
         access_log=access_log,
     )
-    _configure_logging(access_log, log_level)
-    run_server(settings)
+    with _server_logging(access_log, log_level):
+        run_server(settings)
 
 
 def register(app: typer.Typer) -> None:

@@ -13,6 +13,7 @@ none; ``ml_dtypes.bfloat16`` stands in) travels in binary only, as Triton does.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -74,11 +75,15 @@ except ImportError:  # pragma: no cover - depends on the environment
     _loads = json.loads
 
 
+@functools.lru_cache(maxsize=64)  # called for every output of every response
 def datatype_of(dtype: np.dtype[Any] | str) -> str:
     """The OIP datatype of a numpy dtype (or a TensorSpec dtype name)."""
-    name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
-    if not isinstance(dtype, str) and np.dtype(dtype).kind in "OSU":
-        return "BYTES"
+    if isinstance(dtype, str):
+        name = dtype
+    else:
+        if dtype.kind in "OSU":
+            return "BYTES"
+        name = dtype.name
     try:
         return _DTYPE_NAMES[name]
     except KeyError:
