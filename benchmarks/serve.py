@@ -14,7 +14,7 @@ ratios are what one box can do, client included. "server CPU µs/req" is the ser
 CPU time (runtime included) per answered request.
 
 Run: ``python benchmarks/serve.py [--rounds 3] [--seconds 3] [--model mlp|mlp-wide|minilm|PATH]
-[--client raw|aiohttp] [--ort-no-spin]``.
+[--client raw|aiohttp]``.
 """
 
 from __future__ import annotations
@@ -41,27 +41,11 @@ from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 from rich.table import Table
 
-from edgeshift.runtime import Backend, open_backend
+from edgeshift.runtime import open_backend
 
 CONCURRENCY = (1, 8, 32)
 MAX_BATCH = 32
 MLPS = {"mlp": (784, 2048, 2048, 10), "mlp-wide": (784, 4096, 4096, 4096, 10)}
-
-# Until the ORT backend has an allow_spinning option (the server passes it when it exists),
-# --ort-no-spin shows its effect by patching SessionOptions in the server process.
-_NO_SPIN_LAUNCHER = """
-import onnxruntime as ort
-_options = ort.SessionOptions
-def _no_spin():
-    so = _options()
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return so
-ort.SessionOptions = _no_spin
-import sys
-from edgeshift.cli.main import main
-sys.argv[0] = "edgeshift"
-main()
-"""
 
 
 def build_mlp(path: Path, sizes: tuple[int, ...] = (784, 2048, 2048, 10)) -> Path:
@@ -141,19 +125,15 @@ def encode_request(sample: dict[str, np.ndarray], binary: bool) -> tuple[bytes, 
 class Server:
     max_batch: int
     model: Path
-    no_spin: bool = False
     proc: subprocess.Popen[str] | None = None
     url: str = ""
-
-    def launcher(self) -> list[str]:
-        if self.no_spin:
-            return [sys.executable, "-c", _NO_SPIN_LAUNCHER]
-        return [sys.executable, "-m", "edgeshift"]
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [
-                *self.launcher(),
+                sys.executable,
+                "-m",
+                "edgeshift",
                 "serve",
                 str(self.model),
                 "--port",
@@ -282,7 +262,9 @@ class Ceiling:
     def __init__(self, model: Path, sample: dict[str, np.ndarray]) -> None:
         # Spinning pool threads help back-to-back calls on an idle box and hurt on a busy
         # one: the ceiling is the better of the two, measured side by side.
-        self.backends = [open_backend(model), _open_without_spinning(model)]
+        self.backends = [open_backend(model)]
+        if self.backends[0].name == "onnxruntime":
+            self.backends.append(open_backend(model, options={"allow_spinning": False}))
         self.sample = sample
 
     def measure(self, batch: int, seconds: float) -> tuple[float, float]:
@@ -318,23 +300,6 @@ def _own_cpu_s() -> float:
     return float(times.user + times.system)
 
 
-def _open_without_spinning(model: Path) -> Backend:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions
-
-    def no_spin() -> ort.SessionOptions:
-        so = options()
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return so
-
-    ort.SessionOptions = no_spin  # type: ignore[misc,assignment]
-    try:
-        return open_backend(model)
-    finally:
-        ort.SessionOptions = options  # type: ignore[misc]
-
-
 def check_answer(url: str, sample: dict[str, np.ndarray], model: Path) -> None:
     import tritonclient.http as th
 
@@ -363,9 +328,6 @@ def main() -> None:
     parser.add_argument(
         "--client", choices=("raw", "aiohttp"), default="raw", help="load generator's HTTP client"
     )
-    parser.add_argument(
-        "--ort-no-spin", action="store_true", help="servers' ORT pool threads do not spin"
-    )
     args = parser.parse_args()
     console = Console(width=150)
     load = drive_raw if args.client == "raw" else drive
@@ -375,13 +337,10 @@ def main() -> None:
         model, sample = model_and_sample(args.model, Path(tmp))
         name = model.stem if model.is_file() else model.name
         console.print(
-            f"model {args.model} ({model.name}), {os.cpu_count()} CPUs, client {args.client}, "
-            f"ORT spinning {'off' if args.ort_no_spin else 'default'}"
+            f"model {args.model} ({model.name}), {os.cpu_count()} CPUs, client {args.client}"
         )
         direct = Ceiling(model, sample)
-        servers = {
-            on: Server(MAX_BATCH if on else 1, model, args.ort_no_spin) for on in (True, False)
-        }
+        servers = {on: Server(MAX_BATCH if on else 1, model) for on in (True, False)}
         for server in servers.values():
             server.start()
         ceilings: dict[int, list[float]] = {b: [] for b in batches}
