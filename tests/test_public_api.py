@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 
 import edgeshift
 
@@ -38,8 +40,25 @@ def test_errors_form_one_tree() -> None:
 
 
 def test_verbs_are_functions_with_docstrings() -> None:
-    # edgeshift.optimize is the function (it shadows the subpackage attribute on purpose).
-    for name in ("optimize", "estimate", "analyze", "open_backend", "plan_scenario", "from_torch"):
+    for name in ("estimate", "analyze", "open_backend", "plan_scenario", "from_torch"):
         fn = getattr(edgeshift, name)
         assert inspect.isfunction(fn), name
         assert fn.__doc__, f"{name} has no docstring"
+
+
+def test_optimize_is_callable_and_still_a_package() -> None:
+    import edgeshift.optimize.search as search
+
+    assert callable(edgeshift.optimize)
+    assert edgeshift.optimize.optimize is search.optimize
+    assert search.optimize.__doc__
+
+
+def test_import_is_light() -> None:
+    # A server or an edge agent must not pay for the planner, the solver or the quantizer.
+    code = (
+        "import sys, edgeshift; heavy = ('scipy', 'nncf', 'torch', 'openvino', 'onnxruntime',"
+        " 'matplotlib', 'starlette'); print([m for m in heavy if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
