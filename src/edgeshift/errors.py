@@ -14,7 +14,7 @@ turns it into a 4xx answer. Anything else that escapes is a bug in edgeshift.
     ├── OptimizeError     the search cannot run (unknown metric, metric module fails to import)
     ├── BudgetError       no candidate meets the accuracy budget and --require was given
     ├── PlanError         a scenario cannot be planned (unknown ids, infeasible constraints)
-    └── ProtocolError     a malformed inference request (the server answers 400)
+    └── ProtocolError     a request the server refuses, with its HTTP status (400, 404, 413, 503)
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ class PlanError(EdgeshiftError):
 
 
 class ProtocolError(EdgeshiftError):
-    """A malformed inference request; the server answers it with ``status``."""
+    """A request the server refuses; it answers with ``status`` (400 bad request, 404 unknown
+    model or version, 413 body too large, 503 overloaded or not ready)."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
