@@ -4,12 +4,13 @@ and a model repository laid out as REPO/NAME/VERSION/model.onnx."""
 from __future__ import annotations
 
 import http.client
-import itertools
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from tests.conftest import make_mlp
+from tests.conftest import mlp_reference as reference
 
 
 def _save(graph: onnx.GraphProto, path: Path) -> Path:
@@ -21,49 +22,16 @@ def _save(graph: onnx.GraphProto, path: Path) -> Path:
     return path
 
 
-def mlp_weights(
-    seed: int, sizes: tuple[int, ...] = (8, 16, 4)
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    return [
-        (
-            (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32),
-            (rng.standard_normal(b) * 0.1).astype(np.float32),
-        )
-        for a, b in itertools.pairwise(sizes)
-    ]
-
-
 def save_mlp(path: Path, seed: int = 0, sizes: tuple[int, ...] = (8, 16, 4)) -> Path:
-    """x [batch, 8] float32 -> Gemm, Relu, Gemm -> y [batch, 4]."""
-    nodes, inits, prev = [], [], "x"
-    weights = mlp_weights(seed, sizes)
-    for i, (w, b) in enumerate(weights):
-        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
-        out = "y" if i == len(weights) - 1 else f"g{i}"
-        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [out]))
-        if out != "y":
-            nodes.append(helper.make_node("Relu", [out], [f"r{i}"]))
-            out = f"r{i}"
-        prev = out
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", sizes[0]])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", sizes[-1]])],
-        inits,
-    )
-    return _save(graph, path)
+    """x [batch, 8] float32 -> Gemm, Relu, Gemm -> y [batch, 4] (the suite's shared MLP)."""
+    model, _ = make_mlp(seed, sizes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+    return path
 
 
 def mlp_reference(x: np.ndarray, seed: int = 0, sizes: tuple[int, ...] = (8, 16, 4)) -> np.ndarray:
-    h = x.astype(np.float64)
-    weights = mlp_weights(seed, sizes)
-    for i, (w, b) in enumerate(weights):
-        h = h @ w + b
-        if i < len(weights) - 1:
-            h = np.maximum(h, 0)
-    return h
+    return reference(x, make_mlp(seed, sizes)[1])
 
 
 def save_fixed(path: Path) -> Path:
