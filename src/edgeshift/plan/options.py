@@ -12,7 +12,15 @@ import heapq
 import math
 from dataclasses import dataclass
 
-from edgeshift.plan.problem import LinkSpec, Perf, Pool, Problem, Variant, WorkloadSpec
+from edgeshift.plan.problem import (
+    LinkSpec,
+    Perf,
+    Pool,
+    Problem,
+    SiteSpec,
+    Variant,
+    WorkloadSpec,
+)
 from edgeshift.plan.queueing import min_servers, response_quantile_ms
 
 # Beyond this many replicas of one workload we stop searching: no real pool is this large.
@@ -253,12 +261,10 @@ def _option(
     )
     util_peak = load / capacity_servers
     util_mean = workload.mean_rps * perf.service_ms / 1000.0 / capacity_servers
-    dynamic_w = pool.active_w - pool.idle_w
-    power_w = replicas * (pool.idle_w + dynamic_w * min(util_peak, 1.0))
+    power_w = _power_w(pool, replicas, util_peak)
     energy_usd = 0.0
     if not pool.is_cloud:
-        mean_w = replicas * (pool.idle_w + dynamic_w * min(util_mean, 1.0))
-        energy_usd = mean_w / 1000.0 * problem.hours_per_month * site.usd_per_kwh
+        energy_usd = _energy_usd(problem, site, _power_w(pool, replicas, util_mean))
     egress_usd = 0.0
     if route:
         gb_per_month = (
@@ -325,9 +331,7 @@ def _device_option(
             f"{workload.slo_ms:g} ms"
         )
     util_mean = workload.mean_rps / max(devices, 1) * perf.service_ms / 1000.0 / servers
-    dynamic_w = pool.active_w - pool.idle_w
     site = problem.sites[pool.site]
-    mean_w = devices * (pool.idle_w + dynamic_w * min(util_mean, 1.0))
     return Option(
         **base,  # type: ignore[arg-type]
         service_ms=perf.service_ms,
@@ -340,8 +344,8 @@ def _device_option(
         floor_latency_ms=network_ms + perf.service_ms,
         utilization_peak=util_peak,
         utilization_mean=util_mean,
-        power_w=devices * (pool.idle_w + dynamic_w * min(util_peak, 1.0)),
-        energy_usd=mean_w / 1000.0 * problem.hours_per_month * site.usd_per_kwh,
+        power_w=_power_w(pool, devices, util_peak),
+        energy_usd=_energy_usd(problem, site, _power_w(pool, devices, util_mean)),
         instance_usd=devices * pool.instance_usd_per_month,
         egress_usd=0.0,
         fits=True,
@@ -349,3 +353,13 @@ def _device_option(
         within_capacity=devices > 0,
         reason=reason,
     )
+
+
+def _power_w(pool: Pool, nodes: int, utilization: float) -> float:
+    """Draw of ``nodes`` nodes: idle power plus the dynamic share at this utilization."""
+    return nodes * (pool.idle_w + (pool.active_w - pool.idle_w) * min(utilization, 1.0))
+
+
+def _energy_usd(problem: Problem, site: SiteSpec, mean_w: float) -> float:
+    """A month of ``mean_w`` watts at the site's electricity price."""
+    return mean_w / 1000.0 * problem.hours_per_month * site.usd_per_kwh
