@@ -4,13 +4,20 @@ and a model repository laid out as REPO/NAME/VERSION/model.onnx."""
 from __future__ import annotations
 
 import http.client
+import re
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from tests.conftest import make_mlp
 from tests.conftest import mlp_reference as reference
+
+from edgeshift.serve import ServerThread
 
 
 def _save(graph: onnx.GraphProto, path: Path) -> Path:
@@ -98,3 +105,62 @@ def exchange(
         return response.status, dict(response.getheaders()), response.read()
     finally:
         conn.close()
+
+
+def metric(server: ServerThread, name: str, **labels: str) -> float:
+    """The sum of a Prometheus metric's samples whose labels include LABELS."""
+    status, _, body = exchange(server.url, "GET", "/metrics")
+    assert status == 200
+    total = 0.0
+    for line in body.decode().splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+class GatedBackend:
+    """A real backend whose run waits for a gate: holds the batcher busy on demand."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.concurrent_runs = inner.concurrent_runs
+        self.inputs, self.outputs = inner.inputs, inner.outputs
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.entered.set()
+        assert self.gate.wait(30)
+        return self.inner.run(feeds)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    """Poll CONDITION until it holds; fail the test (never hang it) after TIMEOUT_S."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(0.005)
+
+
+def gate_backends(monkeypatch: Any) -> list[GatedBackend]:
+    """Make the repository open GatedBackends (a pytest MonkeyPatch undoes it); the list fills
+    as models load."""
+    import edgeshift.serve.repository as repository_module
+    from edgeshift.runtime import open_backend
+
+    gated: list[GatedBackend] = []
+
+    def open_gated(*args: Any, **kwargs: Any) -> GatedBackend:
+        gated.append(GatedBackend(open_backend(*args, **kwargs)))
+        return gated[-1]
+
+    monkeypatch.setattr(repository_module, "open_backend", open_gated)
+    return gated

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from edgeshift.serve.batcher import (
     Batcher,
     BatcherClosedError,
     QueueFullError,
+    _Pending,
     batch_dim_supported,
 )
 
@@ -234,3 +236,84 @@ def test_batch_dim_detection() -> None:
     assert not batch_dim_supported([fixed], [dyn])
     assert not batch_dim_supported([scalar], [dyn])
     assert not batch_dim_supported([TensorSpec("x", "float32", None)], [dyn])
+
+
+class SlowRuntime:
+    """Doubles x after a fixed pause, recording each call's batch size."""
+
+    def __init__(self, pause_s: float) -> None:
+        self.pause_s = pause_s
+        self.batches: list[int] = []
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.batches.append(feeds["x"].shape[0])
+        threading.Event().wait(self.pause_s)
+        return {"y": feeds["x"] * 2}
+
+
+async def _closed_loop_round(batcher: Batcher, clients: int, gap_s: float) -> None:
+    """CLIENTS requests of one row, arriving GAP_S apart, as the clients of an answered batch
+    send their next requests one by one."""
+    pending = []
+    for i in range(clients):
+        pending.append(asyncio.ensure_future(batcher.submit({"x": np.full((1, 2), float(i))})))
+        await asyncio.sleep(gap_s)
+    results = await asyncio.gather(*pending)
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(result["y"], np.full((1, 2), 2.0 * i))
+
+
+@pytest.mark.parametrize(("delay_ms", "second_round"), [(None, [4]), (0.0, [1, 3])])
+def test_after_a_batch_the_batcher_waits_for_its_clients_to_return(
+    delay_ms: float | None, second_round: list[int]
+) -> None:
+    # The 0.2 s run bounds the adaptive wait at 0.1 s; the four arrivals take ~15 ms.
+    runtime = SlowRuntime(0.2)
+
+    async def main() -> None:
+        batcher = Batcher("m", runtime, batchable=True, max_batch=8, max_delay_ms=delay_ms)
+        await _closed_loop_round(batcher, 4, 0.0)  # a first request, then 3 queued behind it
+        assert runtime.batches == [1, 3]
+        await asyncio.gather(*(batcher.submit({"x": np.zeros((1, 2))}) for _ in range(4)))
+        runtime.batches.clear()  # the last batch had 4 rows
+        await _closed_loop_round(batcher, 4, 0.005)
+        await batcher.close()
+        # Adaptive: one batch of 4, not the first arrival alone and the rest behind it.
+        assert runtime.batches == second_round
+
+    _run(main())
+
+
+def test_the_adaptive_wait_is_skipped_when_it_cannot_pay() -> None:
+    async def main() -> None:
+        batcher = Batcher("m", SlowRuntime(0.0), batchable=True, max_batch=8)
+        batcher._last_rows, batcher._last_run_s = 4, 0.2
+        first = _Pending({"x": np.zeros((1, 2))}, asyncio.get_running_loop().create_future(), 1, ())
+        batcher._last_done_s = time.perf_counter()  # just finished: wait for 4 rows, <= 0.1 s
+        target, deadline = batcher._fill_goal(first, 1)
+        assert target == 4 and 0 < deadline - time.perf_counter() <= 0.1
+        assert batcher._fill_goal(first, 4) == (0, 0.0)  # already as full as the last batch
+        batcher._last_done_s -= 1.0  # idle for longer than a run: no burst to wait for
+        assert batcher._fill_goal(first, 1) == (0, 0.0)
+        await batcher.close()
+
+    _run(main())
+
+
+def test_instances_run_batches_at_the_same_time() -> None:
+    runtimes = [FakeRuntime(), FakeRuntime()]
+
+    async def main() -> None:
+        batcher = Batcher("m", runtimes, batchable=True, max_batch=1)
+        assert batcher.instances == 2
+        futures = [asyncio.ensure_future(batcher.submit({"x": np.ones((1, 3))})) for _ in range(2)]
+        for runtime in runtimes:  # both calls are in flight at once, each on its own instance
+            await _wait_entered(runtime)
+        for runtime in runtimes:
+            runtime.gate.set()
+        results = await asyncio.gather(*futures)
+        await batcher.close()
+        assert [r["y"].tolist() for r in results] == [[[2.0, 2.0, 2.0]]] * 2
+        assert [len(r.calls) for r in runtimes] == [1, 1]
+
+    _run(main())

@@ -190,6 +190,8 @@ def test_two_models_with_one_name(tmp_path: Path, model_path: Path) -> None:
         (["--max-batch", "0"], "--max-batch must be >= 1"),
         (["--max-queue", "0"], "--max-queue must be >= 1"),
         (["--max-delay-ms", "-1"], "--max-delay-ms must be >= 0"),
+        (["--max-delay-ms", "soon"], "--max-delay-ms 'soon': give milliseconds"),
+        (["--instances", "0"], "--instances must be >= 1"),
         (["--threads", "0"], "--threads must be >= 1"),
         (["--max-body-mb", "0"], "--max-body-mb must be > 0"),
         (["--port", "70000"], "cannot listen on 127.0.0.1:70000"),

@@ -8,12 +8,10 @@ import json
 import logging
 import re
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +19,9 @@ import tritonclient.http as th
 import tritonclient.http.aio as tha
 from serve_models import (
     exchange,
+    gate_backends,
     make_repository,
+    metric,
     mlp_reference,
     save_fixed,
     save_mlp,
@@ -171,23 +171,10 @@ def test_bytes_tensors_end_to_end(client: th.InferenceServerClient, binary: bool
     assert got == expected
 
 
-def _metric(server: ServerThread, name: str, **labels: str) -> float:
-    status, _, body = exchange(server.url, "GET", "/metrics")
-    assert status == 200
-    total = 0.0
-    for line in body.decode().splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_concurrent_aio_requests_are_batched_and_split_correctly(
     server: ServerThread, models: dict[str, Path]
 ) -> None:
-    rows_before = _metric(server, "edgeshift_batch_size_sum", model="dense")
+    rows_before = metric(server, "edgeshift_batch_size_sum", model="dense")
     xs = [
         np.random.default_rng(i).standard_normal((1 + i % 3, 8)).astype(np.float32)
         for i in range(48)
@@ -207,7 +194,7 @@ def test_concurrent_aio_requests_are_batched_and_split_correctly(
     results = asyncio.run(main())
     for x, got in zip(xs, results, strict=True):
         np.testing.assert_allclose(got, mlp_reference(x, seed=0), rtol=1e-4, atol=1e-5)
-    rows_after = _metric(server, "edgeshift_batch_size_sum", model="dense")
+    rows_after = metric(server, "edgeshift_batch_size_sum", model="dense")
     assert rows_after - rows_before == sum(len(x) for x in xs)  # every row ran exactly once
 
 
@@ -225,29 +212,29 @@ def test_fixed_batch_model_runs_one_by_one(server: ServerThread) -> None:
 
     for i, got in enumerate(asyncio.run(main())):
         np.testing.assert_array_equal(got, np.full((1, 4), 2.0 * i))
-    count = _metric(server, "edgeshift_batch_size_count", model="fixed")
-    ones = _metric(server, "edgeshift_batch_size_bucket", model="fixed", le="1.0")
+    count = metric(server, "edgeshift_batch_size_count", model="fixed")
+    ones = metric(server, "edgeshift_batch_size_bucket", model="fixed", le="1.0")
     assert count >= 12 and ones == count
 
 
 def test_metrics_count_requests_errors_and_latency(
     server: ServerThread, client: th.InferenceServerClient
 ) -> None:
-    before_ok = _metric(server, "edgeshift_inference_requests_total", model="multi", status="200")
-    before_err = _metric(server, "edgeshift_inference_errors_total", model="multi", status="400")
+    before_ok = metric(server, "edgeshift_inference_requests_total", model="multi", status="200")
+    before_err = metric(server, "edgeshift_inference_errors_total", model="multi", status="400")
     a, b = np.zeros((1, 3), np.float32), np.zeros((1, 3), np.int64)
     client.infer("multi", [_infer_input("a", a, "FP32"), _infer_input("b", b, "INT64")])
     with pytest.raises(InferenceServerException):
         client.infer("multi", [_infer_input("a", a, "FP32")])
     assert (
-        _metric(server, "edgeshift_inference_requests_total", model="multi", status="200")
+        metric(server, "edgeshift_inference_requests_total", model="multi", status="200")
         == before_ok + 1
     )
     assert (
-        _metric(server, "edgeshift_inference_errors_total", model="multi", status="400")
+        metric(server, "edgeshift_inference_errors_total", model="multi", status="400")
         == before_err + 1
     )
-    assert _metric(server, "edgeshift_inference_latency_seconds_count", model="multi") >= 1
+    assert metric(server, "edgeshift_inference_latency_seconds_count", model="multi") >= 1
     _, headers, body = exchange(server.url, "GET", "/metrics")
     assert 'edgeshift_queue_depth{model="multi"} 0.0' in body.decode()
     assert "edgeshift_inference_in_flight" in body.decode()
@@ -586,37 +573,10 @@ def test_optimize_artifacts_are_served_with_their_runtime_options(tmp_path: Path
         client.close()
 
 
-class _GatedBackend:
-    """A real backend whose run waits for a gate: holds the batcher busy on demand."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.inputs, self.outputs = inner.inputs, inner.outputs
-        self.gate = threading.Event()
-        self.entered = threading.Event()
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.entered.set()
-        assert self.gate.wait(30)
-        return self.inner.run(feeds)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 def test_full_queue_answers_503_at_once_and_the_rest_complete(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import edgeshift.serve.repository as repository_module
-
-    gated: list[_GatedBackend] = []
-
-    def open_gated(*args: Any, **kwargs: Any) -> _GatedBackend:
-        gated.append(_GatedBackend(open_backend(*args, **kwargs)))
-        return gated[-1]
-
-    monkeypatch.setattr(repository_module, "open_backend", open_gated)
+    gated = gate_backends(monkeypatch)
     path = save_mlp(tmp_path / "dense.onnx")
     settings = ServerSettings([path], port=0, options=ServeOptions(max_queue=2), access_log=False)
     body = _json_infer("x", "FP32", [1, 8], list(range(8)))
@@ -627,7 +587,7 @@ def test_full_queue_answers_503_at_once_and_the_rest_complete(
             pool.submit(exchange, server.url, "POST", "/v2/models/dense/infer", body)
             for _ in range(2)
         ]
-        while _metric(server, "edgeshift_queue_depth", model="dense") < 2:
+        while metric(server, "edgeshift_queue_depth", model="dense") < 2:
             time.sleep(0.005)
         status, _, answer = exchange(server.url, "POST", "/v2/models/dense/infer", body)
         assert status == 503 and "overloaded" in json.loads(answer)["error"]
@@ -646,3 +606,33 @@ def test_models_removed_from_the_repository_leave_the_index(tmp_path: Path) -> N
         with pytest.raises(InferenceServerException, match="no model 'double'"):
             client.load_model("double")
         client.close()
+
+
+@pytest.mark.parametrize(("backend", "opened"), [("onnxruntime", 1), ("openvino", 2)])
+def test_instances_share_a_thread_safe_backend_and_answer_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str, opened: int
+) -> None:
+    gated = gate_backends(monkeypatch)
+    path = save_mlp(tmp_path / "dense.onnx")
+    options = ServeOptions(instances=2, max_batch=1, threads=2, backend=backend)
+    settings = ServerSettings([path], port=0, options=options, access_log=False)
+    xs = [np.full((1, 8), float(i), np.float32) for i in range(8)]
+
+    async def main() -> list[np.ndarray]:
+        client = tha.InferenceServerClient(server.url)
+        try:
+            answers = await asyncio.gather(
+                *(client.infer("dense", [_infer_input("x", x, "FP32")]) for x in xs)
+            )
+        finally:
+            await client.close()
+        return [a.as_numpy("y") for a in answers]
+
+    with ServerThread(settings) as server:
+        # ORT runs calls concurrently: one session (one copy of the weights) serves both
+        # instances, each call on threads/instances = 1 thread; OpenVINO opens one per instance.
+        assert len(gated) == opened and all(g.inner.threads == 1 for g in gated)
+        for g in gated:
+            g.gate.set()
+        for x, y in zip(xs, asyncio.run(main()), strict=True):
+            np.testing.assert_allclose(y, mlp_reference(x, 0), rtol=1e-4, atol=1e-5)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from edgeshift.errors import ConfigError
 from edgeshift.serve import ServeOptions, ServerSettings, VersionPolicy, run_server
 
 _LOGGERS = ("edgeshift.serve", "uvicorn.error", "edgeshift.serve.access")
@@ -53,11 +54,19 @@ def serve_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8000, "--port", help="TCP port; 0 picks a free one."),
     max_batch: int = typer.Option(32, "--max-batch", help="Rows per backend call; 1: no batching."),
-    max_delay_ms: float = typer.Option(
-        0.0, "--max-delay-ms", help="Wait this long for a fuller batch (0: take what is queued)."
+    max_delay_ms: str = typer.Option(
+        "auto",
+        "--max-delay-ms",
+        help="Wait this long for a full batch; 0: take what is queued; auto: wait briefly "
+        "for the last batch's clients to return.",
     ),
     threads: int | None = typer.Option(
         None, "--threads", help="Runtime threads per model (default: usable CPUs)."
+    ),
+    instances: int = typer.Option(
+        1,
+        "--instances",
+        help="Backend calls per model at once, each with threads/instances runtime threads.",
     ),
     max_queue: int = typer.Option(
         512, "--max-queue", help="Queued requests per model version before answering 503."
@@ -79,9 +88,10 @@ def serve_command(
         raise typer.BadParameter(f"--log-level {log_level!r}: use debug, info, warning or error")
     options = ServeOptions(
         max_batch=max_batch,
-        max_delay_ms=max_delay_ms,
+        max_delay_ms=_delay_ms(max_delay_ms),
         max_queue=max_queue,
         threads=threads,
+        instances=instances,
         backend=backend,
         version_policy=VersionPolicy.parse(version_policy),
     )
@@ -95,6 +105,17 @@ def serve_command(
     )
     with _server_logging(access_log, log_level):
         run_server(settings)
+
+
+def _delay_ms(text: str) -> float | None:
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(
+            f"--max-delay-ms {text!r}: give milliseconds (e.g. 2, or 0 to never wait) or auto"
+        ) from None
 
 
 def register(app: typer.Typer) -> None:

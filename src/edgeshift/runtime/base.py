@@ -40,6 +40,9 @@ class Backend(ABC):
 
     name: ClassVar[str]
     precisions: ClassVar[tuple[str, ...]]
+    # True when one loaded backend may ``run`` from several threads at once (each call then
+    # uses its own ``threads``); False: one backend per concurrent caller.
+    concurrent_runs: ClassVar[bool] = False
 
     def __init__(self, model_path: Path, *, precision: str, threads: int) -> None:
         self.model_path = model_path

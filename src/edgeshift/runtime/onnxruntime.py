@@ -48,6 +48,7 @@ class OnnxRuntimeBackend(Backend):
 
     name: ClassVar[str] = "onnxruntime"
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    concurrent_runs: ClassVar[bool] = True  # InferenceSession.run is thread-safe
 
     def __init__(
         self,

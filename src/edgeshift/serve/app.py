@@ -21,13 +21,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import edgeshift
 from edgeshift.errors import EdgeshiftError, ProtocolError
-from edgeshift.serve.endpoint import InferenceEndpoint, read_asgi_body
+from edgeshift.serve.endpoint import InferenceEndpoint, log_access, read_asgi_body
 from edgeshift.serve.metrics import ServerMetrics
 from edgeshift.serve.protocol import error_body
 from edgeshift.serve.repository import ModelRepository
 
 log = logging.getLogger("edgeshift.serve")
-access_log = logging.getLogger("edgeshift.serve.access")
 
 DEFAULT_MAX_BODY_BYTES = 64 << 20
 EXTENSIONS = ["binary_tensor_data", "model_repository", "metrics"]
@@ -139,19 +138,7 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            client = scope.get("client")
-            access_log.info(
-                json.dumps(
-                    {
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status[0],
-                        "duration_ms": round((time.perf_counter() - started_s) * 1000, 3),
-                        "client": f"{client[0]}:{client[1]}" if client else None,
-                    },
-                    separators=(",", ":"),
-                )
-            )
+            log_access(scope["method"], scope["path"], status[0], started_s, scope.get("client"))
 
 
 def create_app(
@@ -161,8 +148,9 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     access_log_enabled: bool = True,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
-) -> ASGIApp:
-    """The ASGI app serving REPOSITORY's models (loaded beforehand by the caller)."""
+) -> tuple[ASGIApp, InferenceEndpoint]:
+    """The ASGI app serving REPOSITORY's models (loaded beforehand by the caller), and its
+    inference endpoint for the HTTP fast path (:mod:`edgeshift.serve.fastpath`)."""
     r = _Routes(repository, metrics, max_body_bytes)
     model = "/v2/models/{name}"
     versioned = "/v2/models/{name}/versions/{version}"
@@ -197,5 +185,6 @@ def create_app(
         },
         lifespan=lifespan,
     )
-    served: ASGIApp = InferenceEndpoint(app, repository, metrics, max_body_bytes)
-    return AccessLogMiddleware(served) if access_log_enabled else served
+    endpoint = InferenceEndpoint(app, repository, metrics, max_body_bytes)
+    served: ASGIApp = AccessLogMiddleware(endpoint) if access_log_enabled else endpoint
+    return served, endpoint

@@ -1,26 +1,64 @@
-"""``POST /v2/models/NAME[/versions/V]/infer`` as a plain ASGI handler in front of the
-Starlette app: the one hot route skips the framework's per-request objects and middleware
-layers (measured: about half the app's CPU per request), every other path goes to Starlette.
+"""``POST /v2/models/NAME[/versions/V]/infer``: the one hot route, in two halves that do not
+await anything, so two front ends can share them.
+
+- :meth:`InferenceEndpoint.begin` decodes a whole request body and queues it on the model's
+  batcher; :meth:`InferenceEndpoint.finish` turns the outcome into the status, body and headers
+  of the answer, and counts it in the metrics.
+- The fast front end (:mod:`edgeshift.serve.fastpath`) calls them straight from uvicorn's HTTP
+  parser callbacks and the batcher future's callback: no task, no ASGI messages.
+- The ASGI front end (:meth:`InferenceEndpoint.__call__`) sits in front of the Starlette app
+  for the requests the fast path leaves to uvicorn (pipelined, ``Expect: 100-continue``) and
+  skips the framework's per-request objects; every other path goes to Starlette.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import re
 import time
+from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgeshift.errors import EdgeshiftError, ProtocolError
 from edgeshift.serve.metrics import ServerMetrics
-from edgeshift.serve.protocol import decode_infer_request, encode_infer_response, error_body
-from edgeshift.serve.repository import ModelRepository
+from edgeshift.serve.protocol import (
+    InferRequest,
+    decode_infer_request,
+    encode_infer_response,
+    error_body,
+)
+from edgeshift.serve.repository import ModelRepository, ServedModel
 
 log = logging.getLogger("edgeshift.serve")
+access_log = logging.getLogger("edgeshift.serve.access")
 
 INFER_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
 UNKNOWN_MODEL = "_unknown"  # metrics label for names not served: keeps label cardinality bounded
 _JSON = b"application/json"
+CLIENT_CLOSED = 499  # metrics status of a request whose client went away before its answer
+
+
+def log_access(
+    method: str, path: str, status: int, started_s: float, client: tuple[str, int] | None
+) -> None:
+    """One JSON line on the ``edgeshift.serve.access`` logger."""
+    access_log.info(
+        json.dumps(
+            {
+                "method": method,
+                "path": path,
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started_s) * 1000, 3),
+                "client": f"{client[0]}:{client[1]}" if client else None,
+            },
+            separators=(",", ":"),
+        )
+    )
 
 
 def too_large(limit_bytes: int) -> str:
@@ -65,6 +103,35 @@ async def read_asgi_body(scope: Scope, receive: Receive, limit_bytes: int) -> by
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+class Answer(NamedTuple):
+    status: int
+    body: bytes
+    content_type: bytes
+    header_length: int | None  # Inference-Header-Content-Length, when binary tensors follow
+
+    def asgi_headers(self) -> list[tuple[bytes, bytes]]:
+        headers = [
+            (b"content-type", self.content_type),
+            (b"content-length", str(len(self.body)).encode()),
+        ]
+        if self.header_length is not None:
+            headers.append((b"inference-header-content-length", str(self.header_length).encode()))
+        return headers
+
+
+@dataclass(slots=True)
+class InferCall:
+    """One inference request between :meth:`InferenceEndpoint.begin` and ``finish``."""
+
+    started_s: float
+    label: str = UNKNOWN_MODEL
+    version: str = ""  # set once the model is known: the request counts as in flight
+    model: ServedModel | None = None
+    request: InferRequest | None = None
+    future: asyncio.Future[dict[str, np.ndarray]] | None = None
+    error: BaseException | None = None  # failed before it was queued
+
+
 class InferenceEndpoint:
     """Serves inference requests itself and hands every other request to ``fallback``."""
 
@@ -80,56 +147,92 @@ class InferenceEndpoint:
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
 
+    def begin(
+        self,
+        name: str,
+        version: str | None,
+        header_length: bytes | None,
+        body: bytes,
+        started_s: float,
+    ) -> InferCall:
+        """Decode BODY and queue it on the model; never raises (errors wait in the call)."""
+        call = InferCall(started_s)
+        try:
+            model = self.repository.get(name, version)
+            call.label, call.version, call.model = model.name, model.version, model
+            self.metrics.request_started(model.name)
+            call.request = decode_infer_request(body, parse_header_length(header_length))
+            call.future = model.enqueue(call.request)
+        except Exception as exc:
+            call.error = exc
+        return call
+
+    def failed(self, error: ProtocolError, started_s: float) -> InferCall:
+        """A request refused before its body was whole (too large, client gone)."""
+        return InferCall(started_s, error=error)
+
+    def finish(self, call: InferCall) -> Answer:
+        """The answer to CALL once its future is done (or it failed early); counts it."""
+        status = 500
+        try:
+            if call.error is not None:
+                raise call.error
+            assert call.model is not None and call.request is not None and call.future is not None
+            if call.future.cancelled():
+                status = CLIENT_CLOSED
+                return Answer(status, b"", _JSON, None)
+            outputs = call.model.select(call.request, call.future.result())
+            encoded = encode_infer_response(
+                call.model.name, call.model.version, outputs, call.request
+            )
+            status = 200
+            return Answer(200, encoded.body, encoded.content_type.encode(), encoded.header_length)
+        except ProtocolError as exc:
+            status = exc.status
+            return Answer(status, error_body(str(exc)), _JSON, None)
+        except EdgeshiftError as exc:  # DataError from the runtime: the request was bad
+            status = 400
+            return Answer(status, error_body(str(exc)), _JSON, None)
+        except Exception as exc:
+            log.exception("inference on %s failed", call.label)
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            return Answer(500, error_body(message), _JSON, None)
+        finally:
+            latency_s = time.perf_counter() - call.started_s
+            if call.version:
+                self.metrics.request_finished(call.label, call.version, status, latency_s)
+            else:  # unknown model or version: never counted as started
+                self.metrics.observe_request(call.label, call.version, status, latency_s)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             match = INFER_PATH.match(scope["path"])
             if match is not None:
-                status, body, headers = await self._infer(
-                    match["name"], match["version"], scope, receive
+                answer = await self._infer(match["name"], match["version"], scope, receive)
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": answer.status,
+                        "headers": answer.asgi_headers(),
+                    }
                 )
-                headers.append((b"content-length", str(len(body)).encode()))
-                await send({"type": "http.response.start", "status": status, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
+                await send({"type": "http.response.body", "body": answer.body})
                 return
         await self.fallback(scope, receive, send)
 
     async def _infer(
         self, name: str, version: str | None, scope: Scope, receive: Receive
-    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    ) -> Answer:
         started_s = time.perf_counter()
-        label, served_version, status = UNKNOWN_MODEL, "", 500
+        header_length = None
+        for key, value in scope["headers"]:
+            if key == b"inference-header-content-length":
+                header_length = value
         try:
-            model = self.repository.get(name, version)
-            label, served_version = model.name, model.version
-            self.metrics.request_started(label)
-            header_length = None
-            for key, value in scope["headers"]:
-                if key == b"inference-header-content-length":
-                    header_length = parse_header_length(value)
             body = await read_asgi_body(scope, receive, self.max_body_bytes)
-            request = decode_infer_request(body, header_length)
-            outputs = await model.infer(request)
-            encoded = encode_infer_response(model.name, model.version, outputs, request)
-            headers = [(b"content-type", encoded.content_type.encode())]
-            if encoded.header_length is not None:
-                headers.append(
-                    (b"inference-header-content-length", str(encoded.header_length).encode())
-                )
-            status = 200
-            return 200, encoded.body, headers
         except ProtocolError as exc:
-            status = exc.status
-            return status, error_body(str(exc)), [(b"content-type", _JSON)]
-        except EdgeshiftError as exc:  # DataError from the runtime: the request was bad
-            status = 400
-            return status, error_body(str(exc)), [(b"content-type", _JSON)]
-        except Exception as exc:
-            log.exception("inference on %s failed", name)
-            message = f"internal error: {type(exc).__name__}: {exc}"
-            return 500, error_body(message), [(b"content-type", _JSON)]
-        finally:
-            latency_s = time.perf_counter() - started_s
-            if served_version:
-                self.metrics.request_finished(label, served_version, status, latency_s)
-            else:  # unknown model or version: never counted as started
-                self.metrics.observe_request(label, served_version, status, latency_s)
+            return self.finish(self.failed(exc, started_s))
+        call = self.begin(name, version, header_length, body, started_s)
+        if call.future is not None:
+            await asyncio.wait([call.future])
+        return self.finish(call)

@@ -22,6 +22,7 @@ import numpy as np
 from edgeshift.errors import ConfigError, EdgeshiftError, ModelError, ProtocolError
 from edgeshift.model.load import MANIFEST_NAME, resolve_model_path
 from edgeshift.runtime import Backend, open_backend
+from edgeshift.runtime.threads import usable_cpus
 from edgeshift.serve.batcher import Batcher, batch_dim_supported
 from edgeshift.serve.metrics import ServerMetrics
 from edgeshift.serve.protocol import InferRequest, check_request, tensor_metadata
@@ -63,21 +64,26 @@ class ServeOptions:
     """How every model is served; the CLI flags of ``edgeshift serve``."""
 
     max_batch: int = 32  # rows per backend call; 1 turns batching off
-    max_delay_ms: float = 0.0  # wait for a fuller batch; 0: take what is queued
+    max_delay_ms: float | None = None  # None: adaptive refill; 0: never wait; > 0: fixed wait
     max_queue: int = 512  # queued requests per model before 503
     threads: int | None = None  # runtime threads per model; None: usable CPUs
+    instances: int = 1  # backend calls per model version at once; each gets threads/instances
     backend: str | None = None  # None: the artifact's, else onnxruntime
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
 
     def __post_init__(self) -> None:
         checks = [
             (self.max_batch >= 1, f"--max-batch must be >= 1, not {self.max_batch}"),
-            (self.max_delay_ms >= 0, f"--max-delay-ms must be >= 0, not {self.max_delay_ms}"),
+            (
+                self.max_delay_ms is None or self.max_delay_ms >= 0,
+                f"--max-delay-ms must be >= 0, not {self.max_delay_ms}",
+            ),
             (self.max_queue >= 1, f"--max-queue must be >= 1, not {self.max_queue}"),
             (
                 self.threads is None or self.threads >= 1,
                 f"--threads must be >= 1, not {self.threads}",
             ),
+            (self.instances >= 1, f"--instances must be >= 1, not {self.instances}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -148,13 +154,16 @@ def discover(paths: Sequence[str | Path]) -> dict[str, ModelSource]:
 class ServedModel:
     """One loaded version: its backend, its batcher and its OIP metadata."""
 
-    def __init__(self, name: str, version: int, backend: Backend, batcher: Batcher) -> None:
+    def __init__(
+        self, name: str, version: int, backends: Sequence[Backend], batcher: Batcher
+    ) -> None:
         self.name = name
         self.version = str(version)
-        self.backend = backend
+        self.backends = list(backends)  # one, or one per instance (see Backend.concurrent_runs)
+        self.backend = self.backends[0]
         self.batcher = batcher
-        self.inputs = list(backend.inputs)
-        self.outputs = list(backend.outputs)
+        self.inputs = list(self.backend.inputs)
+        self.outputs = list(self.backend.outputs)
         self._output_names = [o.name for o in self.outputs]
         self._string_inputs = [i.name for i in self.inputs if i.dtype == "object"]
 
@@ -173,6 +182,10 @@ class ServedModel:
 
     async def infer(self, request: InferRequest) -> dict[str, np.ndarray]:
         """Outputs for REQUEST, filtered and ordered as it asked."""
+        return self.select(request, await self.enqueue(request))
+
+    def enqueue(self, request: InferRequest) -> asyncio.Future[dict[str, np.ndarray]]:
+        """Check REQUEST against the model and queue it; the future holds every output."""
         check_request(request, self.inputs, self.outputs)
         feeds = dict(request.inputs)
         for name in self._string_inputs:
@@ -183,7 +196,10 @@ class ServedModel:
                 )
             except UnicodeDecodeError:
                 raise ProtocolError(f"input {name!r}: string tensors must be UTF-8", 400) from None
-        result = await self.batcher.submit(feeds)
+        return self.batcher.enqueue(feeds)
+
+    def select(self, request: InferRequest, result: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The outputs REQUEST asked for, in its order."""
         names = self._output_names if request.outputs is None else [o.name for o in request.outputs]
         return {name: result[name] for name in names}
 
@@ -339,25 +355,40 @@ class ModelRepository:
 
     async def _open(self, name: str, version: int, path: Path) -> ServedModel:
         opts = self.options
-        backend = await asyncio.to_thread(
-            self._opener or open_backend,
-            path,
-            backend=opts.backend,
-            threads=opts.threads,
-            options=_server_runtime_options(path, opts.backend),
-        )
+        threads = max(1, (opts.threads or usable_cpus()) // opts.instances)
+
+        def open_one() -> Backend:
+            return (self._opener or open_backend)(
+                path,
+                backend=opts.backend,
+                threads=threads,
+                options=_server_runtime_options(path, opts.backend),
+            )
+
+        backends = [await asyncio.to_thread(open_one)]
+        try:
+            # A backend that runs calls concurrently serves every instance (one copy of the
+            # weights); any other is opened once per instance.
+            while not backends[0].concurrent_runs and len(backends) < opts.instances:
+                backends.append(await asyncio.to_thread(open_one))
+        except BaseException:
+            for backend in backends:
+                backend.close()
+            raise
+        runs = [backends[i % len(backends)].run for i in range(opts.instances)]
         batcher = Batcher(
             f"{name}:{version}",
-            backend.run,
-            batchable=batch_dim_supported(backend.inputs, backend.outputs),
+            runs,
+            batchable=batch_dim_supported(backends[0].inputs, backends[0].outputs),
             max_batch=opts.max_batch,
             max_delay_ms=opts.max_delay_ms,
             max_queue=opts.max_queue,
             on_batch=lambda rows: self.metrics.observe_batch(name, rows),
         )
-        return ServedModel(name, version, backend, batcher)
+        return ServedModel(name, version, backends, batcher)
 
     @staticmethod
     async def _close(served: ServedModel) -> None:
         await served.batcher.close()
-        served.backend.close()
+        for backend in served.backends:
+            backend.close()

@@ -22,6 +22,7 @@ import uvicorn
 
 from edgeshift.errors import ConfigError
 from edgeshift.serve.app import DEFAULT_MAX_BODY_BYTES, create_app
+from edgeshift.serve.fastpath import inference_protocol
 from edgeshift.serve.metrics import ServerMetrics
 from edgeshift.serve.repository import ModelRepository, ServeOptions, discover
 
@@ -124,7 +125,7 @@ class InferenceServer:
         rss_bytes = psutil.Process().memory_info().rss
         names = ", ".join(f"{m.name}:{m.version}" for m in self.repository.models())
         log.info("loaded %s; RSS %.1f MiB", names, rss_bytes / (1 << 20))
-        app = create_app(
+        app, endpoint = create_app(
             self.repository,
             self.metrics,
             max_body_bytes=s.max_body_bytes,
@@ -134,7 +135,8 @@ class InferenceServer:
         config = uvicorn.Config(
             app,
             log_config=None,
-            access_log=False,  # ours is structured (AccessLogMiddleware)
+            http=inference_protocol(endpoint, access_log=s.access_log),
+            access_log=False,  # ours is structured (AccessLogMiddleware, the fast path)
             lifespan="on",
             timeout_graceful_shutdown=int(s.graceful_timeout_s),
             server_header=False,
