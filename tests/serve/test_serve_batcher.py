@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import edgeshift.serve.batcher as batcher_module
 from edgeshift.errors import DataError
 from edgeshift.model.shapes import TensorSpec
 from edgeshift.serve.batcher import (
@@ -251,23 +252,34 @@ class SlowRuntime:
         return {"y": feeds["x"] * 2}
 
 
-async def _closed_loop_round(batcher: Batcher, clients: int, gap_s: float) -> None:
-    """CLIENTS requests of one row, arriving GAP_S apart, as the clients of an answered batch
-    send their next requests one by one."""
+async def _closed_loop_round(
+    batcher: Batcher, clients: int, gap_s: float, pause_after: int = 0, pause_s: float = 0.0
+) -> None:
+    """CLIENTS requests of one row, arriving GAP_S apart (and PAUSE_S more after the first
+    PAUSE_AFTER), as the clients of an answered batch send their next requests one by one."""
     pending = []
     for i in range(clients):
         pending.append(asyncio.ensure_future(batcher.submit({"x": np.full((1, 2), float(i))})))
-        await asyncio.sleep(gap_s)
+        await asyncio.sleep(gap_s + (pause_s if i + 1 == pause_after else 0.0))
     results = await asyncio.gather(*pending)
     for i, result in enumerate(results):
         np.testing.assert_array_equal(result["y"], np.full((1, 2), 2.0 * i))
 
 
-@pytest.mark.parametrize(("delay_ms", "second_round"), [(None, [4]), (0.0, [1, 3])])
+@pytest.mark.parametrize(
+    ("delay_ms", "pause_s", "second_round"),
+    [
+        (None, 0.0, [4]),  # adaptive: waits for as many rows as the last batch had
+        (0.0, 0.0, [1, 3]),  # eager: the first arrival runs alone, the rest queue behind it
+        (None, 0.08, [2, 2]),  # adaptive, but two clients pause: it stops waiting for them
+    ],
+)
 def test_after_a_batch_the_batcher_waits_for_its_clients_to_return(
-    delay_ms: float | None, second_round: list[int]
+    monkeypatch: pytest.MonkeyPatch, delay_ms: float | None, pause_s: float, second_round: list[int]
 ) -> None:
-    # The 0.2 s run bounds the adaptive wait at 0.1 s; the four arrivals take ~15 ms.
+    # The 0.2 s run bounds the adaptive wait at 0.1 s; arrivals come 5 ms apart, well inside
+    # the 30 ms quiet gap (widened from 1 ms so a slow CI box does not end the wait early).
+    monkeypatch.setattr(batcher_module, "ADAPTIVE_GAP_S", 0.03)
     runtime = SlowRuntime(0.2)
 
     async def main() -> None:
@@ -276,7 +288,7 @@ def test_after_a_batch_the_batcher_waits_for_its_clients_to_return(
         assert runtime.batches == [1, 3]
         await asyncio.gather(*(batcher.submit({"x": np.zeros((1, 2))}) for _ in range(4)))
         runtime.batches.clear()  # the last batch had 4 rows
-        await _closed_loop_round(batcher, 4, 0.005)
+        await _closed_loop_round(batcher, 4, 0.005, pause_after=2, pause_s=pause_s)
         await batcher.close()
         # Adaptive: one batch of 4, not the first arrival alone and the rest behind it.
         assert runtime.batches == second_round

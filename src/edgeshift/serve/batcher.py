@@ -4,8 +4,9 @@ queued, runs it as one call off the event loop, and hands each request its rows.
 No fixed wait by default: a batch is what arrived while the previous batch ran, so a lone
 request pays no delay and a busy server batches on its own. Right after a batch, though, its
 clients' next requests arrive one by one; the batcher waits (at most half the last batch's run
-time) until as many rows as that batch had are queued, instead of starting on the first and
-leaving the rest behind it (measured at 32 clients: batches of 1 and 31 in turn, not 32).
+time, and only while requests keep coming) until as many rows as that batch had are queued,
+instead of starting on the first and leaving the rest behind it (measured at 32 clients:
+batches of 1 and 31 in turn, not 32).
 ``max_delay_ms`` > 0 replaces that with a fixed wait for a full batch; 0 never waits. The queue
 is bounded; a full queue is refused at once (:class:`QueueFullError`, the server answers 503)
 so memory never grows with the load.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +48,9 @@ class BatcherClosedError(ProtocolError):
 
 
 ADAPTIVE_WAIT = 0.5  # longest adaptive wait for a batch to refill, in runs of the last batch
+# ... and it ends when no request came for this long: the returning clients have all arrived
+# (they come tens to hundreds of µs apart), one of them is not coming back soon.
+ADAPTIVE_GAP_S = 0.001
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -230,11 +235,14 @@ class Batcher:
             return 0, 0.0
         return self._last_rows, now + ADAPTIVE_WAIT * self._last_run_s
 
-    async def _fill(self, batch: list[_Pending], rows: int, target: int, deadline: float) -> int:
-        """Take arrivals into BATCH until it has TARGET rows or DEADLINE passes."""
+    async def _fill(
+        self, batch: list[_Pending], rows: int, target: int, deadline: float, gap_s: float
+    ) -> int:
+        """Take arrivals into BATCH until it has TARGET rows, DEADLINE passes, or no request
+        came for GAP_S."""
         loop = asyncio.get_running_loop()
         while rows < target and self._carry is None:
-            remaining = deadline - time.perf_counter()
+            remaining = min(deadline - time.perf_counter(), gap_s)
             if remaining <= 0:
                 break
             arrival = loop.create_future()
@@ -245,7 +253,10 @@ class Batcher:
             finally:
                 timer.cancel()
                 self._arrivals.remove(arrival)
-            rows = self._extend(batch, rows)
+            grown = self._extend(batch, rows)
+            if grown == rows and self._carry is None:
+                break  # the timer fired: nothing came
+            rows = grown
         return rows
 
     async def _work(self, run: RunFn) -> None:
@@ -256,7 +267,9 @@ class Batcher:
             if first.rows:
                 target, deadline = self._fill_goal(first, rows)
                 if target > rows:
-                    await self._fill(batch, rows, target, deadline)
+                    adaptive = self.max_delay_s is None
+                    gap_s = ADAPTIVE_GAP_S if adaptive else math.inf
+                    await self._fill(batch, rows, target, deadline, gap_s)
             live = [p for p in batch if not p.future.done()]  # a client may have gone away
             try:
                 if live:
