@@ -240,3 +240,23 @@ def test_a_client_gone_before_its_answer_is_dropped_not_run(
         body, header_length = _binary_request(x)
         headers = {"Inference-Header-Content-Length": str(header_length)}
         assert exchange(server.url, "POST", PATH, body, headers)[0] == 200
+
+
+def test_a_chunked_upload_is_answered(server: ServerThread) -> None:
+    import http.client
+
+    x = np.random.default_rng(1).random((2, 8), dtype=np.float32)
+    body, header_length = _binary_request(x)
+    host, port = server.url.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        chunks = iter([body[:7], body[7:50], body[50:]])
+        headers = {"Inference-Header-Content-Length": str(header_length)}
+        conn.request("POST", PATH, body=chunks, headers=headers, encode_chunked=True)
+        response = conn.getresponse()
+        answer = Response(response.status, dict(response.getheaders()), response.read())
+    finally:
+        conn.close()
+    assert answer.status == 200
+    answer.headers = {k.lower(): v for k, v in answer.headers.items()}
+    np.testing.assert_allclose(answer.output(), mlp_reference(x), rtol=RTOL, atol=ATOL)
