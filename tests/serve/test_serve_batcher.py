@@ -329,3 +329,26 @@ def test_instances_run_batches_at_the_same_time() -> None:
         assert [len(r.calls) for r in runtimes] == [1, 1]
 
     _run(main())
+
+
+def test_the_first_client_back_may_take_longer_than_the_gap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Big answers take a while to encode and write before any client can return: the quiet
+    # gap only counts between arrivals, not until the first one.
+    monkeypatch.setattr(batcher_module, "ADAPTIVE_GAP_S", 0.03)
+    runtime = SlowRuntime(0.2)
+
+    async def main() -> None:
+        batcher = Batcher("m", runtime, batchable=True, max_batch=8)
+        await asyncio.gather(*(batcher.submit({"x": np.zeros((1, 2))}) for _ in range(4)))
+        running = [asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 2))})) for _ in range(4)]
+        await asyncio.sleep(0.05)  # that batch of 4 runs; one client is already back
+        early = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2))}))
+        await asyncio.gather(*running)
+        await asyncio.sleep(0.06)  # the other three come back after twice the gap
+        await asyncio.gather(early, *(batcher.submit({"x": np.ones((1, 2))}) for _ in range(3)))
+        await batcher.close()
+        assert runtime.batches == [4, 4, 4]  # not [4, 4, 1, 3]
+
+    _run(main())

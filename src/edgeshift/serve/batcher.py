@@ -239,10 +239,14 @@ class Batcher:
         self, batch: list[_Pending], rows: int, target: int, deadline: float, gap_s: float
     ) -> int:
         """Take arrivals into BATCH until it has TARGET rows, DEADLINE passes, or no request
-        came for GAP_S."""
+        came for GAP_S after the first. (The first may take longer: the last batch's answers,
+        encoded and written on this loop, go out before any client can come back.)"""
         loop = asyncio.get_running_loop()
+        arrived = False
         while rows < target and self._carry is None:
-            remaining = min(deadline - time.perf_counter(), gap_s)
+            remaining = deadline - time.perf_counter()
+            if arrived:
+                remaining = min(remaining, gap_s)
             if remaining <= 0:
                 break
             arrival = loop.create_future()
@@ -256,7 +260,7 @@ class Batcher:
             grown = self._extend(batch, rows)
             if grown == rows and self._carry is None:
                 break  # the timer fired: nothing came
-            rows = grown
+            rows, arrived = grown, True
         return rows
 
     async def _work(self, run: RunFn) -> None:
