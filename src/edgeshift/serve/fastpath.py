@@ -89,6 +89,7 @@ def inference_protocol(endpoint: InferenceEndpoint, access_log: bool) -> type[Ht
     """uvicorn's httptools protocol with ENDPOINT answering ``POST .../infer`` directly; pass it
     as ``uvicorn.Config(http=...)``."""
     limit = endpoint.max_body_bytes
+    routes: dict[bytes, tuple[str, str | None, str] | tuple[()]] = {}  # URL -> infer route, or ()
 
     class InferenceProtocol(HttpToolsProtocol):
         def on_headers_complete(self) -> None:
@@ -121,14 +122,20 @@ def inference_protocol(endpoint: InferenceEndpoint, access_log: bool) -> type[Ht
                 or parser.should_upgrade()
             ):
                 return None
-            path = httptools.parse_url(self.url).path.decode("ascii")
-            if "%" in path:
-                path = urllib.parse.unquote(path)
-            match = INFER_PATH.match(path)
-            if match is None:
+            route = routes.get(self.url)
+            if route is None:
+                path = httptools.parse_url(self.url).path.decode("ascii")
+                if "%" in path:
+                    path = urllib.parse.unquote(path)
+                match = INFER_PATH.match(path)
+                route = (match["name"], match["version"], path) if match else ()
+                if len(routes) >= 1024:  # clients may send any URL: keep the cache bounded
+                    routes.clear()
+                routes[self.url] = route
+            if not route:
                 return None
             keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
-            return _InferCycle(match["name"], match["version"], path, keep_alive)
+            return _InferCycle(*route, keep_alive)
 
         def on_body(self, body: bytes) -> None:
             cycle = self.cycle

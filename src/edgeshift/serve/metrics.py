@@ -37,6 +37,7 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._in_flight: dict[str, int] = {}  # by model; requests run on the event loop only
         self.requests = Counter(
             "edgeshift_inference_requests",
             "Inference requests answered, by model, version and HTTP status.",
@@ -86,10 +87,15 @@ class ServerMetrics:
         return child
 
     def request_started(self, model: str) -> None:
-        self._child(self.in_flight, model).inc()
+        # A plain count read at scrape time: the gauge's own inc/dec take a lock per request.
+        count = self._in_flight.get(model)
+        if count is None:
+            count = 0
+            self.in_flight.labels(model).set_function(lambda: self._in_flight[model])
+        self._in_flight[model] = count + 1
 
     def request_finished(self, model: str, version: str, status: int, latency_s: float) -> None:
-        self._child(self.in_flight, model).dec()
+        self._in_flight[model] -= 1
         self.observe_request(model, version, status, latency_s)
 
     def observe_request(self, model: str, version: str, status: int, latency_s: float) -> None:
