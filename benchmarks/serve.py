@@ -39,6 +39,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -112,7 +113,11 @@ def encode_request(sample: dict[str, np.ndarray], binary: bool) -> tuple[bytes, 
     """A request body the way tritonclient builds it (binary) or plain OIP JSON."""
     inputs, blobs = [], []
     for name, arr in sample.items():
-        tensor = {"name": name, "datatype": _DATATYPES[arr.dtype.name], "shape": list(arr.shape)}
+        tensor: dict[str, Any] = {
+            "name": name,
+            "datatype": _DATATYPES[arr.dtype.name],
+            "shape": list(arr.shape),
+        }
         if binary:
             raw = arr.tobytes()
             tensor["parameters"] = {"binary_data_size": len(raw)}
