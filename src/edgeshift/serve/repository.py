@@ -180,10 +180,6 @@ class ServedModel:
             "outputs": [tensor_metadata(spec) for spec in self.outputs],
         }
 
-    async def infer(self, request: InferRequest) -> dict[str, np.ndarray]:
-        """Outputs for REQUEST, filtered and ordered as it asked."""
-        return self.select(request, await self.enqueue(request))
-
     def enqueue(self, request: InferRequest) -> asyncio.Future[dict[str, np.ndarray]]:
         """Check REQUEST against the model and queue it; the future holds every output."""
         check_request(request, self.inputs, self.outputs)
