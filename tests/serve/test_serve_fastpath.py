@@ -182,7 +182,10 @@ def test_bad_requests_on_one_keep_alive_connection_leave_it_usable(conn: Conn) -
     np.testing.assert_allclose(third.output(), mlp_reference(x), rtol=RTOL, atol=ATOL)
 
 
-def test_a_declared_oversize_body_is_refused_before_it_is_sent(conn: Conn) -> None:
+def test_a_declared_oversize_body_is_refused_before_it_is_sent(
+    server: ServerThread, conn: Conn
+) -> None:
+    counted = metric(server, "edgeshift_inference_requests_total", model="dense", status="413")
     head = f"POST {PATH} HTTP/1.1\r\nHost: test\r\nContent-Length: {LIMIT + 1}\r\n\r\n"
     conn.sock.sendall(head.encode())
     refused = conn.read()  # answered on the headers alone
@@ -190,6 +193,10 @@ def test_a_declared_oversize_body_is_refused_before_it_is_sent(conn: Conn) -> No
     assert refused.headers["connection"] == "close"
     conn.sock.sendall(b"\x00" * (LIMIT + 1))  # read and dropped, then the server closes
     assert conn.closed_by_server()
+    # Counted under the model it was sent to, and never as in flight.
+    after = metric(server, "edgeshift_inference_requests_total", model="dense", status="413")
+    assert after == counted + 1
+    assert metric(server, "edgeshift_inference_in_flight", model="dense") == 0
 
 
 def test_fast_path_requests_are_access_logged(

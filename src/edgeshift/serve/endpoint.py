@@ -14,6 +14,7 @@ await anything, so two front ends can share them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -167,9 +168,16 @@ class InferenceEndpoint:
             call.error = exc
         return call
 
-    def failed(self, error: ProtocolError, started_s: float) -> InferCall:
-        """A request refused before its body was whole (too large, client gone)."""
-        return InferCall(started_s, error=error)
+    def failed(
+        self, error: ProtocolError, started_s: float, name: str, version: str | None
+    ) -> InferCall:
+        """A request refused before its body was whole (too large, client gone): counted
+        under its model's name when that model is loaded (never as in flight)."""
+        call = InferCall(started_s, error=error)
+        # Unknown or unloaded: it stays UNKNOWN_MODEL, so the label set stays bounded.
+        with contextlib.suppress(ProtocolError):
+            call.label = self.repository.get(name, version).name
+        return call
 
     def finish(self, call: InferCall) -> Answer:
         """The answer to CALL once its future is done (or it failed early); counts it."""
@@ -231,7 +239,7 @@ class InferenceEndpoint:
         try:
             body = await read_asgi_body(scope, receive, self.max_body_bytes)
         except ProtocolError as exc:
-            return self.finish(self.failed(exc, started_s))
+            return self.finish(self.failed(exc, started_s, name, version))
         call = self.begin(name, version, header_length, body, started_s)
         if call.future is not None:
             await asyncio.wait([call.future])

@@ -168,7 +168,7 @@ def inference_protocol(endpoint: InferenceEndpoint, access_log: bool) -> type[Ht
 
         def _refuse(self, cycle: _InferCycle, error: ProtocolError) -> None:
             """Answer before the body is read, and close: the rest of it is not wanted."""
-            cycle.call = endpoint.failed(error, cycle.started_s)
+            cycle.call = endpoint.failed(error, cycle.started_s, cycle.name, cycle.version)
             cycle.keep_alive = False
             self._answer(cycle)
 
