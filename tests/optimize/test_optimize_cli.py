@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -48,7 +49,8 @@ def test_table_and_artifact_usable_by_bench_and_inspect(
     assert inspect.exit_code == 0, inspect.output + inspect.stderr
 
 
-def test_json_output(digits_mlp: zoo.ZooModel, tmp_path: Path) -> None:
+def _quick_json(digits_mlp: zoo.ZooModel, out: Path, *args: str | Path) -> dict[str, Any]:
+    """`optimize --quick --json` on the digits MLP; the parsed JSON document."""
     result = _invoke(
         digits_mlp.model_path,
         "--data",
@@ -56,14 +58,18 @@ def test_json_output(digits_mlp: zoo.ZooModel, tmp_path: Path) -> None:
         "--quick",
         "--json",
         "--out",
-        tmp_path / "art",
-        "--backends",
-        "onnxruntime",
-        "--recipes",
-        "ort-int8-dynamic",
+        out,
+        *args,
     )
     assert result.exit_code == 0, result.stderr
-    doc = json.loads(result.stdout)
+    doc: dict[str, Any] = json.loads(result.stdout)
+    return doc
+
+
+def test_json_output(digits_mlp: zoo.ZooModel, tmp_path: Path) -> None:
+    doc = _quick_json(
+        digits_mlp, tmp_path / "art", "--backends", "onnxruntime", "--recipes", "ort-int8-dynamic"
+    )
     assert doc["metric"]["name"] == "top1"
     assert doc["accuracy"]["labels"] == "labels"
     assert {c["name"] for c in doc["candidates"]} == {"original", "ort-int8-dynamic"}
@@ -151,21 +157,14 @@ def test_user_metric_end_to_end(digits_mlp: zoo.ZooModel, tmp_path: Path) -> Non
         "    return float((got == labels).mean())\n"
         "agreement.max_drop = 0.05\n"
     )
-    result = _invoke(
-        digits_mlp.model_path,
-        "--data",
-        digits_mlp.data_path,
-        "--quick",
-        "--json",
-        "--out",
+    doc = _quick_json(
+        digits_mlp,
         tmp_path / "art",
         "--recipes",
         "ort-int8-dynamic",
         "--metric",
         f"{metric}:agreement",
     )
-    assert result.exit_code == 0, result.stderr
-    doc = json.loads(result.stdout)
     assert doc["metric"]["name"] == f"{metric}:agreement"
     assert doc["metric"]["max_drop"] == 0.05
     assert 0.9 < doc["accuracy"]["original"] <= 1.0  # a fraction, as the function returns
