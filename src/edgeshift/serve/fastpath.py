@@ -194,18 +194,9 @@ def inference_protocol(endpoint: InferenceEndpoint, access_log: bool) -> type[Ht
 
         def _response(self, answer: Answer, keep_alive: bool) -> bytes:
             parts: list[Any] = [STATUS_LINE[answer.status]]
-            for name, value in self.server_state.default_headers:  # date (and server)
+            # date (and server), then the same headers the ASGI front end sends
+            for name, value in (*self.server_state.default_headers, *answer.asgi_headers()):
                 parts += (name, b": ", value, b"\r\n")
-            parts += (
-                b"content-type: ",
-                answer.content_type,
-                b"\r\ncontent-length: ",
-                str(len(answer.body)).encode(),
-                b"\r\n",
-            )
-            if answer.header_length is not None:
-                parts += (b"inference-header-content-length: ", str(answer.header_length).encode())
-                parts.append(b"\r\n")
             if not keep_alive:
                 parts.append(b"connection: close\r\n")
             parts += (b"\r\n", answer.body)
