@@ -14,6 +14,7 @@ import edgeshift.serve.batcher as batcher_module
 from edgeshift.errors import DataError
 from edgeshift.model.shapes import TensorSpec
 from edgeshift.serve.batcher import (
+    ADAPTIVE_GAP_S,
     Batcher,
     BatcherClosedError,
     QueueFullError,
@@ -302,11 +303,12 @@ def test_the_adaptive_wait_is_skipped_when_it_cannot_pay() -> None:
         batcher._last_rows, batcher._last_run_s = 4, 0.2
         first = _Pending({"x": np.zeros((1, 2))}, asyncio.get_running_loop().create_future(), 1, ())
         batcher._last_done_s = time.perf_counter()  # just finished: wait for 4 rows, <= 0.1 s
-        target, deadline = batcher._fill_goal(first, 1)
+        target, deadline, gap_s = batcher._fill_goal(first, 1)
         assert target == 4 and 0 < deadline - time.perf_counter() <= 0.1
-        assert batcher._fill_goal(first, 4) == (0, 0.0)  # already as full as the last batch
+        assert gap_s == ADAPTIVE_GAP_S  # ends early once the returning clients stop coming
+        assert batcher._fill_goal(first, 4) == (0, 0.0, 0.0)  # as full as the last batch
         batcher._last_done_s -= 1.0  # idle for longer than a run: no burst to wait for
-        assert batcher._fill_goal(first, 1) == (0, 0.0)
+        assert batcher._fill_goal(first, 1) == (0, 0.0, 0.0)
         await batcher.close()
 
     _run(main())

@@ -219,12 +219,13 @@ class Batcher:
             rows += item.rows
         return rows
 
-    def _fill_goal(self, first: _Pending, rows: int) -> tuple[int, float]:
-        """(rows worth waiting for, until when): nothing to wait for is (0, 0)."""
+    def _fill_goal(self, first: _Pending, rows: int) -> tuple[int, float, float]:
+        """(rows worth waiting for, until when, longest quiet gap between arrivals): nothing
+        to wait for is (0, 0, 0)."""
         if self.max_delay_s is not None:  # a fixed delay, counted from the first arrival
             if self.max_delay_s == 0:
-                return 0, 0.0
-            return self.max_batch, first.enqueued_s + self.max_delay_s
+                return 0, 0.0, 0.0
+            return self.max_batch, first.enqueued_s + self.max_delay_s, math.inf
         # Adaptive: right after a batch, the clients it answered send their next requests
         # one by one. Starting on the first of them would run a batch of one and leave the
         # rest to queue behind it (at 32 clients: batches of 1 and 31 in turn). Wait for as
@@ -232,8 +233,8 @@ class Batcher:
         # server that was idle longer than that, or a lone client, never waits.
         now = time.perf_counter()
         if rows >= self._last_rows or now - self._last_done_s > self._last_run_s:
-            return 0, 0.0
-        return self._last_rows, now + ADAPTIVE_WAIT * self._last_run_s
+            return 0, 0.0, 0.0
+        return self._last_rows, now + ADAPTIVE_WAIT * self._last_run_s, ADAPTIVE_GAP_S
 
     async def _fill(
         self, batch: list[_Pending], rows: int, target: int, deadline: float, gap_s: float
@@ -269,10 +270,8 @@ class Batcher:
             first = await self._next()
             batch, rows = self._take_batch(first)
             if first.rows:
-                target, deadline = self._fill_goal(first, rows)
+                target, deadline, gap_s = self._fill_goal(first, rows)
                 if target > rows:
-                    adaptive = self.max_delay_s is None
-                    gap_s = ADAPTIVE_GAP_S if adaptive else math.inf
                     await self._fill(batch, rows, target, deadline, gap_s)
             live = [p for p in batch if not p.future.done()]  # a client may have gone away
             try:
