@@ -79,6 +79,8 @@ class ModelAnalysis:
     constant_node_weight_bytes: int = 0  # the part of weight_bytes held in Constant nodes
     subgraph_nodes: int = 0  # nodes inside If/Loop/Scan bodies (in the histogram only)
     output_shapes: dict[str, tuple[int, ...] | None] = field(default_factory=dict)
+    # The .onnx file analysed, when it came from one: what measured figures are keyed by.
+    source_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -289,12 +291,13 @@ def _cost_notes(
     return notes
 
 
-def _as_proto(model: onnx.ModelProto | LoadedModel | str | Path) -> onnx.ModelProto:
+def _as_loaded(
+    model: onnx.ModelProto | LoadedModel | str | Path,
+) -> tuple[onnx.ModelProto, str | None]:
     if isinstance(model, onnx.ModelProto):
-        return model
-    if isinstance(model, LoadedModel):
-        return model.proto
-    return load_model(model).proto
+        return model, None
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    return loaded.proto, str(loaded.path)
 
 
 def _inline_functions(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -327,7 +330,8 @@ def analyze(
     first axis of dynamic inputs. Raises ModelError for a file that cannot be loaded and
     ShapeError for overrides that do not fit the model.
     """
-    proto = _inline_functions(_as_proto(model))
+    proto, source_path = _as_loaded(model)
+    proto = _inline_functions(proto)
     graph = proto.graph
     inputs, outputs = graph_io(proto)
     resolved = resolve_input_shapes(inputs, shapes, batch)
@@ -399,4 +403,5 @@ def analyze(
         constant_node_weight_bytes=inventory.constant_node_bytes,
         subgraph_nodes=inventory.subgraph_nodes,
         output_shapes={o.name: _shape_of(infos.get(o.name)) for o in outputs},
+        source_path=source_path,
     )

@@ -72,6 +72,9 @@ class Estimate:
     streams: int = 1  # concurrent calls behind throughput_items_s
     utilization: float = 1.0
     usd_per_kwh: float = 0.15
+    # "roofline" (extrapolated from the host's calibration) or "compiled" (measured figures of
+    # an `edgeshift compile --verify` of this very model file for the target's core)
+    basis: str = "roofline"
 
 
 def stored_precision(analysis: Any) -> str:
@@ -227,10 +230,19 @@ def estimate_analysis(
     efficiency: Efficiency | None = None,
     usd_per_kwh: float = 0.15,
     utilization: float = 1.0,
+    compiled: Any | None = None,
 ) -> Estimate:
-    """The pure estimate: a ModelAnalysis (or anything with its fields) on TARGET."""
+    """The pure estimate: a ModelAnalysis (or anything with its fields) on TARGET.
+
+    COMPILED (an ``edgeshift.mcu.feedback.CompiledFigures``) replaces the extrapolation on a
+    Cortex-M target: flash and RAM as the linker reported them, time as the instructions
+    QEMU counted x the core's cycles per instruction at the target's clock."""
     if not 0 < utilization <= 1:
         raise ValueError(f"utilization must be in (0, 1], not {utilization}")
+    if compiled is not None and target.tier == "mcu":
+        return _compiled_estimate(
+            analysis, target, compiled, model_name, batch, usd_per_kwh, utilization
+        )
     eff = efficiency or DEFAULT_EFFICIENCY
     if target.calibration is not None and efficiency is None:
         eff = efficiency_from_calibration(target.calibration, target.clock_ghz.value)
@@ -344,24 +356,7 @@ def estimate_analysis(
             )
         )
 
-    # Energy: active power while busy, idle power for the rest of the wall time.
-    idle, active = target.power_idle_w, target.power_active_w
-    busy_s_per_item = 1.0 / throughput
-    wall_s_per_item = busy_s_per_item / utilization
-    energy_j = (active - idle) * busy_s_per_item + idle * wall_s_per_item
-    if target.usd_per_hour is not None:
-        usd_per_item = target.usd_per_hour / 3600 * wall_s_per_item  # power is in the price
-        notes.append(
-            f"cost: {target.usd_per_hour} USD/h over {throughput * utilization:.4g} items/s"
-        )
-    else:
-        assert target.purchase_usd is not None and target.lifetime_years is not None
-        amortized_usd_s = target.purchase_usd / (target.lifetime_years * SECONDS_PER_YEAR)
-        usd_per_item = amortized_usd_s * wall_s_per_item + energy_j / 3.6e6 * usd_per_kwh
-        notes.append(
-            f"cost: {target.purchase_usd} USD over {target.lifetime_years} years + energy at "
-            f"{usd_per_kwh} USD/kWh, at {utilization:.0%} utilization"
-        )
+    energy_j, usd_per_item = _energy_and_cost(target, throughput, utilization, usd_per_kwh, notes)
     return Estimate(
         target_id=target.id,
         model=model_name,
@@ -385,6 +380,84 @@ def estimate_analysis(
         utilization=utilization,
         usd_per_kwh=usd_per_kwh,
     )
+
+
+def _compiled_estimate(
+    analysis: Any,
+    target: Target,
+    compiled: Any,
+    model_name: str,
+    batch: int | None,
+    usd_per_kwh: float,
+    utilization: float,
+) -> Estimate:
+    from edgeshift.mcu.cores import CORES
+
+    core = CORES[compiled.core]
+    batch = batch or _analysis_batch(analysis)
+    cycles = compiled.instructions_per_inference * core.cycles_per_instruction
+    latency_s = batch * cycles / (target.clock_ghz.value * 1e9)
+    ram, flash = compiled.ram_bytes, compiled.flash_bytes
+    reasons = []
+    if ram > target.ram_bytes:
+        reasons.append(
+            f"needs {_mib(ram)} RAM (measured) but {target.id} has {_mib(target.ram_bytes)}"
+        )
+    if target.flash_bytes is not None and flash > target.flash_bytes:
+        reasons.append(
+            f"needs {_mib(flash)} flash (measured) but {target.id} has {_mib(target.flash_bytes)}"
+        )
+    fit_reason = (
+        "does not fit: " + "; ".join(reasons)
+        if reasons
+        else f"fits: {_mib(ram)} of {_mib(target.ram_bytes)} RAM (arena + .data + .bss, measured); "
+        f"{_mib(flash)} of {_mib(target.flash_bytes or 0)} flash (measured)"
+    )
+    notes = [
+        f"measured: compiled by `edgeshift compile` for {core.id} ({compiled.created}, "
+        f"{compiled.artifact}): {compiled.instructions_per_inference:,.0f} instructions per "
+        f"inference x {core.cycles_per_instruction} cycles per instruction at "
+        f"{target.clock_ghz.value * 1e3:g} MHz",
+        f"cycles per instruction: {core.cpi_reason}",
+    ]
+    throughput = batch / latency_s
+    energy_j, usd_per_item = _energy_and_cost(target, throughput, utilization, usd_per_kwh, notes)
+    return Estimate(
+        target_id=target.id, model=model_name, batch=batch, precision="int8",
+        fits=not reasons, fit_reason=fit_reason, ram_required_bytes=ram,
+        ram_available_bytes=target.ram_bytes, flash_required_bytes=flash,
+        flash_available_bytes=target.flash_bytes, latency_ms=latency_s * 1e3,
+        throughput_items_s=throughput, energy_j=energy_j, usd_per_million=usd_per_item * 1e6,
+        breakdown=[],
+        confidence="measured — exact instruction count under QEMU, flash/RAM from the linker; "
+        "cycles per instruction assumed",
+        notes=notes, utilization=utilization, usd_per_kwh=usd_per_kwh, basis="compiled",
+    )  # fmt: skip
+
+
+def _energy_and_cost(
+    target: Target, throughput: float, utilization: float, usd_per_kwh: float, notes: list[str]
+) -> tuple[float, float]:
+    """Joules and USD per item at THROUGHPUT; appends how the cost was made up to NOTES."""
+    # Energy: active power while busy, idle power for the rest of the wall time.
+    idle, active = target.power_idle_w, target.power_active_w
+    busy_s_per_item = 1.0 / throughput
+    wall_s_per_item = busy_s_per_item / utilization
+    energy_j = (active - idle) * busy_s_per_item + idle * wall_s_per_item
+    if target.usd_per_hour is not None:
+        usd_per_item = target.usd_per_hour / 3600 * wall_s_per_item  # power is in the price
+        notes.append(
+            f"cost: {target.usd_per_hour} USD/h over {throughput * utilization:.4g} items/s"
+        )
+    else:
+        assert target.purchase_usd is not None and target.lifetime_years is not None
+        amortized_usd_s = target.purchase_usd / (target.lifetime_years * SECONDS_PER_YEAR)
+        usd_per_item = amortized_usd_s * wall_s_per_item + energy_j / 3.6e6 * usd_per_kwh
+        notes.append(
+            f"cost: {target.purchase_usd} USD over {target.lifetime_years} years + energy at "
+            f"{usd_per_kwh} USD/kWh, at {utilization:.0%} utilization"
+        )
+    return energy_j, usd_per_item
 
 
 def model_display_name(path: Path) -> str:
@@ -465,9 +538,16 @@ def estimate(
     if precision is not None:
         precision = normalize_target_precision(precision)
     eff = None if tgt.calibration is not None else cached_efficiency()
+    compiled = None
+    source = getattr(analysis, "source_path", None)
+    core = getattr(tgt, "mcu_core", None)
+    if core and source and precision in (None, "int8"):
+        from edgeshift.mcu.feedback import lookup
+
+        compiled = lookup(source, core)
     return estimate_analysis(
         analysis, tgt, model_name=name, batch=batch, precision=precision, efficiency=eff,
-        usd_per_kwh=usd_per_kwh, utilization=utilization,
+        usd_per_kwh=usd_per_kwh, utilization=utilization, compiled=compiled,
     )  # fmt: skip
 
 

@@ -189,6 +189,8 @@ class Target(BaseModel):
     mem_bandwidth_gbs: Quantity
     ram: ByteQuantity
     flash: ByteQuantity | None = None  # MCUs: weights and code live here
+    # Cortex-M MCUs: the core `edgeshift compile` builds for (and its measured figures apply to)
+    mcu_core: Literal["cortex-m4", "cortex-m7", "cortex-m55"] | None = None
     llc: ByteQuantity | None = None  # last-level cache: memory-bound ops that fit run faster
     power: Power
     price: Price
