@@ -12,6 +12,7 @@ EXPECTED = {
     # errors
     "EdgeshiftError", "ModelError", "ShapeError", "DataError", "BackendError", "ConfigError",
     "TargetError", "OptimizeError", "BudgetError", "PlanError", "ProtocolError",
+    "MismatchError",
     # model + runtimes + bench
     "load_model", "LoadedModel", "analyze", "ModelAnalysis", "from_torch",
     "open_backend", "Backend", "usable_cpus", "BenchResult",
@@ -19,6 +20,7 @@ EXPECTED = {
     "optimize", "OptimizeResult",
     "estimate", "Estimate", "get_target", "load_catalog", "Target",
     "load_scenario", "plan_scenario", "PlanResult",
+    "compile", "CompileResult",
     "zoo",
     "__version__",
 }  # fmt: skip

@@ -16,6 +16,7 @@ from edgeshift.errors import (
     ConfigError,
     DataError,
     EdgeshiftError,
+    MismatchError,
     ModelError,
     OptimizeError,
     PlanError,
@@ -50,6 +51,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "PlanResult": ("edgeshift.plan", "PlanResult"),
     "load_scenario": ("edgeshift.plan", "load_scenario"),
     "plan_scenario": ("edgeshift.plan", "plan_scenario"),
+    "compile": ("edgeshift.mcu.compile", "compile_model"),
+    "CompileResult": ("edgeshift.mcu.compile", "CompileResult"),
 }
 
 
@@ -71,6 +74,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from edgeshift import optimize, zoo
     from edgeshift.bench import BenchResult
+    from edgeshift.mcu.compile import CompileResult
+    from edgeshift.mcu.compile import compile_model as compile
     from edgeshift.model import LoadedModel, ModelAnalysis, analyze, load_model
     from edgeshift.model.torch_export import from_torch
     from edgeshift.optimize import OptimizeResult
@@ -83,11 +88,13 @@ __all__ = [
     "BackendError",
     "BenchResult",
     "BudgetError",
+    "CompileResult",
     "ConfigError",
     "DataError",
     "EdgeshiftError",
     "Estimate",
     "LoadedModel",
+    "MismatchError",
     "ModelAnalysis",
     "ModelError",
     "OptimizeError",
@@ -100,6 +107,7 @@ __all__ = [
     "TargetError",
     "__version__",
     "analyze",
+    "compile",
     "estimate",
     "from_torch",
     "get_target",

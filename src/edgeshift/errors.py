@@ -14,6 +14,7 @@ turns it into a 4xx answer. Anything else that escapes is a bug in edgeshift.
     ├── OptimizeError     the search cannot run (unknown metric, metric module fails to import)
     ├── BudgetError       no candidate meets the accuracy budget and --require was given
     ├── PlanError         a scenario cannot be planned (unknown ids, infeasible constraints)
+    ├── MismatchError     compiled or verified outputs disagree with the reference (exit 3)
     └── ProtocolError     a request the server refuses, with its HTTP status (400, 404, 413, 503)
 """
 
@@ -62,6 +63,12 @@ class BudgetError(EdgeshiftError):
 
 class PlanError(EdgeshiftError):
     """A scenario cannot be planned."""
+
+
+class MismatchError(EdgeshiftError):
+    """Outputs of a compiled or verified model disagree with the reference beyond tolerance."""
+
+    exit_code = 3
 
 
 class ProtocolError(EdgeshiftError):

@@ -13,7 +13,9 @@ from edgeshift.cli.render import err_console
 from edgeshift.errors import EdgeshiftError
 
 # One module per verb (or family of verbs), each with ``register(app)``.
-_COMMAND_MODULES = ("inspect", "bench", "zoo", "optimize", "targets", "plan", "serve", "export")
+_COMMAND_MODULES = (
+    "inspect", "bench", "zoo", "optimize", "targets", "plan", "serve", "export", "compile",
+)  # fmt: skip
 
 
 class _Group(TyperGroup):

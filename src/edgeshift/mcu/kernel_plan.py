@@ -1,0 +1,64 @@
+"""Which kernel runs each op, the scratch it needs, and whether it may run in place. Pure.
+
+The MAC kernels' needs come from :mod:`edgeshift.mcu.kernel_specs` (which mirrors
+``kernels/es_conv.h``); the other ops are element-wise or small and need no scratch. Element-wise
+kernels (``es_clamp``, ``es_add``) read element i before writing it, so they may write over
+their first input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edgeshift.mcu import ir
+
+_MAC_FILES = {"es_common.h", "es_acle.h", "es_conv.h", "es_conv.c", "es_dwconv.c", "es_fc.c"}
+_MISC_FILES = {"es_common.h", "es_misc.h", "es_misc.c"}
+_MISC_KERNEL = {
+    ir.Pool2D: "es_pool",
+    ir.Add: "es_add",
+    ir.Softmax: "es_softmax",
+    ir.Pad: "es_pad",
+    ir.Concat: "es_concat",
+    ir.Clamp: "es_clamp",
+}
+_ELEMENTWISE = (ir.Add, ir.Clamp)
+
+
+@dataclass
+class KernelPlan:
+    kernels: dict[int, str] = field(default_factory=dict)  # step -> C function
+    scratch_bytes: dict[int, int] = field(default_factory=dict)
+    inplace_steps: set[int] = field(default_factory=set)
+    headers: set[str] = field(default_factory=set)
+    kernel_files: set[str] = field(default_factory=set)
+
+
+def kernel_plan(graph: ir.McuGraph, core: str) -> KernelPlan:
+    """The kernel of every op of GRAPH on CORE, with its scratch and in-place permission."""
+    from edgeshift.mcu import kernel_specs
+
+    plan = KernelPlan()
+    for step, op in enumerate(graph.ops):
+        if isinstance(op, ir.Reshape):
+            plan.kernels[step] = "(view)"
+            continue
+        if isinstance(op, ir.Conv2D | ir.DepthwiseConv2D | ir.FullyConnected):
+            in_shape = graph.tensors[op.inp].shape
+            out_shape = graph.tensors[op.out].shape
+            plan.kernels[step] = {
+                ir.Conv2D: "es_conv2d", ir.DepthwiseConv2D: "es_dwconv2d",
+                ir.FullyConnected: "es_fc",
+            }[type(op)]  # fmt: skip
+            plan.scratch_bytes[step] = kernel_specs.scratch_bytes(op, in_shape, out_shape, core)
+            if kernel_specs.inplace_ok(op, in_shape, out_shape):
+                plan.inplace_steps.add(step)
+            plan.headers.add("es_conv.h")
+            plan.kernel_files |= _MAC_FILES
+            continue
+        plan.kernels[step] = _MISC_KERNEL[type(op)]
+        if isinstance(op, _ELEMENTWISE):
+            plan.inplace_steps.add(step)
+        plan.headers.add("es_misc.h")
+        plan.kernel_files |= _MISC_FILES
+    return plan
