@@ -153,8 +153,8 @@ class _Lowerer:
             else:
                 raise ModelError(
                     f"input '{value.name}' has element type "
-                    f"{onnx.TensorProto.DataType.Name(ttype.elem_type)}: use int8, or a float "
-                    "input followed by QuantizeLinear"
+                    f"{onnx.TensorProto.DataType.Name(ttype.elem_type)}: use int8 (quantize with "
+                    "activation_type=QInt8), or a float input followed by QuantizeLinear"
                 )
 
     def _feeds_nhwc(self, name: str) -> bool:
