@@ -80,12 +80,54 @@ __attribute__((naked)) int model_infer(const int8_t *in, int8_t *out) {
 # A .bss arena, a const table (.rodata) and initialised data (.data) of chosen sizes.
 SIZES_C = """#include "model.h"
 static int8_t es_arena[ES_ARENA_BYTES];
-const int8_t es_table[ES_TABLE_BYTES] = {1};
-int8_t es_initialised[ES_DATA_BYTES] = {1};
+const int8_t es_table[ES_TABLE_BYTES] = {1, [ES_TABLE_BYTES - 1] = 2};
+int8_t es_initialised[ES_DATA_BYTES] = {1, [ES_DATA_BYTES - 1] = 3};
 int model_infer(const int8_t *in, int8_t *out) {
-    for (int i = 0; i < MODEL_INPUT_BYTES; i++) es_arena[i] = in[i];
+    /* Touch both ends of every array, so a misplaced section would show in the outputs. */
+    for (int i = 0; i < MODEL_INPUT_BYTES; i++) es_arena[ES_ARENA_BYTES - 1 - i] = in[i];
     for (int i = 0; i < MODEL_OUTPUT_BYTES; i++)
-        out[i] = es_arena[i] + es_table[i] + es_initialised[i];
+        out[i] = es_arena[ES_ARENA_BYTES - 1 - i] + es_arena[i] + es_table[i]
+            + es_table[ES_TABLE_BYTES - 1] + es_initialised[i] + es_initialised[ES_DATA_BYTES - 1];
+    return 0;
+}
+"""
+
+# Sum of squares through the core's SIMD (Helium on M55, DSP SMLAD on M4/M7) and the FPU;
+# the #errors prove the CoreSpec flags turn those extensions on.
+EXTENSIONS_C = """#include <string.h>
+#include "model.h"
+#ifndef __ARM_FP
+#error "no hardware floating point"
+#endif
+#if ES_EXPECT_MVE
+#include <arm_mve.h>
+#ifndef __ARM_FEATURE_MVE
+#error "no Helium"
+#endif
+#else
+#include <arm_acle.h>
+#ifndef __ARM_FEATURE_DSP
+#error "no DSP extension"
+#endif
+#endif
+int model_infer(const int8_t *in, int8_t *out) {
+    int32_t acc = 0;
+#if ES_EXPECT_MVE
+    for (int i = 0; i < MODEL_INPUT_BYTES; i += 16) {
+        int8x16_t v = vld1q_s8(in + i);
+        acc = vmladavaq_s8(acc, v, v);
+    }
+#else
+    for (int i = 0; i < MODEL_INPUT_BYTES; i += 4) {
+        int32_t x;
+        memcpy(&x, in + i, 4);
+        int32_t odd = (int32_t)(((uint32_t)x >> 8) | ((uint32_t)x << 24));
+        acc = __smlad(__sxtb16(x), __sxtb16(x), acc);
+        acc = __smlad(__sxtb16(odd), __sxtb16(odd), acc);
+    }
+#endif
+    out[0] = (int8_t)(acc >> 13);
+    out[1] = (int8_t)(int32_t)((float)acc * (1.0f / 16384.0f));
     return 0;
 }
 """
@@ -123,6 +165,7 @@ def libs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "loop": _library(root, "loop", LOOP_C, 4, 4),
         "sizes": _library(root, "sizes", SIZES_C, 16, 16),
         "faults": _library(root, "faults", FAULTS_C, 4, 4),
+        "extensions": _library(root, "extensions", EXTENSIONS_C, 32, 2),
     }
 
 
@@ -203,6 +246,34 @@ def test_section_sizes_and_symbol_sizes_are_exact(libs, tmp_path):
     assert a["bss"] >= 4096 and a["rodata"] >= 1000 and a["data"] >= 64
     with pytest.raises(BackendError, match="symbol 'es_nothing' is not in"):
         symbol_size(elf_small, "es_nothing")
+
+
+@needs_toolchain
+@pytest.mark.parametrize("core", ALL_CORES)
+def test_a_model_of_400_kb_flash_and_300_kb_ram_fits_and_runs(core, libs, tmp_path):
+    sizes = {"ES_ARENA_BYTES": str(296 * 1024), "ES_TABLE_BYTES": str(400 * 1024)}
+    elf = _build(libs["sizes"], core, tmp_path, defines={**sizes, "ES_DATA_BYTES": "4096"})
+    got = section_sizes(elf)
+    assert got["bss"] + got["data"] >= 300 * 1024 and got["rodata"] >= 400 * 1024
+    x = np.arange(16, dtype=np.int8)
+    run = run_firmware(elf, core, x.tobytes(), output_bytes_per_sample=16)
+    # arena[i] is still 0 (it is cleared at reset), table = 1 at 0 and 2 at the end,
+    # initialised = 1 at 0 and 3 at the end.
+    expected = x + 2 + 3 + np.where(np.arange(16) == 0, 2, 0)
+    np.testing.assert_array_equal(np.frombuffer(run.outputs, np.int8), expected)
+
+
+@needs_toolchain
+@pytest.mark.parametrize("core", ALL_CORES)
+def test_the_cores_simd_and_fpu_are_on(core, libs, tmp_path):
+    expect_mve = "1" if CORES[core].has_mve else "0"
+    elf = _build(libs["extensions"], core, tmp_path, defines={"ES_EXPECT_MVE": expect_mve})
+    x = np.random.default_rng(3).integers(-128, 128, size=(20, 32), dtype=np.int8)
+    run = run_firmware(elf, core, x.tobytes(), output_bytes_per_sample=2)
+    acc = (x.astype(np.int32) ** 2).sum(axis=1)
+    # acc / 2^14 is exact in float32 (acc < 2^24); the C cast truncates toward zero.
+    expected = np.stack([acc >> 13, np.trunc(acc / 16384.0)], axis=1).astype(np.int8)
+    np.testing.assert_array_equal(np.frombuffer(run.outputs, np.int8).reshape(20, 2), expected)
 
 
 @needs_toolchain
