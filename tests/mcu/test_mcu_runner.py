@@ -219,9 +219,16 @@ def test_a_known_loop_counts_exactly(core, libs, tmp_path):
 def test_run_without_counting_gives_outputs_only(libs, tmp_path):
     elf = _build(libs["dot"], "cortex-m4", tmp_path)
     x = np.arange(N_IN * 3, dtype=np.int64).astype(np.int8).reshape(3, N_IN)
+    said: list[str] = []
     run = run_firmware(
-        elf, "cortex-m4", x.tobytes(), output_bytes_per_sample=N_OUT, count_instructions=False
+        elf,
+        "cortex-m4",
+        x.tobytes(),
+        output_bytes_per_sample=N_OUT,
+        count_instructions=False,
+        progress=said.append,
     )
+    assert said == ["running firmware.elf on mps2-an386 (cortex-m4) under qemu-system-arm"]
     assert run.instructions_total is None and run.instructions_marked is None
     np.testing.assert_array_equal(
         np.frombuffer(run.outputs, np.int8).reshape(3, N_OUT), _host_dot(x)
