@@ -236,6 +236,21 @@ def test_run_without_counting_gives_outputs_only(libs, tmp_path):
 
 
 @needs_toolchain
+def test_an_emitted_copy_of_the_harness_and_the_startup_are_linked_once(libs, tmp_path):
+    # How compile --verify builds: its out dir holds main.c, a copy of the harness.
+    main_c = tmp_path / "main.c"
+    main_c.write_bytes((toolchain.FIRMWARE_DIR / "harness.c").read_bytes())
+    lib = libs["dot"]
+    sources = [lib / "model.c", main_c, *runner.support_sources("cortex-m55")]
+    elf = build_firmware(sources, [lib], "cortex-m55", tmp_path / "out")
+    x = np.full((2, N_IN), 3, dtype=np.int8)
+    run = run_firmware(elf, "cortex-m55", x.tobytes(), output_bytes_per_sample=N_OUT)
+    np.testing.assert_array_equal(
+        np.frombuffer(run.outputs, np.int8).reshape(2, N_OUT), _host_dot(x)
+    )
+
+
+@needs_toolchain
 def test_section_sizes_and_symbol_sizes_are_exact(libs, tmp_path):
     small = {"ES_ARENA_BYTES": "4096", "ES_TABLE_BYTES": "1000", "ES_DATA_BYTES": "64"}
     large = {"ES_ARENA_BYTES": "5120", "ES_TABLE_BYTES": "1200", "ES_DATA_BYTES": "96"}

@@ -33,6 +33,7 @@ from edgeshift.mcu.toolchain import (
     check_toolchain,
     core_spec,
     section_sizes,
+    support_sources,
     symbol_size,
     symbol_table,
 )
@@ -347,5 +348,6 @@ __all__ = [
     "qemu_command",
     "run_firmware",
     "section_sizes",
+    "support_sources",
     "symbol_size",
 ]

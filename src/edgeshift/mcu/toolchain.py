@@ -143,6 +143,21 @@ def _has_newlib() -> bool:
     return done.returncode == 0 and Path(done.stdout.strip()).is_absolute()
 
 
+def support_sources(core: str) -> list[Path]:
+    """The firmware sources every build links besides the model's and the harness: the
+    startup code (vector table, reset, fault reporting). The board's linker script is
+    chosen by :func:`build_firmware` from ``core``."""
+    core_spec(core)
+    return [FIRMWARE_DIR / "startup.c"]
+
+
+def _file_bytes(path: Path) -> bytes | None:
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return None  # a missing source is gcc's error to report, with its name
+
+
 def compile_command(
     sources: list[Path],
     include_dirs: list[Path],
@@ -153,8 +168,14 @@ def compile_command(
     defines: dict[str, str] | None = None,
     harness: bool = True,
 ) -> list[str]:
-    """The one arm-none-eabi-gcc command that compiles and links a firmware ELF."""
-    firmware = [FIRMWARE_DIR / "startup.c"] + ([FIRMWARE_DIR / "harness.c"] if harness else [])
+    """The one arm-none-eabi-gcc command that compiles and links a firmware ELF.
+
+    The startup code (and with ``harness`` the harness) is added unless ``sources`` already
+    holds a byte-identical copy (an emitted ``main.c`` is the harness copied).
+    """
+    given = {_file_bytes(s) for s in sources}
+    support = support_sources(spec.id) + ([FIRMWARE_DIR / "harness.c"] if harness else [])
+    firmware = [f for f in support if _file_bytes(f) not in given]
     argv = ["arm-none-eabi-gcc", *spec.cflags, opt, "-g", "-Wall"]
     # Per-function sections let --gc-sections drop what the model never calls.
     argv += ["-ffunction-sections", "-fdata-sections"]
@@ -181,7 +202,8 @@ def build_firmware(
     """Compile ``sources`` with the startup code (and the semihosting harness) into
     ``out_dir/firmware.elf`` for ``core``; return the ELF's path.
 
-    ``include_dirs`` must hold the model's ``model.h``. The full compiler output goes to
+    ``include_dirs`` must hold the model's ``model.h``. Passing the startup code or a copy of
+    the harness in ``sources`` too is fine: each is linked once. The full compiler output goes to
     ``out_dir/build.log``; a failure raises a one-line BackendError with the first compiler
     error and that path.
     """
@@ -305,6 +327,7 @@ __all__ = [
     "parse_nm_symbols",
     "parse_size_sections",
     "section_sizes",
+    "support_sources",
     "symbol_size",
     "symbol_table",
 ]
