@@ -331,6 +331,17 @@ def test_a_partial_sample_is_a_harness_error(libs, tmp_path):
 
 
 @needs_toolchain
+@pytest.mark.parametrize(
+    ("arena", "table", "expected"),
+    [(600 * 1024, 16, r"RAM overflowed by [\d,]+ B"), (16, 600 * 1024, r"FLASH overflowed by")],
+)
+def test_a_model_too_large_for_the_board_says_which_memory(arena, table, expected, libs, tmp_path):
+    defines = {"ES_ARENA_BYTES": str(arena), "ES_TABLE_BYTES": str(table), "ES_DATA_BYTES": "16"}
+    with pytest.raises(BackendError, match="does not fit mps3-an547 \\(cortex-m55\\): " + expected):
+        _build(libs["sizes"], "cortex-m55", tmp_path, defines=defines)
+
+
+@needs_toolchain
 def test_a_compile_error_is_one_line_with_the_log(tmp_path):
     lib = _library(
         tmp_path,

@@ -8,6 +8,7 @@ Pure parts (:data:`CORES`, :func:`compile_command`, :func:`parse_size_sections`,
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -227,11 +228,28 @@ def build_firmware(
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     log.write_text(" ".join(argv) + "\n\n" + done.stdout + done.stderr)
     if done.returncode != 0 or not elf.exists():
+        overflow = memory_overflow(done.stdout + done.stderr)
+        if overflow:
+            raise BackendError(
+                f"the firmware does not fit {spec.board}: {overflow} (memory map: "
+                f"{FIRMWARE_DIR / spec.linker_script}) — shrink the model or its arena "
+                f"(full log: {log})"
+            )
         first = first_compiler_error(done.stdout + done.stderr)
         raise BackendError(
             f"arm-none-eabi-gcc failed building for {spec.id}: {first} (full log: {log})"
         )
     return elf
+
+
+def memory_overflow(text: str) -> str | None:
+    """What the linker said when the firmware does not fit the board's FLASH or RAM."""
+    regions = re.findall(r"region `(\w+)' overflowed by (\d+) bytes", text)
+    if regions:
+        return "; ".join(f"{name} overflowed by {int(n):,} B" for name, n in regions)
+    if "do not fit in the board's RAM" in text:  # es_sections.ld's ASSERT
+        return "RAM has no room left for the heap and stack after .data and .bss"
+    return None
 
 
 def first_compiler_error(text: str) -> str:
@@ -324,6 +342,7 @@ __all__ = [
     "compile_command",
     "core_spec",
     "first_compiler_error",
+    "memory_overflow",
     "parse_nm_symbols",
     "parse_size_sections",
     "section_sizes",
