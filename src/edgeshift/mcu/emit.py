@@ -118,17 +118,112 @@ def _reshape(ctx: _Ctx, step: int, op: ir.Reshape) -> str:
     return f"memmove({ctx.at(op.out)}, {ctx.at(op.inp)}, {n});"
 
 
+def _pool(ctx: _Ctx, step: int, op: ir.Pool2D) -> str:
+    from edgeshift.mcu.reference import global_avgpool_scale, is_global_pool
+
+    g = ctx.graph
+    x, y = g.tensors[op.inp], g.tensors[op.out]
+    ih, iw, c = x.shape
+    oh, ow, _ = y.shape
+    if op.kind == "max":
+        kind, fn = "ES_POOL_MAX", "es_maxpool"
+    elif is_global_pool(g, op):
+        kind, fn = "ES_POOL_AVG_GLOBAL", "es_avgpool"
+    else:
+        kind, fn = "ES_POOL_AVG", "es_avgpool"
+    count = op.kernel[0] * op.kernel[1]
+    fields = {
+        "in_h": ih, "in_w": iw, "channels": c, "out_h": oh, "out_w": ow,
+        "kernel_h": op.kernel[0], "kernel_w": op.kernel[1],
+        "stride_h": op.stride[0], "stride_w": op.stride[1],
+        "pad_top": op.pad[0], "pad_left": op.pad[1], "kind": kind,
+        "count_include_pad": int(op.count_include_pad),
+        "in_zp": x.zero_point, "out_zp": y.zero_point,
+        "in_scale": _float_literal(x.scale), "out_scale": _float_literal(y.scale),
+        "global_scale": _float_literal(global_avgpool_scale(x.scale, y.scale, count)),
+    }  # fmt: skip
+    ctx.decls.append(_struct("es_pool_t", f"op{step}", fields))
+    return f"{fn}(&op{step}, {ctx.at(op.inp)}, {ctx.at(op.out)});"
+
+
+def _add(ctx: _Ctx, step: int, op: ir.Add) -> str:
+    from edgeshift.mcu.reference import add_params
+
+    g = ctx.graph
+    ra, rb, fixed = add_params(g.tensors[op.a], g.tensors[op.b], g.tensors[op.out])
+    fields = {
+        "size": g.tensors[op.out].size_bytes, "ratio_a": _float_literal(ra),
+        "ratio_b": _float_literal(rb), "fixed": _float_literal(fixed),
+        "act_min": op.act_min, "act_max": op.act_max,
+    }  # fmt: skip
+    ctx.decls.append(_struct("es_add_t", f"op{step}", fields))
+    return f"es_add(&op{step}, {ctx.at(op.a)}, {ctx.at(op.b)}, {ctx.at(op.out)});"
+
+
+def _softmax(ctx: _Ctx, step: int, op: ir.Softmax) -> str:
+    from edgeshift.mcu.reference import softmax_table, softmax_y_scale
+
+    g = ctx.graph
+    x, y = g.tensors[op.inp], g.tensors[op.out]
+    length = x.shape[-1]
+    fields = {
+        "rows": x.size_bytes // length, "length": length,
+        "table": ctx.array(f"t{step}", "float", softmax_table(x.scale, length)),
+        "y_scale": _float_literal(softmax_y_scale(y.scale)), "y_zp": y.zero_point,
+    }  # fmt: skip
+    ctx.decls.append(_struct("es_softmax_t", f"op{step}", fields))
+    return f"es_softmax(&op{step}, {ctx.at(op.inp)}, {ctx.at(op.out)});"
+
+
+def _pad_op(ctx: _Ctx, step: int, op: ir.Pad) -> str:
+    x = ctx.graph.tensors[op.inp]
+    ih, iw, c = x.shape
+    fields = {
+        "in_h": ih, "in_w": iw, "channels": c, "pad_top": op.pad[0], "pad_left": op.pad[1],
+        "pad_bottom": op.pad[2], "pad_right": op.pad[3], "zero_point": x.zero_point,
+    }  # fmt: skip
+    ctx.decls.append(_struct("es_pad_t", f"op{step}", fields))
+    return f"es_pad(&op{step}, {ctx.at(op.inp)}, {ctx.at(op.out)});"
+
+
+def _concat(ctx: _Ctx, step: int, op: ir.Concat) -> str:
+    g = ctx.graph
+    xs = [g.tensors[n] for n in op.inputs]
+    y = g.tensors[op.out]
+    fields = {
+        "n_inputs": len(xs),
+        "pixels": int(np.prod(y.shape[:-1], dtype=np.int64)),
+        "channels": ctx.array(f"cc{step}", "uint16_t", np.array([x.shape[-1] for x in xs])),
+        "in_scale": ctx.array(f"cs{step}", "float", np.array([x.scale for x in xs], np.float32)),
+        "in_zp": ctx.array(f"cz{step}", "int32_t", np.array([x.zero_point for x in xs])),
+        "out_scale": _float_literal(y.scale), "out_zp": y.zero_point,
+    }  # fmt: skip
+    ctx.decls.append(_struct("es_concat_t", f"op{step}", fields))
+    ins = ", ".join(ctx.at(n) for n in op.inputs)
+    return f"es_concat(&op{step}, (const int8_t *const[]){{{ins}}}, {ctx.at(op.out)});"
+
+
+def _clamp(ctx: _Ctx, step: int, op: ir.Clamp) -> str:
+    fields = {
+        "size": ctx.graph.tensors[op.out].size_bytes,
+        "act_min": op.act_min, "act_max": op.act_max,
+    }  # fmt: skip
+    ctx.decls.append(_struct("es_clamp_t", f"op{step}", fields))
+    return f"es_clamp(&op{step}, {ctx.at(op.inp)}, {ctx.at(op.out)});"
+
+
 _RENDER: dict[type, Callable[[_Ctx, int, Any], str]] = {
     ir.Conv2D: _conv,
     ir.DepthwiseConv2D: _conv,
     ir.FullyConnected: _fc,
     ir.Reshape: _reshape,
+    ir.Pool2D: _pool,
+    ir.Add: _add,
+    ir.Softmax: _softmax,
+    ir.Pad: _pad_op,
+    ir.Concat: _concat,
+    ir.Clamp: _clamp,
 }
-
-
-def register_renderer(op_type: type, fn: Callable[[_Ctx, int, Any], str]) -> None:
-    """Add the C rendering of an IR op type (used by the misc-op renderers)."""
-    _RENDER[op_type] = fn
 
 
 def _macro(name: str) -> str:

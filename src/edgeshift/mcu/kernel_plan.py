@@ -15,7 +15,6 @@ from edgeshift.mcu import ir
 _MAC_FILES = {"es_common.h", "es_acle.h", "es_conv.h", "es_conv.c", "es_dwconv.c", "es_fc.c"}
 _MISC_FILES = {"es_common.h", "es_misc.h", "es_misc.c"}
 _MISC_KERNEL = {
-    ir.Pool2D: "es_pool",
     ir.Add: "es_add",
     ir.Softmax: "es_softmax",
     ir.Pad: "es_pad",
@@ -56,7 +55,11 @@ def kernel_plan(graph: ir.McuGraph, core: str) -> KernelPlan:
             plan.headers.add("es_conv.h")
             plan.kernel_files |= _MAC_FILES
             continue
-        plan.kernels[step] = _MISC_KERNEL[type(op)]
+        plan.kernels[step] = (
+            ("es_maxpool" if op.kind == "max" else "es_avgpool")
+            if isinstance(op, ir.Pool2D)
+            else _MISC_KERNEL[type(op)]
+        )
         if isinstance(op, _ELEMENTWISE):
             plan.inplace_steps.add(step)
         plan.headers.add("es_misc.h")

@@ -19,7 +19,6 @@ import onnx
 from edgeshift.errors import BackendError
 from edgeshift.mcu.ir import McuGraph
 
-KERNEL_DIR = Path(__file__).parent / "kernels"
 ARENA_SYMBOL = "model_arena"
 STUB_SOURCE = """#include "model.h"
 int model_infer(const int8_t *in, int8_t *out) { (void)in; (void)out; return 0; }
@@ -42,7 +41,8 @@ def verification_inputs(
     for name in graph.inputs:
         t = graph.tensors[name]
         io = graph.io_onnx.get(name, {})
-        onnx_name = str(io.get("onnx_name", name))
+        # --data is keyed by the model's own input names: the float one for float-I/O models.
+        onnx_name = str(io.get("float_name") or io.get("onnx_name", name))
         onnx_shape = [int(d) for d in io.get("onnx_shape", (1, *t.shape))]  # type: ignore[attr-defined]
         rows: list[np.ndarray] = []
         if arrays is not None and onnx_name in arrays:
@@ -82,13 +82,13 @@ def verify_compiled(
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
     from edgeshift.mcu import runner
-    from edgeshift.mcu.reference import ort_reference, to_stored
+    from edgeshift.mcu.reference import from_stored, ort_reference, to_stored
 
     runner.check_toolchain(need_qemu=True)
     inputs, from_data = verification_inputs(graph, proto, arrays, samples, seed)
     progress(f"running ONNX Runtime on {samples:,} inputs")
-    expected = to_stored(graph, ort_reference(proto, inputs), which="outputs")
-    stored_in = to_stored(graph, inputs, which="inputs")
+    expected = ort_reference(proto, inputs)
+    stored_in = to_stored(graph, inputs)
 
     build = out_dir / "build"
     sources, includes = _sources(out_dir, core)
@@ -112,8 +112,14 @@ def verify_compiled(
         raise BackendError(
             f"the firmware answered {run.samples} of {samples} samples — see {build}/model"
         )
-    got = np.frombuffer(run.outputs, dtype=np.int8).reshape(samples, out_per_sample)
-    want = np.concatenate([e.reshape(samples, -1) for e in expected], axis=1)
+    flat = np.frombuffer(run.outputs, dtype=np.int8).reshape(samples, out_per_sample)
+    stored_out, start = [], 0
+    for name in graph.outputs:
+        t = graph.tensors[name]
+        stored_out.append(flat[:, start : start + t.size_bytes].reshape(samples, *t.shape))
+        start += t.size_bytes
+    got = np.concatenate([y.reshape(samples, -1) for y in from_stored(graph, stored_out)], axis=1)
+    want = np.concatenate([np.asarray(e).reshape(samples, -1) for e in expected], axis=1)
     diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
     bad = np.flatnonzero(diff.max(axis=1) > 0)
 
@@ -121,7 +127,7 @@ def verify_compiled(
     stub_sizes = runner.section_sizes(stub)
     delta = {k: sizes[k] - stub_sizes[k] for k in sizes}
     macs = graph.macs()
-    per_inference = run.instructions_marked / samples
+    per_inference = (run.instructions_marked or 0) / samples
     return {
         "core": core,
         "qemu_machine": runner.CORES[core].qemu_machine,

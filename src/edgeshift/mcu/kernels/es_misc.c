@@ -6,6 +6,14 @@
 
 #include <math.h>
 
+/* rintf without libm: clamp far outside int8 (the callers saturate afterwards, so nothing
+ * changes), then es_round_half_even, exact for |f| < 2^22 — newlib's rintf is a call into a
+ * library the model would otherwise not need. */
+static inline float es_rintf(float f) {
+    f = f < -4194304.0f ? -4194304.0f : (f > 4194304.0f ? 4194304.0f : f);
+    return (float)es_round_half_even(f);
+}
+
 static int32_t es_sat8(int32_t v) { return v < -128 ? -128 : (v > 127 ? 127 : v); }
 
 void es_avgpool(const es_pool_t *p, const int8_t *in, int8_t *out) {
@@ -40,7 +48,7 @@ void es_avgpool(const es_pool_t *p, const int8_t *in, int8_t *out) {
                         sum = sum + v;
                     }
                 float avg = sum / (float)count;
-                float q = rintf(avg / p->out_scale + (float)p->out_zp);
+                float q = es_rintf(avg / p->out_scale + (float)p->out_zp);
                 int32_t qi = q < -128.0f ? -128 : (q > 127.0f ? 127 : (int32_t)q);
                 out[(oy * p->out_w + ox) * C + c] = (int8_t)qi;
             }
@@ -92,7 +100,7 @@ void es_softmax(const es_softmax_t *p, const int8_t *in, int8_t *out) {
         for (int32_t i = 0; i < D; i++) vsum = vsum + p->table[(uint8_t)(adjust + in[i])];
         for (int32_t i = 0; i < D; i++) {
             float vt = p->table[(uint8_t)(adjust + in[i])];
-            int32_t q = (int32_t)rintf((vt * p->y_scale) / vsum) + p->y_zp;
+            int32_t q = (int32_t)es_rintf((vt * p->y_scale) / vsum) + p->y_zp;
             out[i] = (int8_t)es_sat8(q);
         }
     }
