@@ -118,6 +118,10 @@ class Manifest(_Strict):
     quick: bool
     repair_notes: list[str] = Field(default_factory=list)
     candidates: list[CandidateRecord]
+    # optimize --target: the catalog target the candidates were limited to, and the chosen
+    # artifact's `edgeshift verify` on that target's architecture (a VerifyReport as JSON).
+    target: str | None = None
+    verification: dict[str, Any] | None = None
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:

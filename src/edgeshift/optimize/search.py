@@ -23,6 +23,7 @@ from edgeshift.optimize.candidates import Candidate, try_candidate
 from edgeshift.optimize.data import EvalData, fixed_batch, load_eval_data, split_indices
 from edgeshift.optimize.evaluate import eval_batches, run_outputs
 from edgeshift.optimize.host import detect_host
+from edgeshift.optimize.isa import recipe_skip_reason, target_arch
 from edgeshift.optimize.manifest import (
     AccuracyInfo,
     CandidateRecord,
@@ -44,6 +45,8 @@ from edgeshift.optimize.selection import (
 )
 from edgeshift.runtime import BACKENDS, open_backend, usable_cpus
 from edgeshift.runtime.base import Backend
+from edgeshift.targets.catalog import get_target
+from edgeshift.targets.schema import Target
 
 ARTIFACT_MODEL = "model.onnx"
 ORIGINAL = "original"
@@ -92,6 +95,7 @@ def optimize(
     require: bool = False,
     bench_seconds: float | None = None,
     progress: ProgressFn | None = None,
+    target: str | None = None,
 ) -> OptimizeResult:
     """Find the fastest variant of MODEL whose accuracy on DATA stays within ``max_drop``.
 
@@ -104,6 +108,7 @@ def optimize(
     budget the original is kept, and ``require=True`` then raises BudgetError.
     """
     chosen_recipes = _select_recipes(backends, recipes)
+    target_spec = get_target(target) if target is not None else None
     _check_arguments(metric, max_drop, objective, batch, threads)
     settings = _Settings.for_mode(quick, bench_seconds)
     threads = threads or usable_cpus()
@@ -187,6 +192,10 @@ def optimize(
         candidates = [original]
         for step, recipe in enumerate(chosen_recipes, start=2):
             report(f"building {recipe.name}", step, total_steps)
+            skip = _target_skip(recipe, target_spec)
+            if skip is not None:
+                candidates.append(skip)
+                continue
             candidates.append(
                 try_candidate(
                     recipe, ctx, evaluate, chosen_metric, budget, recovery, threads, settings.bisect
@@ -230,7 +239,11 @@ def optimize(
             held_out,
         )
         message = _message(winner, original, chosen_metric, budget, budget_met, objective)
+        if target_spec is not None:
+            manifest.target = target_spec.id
         artifact_dir = _write_artifact(out, winner, loaded, manifest) if out is not None else None
+        if artifact_dir is not None and target_spec is not None:
+            _verify_on_target(artifact_dir, manifest, target_spec, dataset)
         report("done", total_steps, total_steps)
         for c in candidates:
             if c.backend is not None:
@@ -239,6 +252,36 @@ def optimize(
     if require and not budget_met:
         raise BudgetError(f"{message} — raise --max-drop or add data; the original was kept")
     return result
+
+
+def _target_skip(recipe: Recipe, target: Target | None) -> Candidate | None:
+    reason = recipe_skip_reason(recipe.backend, recipe.precision, target) if target else None
+    if reason is None:
+        return None
+    record = CandidateRecord(
+        name=recipe.name,
+        recipe=recipe.family,
+        backend=recipe.backend,
+        precision=recipe.precision,
+        status="skipped",
+        reason=f"not on --target: {reason}",
+    )
+    return Candidate(record)
+
+
+def _verify_on_target(
+    artifact_dir: Path, manifest: Manifest, target: Target, dataset: EvalData
+) -> None:
+    """Run the written artifact on the target's architecture; record it; exit 3 on a miss."""
+    from edgeshift.verify import verify
+    from edgeshift.verify.report import record_for_manifest
+
+    report = verify(artifact_dir, [target_arch(target)], dataset.inputs)
+    manifest.verification = record_for_manifest(report)
+    write_manifest(artifact_dir, manifest)
+    if not report.passed:
+        bad = (report.failed or report.errors)[0]
+        raise BudgetError(f"the chosen artifact does not hold on {target.id}: {bad.message}")
 
 
 def _open_reference(model_path: Path, threads: int) -> tuple[Backend, str]:

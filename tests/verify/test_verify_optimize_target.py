@@ -1,0 +1,63 @@
+"""optimize --target: only recipes that exist on the target's CPU, verified on its arch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import edgeshift
+from edgeshift import zoo
+from edgeshift.optimize import read_manifest
+from edgeshift.optimize.isa import recipe_skip_reason, target_arch
+from edgeshift.targets import get_target
+
+
+@pytest.mark.parametrize(
+    ("target", "backend", "precision", "reason"),
+    [
+        ("rpi4", "onnxruntime", "fp32", None),
+        ("rpi4", "onnxruntime", "int8", "rpi4's cores lack the dotprod extension that int8 needs"),
+        ("rpi5", "onnxruntime", "int8", None),  # Cortex-A76: dot product
+        (
+            "rpi5",
+            "openvino",
+            "bf16",
+            "openvino is not among rpi5's runtimes (onnxruntime, tflite, ncnn)",
+        ),
+        ("rpi5", "onnxruntime", "bf16", "rpi5 has no bf16 (fp32, fp16, int8)"),
+        ("aws-c7g-2xlarge", "onnxruntime", "bf16", None),  # Graviton3 has bf16
+        ("aws-m7i-2xlarge", "onnxruntime", "int8", None),  # x86: no Arm extension rule
+    ],
+)
+def test_recipes_know_their_isa(
+    target: str, backend: str, precision: str, reason: str | None
+) -> None:
+    assert recipe_skip_reason(backend, precision, get_target(target)) == reason
+
+
+def test_target_arch_from_the_catalog() -> None:
+    assert target_arch(get_target("rpi4")) == "arm64"
+    assert target_arch(get_target("aws-c8g-2xlarge")) == "arm64"
+    assert target_arch(get_target("aws-m7i-2xlarge")) == "x86_64"
+    assert target_arch(get_target("stm32f4")) == "cortex-m4"
+
+
+@pytest.mark.slow
+def test_optimize_for_rpi4_skips_what_it_lacks_and_records_the_arm64_verification(
+    userland: object, tmp_path: Path
+) -> None:
+    model = zoo.get("digits-mlp", tmp_path / "zoo")
+    result = edgeshift.optimize(
+        model.model_path, model.data_path, quick=True, target="rpi4", out=tmp_path / "art"
+    )
+    manifest = read_manifest(tmp_path / "art")
+    assert manifest.target == "rpi4"
+    by_name = {c.name: c for c in manifest.candidates}
+    assert by_name["ort-int8-dynamic"].status == "skipped"
+    assert "dotprod" in by_name["ort-int8-dynamic"].reason
+    assert by_name["openvino-bf16"].reason.startswith("not on --target: openvino is not among")
+    assert manifest.verification is not None and manifest.verification["passed"]
+    (arm,) = manifest.verification["results"]
+    assert arm["arch"] == "arm64" and arm["status"] == "pass"
+    assert result.artifact_dir == tmp_path / "art"
