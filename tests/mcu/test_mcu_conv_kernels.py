@@ -351,11 +351,119 @@ def test_scratch_bytes_per_core() -> None:
     conv = make_case(rng, "conv", (49, 10, 1), 64, (10, 4), (2, 2), (4, 1, 5, 2))
     fc = make_case(rng, "fc", (65,), 12)
     dw = make_case(rng, "dw", (5, 5, 8), 0, (3, 3))
-    # DSP/portable: two int16 columns of K = 40; Helium: 64 int32 biases + two int8 columns
-    assert kernel_specs.scratch_bytes(conv.op, conv.in_shape, conv.out_shape, "cortex-m4") == 160
+    # DSP/portable: three int16 columns of K = 40 (in_c = 1 packs through the third);
+    # Helium: 64 int32 biases + two int8 columns
+    assert kernel_specs.scratch_bytes(conv.op, conv.in_shape, conv.out_shape, "cortex-m4") == 240
     assert kernel_specs.scratch_bytes(conv.op, conv.in_shape, conv.out_shape, "cortex-m55") == (
         64 * 4 + 80
     )
     assert kernel_specs.scratch_bytes(fc.op, fc.in_shape, fc.out_shape, "cortex-m7") == 132
     assert kernel_specs.scratch_bytes(fc.op, fc.in_shape, fc.out_shape, "cortex-m55") == 68
     assert kernel_specs.scratch_bytes(dw.op, dw.in_shape, dw.out_shape, "cortex-m4") == 0
+
+
+# --- the real Arm builds under QEMU -------------------------------------------------------
+
+
+def _c_array(name: str, ctype: str, values: np.ndarray) -> str:
+    flat = np.ascontiguousarray(values).reshape(-1)
+    items = (
+        [f"{float(v).hex()}f" for v in flat] if ctype == "float" else [str(int(v)) for v in flat]
+    )
+    return f"static const {ctype} {name}[] __attribute__((aligned(4))) = {{{', '.join(items)}}};"
+
+
+def render_case(case: Case, i: int) -> tuple[str, str]:
+    """C declarations of CASE's arrays and parameter struct, and the name of its kernel."""
+    op = case.op
+    decls = [
+        _c_array(f"w{i}", "int8_t", op.weights),
+        _c_array(f"b{i}", "int32_t", op.bias),
+        _c_array(f"m{i}", "float", op.multiplier.astype(np.float32)),
+    ]
+    fields = dict(in_zp=case.in_zp, out_zp=case.out_zp, act_min=op.act_min, act_max=op.act_max)
+    if isinstance(op, ir.FullyConnected):
+        fields = dict(in_n=case.x.size, out_n=op.weights.shape[0], **fields)
+        ctype, fn = "es_fc_t", "es_fc"
+    else:
+        depthwise = isinstance(op, ir.DepthwiseConv2D)
+        kh, kw = op.weights.shape[:2] if depthwise else op.weights.shape[1:3]
+        (ih, iw, ic), (oh, ow, oc) = case.in_shape, case.out_shape
+        fields = dict(
+            in_h=ih, in_w=iw, in_c=ic, out_h=oh, out_w=ow, out_c=oc, kh=kh, kw=kw,
+            stride_h=op.stride[0], stride_w=op.stride[1], pad_t=op.pad[0], pad_l=op.pad[1],
+            dil_h=op.dilation[0], dil_w=op.dilation[1], **fields,
+        )  # fmt: skip
+        ctype, fn = "es_conv_t", "es_dwconv2d" if depthwise else "es_conv2d"
+    body = ", ".join(f".{k} = {v}" for k, v in fields.items())
+    decls.append(
+        f"static const {ctype} op{i} = {{{body}, .weights = w{i}, .bias = b{i}, .mult = m{i}}};"
+    )
+    return "\n".join(decls), fn
+
+
+def write_model(cases: list[tuple[Case, bool]], core: str, out_dir: Path) -> None:
+    """model.h / model.c running each (case, in_place) on its slice of the harness's input."""
+    n_in = sum(c.x.size for c, _ in cases)
+    n_out = sum(int(np.prod(c.out_shape)) for c, _ in cases)
+    scratch = max(kernel_specs.scratch_bytes(c.op, c.in_shape, c.out_shape, core) for c, _ in cases)
+    arena = max(max(c.x.size, int(np.prod(c.out_shape))) for c, inplace in cases if inplace)
+    (out_dir / "model.h").write_text(
+        f"#include <stdint.h>\n#define MODEL_INPUT_BYTES {n_in}\n"
+        f"#define MODEL_OUTPUT_BYTES {n_out}\n"
+        "int model_infer(const int8_t *in, int8_t *out);\n"
+    )
+    lines = ['#include <string.h>\n#include "es_conv.h"\n#include "model.h"']
+    lines.append(f"static int32_t scratch[{(scratch + 3) // 4 + 1}];")
+    lines.append(f"static int8_t arena[{arena}] __attribute__((aligned(8)));")
+    calls, at_in, at_out = [], 0, 0
+    for i, (case, inplace) in enumerate(cases):
+        decls, fn = render_case(case, i)
+        lines.append(decls)
+        ni, no = case.x.size, int(np.prod(case.out_shape))
+        if inplace:
+            calls.append(f"memcpy(arena, in + {at_in}, {ni});")
+            calls.append(f"{fn}(&op{i}, arena, arena, scratch);")
+            calls.append(f"memcpy(out + {at_out}, arena, {no});")
+        else:
+            calls.append(f"{fn}(&op{i}, in + {at_in}, out + {at_out}, scratch);")
+        at_in, at_out = at_in + ni, at_out + no
+    lines.append("int model_infer(const int8_t *in, int8_t *out) {")
+    lines += [f"    {c}" for c in calls] + ["    return 0;", "}"]
+    (out_dir / "model.c").write_text("\n".join(lines) + "\n")
+
+
+def qemu_cases() -> list[tuple[Case, bool]]:
+    rng = np.random.default_rng(2026)
+    return [
+        (make_case(rng, "conv", (49, 10, 1), 64, (10, 4), (2, 2), (4, 1, 5, 2)), False),
+        (make_case(rng, "conv", (5, 5, 64), 64), False),
+        (make_case(rng, "conv", (5, 5, 64), 40), True),
+        (make_case(rng, "conv", (7, 5, 3), 5, (3, 3), (2, 1), (1, 1, 1, 1)), False),
+        (make_case(rng, "conv", (6, 6, 17), 3, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2)), False),
+        (make_case(rng, "dw", (25, 5, 64), 0, (3, 3), (1, 1), (1, 1, 1, 1)), False),
+        (make_case(rng, "dw", (9, 9, 7), 0, (3, 3), (2, 2), (0, 0, 1, 1)), False),
+        (make_case(rng, "fc", (640,), 128), False),
+        (make_case(rng, "fc", (37,), 5), True),
+        (make_case(rng, "conv", (4, 4, 8), 8, (3, 3), (1, 1), (1, 1, 1, 1), gain=40), False),
+        (make_case(rng, "fc", (64,), 12, act=(-128, -20)), False),
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("core", ["cortex-m4", "cortex-m55"])
+def test_arm_builds_are_bit_exact_under_qemu(core: str, tmp_path: Path) -> None:
+    """The DSP path (M4: real SXTB16/SMLAD, VCVTR) and Helium (M55: VMLADAVA) under QEMU."""
+    from edgeshift.mcu.runner import build_firmware, run_firmware
+
+    if not (shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm")):
+        pytest.skip("the Arm cross toolchain or qemu-system-arm is not installed")
+    cases = qemu_cases()
+    write_model(cases, core, tmp_path)
+    sources = [tmp_path / "model.c", *(KERNEL_DIR / s for s in SOURCES)]
+    elf = build_firmware(sources, [tmp_path, KERNEL_DIR], core, tmp_path / "build")
+    inputs = b"".join(c.x.tobytes() for c, _ in cases)
+    n_out = sum(int(np.prod(c.out_shape)) for c, _ in cases)
+    run = run_firmware(elf, core, inputs, output_bytes_per_sample=n_out, count_instructions=False)
+    got = np.frombuffer(run.outputs, np.int8)
+    np.testing.assert_array_equal(got, np.concatenate([c.expected().reshape(-1) for c, _ in cases]))

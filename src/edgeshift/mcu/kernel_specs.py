@@ -51,8 +51,11 @@ def scratch_bytes(
     if isinstance(op, ir.Conv2D):
         out_c, kh, kw, in_c = (int(d) for d in op.weights.shape)
         k = kh * kw * in_c
-        # Helium: folded int32 biases + two int8 columns; else two int16 columns.
-        return 4 * out_c + 2 * _ceil(k, 4) if mve else 4 * _ceil(k, 2)
+        # Helium: folded int32 biases + two int8 columns; else two int16 columns, and a third
+        # when taps straddle the DSP path's groups of 4 (in_c % 4 != 0).
+        if mve:
+            return 4 * out_c + 2 * _ceil(k, 4)
+        return (6 if in_c % 4 else 4) * _ceil(k, 2)
     if isinstance(op, ir.DepthwiseConv2D):
         return 0
     if isinstance(op, ir.FullyConnected):

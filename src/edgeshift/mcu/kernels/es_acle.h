@@ -123,4 +123,27 @@ ES_INLINE int8_t es_rq(int32_t acc, float mult, int32_t zp, int32_t act_min, int
 #endif
 }
 
+#if defined(__GNUC__)
+#define ES_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define ES_UNLIKELY(x) (x)
+#endif
+
+/* es_rq for the hot loops: CLAMP = (lo > -128 || hi < 127) is computed once per call, since
+ * most layers (ReLU into zero point -128, ReLU6 spanning the scale) need only saturation. */
+ES_INLINE int8_t es_rq_c(int32_t acc, float mult, int32_t zp, int32_t lo, int32_t hi,
+                         int32_t clamp) {
+#if defined(ES_USE_DSP) || defined(ES_USE_MVE)
+    int32_t y = es_ssat8(es_qadd(es_cvt_rne((float)acc * mult), zp));
+    if (ES_UNLIKELY(clamp)) {
+        y = y < lo ? lo : y;
+        y = y > hi ? hi : y;
+    }
+    return (int8_t)y;
+#else
+    (void)clamp;
+    return es_rq(acc, mult, zp, lo, hi);
+#endif
+}
+
 #endif

@@ -45,9 +45,9 @@ typedef struct {
 } es_fc_t;
 
 /* Scratch bytes, K = kh * kw * in_c. Helium: out_c int32 folded biases + two int8 columns;
- * DSP and portable: two int16 columns. */
+ * DSP and portable: two int16 columns, plus one more when in_c % 4 != 0 (DSP packs them). */
 #define ES_CONV_SCRATCH_BYTES_MVE(K, out_c) (4 * (out_c) + 2 * (((K) + 3) / 4 * 4))
-#define ES_CONV_SCRATCH_BYTES_DSP(K, out_c) (4 * (((K) + 1) / 2 * 2))
+#define ES_CONV_SCRATCH_BYTES_DSP(K, in_c) ((((in_c) % 4) ? 6 : 4) * (((K) + 1) / 2 * 2))
 #define ES_DWCONV_SCRATCH_BYTES 0
 #define ES_FC_SCRATCH_BYTES_MVE(in_n) (((in_n) + 3) / 4 * 4)
 #define ES_FC_SCRATCH_BYTES_DSP(in_n) (2 * (((in_n) + 1) / 2 * 2))

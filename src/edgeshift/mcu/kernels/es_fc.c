@@ -8,7 +8,8 @@
 #if defined(ES_USE_MVE)
 
 void es_fc(const es_fc_t *p, const int8_t *in, int8_t *out, void *scratch) {
-    const int32_t kk = p->in_n;
+    const int32_t kk = p->in_n, in_zp = p->in_zp, zp = p->out_zp;
+    const int32_t lo = p->act_min, hi = p->act_max, clamp = lo > -128 || hi < 127;
     int8_t *x = (int8_t *)scratch;
     memcpy(x, in, (size_t)kk);
     int32_t c = 0;
@@ -26,16 +27,56 @@ void es_fc(const es_fc_t *p, const int8_t *in, int8_t *out, void *scratch) {
             s0 = vaddvaq_s8(s0, v0);
             s1 = vaddvaq_s8(s1, v1);
         }
-        out[c] = es_rq(p->bias[c] + a0 - p->in_zp * s0, p->mult[c], p->out_zp, p->act_min,
-                       p->act_max);
+        out[c] = es_rq_c(p->bias[c] + a0 - in_zp * s0, p->mult[c], zp, lo, hi, clamp);
         if (c + 1 < p->out_n) {
-            out[c + 1] = es_rq(p->bias[c + 1] + a1 - p->in_zp * s1, p->mult[c + 1], p->out_zp,
-                               p->act_min, p->act_max);
+            out[c + 1] =
+                es_rq_c(p->bias[c + 1] + a1 - in_zp * s1, p->mult[c + 1], zp, lo, hi, clamp);
         }
     }
 }
 
 #else
+
+/* Two weight rows against the widened input. GCC's first scheduling pass would hoist every
+ * load of the loop and spill (see gemm_pair in es_conv.c). */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((noinline, optimize("no-schedule-insns")))
+#endif
+static void fc_rows(const es_fc_t *p, const int16_t *x, int8_t *restrict out) {
+    const int32_t kk = p->in_n, zp = p->out_zp;
+    const int32_t lo = p->act_min, hi = p->act_max, clamp = lo > -128 || hi < 127;
+    const int32_t *bias = p->bias;
+    const float *mult = p->mult;
+    for (int32_t c = 0; c < p->out_n; c += 2) {
+        const int8_t *w0 = p->weights + (size_t)c * kk;
+        const int8_t *w1 = c + 1 < p->out_n ? w0 + kk : w0; /* an odd last row pairs with itself */
+        const int16_t *xp = x;
+        int32_t a0 = bias[c], a1 = c + 1 < p->out_n ? bias[c + 1] : 0, k = kk;
+#if defined(ES_USE_DSP)
+        for (int32_t i = kk >> 2; i > 0; i--) {
+            const int32_t u = es_read32(w0), v = es_read32(w1);
+            w0 += 4;
+            w1 += 4;
+            const int32_t u02 = es_sxtb16(u), u13 = es_sxtb16_ror8(u);
+            const int32_t v02 = es_sxtb16(v), v13 = es_sxtb16_ror8(v);
+            int32_t t = es_read32(xp);
+            a0 = es_smlad(u02, t, a0);
+            a1 = es_smlad(v02, t, a1);
+            t = es_read32(xp + 2);
+            a0 = es_smlad(u13, t, a0);
+            a1 = es_smlad(v13, t, a1);
+            xp += 4;
+        }
+        k &= 3;
+#endif
+        for (int32_t i = 0; i < k; i++) {
+            a0 += w0[i] * xp[i];
+            a1 += w1[i] * xp[i];
+        }
+        out[c] = es_rq_c(a0, mult[c], zp, lo, hi, clamp);
+        if (c + 1 < p->out_n) out[c + 1] = es_rq_c(a1, mult[c + 1], zp, lo, hi, clamp);
+    }
+}
 
 void es_fc(const es_fc_t *p, const int8_t *in, int8_t *out, void *scratch) {
     const int32_t kk = p->in_n;
@@ -51,35 +92,7 @@ void es_fc(const es_fc_t *p, const int8_t *in, int8_t *out, void *scratch) {
 #else
     for (int32_t i = 0; i < kk; i++) x[i] = (int16_t)(in[i] - p->in_zp);
 #endif
-    for (int32_t c = 0; c < p->out_n; c += 2) {
-        const int8_t *w0 = p->weights + (size_t)c * kk;
-        const int8_t *w1 = c + 1 < p->out_n ? w0 + kk : w0;
-        const int16_t *xp = x;
-        int32_t a0 = 0, a1 = 0, k = kk;
-#if defined(ES_USE_DSP)
-        for (int32_t i = kk >> 2; i > 0; i--) {
-            const int32_t wa = es_read32(w0), wb = es_read32(w1);
-            const int32_t x02 = es_read32(xp), x13 = es_read32(xp + 2);
-            w0 += 4;
-            w1 += 4;
-            xp += 4;
-            a0 = es_smlad(es_sxtb16(wa), x02, a0);
-            a0 = es_smlad(es_sxtb16_ror8(wa), x13, a0);
-            a1 = es_smlad(es_sxtb16(wb), x02, a1);
-            a1 = es_smlad(es_sxtb16_ror8(wb), x13, a1);
-        }
-        k &= 3;
-#endif
-        for (int32_t i = 0; i < k; i++) {
-            a0 += w0[i] * xp[i];
-            a1 += w1[i] * xp[i];
-        }
-        out[c] = es_rq(p->bias[c] + a0, p->mult[c], p->out_zp, p->act_min, p->act_max);
-        if (c + 1 < p->out_n) {
-            out[c + 1] =
-                es_rq(p->bias[c + 1] + a1, p->mult[c + 1], p->out_zp, p->act_min, p->act_max);
-        }
-    }
+    fc_rows(p, x, out);
 }
 
 #endif
