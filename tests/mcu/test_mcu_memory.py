@@ -126,3 +126,36 @@ def test_offsets_are_aligned_for_word_loads(size: int) -> None:
     assert all(off % ALIGN_BYTES == 0 for off in plan.tensor_offsets.values())
     assert plan.arena_bytes == 2 * ((size + ALIGN_BYTES - 1) // ALIGN_BYTES * ALIGN_BYTES)
     assert np.all(np.array(list(plan.tensor_offsets.values())) >= 0)
+
+
+def test_row_ordered_conv_output_starts_below_its_dying_input() -> None:
+    from edgeshift.mcu.ir import Conv2D
+    from edgeshift.mcu.kernel_plan import row_order_distance
+
+    conv = Conv2D(
+        "a", "b", np.zeros((16, 3, 3, 16), np.int8), np.zeros(16, np.int32),
+        np.ones(16, np.float32), pad=(1, 1, 1, 1),
+    )  # fmt: skip
+    # 32x32x16: rows of 512 B. Output row r+1 may be written once input rows below r-1 are
+    # read: the output must start 3 rows (1,536 B) below the input, not 16 KiB away.
+    assert row_order_distance(conv, (32, 32, 16), (32, 32, 16)) == 3 * 512
+    # Stride 2 halves the output rows: writing falls further behind reading.
+    conv.stride = (2, 2)
+    assert row_order_distance(conv, (32, 32, 16), (16, 16, 16)) == 2 * 256
+
+    sizes = {"x": 16384, "a": 16384, "b": 16384, "y": 16384}
+    g = McuGraph(
+        "g",
+        {n: QTensor(n, (32, 32, 16), 0.1, 0) for n in sizes},
+        [Clamp("x", "a"), Conv2D("a", "b", conv.weights, conv.bias, conv.multiplier,
+                                 pad=(1, 1, 1, 1)), Add("b", "x", "y")],
+        ["x"],
+        ["y"],
+    )  # fmt: skip
+    plain = plan_memory(g)
+    # The Add (element-wise) then writes y over b.
+    tight = plan_memory(g, below_input_bytes={1: 3 * 512}, inplace_steps={2})
+    assert plain.arena_bytes == 3 * 16384  # x, a and b all alive at the conv
+    assert tight.arena_bytes == 2 * 16384 + 3 * 512
+    assert tight.tensor_offsets["a"] - tight.tensor_offsets["b"] == 3 * 512
+    assert tight.inplace_steps == [1, 2]

@@ -144,7 +144,12 @@ def compile_model(
     graph = lower(proto, name=_c_name(src_path))
     kplan = kernel_plan(graph, core.id)
     say("planning the activation arena")
-    plan = plan_memory(graph, scratch_bytes=kplan.scratch_bytes, inplace_steps=kplan.inplace_steps)
+    plan = plan_memory(
+        graph,
+        scratch_bytes=kplan.scratch_bytes,
+        inplace_steps=kplan.inplace_steps,
+        below_input_bytes=kplan.below_input_bytes,
+    )
     _check_fits(graph, plan.arena_bytes, catalog_target)
 
     say(f"emitting C for {core.id}")
@@ -176,7 +181,9 @@ def compile_model(
             "inputs": [_io_json(graph, n) for n in graph.inputs],
             "outputs": [_io_json(graph, n) for n in graph.outputs],
         },
-        "ops": [_op_json(graph, i, op, kplan) for i, op in enumerate(graph.ops)],
+        "ops": [
+            _op_json(graph, i, op, kplan, plan.inplace_steps) for i, op in enumerate(graph.ops)
+        ],
         "macs": graph.macs(),
         "weight_bytes": graph.weight_bytes(),
         "memory_plan": plan.to_json(),
@@ -215,7 +222,7 @@ def _io_json(graph: McuGraph, name: str) -> dict[str, Any]:
     }
 
 
-def _op_json(graph: McuGraph, step: int, op: Any, kplan: Any) -> dict[str, Any]:
+def _op_json(graph: McuGraph, step: int, op: Any, kplan: Any, joined: list[int]) -> dict[str, Any]:
     from edgeshift.mcu.ir import op_inputs
 
     out = graph.tensors[op.out]
@@ -227,7 +234,8 @@ def _op_json(graph: McuGraph, step: int, op: Any, kplan: Any) -> dict[str, Any]:
         "output_shape": list(out.shape),
         "kernel": kplan.kernels.get(step, ""),
         "scratch_bytes": kplan.scratch_bytes.get(step, 0),
-        "in_place": step in kplan.inplace_steps,
+        # what the planner did: the output shares its input's buffer (same start or below it)
+        "in_place": step in joined,
     }
     weights = getattr(op, "weights", None)
     if isinstance(weights, np.ndarray):

@@ -29,8 +29,26 @@ class KernelPlan:
     kernels: dict[int, str] = field(default_factory=dict)  # step -> C function
     scratch_bytes: dict[int, int] = field(default_factory=dict)
     inplace_steps: set[int] = field(default_factory=set)
+    below_input_bytes: dict[int, int] = field(default_factory=dict)  # step -> safe distance
     headers: set[str] = field(default_factory=set)
     kernel_files: set[str] = field(default_factory=set)
+
+
+def row_order_distance(op: ir.Conv2D, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
+    """How far below its input a convolution's output may start and overlap the input.
+
+    ``es_conv2d`` produces output pixels in row-major order, up to two at a time (a pair may
+    straddle two rows), and gathers a pair's inputs into scratch before writing it. When
+    output row r+1 is written, the lowest input row still to be read is output row r's first
+    one, ``r * stride - pad_top``. So the output may start D bytes below the input if, for
+    every r, ``(r + 2) * out_row_bytes <= D + max(0, r * stride - pad_top) * in_row_bytes``.
+    """
+    _, iw, ic = in_shape
+    oh, ow, oc = out_shape
+    in_row, out_row = iw * ic, ow * oc
+    stride, pad_top = op.stride[0], op.pad[0]
+    need = max((r + 2) * out_row - max(0, r * stride - pad_top) * in_row for r in range(oh))
+    return max(0, need)
 
 
 def kernel_plan(graph: ir.McuGraph, core: str) -> KernelPlan:
@@ -52,6 +70,10 @@ def kernel_plan(graph: ir.McuGraph, core: str) -> KernelPlan:
             plan.scratch_bytes[step] = kernel_specs.scratch_bytes(op, in_shape, out_shape, core)
             if kernel_specs.inplace_ok(op, in_shape, out_shape):
                 plan.inplace_steps.add(step)
+            elif isinstance(op, ir.Conv2D):
+                distance = row_order_distance(op, in_shape, out_shape)
+                if distance < graph.tensors[op.inp].size_bytes:
+                    plan.below_input_bytes[step] = distance
             plan.headers.add("es_conv.h")
             plan.kernel_files |= _MAC_FILES
             continue

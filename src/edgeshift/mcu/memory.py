@@ -44,6 +44,8 @@ class Buffer:
     first_step: int
     last_step: int
     offset: int = -1
+    # Where each tensor starts inside the buffer (0 but for outputs placed below their input).
+    rel: dict[str, int] = field(default_factory=dict)
 
     def overlaps_in_time(self, other: Buffer) -> bool:
         return self.first_step <= other.last_step and other.first_step <= self.last_step
@@ -51,7 +53,7 @@ class Buffer:
     def to_json(self) -> dict[str, object]:
         return {
             "name": self.name,
-            "tensors": self.tensors,
+            "tensors": {t: self.offset + self.rel.get(t, 0) for t in self.tensors},
             "offset": self.offset,
             "size_bytes": self.size_bytes,
             "first_step": self.first_step,
@@ -82,7 +84,10 @@ class MemoryPlan:
 
 
 def _buffers(
-    graph: McuGraph, scratch: Mapping[int, int], inplace: Set[int]
+    graph: McuGraph,
+    scratch: Mapping[int, int],
+    inplace: Set[int],
+    below: Mapping[int, int],
 ) -> tuple[list[Buffer], dict[str, Buffer], list[int]]:
     last_use: dict[str, int] = {}
     for step, op in enumerate(graph.ops):
@@ -97,13 +102,18 @@ def _buffers(
     joined: list[int] = []
 
     def new(name: str, step: int) -> None:
-        buf = Buffer(name, [name], graph.tensors[name].size_bytes, step, last_use.get(name, step))
+        size = graph.tensors[name].size_bytes
+        buf = Buffer(name, [name], size, step, last_use.get(name, step), rel={name: 0})
         buffers.append(buf)
         of_tensor[name] = buf
 
-    def join(buf: Buffer, name: str, step: int) -> None:
+    def join(buf: Buffer, name: str, step: int, rel: int = 0) -> None:
+        if rel < 0:  # the new tensor starts below the buffer: shift what is there up
+            buf.rel = {t: r - rel for t, r in buf.rel.items()}
+            rel = 0
         buf.tensors.append(name)
-        buf.size_bytes = max(buf.size_bytes, graph.tensors[name].size_bytes)
+        buf.rel[name] = rel
+        buf.size_bytes = max(buf.rel.get(t, 0) + graph.tensors[t].size_bytes for t in buf.tensors)
         buf.last_step = max(buf.last_step, last_use.get(name, step))
         of_tensor[name] = buf
 
@@ -113,9 +123,15 @@ def _buffers(
         src = op_inputs(op)[0]
         dies_here = src not in graph.outputs and last_use.get(src) == step
         if isinstance(op, Reshape):
-            join(of_tensor[src], op.out, step)
+            join(of_tensor[src], op.out, step, of_tensor[src].rel.get(src, 0))
         elif step in inplace and dies_here:
-            join(of_tensor[src], op.out, step)
+            join(of_tensor[src], op.out, step, of_tensor[src].rel.get(src, 0))
+            joined.append(step)
+        elif step in below and dies_here:
+            # The kernel writes output rows in order and never again reads the input rows
+            # its outputs land on when the output starts `below[step]` bytes lower.
+            buf = of_tensor[src]
+            join(buf, op.out, step, buf.rel.get(src, 0) - _align(below[step]))
             joined.append(step)
         else:
             new(op.out, step)
@@ -207,12 +223,17 @@ def plan_memory(
     *,
     scratch_bytes: Mapping[int, int] | None = None,
     inplace_steps: Set[int] = frozenset(),
+    below_input_bytes: Mapping[int, int] | None = None,
     exact: bool = True,
 ) -> MemoryPlan:
     """The arena plan for GRAPH. SCRATCH_BYTES maps an op's step to the scratch its kernel
     needs; INPLACE_STEPS are the steps whose kernel may write its output over its (first)
-    input. EXACT tries the MILP when greedy is not provably optimal and the graph is small."""
-    buffers, of_tensor, joined = _buffers(graph, scratch_bytes or {}, inplace_steps)
+    input; BELOW_INPUT_BYTES maps a step to how far below its input's start its output may
+    start and still overlap it safely. EXACT tries the MILP when greedy is not provably
+    optimal and the graph is small."""
+    buffers, of_tensor, joined = _buffers(
+        graph, scratch_bytes or {}, inplace_steps, below_input_bytes or {}
+    )
     bound = _lower_bound(buffers)
     arena = _greedy(buffers)
     method = "greedy"
@@ -227,7 +248,7 @@ def plan_memory(
         lower_bound_bytes=bound,
         method=method,
         buffers=buffers,
-        tensor_offsets={name: buf.offset for name, buf in of_tensor.items()},
+        tensor_offsets={name: buf.offset + buf.rel.get(name, 0) for name, buf in of_tensor.items()},
         scratch_offsets={
             int(b.name.split("@")[1]): b.offset for b in buffers if b.name.startswith("scratch@")
         },
