@@ -17,7 +17,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 
 from edgeshift.errors import DataError
 from edgeshift.optimize.recipes import quiet_root_logger
-from edgeshift.optimize.recipes.ort_static_int8 import _FeedReader
+from edgeshift.optimize.recipes.ort_static_int8 import FeedReader
 
 
 def quantize_for_mcu(model: onnx.ModelProto, calibration: dict[str, np.ndarray]) -> onnx.ModelProto:
@@ -43,7 +43,7 @@ def quantize_for_mcu(model: onnx.ModelProto, calibration: dict[str, np.ndarray])
             quantize_static(
                 str(src),
                 str(dst),
-                _FeedReader(feeds),
+                FeedReader(feeds),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 reduce_range=False,

@@ -32,7 +32,7 @@ from edgeshift.optimize.host import has_int8_dot
 from edgeshift.optimize.recipes import BuildContext, Recipe, Variant, quiet_root_logger
 
 
-class _FeedReader(CalibrationDataReader):
+class FeedReader(CalibrationDataReader):
     def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
         self._feeds = iter(feeds)
 
@@ -88,7 +88,7 @@ class OrtStaticInt8(Recipe):
             quantize_static(
                 ctx.repaired_path,
                 out,
-                _FeedReader(ctx.calibration),
+                FeedReader(ctx.calibration),
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(self.op_types),
                 per_channel=True,
