@@ -103,39 +103,50 @@ static void im2col_pair(const es_conv_t *p, const int8_t *in, int32_t oy, int32_
                         int32_t which, int16_t *pair, int16_t *tmp) {
     const int32_t c = p->in_c, kk = (int32_t)p->kh * p->kw * c, k4 = kk >> 2;
     const int32_t off = (int32_t)((uint32_t)(uint16_t)(-p->in_zp) * 0x10001u);
-    /* in_c % 4 != 0: taps straddle groups of 4, so widen into tmp and pack after */
-    const int aligned = (c & 3) == 0;
-    int16_t *dst = aligned ? pair + 4 * which : tmp;
-    for (int32_t ky = 0; ky < p->kh; ky++) {
-        const int32_t iy = oy * p->stride_h - p->pad_t + ky * p->dil_h;
-        for (int32_t kx = 0; kx < p->kw; kx++) {
-            const int32_t ix = ox * p->stride_w - p->pad_l + kx * p->dil_w;
-            const int inside = iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w;
-            const int8_t *src = in + ((size_t)iy * p->in_w + ix) * c;
-            if (aligned) {
-                if (inside) {
-                    widen_pair(src, c, off, dst);
+    const int32_t ix0 = ox * p->stride_w - p->pad_l, span = (p->kw - 1) * p->dil_w;
+    const int row_inside = ix0 >= 0 && ix0 + span < p->in_w && p->dil_w == 1;
+    if ((c & 3) == 0) { /* every tap starts a group of 4: widen straight into place */
+        int16_t *dst = pair + 4 * which;
+        for (int32_t ky = 0; ky < p->kh; ky++) {
+            const int32_t iy = oy * p->stride_h - p->pad_t + ky * p->dil_h;
+            for (int32_t kx = 0; kx < p->kw; kx++, dst += 2 * c) {
+                const int32_t ix = ix0 + kx * p->dil_w;
+                if (iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w) {
+                    widen_pair(in + ((size_t)iy * p->in_w + ix) * c, c, off, dst);
                 } else {
                     for (int32_t i = 0; i < c; i += 4) {
                         es_write32(dst + 2 * i, 0);
                         es_write32(dst + 2 * i + 2, 0);
                     }
                 }
-                dst += 2 * c;
+            }
+        }
+        return;
+    }
+    /* taps straddle groups of 4 (in_c 1, 3, ...): gather the raw int8 column (padding = in_zp,
+     * which widens to 0), then widen it whole */
+    int8_t *col = (int8_t *)tmp;
+    for (int32_t ky = 0; ky < p->kh; ky++) {
+        const int32_t iy = oy * p->stride_h - p->pad_t + ky * p->dil_h;
+        const int y_inside = iy >= 0 && iy < p->in_h;
+        if (y_inside && row_inside) {
+            memcpy(col, in + ((size_t)iy * p->in_w + ix0) * c, (size_t)(p->kw * c));
+            col += p->kw * c;
+            continue;
+        }
+        for (int32_t kx = 0; kx < p->kw; kx++, col += c) {
+            const int32_t ix = ix0 + kx * p->dil_w;
+            if (y_inside && ix >= 0 && ix < p->in_w) {
+                memcpy(col, in + ((size_t)iy * p->in_w + ix) * c, (size_t)c);
             } else {
-                for (int32_t i = 0; i < c; i++) dst[i] = inside ? (int16_t)(src[i] - p->in_zp) : 0;
-                dst += c;
+                memset(col, (int8_t)p->in_zp, (size_t)c);
             }
         }
     }
-    if (!aligned) {
-        int16_t *d = pair + 4 * which;
-        for (int32_t i = 0; i < k4; i++, d += 8) {
-            d[0] = tmp[4 * i], d[1] = tmp[4 * i + 2], d[2] = tmp[4 * i + 1], d[3] = tmp[4 * i + 3];
-        }
-        d = pair + 8 * k4 + which * (kk & 3);
-        for (int32_t i = 4 * k4; i < kk; i++) *d++ = tmp[i];
-    }
+    col = (int8_t *)tmp;
+    widen_pair(col, 4 * k4, off, pair + 4 * which);
+    int16_t *d = pair + 8 * k4 + which * (kk & 3);
+    for (int32_t i = 4 * k4; i < kk; i++) *d++ = (int16_t)(col[i] - p->in_zp);
 }
 
 /* all output channels of two pixels from their interleaved columns. GCC's first scheduling
