@@ -89,3 +89,9 @@ def test_a_corrupt_store_is_ignored(tmp_path: Path, cache: Path) -> None:
     assert estimate(path, "stm32h7").basis == "roofline"
     store.write_text(json.dumps({"version": 1, "entries": {"x": 1}}))
     assert feedback.lookup(path, "cortex-m7") is None
+
+
+def test_every_buildable_core_has_a_cost_per_instruction() -> None:
+    from edgeshift.mcu.toolchain import CORES as BUILD
+
+    assert set(CORES) == set(BUILD)

@@ -16,46 +16,29 @@ from edgeshift.errors import TargetError
 
 @dataclass(frozen=True)
 class CoreInfo:
+    """What one executed instruction costs on a core (its build flags and QEMU board are
+    :data:`edgeshift.mcu.toolchain.CORES`)."""
+
     id: str
-    arch: str
-    dsp: bool  # ACLE DSP instructions (SMLAD, SXTB16)
-    mve: bool  # Helium
     cycles_per_instruction: float
     cpi_reason: str
-    reference_clock_mhz: float  # a typical part's clock, for cores given without a catalog MCU
 
 
 CORES: dict[str, CoreInfo] = {
     "cortex-m4": CoreInfo(
-        "cortex-m4",
-        "armv7e-m",
-        True,
-        False,
-        1.0,
+        "cortex-m4", 1.0,
         "assumption: single-issue 3-stage pipeline, ~1 instruction per cycle for the "
         "load/SMLAD-bound inner loops (pipelined LDRs, no cache misses from TCM/SRAM)",
-        120.0,
     ),
     "cortex-m7": CoreInfo(
-        "cortex-m7",
-        "armv7e-m",
-        True,
-        False,
-        0.8,
+        "cortex-m7", 0.8,
         "assumption: dual-issue 6-stage pipeline pairs a load with a MAC in the inner loops "
         "(~1.25 instructions per cycle), weights and arena in TCM",
-        480.0,
     ),
     "cortex-m55": CoreInfo(
-        "cortex-m55",
-        "armv8.1-m",
-        True,
-        True,
-        1.0,
-        "assumption: one Helium beat-pair per cycle, ~1 instruction per cycle",
-        160.0,
+        "cortex-m55", 1.0, "assumption: one Helium beat-pair per cycle, ~1 instruction per cycle"
     ),
-}
+}  # fmt: skip
 CORE_IDS: tuple[str, ...] = tuple(CORES)
 
 

@@ -47,7 +47,7 @@ class _Ctx:
         return name
 
 
-def _float_literal(v: float) -> str:
+def _float_literal(v: float | np.floating) -> str:
     # Hex floats round-trip exactly: the multiplier the kernels use is the one lowering chose.
     f = float(np.float32(v))
     return f"{f.hex()}f" if np.isfinite(f) else "0.0f"
