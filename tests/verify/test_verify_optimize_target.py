@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
-import edgeshift
 from edgeshift import zoo
+from edgeshift.cli.main import app
 from edgeshift.optimize import read_manifest
 from edgeshift.optimize.isa import recipe_skip_reason, target_arch
 from edgeshift.targets import get_target
@@ -47,11 +49,17 @@ def test_target_arch_from_the_catalog() -> None:
 def test_optimize_for_rpi4_skips_what_it_lacks_and_records_the_arm64_verification(
     userland: object, tmp_path: Path
 ) -> None:
+    # Through the CLI, which calls edgeshift.optimize(..., target="rpi4").
     model = zoo.get("digits-mlp", tmp_path / "zoo")
-    result = edgeshift.optimize(
-        model.model_path, model.data_path, quick=True, target="rpi4", out=tmp_path / "art"
-    )
-    manifest = read_manifest(tmp_path / "art")
+    art = tmp_path / "art"
+    result = CliRunner().invoke(
+        app,
+        ["optimize", str(model.model_path), "--data", str(model.data_path), "--quick",
+         "--target", "rpi4", "--out", str(art), "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["artifact"] == str(art)
+    manifest = read_manifest(art)
     assert manifest.target == "rpi4"
     by_name = {c.name: c for c in manifest.candidates}
     assert by_name["ort-int8-dynamic"].status == "skipped"
@@ -60,4 +68,3 @@ def test_optimize_for_rpi4_skips_what_it_lacks_and_records_the_arm64_verificatio
     assert manifest.verification is not None and manifest.verification["passed"]
     (arm,) = manifest.verification["results"]
     assert arm["arch"] == "arm64" and arm["status"] == "pass"
-    assert result.artifact_dir == tmp_path / "art"

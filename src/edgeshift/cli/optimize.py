@@ -65,6 +65,13 @@ def optimize_command(
     quick: bool = typer.Option(
         False, "--quick", help="Fewer samples and timing runs: a fast, rougher answer."
     ),
+    target: str | None = typer.Option(
+        None,
+        "--target",
+        "-t",
+        help="A catalog target (rpi4, aws-c7g-2xlarge, ...): only recipes its CPU runs, and the "
+        "chosen artifact verified on its architecture (arm64 under QEMU) before it is written.",
+    ),
     threads: int | None = typer.Option(
         None, "--threads", help="Runtime threads (default: CPUs usable under cgroups/affinity)."
     ),
@@ -110,6 +117,7 @@ def optimize_command(
             seed=seed,
             quick=quick,
             threads=threads,
+            target=target,
             recovery=not no_recovery,
             require=False,  # the table is printed first; the exit code follows below
             progress=on_progress,

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeshift.cli.render import console, err_console, print_json
-from edgeshift.errors import BudgetError, EdgeshiftError
+from edgeshift.errors import EdgeshiftError, MismatchError
 from edgeshift.verify import EMULATION_NOTE, VerifyReport, build_userland, verify
 
 
@@ -57,7 +57,7 @@ def raise_for_report(report: VerifyReport) -> None:
     if report.errors:
         raise EdgeshiftError(report.errors[0].message)
     if report.failed:
-        raise BudgetError(report.failed[0].message)
+        raise MismatchError(report.failed[0].message)
 
 
 def _render(report: VerifyReport) -> None:

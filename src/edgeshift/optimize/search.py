@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 import edgeshift
-from edgeshift.errors import BackendError, BudgetError, DataError, OptimizeError
+from edgeshift.errors import BackendError, BudgetError, DataError, MismatchError, OptimizeError
 from edgeshift.model.load import LoadedModel, load_model, sha256_file
 from edgeshift.model.repair import repair_for_quantization
 from edgeshift.model.shapes import graph_io
@@ -281,7 +281,7 @@ def _verify_on_target(
     write_manifest(artifact_dir, manifest)
     if not report.passed:
         bad = (report.failed or report.errors)[0]
-        raise BudgetError(f"the chosen artifact does not hold on {target.id}: {bad.message}")
+        raise MismatchError(f"the chosen artifact does not hold on {target.id}: {bad.message}")
 
 
 def _open_reference(model_path: Path, threads: int) -> tuple[Backend, str]:
