@@ -203,3 +203,24 @@ def test_missing_toolchain_names_the_apt_line(tmp_path: Path, monkeypatch) -> No
         ],
     )
     assert_one_line_error(result, "apt-get install", "gcc-arm-none-eabi", "qemu-system-arm")
+
+
+@pytest.mark.slow
+def test_what_optimize_writes_compiles(tmp_path: Path, arm_toolchain) -> None:
+    # ORT's x86 static int8 recipe: uint8 activations, and Conv -> Relu -> MaxPool chains that
+    # ORT itself runs in float32. Compiled exactly in integers, within 1 LSB of ORT there.
+    from edgeshift.verify.variants import build_variant_artifacts
+
+    got = edgeshift.zoo.get("digits-cnn", tmp_path / "zoo")
+    art = build_variant_artifacts(
+        got.model_path, got.data_path, tmp_path / "var", ("ort-int8-static",)
+    )["ort-int8-static"]
+    assert isinstance(art, Path)
+    m = _compile([str(art), "-t", "cortex-m4", "-o", str(tmp_path / "c"), "--verify",
+                  "--data", str(got.data_path), "--samples", "360"])  # fmt: skip
+    v = m["verification"]
+    assert v["within_contract"] and v["max_abs_diff"] <= 1
+    assert v["samples_from_data"] == 360
+    assert m["ort_float_groups"]  # and the manifest says where ORT runs in float
+    # The held-out digits still classify as ORT classifies them.
+    assert v["mismatched_samples"] <= 0.02 * v["samples"]

@@ -113,3 +113,40 @@ def test_unreadable_file_is_a_model_error(tmp_path: Path) -> None:
     bad.write_bytes(b"not onnx")
     with pytest.raises(ModelError, match="bad.onnx"):
         lower(bad)
+
+
+def _uint8_add_model() -> onnx.ModelProto:
+    """float x -> Q(uint8) -> DQ -> Add(., .) -> Q(uint8) -> DQ -> float y"""
+    inits = [
+        numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+        numpy_helper.from_array(np.array(128, np.uint8), "z"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="qx"),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xf"], name="dqx"),
+        helper.make_node("Add", ["xf", "xf"], ["a"], name="add0"),
+        helper.make_node("QuantizeLinear", ["a", "s", "z"], ["aq"], name="qa"),
+        helper.make_node("DequantizeLinear", ["aq", "s", "z"], ["y"], name="dqa"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_uint8_activations_shift_to_int8_but_float_kernels_are_refused() -> None:
+    # A uint8 Conv model lowers (q - 128 with zero point - 128 is the same value) ...
+    model = _qdq_model()
+    for init in model.graph.initializer:
+        if init.name == "z":
+            init.CopyFrom(numpy_helper.from_array(np.array(128, np.uint8), "z"))
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.elem_type = TensorProto.INT8
+    g = lower(model)
+    assert g.tensors["y"].zero_point == 0
+    # ... but ORT's uint8 Add runs float math on the raw uint8 values: refused in one line.
+    with pytest.raises(ModelError) as err:
+        lower(_uint8_add_model())
+    assert "'add0'" in str(err.value) and "uint8" in str(err.value) and "--data" in str(err.value)

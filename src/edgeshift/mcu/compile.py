@@ -49,6 +49,12 @@ class CompileResult:
         v = self.manifest.get("verification")
         return None if v is None else v["mismatched_samples"] == 0
 
+    @property
+    def within_contract(self) -> bool | None:
+        """Bit-exact, or within 1 LSB only where ORT itself runs a group in float32."""
+        v = self.manifest.get("verification")
+        return None if v is None else bool(v["within_contract"])
+
 
 def default_out_dir(model: Path, core: str) -> Path:
     """``<model>-<core>-c``: named after the model, so two compiles never share a directory."""
@@ -181,6 +187,7 @@ def compile_model(
             "inputs": [_io_json(graph, n) for n in graph.inputs],
             "outputs": [_io_json(graph, n) for n in graph.outputs],
         },
+        "ort_float_groups": graph.float_groups,
         "ops": [
             _op_json(graph, i, op, kplan, plan.inplace_steps) for i, op in enumerate(graph.ops)
         ],

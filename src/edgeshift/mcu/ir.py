@@ -193,6 +193,11 @@ class McuGraph:
     # Where each graph input / output sits in the ONNX model, so a harness can map data:
     # the ONNX name, its ONNX shape (with batch), and the permutation from ONNX to stored order.
     io_onnx: dict[str, dict[str, object]] = field(default_factory=dict)
+    # ONNX nodes ONNX Runtime runs in float32 instead of its integer kernels (a Conv whose
+    # float output also feeds a Relu, a MaxPool between a Conv and its QuantizeLinear, as
+    # ORT's x86 recipes write them). The C computes them exactly in integers, so its result
+    # may differ from ORT's there by the float rounding: at most 1 LSB.
+    float_groups: list[str] = field(default_factory=list)
 
     def macs(self) -> int:
         """Multiply-accumulates of one inference (conv, depthwise and fully connected)."""

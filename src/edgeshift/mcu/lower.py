@@ -96,6 +96,9 @@ class _Lowerer:
         self.outputs: list[str] = []
         self.io_onnx: dict[str, dict[str, object]] = {}
         self.float_inputs: dict[str, tuple[int, ...]] = {}
+        self.uint8_nodes: list[str] = []  # Q/DQ nodes with uint8 zero points
+        self.dropped: set[str] = set()  # outputs of unread QuantizeLinears
+        self.float_groups: list[str] = []  # see ir.McuGraph.float_groups
         self.consumers: dict[str, int] = {}
         self.dq_source: dict[str, str] = {}  # DQ output -> its int8 input
         for node in self.graph.node:
@@ -117,13 +120,28 @@ class _Lowerer:
         zp = self.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if scale is None or scale.size != 1:
             raise _fail(node, "activation scale must be one constant; re-quantize per tensor")
+        if zp is not None and zp.dtype == np.uint8:
+            # ORT's x86 recipes quantize activations to uint8. q_u8 - 128 is the same value as
+            # an int8 with zero point zp - 128: (q - zp) and every integer kernel are unchanged.
+            self.uint8_nodes.append(node.name or node.output[0])
+            return float(scale.reshape(())), int(zp.reshape(())) - 128
         if zp is not None and zp.dtype != np.int8:
             raise _fail(
                 node,
-                f"activations are {zp.dtype}: edgeshift compile needs int8 activations; "
+                f"activations are {zp.dtype}: edgeshift compile needs int8 or uint8 activations; "
                 "quantize with activation_type=QInt8",
             )
         return float(scale.reshape(())), int(zp.reshape(())) if zp is not None else 0
+
+    def _int8_only(self, node: onnx.NodeProto, what: str) -> None:
+        """ORT computes these in float32 from the raw uint8 values: shifted to int8 the same
+        math rounds differently, so uint8 models with them are refused, not approximated."""
+        if self.uint8_nodes:
+            raise _fail(
+                node,
+                f"{what} on uint8 activations is not bit-exact in int8: quantize the float model "
+                "with int8 activations (edgeshift compile MODEL --data CALIB.npz)",
+            )
 
     # ---- graph inputs ----------------------------------------------------------------------
     def graph_inputs(self) -> None:
@@ -179,8 +197,9 @@ class _Lowerer:
             handler(node)
         self.graph_outputs()
         return ir.McuGraph(
-            self.name, self.tensors, self.ops, self.inputs, self.outputs, self.io_onnx
-        )
+            self.name, self.tensors, self.ops, self.inputs, self.outputs, self.io_onnx,
+            sorted(set(self.float_groups)),
+        )  # fmt: skip
 
     def graph_outputs(self) -> None:
         for value in self.graph.output:
@@ -220,6 +239,8 @@ class _Lowerer:
                 raise _fail(node, f"weights are {q.dtype}: use int8 weights and int32 bias")
             self.weights[node.output[0]] = (q, w_scale.astype(np.float32))
             return
+        if src in self.dropped:
+            return  # the unread twin of a dropped quantization (see op_QuantizeLinear)
         if src not in self.views:
             raise _fail(node, "reads a value that is not int8 activation data")
         scale, zp = self.qparams(node)
@@ -251,11 +272,31 @@ class _Lowerer:
             return
         if src not in self.pending:
             raise _fail(node, "quantizes a value edgeshift cannot trace to int8 inputs")
+        if self.consumers.get(src, 0) > 1 and self._unread(out):
+            # ORT's x86 recipes quantize a Conv's output *and* feed the float output to a Relu
+            # that is quantized after it; nothing reads the first quantization. It is dropped and
+            # the Relu fuses into the Conv (ORT itself runs such a group in float32).
+            self.consumers[src] -= 1
+            self.dropped.add(out)
+            self.float_groups.append(self.pending[src].node.name or src)
+            return
         self.close(self.pending.pop(src), out, scale, zp)
+
+    def _unread(self, q_out: str) -> bool:
+        """Whether Q_OUT is read by nothing but DequantizeLinears that nothing reads."""
+        readers = [n for n in self.graph.node if q_out in n.input]
+        outputs = {o.name for o in self.graph.output}
+        return q_out not in outputs and all(
+            n.op_type == "DequantizeLinear"
+            and self.consumers.get(n.output[0], 0) == 0
+            and n.output[0] not in outputs
+            for n in readers
+        )
 
     # ---- layout ops (views, no data movement) ---------------------------------------------
     def _layout(self, node: onnx.NodeProto, fn) -> None:
         src, out = node.input[0], node.output[0]
+        self._settle(src)
         if src in self.views:
             self.views[out] = fn(self.views[src])
         elif src in self.float_views:
@@ -326,7 +367,36 @@ class _Lowerer:
         self._reshape_to(node, [1, -1])
 
     # ---- compute ops (pending until their QuantizeLinear) -----------------------------------
+    def _settle(self, name: str) -> None:
+        """Quantize a pending float value early when only order-preserving ops (MaxPool,
+        Flatten, Reshape) lie between it and its QuantizeLinear, as ORT's x86 recipes leave
+        them: quantization is monotone, so max-then-quantize equals quantize-then-max, and
+        a layout op moves bytes, not values."""
+        if name not in self.pending or self.consumers.get(name, 0) != 1:
+            return
+        value, q = name, None
+        for _ in range(16):
+            readers = [n for n in self.graph.node if value in n.input]
+            if len(readers) != 1:
+                return
+            if readers[0].op_type == "QuantizeLinear":
+                q = readers[0]
+                break
+            if readers[0].op_type not in ("MaxPool", "Flatten", "Reshape", "Squeeze"):
+                return
+            value = readers[0].output[0]
+        if q is None:
+            return
+        scale, zp = self.qparams(q)
+        self.float_groups.append(self.pending[name].node.name or name)
+        tensor = f"{name}_settled"
+        self.close(self.pending.pop(name), tensor, scale, zp)
+        self.float_views[name] = (self.views[tensor], scale, zp)
+        self.dq_source[name] = tensor
+
     def _act(self, name: str, node: onnx.NodeProto) -> _View:
+        if name not in self.float_views and node.op_type == "MaxPool":
+            self._settle(name)
         if name not in self.float_views:
             raise _fail(node, f"input '{name}' is not a DequantizeLinear of int8 data")
         return self.float_views[name][0]
@@ -421,6 +491,7 @@ class _Lowerer:
             p.bias = self.weights[b][0].reshape(-1).astype(np.int32)
             self.pending[node.output[0]] = p
             return
+        self._int8_only(node, "Add")
         va, vb = self._act(a, node), self._act(b, node)
         same_order = _same_order(va.order, vb.order)
         if va.onnx_shape != vb.onnx_shape or va.kind != vb.kind or not same_order:
@@ -487,7 +558,11 @@ class _Lowerer:
         return kernel, stride, pads, int(a.get("count_include_pad", 0))
 
     def op_AveragePool(self, node: onnx.NodeProto) -> None:
-        self._pool(node, "avg", *self._pool_attrs(node))
+        kernel, stride, pads, include_pad = self._pool_attrs(node)
+        x = self._act(node.input[0], node)
+        if tuple(kernel) != tuple(x.onnx_shape[2:]) or any(pads):
+            self._int8_only(node, "a windowed AveragePool")
+        self._pool(node, "avg", kernel, stride, pads, include_pad)
 
     def op_MaxPool(self, node: onnx.NodeProto) -> None:
         if len(node.output) > 1 and node.output[1]:
@@ -511,6 +586,7 @@ class _Lowerer:
             self.pending[node.output[0]].onnx_shape = (1, x.onnx_shape[1])
 
     def op_Softmax(self, node: onnx.NodeProto) -> None:
+        self._int8_only(node, "Softmax")
         x = self._act(node.input[0], node)
         axis = int(_attrs(node).get("axis", -1))
         if x.kind != "vec" or axis not in (-1, 1) or x.order is not None:
@@ -536,6 +612,7 @@ class _Lowerer:
         self._pend(node, "pad", [x], shape, pad=(p[2], p[3], p[6], p[7]))
 
     def op_Concat(self, node: onnx.NodeProto) -> None:
+        self._int8_only(node, "Concat")
         xs = [self._act(i, node) for i in node.input]
         axis = int(_attrs(node).get("axis", 1))
         if any(v.kind != "nchw" for v in xs) or axis not in (1, -3):

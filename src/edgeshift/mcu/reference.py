@@ -303,6 +303,13 @@ def int8_core(model: onnx.ModelProto) -> onnx.ModelProto:
         i.name: i for i in g.input if i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     }
     out_names = {o.name for o in g.output}
+    inits = {t.name: t for t in g.initializer}
+
+    def q_type(node: onnx.NodeProto) -> int:
+        # the quantized side's element type is its zero point's (int8 when absent)
+        zp = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        return zp.data_type if zp is not None else onnx.TensorProto.INT8
+
     drop = []
     new_inputs, new_outputs = [], []
     for node in g.node:
@@ -310,7 +317,7 @@ def int8_core(model: onnx.ModelProto) -> onnx.ModelProto:
             vi = onnx.ValueInfoProto()
             vi.CopyFrom(float_in[node.input[0]])
             vi.name = node.output[0]
-            vi.type.tensor_type.elem_type = onnx.TensorProto.INT8
+            vi.type.tensor_type.elem_type = q_type(node)
             new_inputs.append((node.input[0], vi))
             drop.append(node)
         if node.op_type == "DequantizeLinear" and node.output[0] in out_names:
@@ -318,7 +325,7 @@ def int8_core(model: onnx.ModelProto) -> onnx.ModelProto:
             vo = onnx.ValueInfoProto()
             vo.CopyFrom(out)
             vo.name = node.input[0]
-            vo.type.tensor_type.elem_type = onnx.TensorProto.INT8
+            vo.type.tensor_type.elem_type = q_type(node)
             new_outputs.append((node.output[0], vo))
             drop.append(node)
     for node in drop:
@@ -357,12 +364,19 @@ def ort_reference(
     (with batch). Feeds a whole batch when the batch dim is free, else one sample at a time."""
     sess = session or ort_session(model)
     names = [i.name for i in sess.get_inputs()]
+    # uint8 models (ORT's x86 recipes): the IR holds q - 128 as int8; shift at the boundary.
+    inputs = [
+        (np.asarray(x).astype(np.int16) + 128).astype(np.uint8) if i.type == "tensor(uint8)" else x
+        for x, i in zip(inputs, sess.get_inputs(), strict=True)
+    ]
     dims = sess.get_inputs()[0].shape
     if not dims or isinstance(dims[0], str) or dims[0] is None:
-        return list(sess.run(None, dict(zip(names, inputs, strict=True))))
-    n = inputs[0].shape[0]
-    runs = [
-        sess.run(None, {k: v[i : i + 1] for k, v in zip(names, inputs, strict=True)})
-        for i in range(n)
-    ]
-    return [np.concatenate([r[j] for r in runs]) for j in range(len(runs[0]))]
+        outs = list(sess.run(None, dict(zip(names, inputs, strict=True))))
+    else:
+        n = inputs[0].shape[0]
+        runs = [
+            sess.run(None, {k: v[i : i + 1] for k, v in zip(names, inputs, strict=True)})
+            for i in range(n)
+        ]
+        outs = [np.concatenate([r[j] for r in runs]) for j in range(len(runs[0]))]
+    return [(y.astype(np.int16) - 128).astype(np.int8) if y.dtype == np.uint8 else y for y in outs]
