@@ -224,3 +224,16 @@ def test_what_optimize_writes_compiles(tmp_path: Path, arm_toolchain) -> None:
     assert m["ort_float_groups"]  # and the manifest says where ORT runs in float
     # The held-out digits still classify as ORT classifies them.
     assert v["mismatched_samples"] <= 0.02 * v["samples"]
+
+    # edgeshift verify --arch cortex-m*: the same artifact compiled, run under QEMU on two
+    # cores, its dequantized logits held against x86 by the artifact's own budget.
+    result = runner.invoke(
+        app, ["verify", str(art), "-a", "cortex-m4", "-a", "cortex-m55", "--data",
+              str(got.data_path), "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [r["arch"] for r in report["results"]] == ["cortex-m4", "cortex-m55"]
+    for r in report["results"]:
+        assert r["status"] == "pass", r
+        assert r["outputs"][0]["top1_agreement_pct"] >= 99.5

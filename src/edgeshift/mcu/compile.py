@@ -39,6 +39,7 @@ class CompileResult:
 
     out_dir: Path
     manifest: dict[str, Any]
+    graph: McuGraph | None = None  # the lowered IR (not serialised)
 
     @property
     def verified(self) -> bool:
@@ -208,7 +209,7 @@ def compile_model(
         )  # fmt: skip
         feedback.record(manifest, out_dir)
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return CompileResult(out_dir, manifest)
+    return CompileResult(out_dir, manifest, graph)
 
 
 def _c_name(path: Path) -> str:

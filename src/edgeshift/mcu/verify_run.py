@@ -69,6 +69,55 @@ def _sources(out_dir: Path, core: str) -> tuple[list[Path], list[Path]]:
     return sources, includes
 
 
+def _build_stub(out_dir: Path, core: str) -> Path:
+    from edgeshift.mcu import runner
+
+    stub_dir = out_dir / "build" / "stub"
+    stub_dir.mkdir(parents=True, exist_ok=True)
+    (stub_dir / "model_stub.c").write_text(STUB_SOURCE)
+    sources = [stub_dir / "model_stub.c", out_dir / "main.c", *runner.support_sources(core)]
+    return runner.build_firmware(sources, [out_dir], core, out_dir / "build" / "stub")
+
+
+def run_compiled(
+    out_dir: Path,
+    graph: McuGraph,
+    core: str,
+    stored_in: list[np.ndarray],
+    *,
+    timeout_s: float,
+    progress: Callable[[str], None],
+) -> tuple[Path, list[np.ndarray], Any]:
+    """Build OUT_DIR's firmware and run it under QEMU on int8 inputs in stored layout (one
+    array per graph input, samples first). Returns the ELF, the int8 outputs in stored layout
+    (one array per graph output, samples first) and the runner's FirmwareRun."""
+    from edgeshift.mcu import runner
+
+    samples = int(stored_in[0].shape[0]) if stored_in else 0
+    sources, includes = _sources(out_dir, core)
+    progress(f"building firmware for {core} (arm-none-eabi-gcc)")
+    elf = runner.build_firmware(sources, includes, core, out_dir / "build" / "model")
+    in_bytes = b"".join(
+        b"".join(np.ascontiguousarray(x[i]).tobytes() for x in stored_in) for i in range(samples)
+    )
+    out_per_sample = sum(graph.tensors[n].size_bytes for n in graph.outputs)
+    progress(f"running {samples:,} inferences under QEMU ({runner.CORES[core].qemu_machine})")
+    run = runner.run_firmware(
+        elf, core, in_bytes, output_bytes_per_sample=out_per_sample, timeout_s=timeout_s
+    )
+    if run.samples != samples:
+        raise BackendError(
+            f"the firmware answered {run.samples} of {samples} samples — see {out_dir}/build"
+        )
+    flat = np.frombuffer(run.outputs, dtype=np.int8).reshape(samples, out_per_sample)
+    stored_out, start = [], 0
+    for name in graph.outputs:
+        t = graph.tensors[name]
+        stored_out.append(flat[:, start : start + t.size_bytes].reshape(samples, *t.shape))
+        start += t.size_bytes
+    return elf, stored_out, run
+
+
 def verify_compiled(
     out_dir: Path,
     graph: McuGraph,
@@ -90,34 +139,10 @@ def verify_compiled(
     expected = ort_reference(proto, inputs)
     stored_in = to_stored(graph, inputs)
 
-    build = out_dir / "build"
-    sources, includes = _sources(out_dir, core)
-    progress(f"building firmware for {core} (arm-none-eabi-gcc)")
-    elf = runner.build_firmware(sources, includes, core, build / "model")
-    stub_dir = build / "stub"
-    stub_dir.mkdir(parents=True, exist_ok=True)
-    (stub_dir / "model_stub.c").write_text(STUB_SOURCE)
-    stub_sources = [stub_dir / "model_stub.c", out_dir / "main.c", *runner.support_sources(core)]
-    stub = runner.build_firmware(stub_sources, [out_dir], core, build / "stub")
-
-    in_bytes = b"".join(
-        b"".join(np.ascontiguousarray(x[i]).tobytes() for x in stored_in) for i in range(samples)
+    elf, stored_out, run = run_compiled(
+        out_dir, graph, core, stored_in, timeout_s=timeout_s, progress=progress
     )
-    out_per_sample = sum(graph.tensors[n].size_bytes for n in graph.outputs)
-    progress(f"running {samples:,} inferences under QEMU ({runner.CORES[core].qemu_machine})")
-    run = runner.run_firmware(
-        elf, core, in_bytes, output_bytes_per_sample=out_per_sample, timeout_s=timeout_s
-    )
-    if run.samples != samples:
-        raise BackendError(
-            f"the firmware answered {run.samples} of {samples} samples — see {build}/model"
-        )
-    flat = np.frombuffer(run.outputs, dtype=np.int8).reshape(samples, out_per_sample)
-    stored_out, start = [], 0
-    for name in graph.outputs:
-        t = graph.tensors[name]
-        stored_out.append(flat[:, start : start + t.size_bytes].reshape(samples, *t.shape))
-        start += t.size_bytes
+    stub = _build_stub(out_dir, core)
     got = np.concatenate([y.reshape(samples, -1) for y in from_stored(graph, stored_out)], axis=1)
     want = np.concatenate([np.asarray(e).reshape(samples, -1) for e in expected], axis=1)
     diff = np.abs(got.astype(np.int16) - want.astype(np.int16))

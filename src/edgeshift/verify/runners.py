@@ -2,8 +2,8 @@
 
 An architecture is a pluggable runner: :func:`register_runner` maps an ``--arch`` name to a
 factory. ``x86_64`` runs in this process; ``arm64`` runs one QEMU user-mode process over the
-cached userland for the whole batch; ``cortex-m*`` is unavailable until ``edgeshift compile``
-registers its runner.
+cached userland for the whole batch; ``cortex-m*`` compiles the model with ``edgeshift compile``
+and runs it under qemu-system-arm (``edgeshift.mcu.arch_runner``).
 """
 
 from __future__ import annotations
@@ -275,5 +275,7 @@ def runner_for(arch: str) -> Runner:
     if name in _RUNNERS:
         return _RUNNERS[name]()
     if name in CORTEX_M:
-        return UnavailableRunner(name, "unavailable: needs edgeshift compile")
+        from edgeshift.mcu.arch_runner import CortexMRunner
+
+        return CortexMRunner(name)  # type: ignore[return-value]
     raise BackendError(f"unknown --arch {arch!r} — use one of {', '.join(known_arches())}")
