@@ -85,3 +85,35 @@ def test_inspect_runs_inside_arm64(userland: Userland, tmp_path: Path) -> None:
     expected = json.loads(host.stdout)
     for key in ("inputs", "outputs", "params", "opset"):
         assert report[key] == expected[key]  # static analysis: the same on both ISAs
+
+
+def test_bench_runs_inside_arm64_and_says_it_is_emulated_nowhere_else(
+    userland: Userland, tmp_path: Path
+) -> None:
+    # bench measures whatever CPU it runs on; under QEMU that is the emulator, so the test
+    # checks that it runs and reports, not what it reports.
+    model = zoo.get("digits-mlp", tmp_path)
+    done = subprocess.run(
+        _guest(userland, "-m", "edgeshift", "bench", str(model.model_path), "--iterations", "5",
+               "--warmup", "1", "--json"),
+        env=guest_env(userland), capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["backend"] == "onnxruntime" and report["iterations"] == 5
+    assert report["p50_ms"] > 0
+
+
+def test_estimate_for_the_host_inside_arm64(userland: Userland, tmp_path: Path) -> None:
+    # `estimate --target host` detects and calibrates the (emulated) Arm host; ~30 s here.
+    model = zoo.get("digits-mlp", tmp_path)
+    env = {**guest_env(userland), "EDGESHIFT_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run(
+        _guest(userland, "-m", "edgeshift", "estimate", str(model.model_path), "--target", "host",
+               "--json"),
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["target_id"] == "host" and report["fits"] and report["latency_ms"] > 0
+    assert report["precision"] == "fp32"  # no bf16 on the Neoverse-N1 the userland describes
