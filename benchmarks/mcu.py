@@ -93,8 +93,8 @@ def main() -> int:
 
     first = cores[0]
     header = (
-        f"{'model':<11} {'MACs':>10} {'RAM B':>8} {'TFLM B':>8} {'RAM/TFLM':>9} {'flash B':>9} "
-        f"{'flash-wts':>9} "
+        f"{'model':<11} {'MACs':>10} {'RAM B':>8} {'TFLM B':>8} {'RAM/TFLM':>9} {'params B':>9} "
+        f"{'flash B':>9} {'flash-par':>9} "
         + " ".join(f"{'i/MAC ' + c[7:]:>9}" for c in cores)
         + f" {'instr/inf ' + first[7:]:>14} {'ms@120MHz':>10} {'TFLM ms':>8} {'exact':>11}"
     )
@@ -108,12 +108,17 @@ def main() -> int:
         n = min(p["samples"] for p in per_core.values())
         print(
             f"{name:<11} {r['macs']:>10,} {r['ram']:>8,} {tflm[1] or '—':>8} {ram_ratio:>9} "
-            f"{r['flash']:>9,} {r['flash'] - r['weight_bytes']:>9,} "
+            f"{r['weight_bytes']:>9,} {r['flash']:>9,} {r['flash'] - r['weight_bytes']:>9,} "
             + " ".join(f"{per_core[c]['per_mac']:>9.2f}" for c in cores)
             + f" {r['instructions']:>14,.0f} {r['instructions'] / CLOCK_HZ * 1e3:>10.1f} "
             f"{tflm[2] or '—':>8} {('yes' if exact else 'NO') + f' ({n})':>11}"
         )
-    print(f"\ngoals: {GOALS}")
+    print(
+        "\nRAM: what the model adds to a firmware's .data + .bss (the arena; weights are const)."
+        "\nparams: int8 weights + int32 biases + float32 multipliers; flash-par: the rest of the"
+        "\nflash the model adds (kernels, model_infer, parameter structs, softmax tables)."
+        f"\ngoals: {GOALS}"
+    )
     return 0
 
 
