@@ -644,30 +644,12 @@ class _Lowerer:
                 bias=bias.astype(np.int32), multiplier=mult.astype(np.float32)
             )
             common |= dict(act_min=act_min, act_max=act_max)
-            if p.kind == "conv":
+            if p.kind in ("conv", "dw"):
+                cls = ir.Conv2D if p.kind == "conv" else ir.DepthwiseConv2D
                 self.ops.append(
-                    ir.Conv2D(
-                        ins[0],
-                        out,
-                        e["weights"],
-                        stride=e["stride"],
-                        pad=e["pad"],
-                        dilation=e["dil"],
-                        **common,
-                    )
-                )
-            elif p.kind == "dw":
-                self.ops.append(
-                    ir.DepthwiseConv2D(
-                        ins[0],
-                        out,
-                        e["weights"],
-                        stride=e["stride"],
-                        pad=e["pad"],
-                        dilation=e["dil"],
-                        **common,
-                    )
-                )
+                    cls(ins[0], out, e["weights"], stride=e["stride"], pad=e["pad"],
+                        dilation=e["dil"], **common)
+                )  # fmt: skip
             else:
                 self.ops.append(ir.FullyConnected(ins[0], out, e["weights"], **common))
             return

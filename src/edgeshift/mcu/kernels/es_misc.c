@@ -9,6 +9,15 @@
 /* rintf without libm: clamp far outside int8 (the callers saturate afterwards, so nothing
  * changes), then es_round_half_even, exact for |f| < 2^22 — newlib's rintf is a call into a
  * library the model would otherwise not need. */
+/* The input rows (or columns) [*start, *end) a pooling window at output index O covers,
+ * clipped to the input: padding takes no part. */
+static inline void es_window(int32_t o, int32_t stride, int32_t pad, int32_t kernel, int32_t size,
+                             int32_t *start, int32_t *end) {
+    int32_t s = o * stride - pad;
+    *end = s + kernel < size ? s + kernel : size;
+    *start = s > 0 ? s : 0;
+}
+
 static inline float es_rintf(float f) {
     f = f < -4194304.0f ? -4194304.0f : (f > 4194304.0f ? 4194304.0f : f);
     return (float)es_round_half_even(f);
@@ -31,13 +40,11 @@ void es_avgpool(const es_pool_t *p, const int8_t *in, int8_t *out) {
     }
     /* ORT's windowed path: dequantize, float sum in row order, divide, quantize */
     for (int32_t oy = 0; oy < p->out_h; oy++) {
-        int32_t hs = oy * p->stride_h - p->pad_top;
-        int32_t he = hs + p->kernel_h < p->in_h ? hs + p->kernel_h : p->in_h;
-        hs = hs > 0 ? hs : 0;
+        int32_t hs, he;
+        es_window(oy, p->stride_h, p->pad_top, p->kernel_h, p->in_h, &hs, &he);
         for (int32_t ox = 0; ox < p->out_w; ox++) {
-            int32_t ws = ox * p->stride_w - p->pad_left;
-            int32_t we = ws + p->kernel_w < p->in_w ? ws + p->kernel_w : p->in_w;
-            ws = ws > 0 ? ws : 0;
+            int32_t ws, we;
+            es_window(ox, p->stride_w, p->pad_left, p->kernel_w, p->in_w, &ws, &we);
             const int32_t count =
                 p->count_include_pad ? p->kernel_h * p->kernel_w : (he - hs) * (we - ws);
             for (int32_t c = 0; c < C; c++) {
@@ -59,13 +66,11 @@ void es_avgpool(const es_pool_t *p, const int8_t *in, int8_t *out) {
 void es_maxpool(const es_pool_t *p, const int8_t *in, int8_t *out) {
     const int32_t C = p->channels;
     for (int32_t oy = 0; oy < p->out_h; oy++) {
-        int32_t hs = oy * p->stride_h - p->pad_top;
-        int32_t he = hs + p->kernel_h < p->in_h ? hs + p->kernel_h : p->in_h;
-        hs = hs > 0 ? hs : 0;
+        int32_t hs, he;
+        es_window(oy, p->stride_h, p->pad_top, p->kernel_h, p->in_h, &hs, &he);
         for (int32_t ox = 0; ox < p->out_w; ox++) {
-            int32_t ws = ox * p->stride_w - p->pad_left;
-            int32_t we = ws + p->kernel_w < p->in_w ? ws + p->kernel_w : p->in_w;
-            ws = ws > 0 ? ws : 0;
+            int32_t ws, we;
+            es_window(ox, p->stride_w, p->pad_left, p->kernel_w, p->in_w, &ws, &we);
             for (int32_t c = 0; c < C; c++) {
                 int8_t m = -128;
                 for (int32_t y = hs; y < he; y++)
