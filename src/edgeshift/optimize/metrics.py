@@ -8,12 +8,25 @@ metric's own unit:
 ==========  =======================================  ====================  ================
 metric      score                                    unit                  default budget
 ==========  =======================================  ====================  ================
-top1        argmax accuracy (labels) or agreement    percentage points     1 point
-cosine      mean cosine similarity per sample        cosine (-1..1)        0.01
+top1        argmax accuracy (labels) or agreement,   percentage points     1 point
+            per position
+sequence    greedy CTC decode: exact-match lines     percentage points     1 point
+            (``sequence:cer``: character error rate)
+cosine      mean cosine similarity per row / token   cosine (-1..1)        0.01
 rmse        root mean squared error                  the output's units    1% of target RMS
 max-abs     largest absolute error                   the output's units    1% of max |target|
 iou         IoU of thresholded / argmax maps         percentage points     1 point
 ==========  =======================================  ====================  ================
+
+Layouts: the class axis of ``[N, C]`` and of a sequence ``[N, T, C]`` is the last one; of a
+map ``[N, C, H, W]`` (rank 4 and up) it is axis 1. ``top1`` scores every position.
+
+Without labels every output is scored, and the verdict is the worst output's: a candidate
+that breaks one head is broken whatever the others do, which a mean would hide. When the
+outputs need different metrics (or rmse / max-abs, whose units differ per output), each
+output's drop is taken as a fraction of its own default budget and the worst fraction is the
+drop (unit ``budget fraction``, default budget 1). Labels belong to one output (the first):
+with labels only that output is scored.
 
 A user metric ``module:function`` (or ``path/to/file.py:function``) is called as
 ``function(outputs, reference, labels) -> float`` with dicts of arrays by output name;
@@ -26,19 +39,24 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from edgeshift.errors import OptimizeError
+from edgeshift.errors import DataError, OptimizeError
 
-BUILTIN_METRICS = ("top1", "cosine", "rmse", "max-abs", "iou")
-_CLASSIFIER_HINTS = ("logit", "prob", "class", "score", "softmax", "label")
+BUILTIN_METRICS = ("top1", "sequence", "cosine", "rmse", "max-abs", "iou")
+_CLASSIFIER_HINTS = ("logit", "prob", "class", "score", "softmax", "label", "ctc")
+# A class that wins at least this share of positions is taken for a CTC blank: recognizers
+# emit blank between and around characters, far more often than any character.
+_BLANK_SHARE = 0.4
+_MIN_BUDGET = 1e-12  # keeps a drop / budget ratio finite when a target is all zeros
 
 Outputs = Mapping[str, np.ndarray]
 ScoreFn = Callable[[Outputs, Outputs, "np.ndarray | None"], float]
+BudgetFn = Callable[[Outputs, "np.ndarray | None", float], float]
 
 
 @dataclass(frozen=True)
@@ -49,9 +67,9 @@ class Metric:
     unit: str
     higher_is_better: bool
     score_fn: ScoreFn
-    output: str  # the output it reads (user metrics see all of them)
+    output: str  # the output(s) it reads, comma-separated (user metrics see all of them)
     reason: str  # why this metric: given by the user, or what `auto` saw
-    default_max_drop_fn: Callable[[Outputs, np.ndarray | None, float], float]
+    default_max_drop_fn: BudgetFn
 
     def score(self, outputs: Outputs, reference: Outputs, labels: np.ndarray | None) -> float:
         value = float(self.score_fn(outputs, reference, labels))
@@ -71,28 +89,146 @@ class Metric:
         return float(self.default_max_drop_fn(reference, labels, original_score))
 
 
+# --- layouts -------------------------------------------------------------------------------
+
+
+def class_axis(ndim: int) -> int:
+    """The class axis: last of ``[N, C]`` and of a sequence ``[N, T, C]``; 1 of a map
+    ``[N, C, H, W]`` (rank 4 and up)."""
+    return 1 if ndim >= 4 else ndim - 1
+
+
+def class_map(values: np.ndarray) -> np.ndarray:
+    """The argmax class at every position: ``[N]``, ``[N, T]`` or ``[N, H, W]``."""
+    return np.argmax(values, axis=class_axis(values.ndim))
+
+
+def _labels_per_position(labels: np.ndarray, positions: tuple[int, ...]) -> np.ndarray:
+    if labels.shape == positions:
+        return labels
+    if labels.size == math.prod(positions):
+        return labels.reshape(positions)
+    raise DataError(
+        f"labels of shape {list(labels.shape)} do not match the output's {list(positions)} "
+        "positions — give one class per position (negative values are ignored)"
+    )
+
+
 def _target(output: str, reference: Outputs, labels: np.ndarray | None) -> np.ndarray:
     return labels if labels is not None else reference[output]
 
 
+# --- top1 ----------------------------------------------------------------------------------
+
+
 def _top1(output: str) -> ScoreFn:
     def score(outputs: Outputs, reference: Outputs, labels: np.ndarray | None) -> float:
-        predicted = np.argmax(outputs[output].reshape(len(outputs[output]), -1), axis=-1)
-        if labels is not None:
-            wanted = labels.reshape(len(labels), -1)[:, 0] if labels.ndim > 1 else labels
-        else:
-            ref = reference[output]
-            wanted = np.argmax(ref.reshape(len(ref), -1), axis=-1)
-        return float(np.mean(predicted == wanted) * 100.0)
+        predicted = class_map(outputs[output])
+        if labels is None:
+            wanted = class_map(reference[output])
+            return float(np.mean(predicted == wanted) * 100.0)
+        wanted = _labels_per_position(labels, predicted.shape)
+        # Negative labels mark padding (the -100 of token-classification datasets).
+        scored = wanted >= 0
+        if not scored.any():
+            return 100.0
+        return float(np.mean(predicted[scored] == wanted[scored]) * 100.0)
 
     return score
 
 
+# --- sequence (CTC) ------------------------------------------------------------------------
+
+
+def ctc_greedy_decode(scores: np.ndarray, blank: int) -> list[tuple[int, ...]]:
+    """Best path per sample of ``[N, T, C]`` scores: argmax per step, repeats merged, blanks
+    dropped."""
+    best = np.argmax(scores, axis=-1)
+    keep = best != blank
+    keep[:, 1:] &= best[:, 1:] != best[:, :-1]
+    return [tuple(row[mask].tolist()) for row, mask in zip(best, keep, strict=True)]
+
+
+def edit_distance(got: Sequence[int], want: Sequence[int]) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions, each costing 1."""
+    previous = list(range(len(want) + 1))
+    for i, g in enumerate(got, start=1):
+        current = [i]
+        for j, w in enumerate(want, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (g != w)))
+        previous = current
+    return previous[-1]
+
+
+def _label_sequences(labels: np.ndarray) -> list[tuple[int, ...]]:
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(
+            f"sequence labels must be integers [N, L] (got {labels.dtype} "
+            f"{list(labels.shape)}) — pad shorter lines with -1"
+        )
+    return [tuple(row[row >= 0].tolist()) for row in labels]
+
+
+def sequence_scores(
+    got: np.ndarray, reference: np.ndarray | None, labels: np.ndarray | None, blank: int | str
+) -> tuple[float, float]:
+    """Exact-match rate and character error rate (both in percent) of greedy CTC decodes of
+    ``[N, T, C]`` scores, against labels ``[N, L]`` (-1 padded) or the reference's decodes.
+    ``blank`` is a class index or ``"last"``."""
+    blank_index = got.shape[-1] - 1 if blank == "last" else int(blank)
+    decoded = ctc_greedy_decode(got, blank_index)
+    if labels is not None:
+        wanted = _label_sequences(labels)
+    else:
+        assert reference is not None
+        wanted = ctc_greedy_decode(reference, blank_index)
+    exact = float(np.mean([d == w for d, w in zip(decoded, wanted, strict=True)]) * 100.0)
+    errors = sum(edit_distance(d, w) for d, w in zip(decoded, wanted, strict=True))
+    # Corpus CER: edits over all reference characters, so long lines weigh more than short.
+    cer = 100.0 * errors / max(1, sum(len(w) for w in wanted))
+    return exact, cer
+
+
+def _sequence(output: str, blank: int | str, cer: bool) -> ScoreFn:
+    def score(outputs: Outputs, reference: Outputs, labels: np.ndarray | None) -> float:
+        exact, error_rate = sequence_scores(outputs[output], reference.get(output), labels, blank)
+        return error_rate if cer else exact
+
+    return score
+
+
+def parse_sequence_options(text: str) -> tuple[int | str, bool]:
+    """``sequence[:blank=N|last][,cer]`` → (blank, score on CER)."""
+    _, _, options = text.partition(":")
+    blank: int | str = 0
+    cer = False
+    for option in filter(None, options.split(",")):
+        key, _, value = option.partition("=")
+        if key == "cer" and not value:
+            cer = True
+        elif key == "blank" and (value == "last" or value.isdigit()):
+            blank = value if value == "last" else int(value)
+        else:
+            raise OptimizeError(
+                f"--metric {text}: unknown option {option!r} — use sequence:blank=N|last,cer"
+            )
+    return blank, cer
+
+
+# --- cosine, rmse, max-abs, iou ------------------------------------------------------------
+
+
+def _cosine_rows(values: np.ndarray) -> np.ndarray:
+    # [N, T, D]: one vector per token; anything else: one vector per sample.
+    if values.ndim == 3:
+        return values.reshape(-1, values.shape[-1]).astype(np.float64)
+    return values.reshape(len(values), -1).astype(np.float64)
+
+
 def _cosine(output: str) -> ScoreFn:
     def score(outputs: Outputs, reference: Outputs, labels: np.ndarray | None) -> float:
-        got = outputs[output].reshape(len(outputs[output]), -1).astype(np.float64)
-        want = _target(output, reference, labels)
-        want = want.reshape(len(want), -1).astype(np.float64)
+        got = _cosine_rows(outputs[output])
+        want = _cosine_rows(_target(output, reference, labels).reshape(outputs[output].shape))
         dot = np.sum(got * want, axis=1)
         got_norm, want_norm = np.linalg.norm(got, axis=1), np.linalg.norm(want, axis=1)
         cos = dot / np.maximum(got_norm * want_norm, 1e-300)
@@ -124,7 +260,7 @@ def _max_abs(output: str) -> ScoreFn:
 def _segment_map(values: np.ndarray, threshold: float) -> np.ndarray:
     """Class map per pixel: argmax over channels [N, C>1, ...], else a threshold."""
     if values.ndim >= 4 and values.shape[1] > 1:
-        return np.argmax(values, axis=1)
+        return class_map(values)
     squeezed = values[:, 0] if values.ndim >= 4 else values
     return (squeezed > threshold).astype(np.int64)
 
@@ -149,11 +285,11 @@ def _iou(output: str, threshold: float) -> ScoreFn:
     return score
 
 
-def _fixed(value: float) -> Callable[[Outputs, np.ndarray | None, float], float]:
+def _fixed(value: float) -> BudgetFn:
     return lambda reference, labels, original: value
 
 
-def _relative_rms(output: str) -> Callable[[Outputs, np.ndarray | None, float], float]:
+def _relative_rms(output: str) -> BudgetFn:
     def budget(reference: Outputs, labels: np.ndarray | None, original: float) -> float:
         target = _target(output, reference, labels).astype(np.float64)
         return 0.01 * float(np.sqrt(np.mean(target**2))) if target.size else 0.0
@@ -161,7 +297,7 @@ def _relative_rms(output: str) -> Callable[[Outputs, np.ndarray | None, float], 
     return budget
 
 
-def _relative_max(output: str) -> Callable[[Outputs, np.ndarray | None, float], float]:
+def _relative_max(output: str) -> BudgetFn:
     def budget(reference: Outputs, labels: np.ndarray | None, original: float) -> float:
         target = _target(output, reference, labels).astype(np.float64)
         return 0.01 * float(np.max(np.abs(target))) if target.size else 0.0
@@ -169,8 +305,16 @@ def _relative_max(output: str) -> Callable[[Outputs, np.ndarray | None, float], 
     return budget
 
 
+# --- building, combining and choosing --------------------------------------------------------
+
+
 def builtin_metric(name: str, output: str, reason: str, reference: Outputs | None = None) -> Metric:
-    """One of BUILTIN_METRICS reading OUTPUT."""
+    """One of BUILTIN_METRICS reading OUTPUT; ``sequence`` takes ``:blank=N|last,cer``."""
+    if name.partition(":")[0] == "sequence":
+        blank, cer = parse_sequence_options(name)
+        unit = "CER points" if cer else "exact-match points"
+        score = _sequence(output, blank, cer)
+        return Metric(name, unit, not cer, score, output, reason, _fixed(1.0))
     if name == "top1":
         return Metric(name, "points", True, _top1(output), output, reason, _fixed(1.0))
     if name == "cosine":
@@ -194,40 +338,158 @@ def builtin_metric(name: str, output: str, reason: str, reference: Outputs | Non
     )
 
 
-def auto_metric(reference: Outputs, output: str, labels: np.ndarray | None) -> Metric:
-    """Pick a metric from the first output's shape (and the labels, if any); say why."""
-    ref = reference[output]
-    shape = list(ref.shape)
+def _misfit(name: str, values: np.ndarray) -> str | None:
+    """Why metric NAME cannot read VALUES, or None when it can."""
+    base = name.partition(":")[0]
+    if base == "top1" and (values.ndim < 2 or values.shape[class_axis(values.ndim)] < 2):
+        return "top1 reads class scores [N, C], [N, T, C] or [N, C, H, W]"
+    if base == "sequence" and (values.ndim != 3 or values.shape[-1] < 2):
+        return "sequence reads per-step class scores [N, T, C]"
+    if base == "iou" and values.ndim < 3:
+        return "iou reads maps [N, H, W] or [N, C, H, W]"
+    if base == "cosine" and values.ndim < 2:
+        return "cosine reads vectors [N, D] or [N, T, D]"
+    return None
+
+
+def combine(parts: list[Metric], reason: str) -> Metric:
+    """Several single-output metrics as one: the worst output decides (see the module doc)."""
+    if len(parts) == 1:
+        return replace(parts[0], reason=reason)
+    outputs = ", ".join(p.output for p in parts)
+    names = list(dict.fromkeys(p.name for p in parts))
+    if len(names) == 1 and parts[0].unit != "output units":
+        pick = min if parts[0].higher_is_better else max
+
+        def worst_score(got: Outputs, reference: Outputs, labels: np.ndarray | None) -> float:
+            return pick(p.score(got, reference, labels) for p in parts)
+
+        return replace(parts[0], score_fn=worst_score, output=outputs, reason=reason)
+
+    def worst_fraction(got: Outputs, reference: Outputs, labels: np.ndarray | None) -> float:
+        fractions = []
+        for p in parts:
+            original = p.score(reference, reference, labels)
+            budget = max(p.default_max_drop(reference, labels, original), _MIN_BUDGET)
+            fractions.append(p.drop(original, p.score(got, reference, labels)) / budget)
+        return -max(fractions)  # higher is better: 0 for the original, -1 at the budget
+
+    name = "+".join(names)
+    return Metric(name, "budget fraction", True, worst_fraction, outputs, reason, _fixed(1.0))
+
+
+def _looks_like_scores(name: str, values: np.ndarray) -> bool:
+    v = values.astype(np.float64)
+    probs = bool(np.all(v >= 0) and np.allclose(v.sum(axis=-1), 1.0, atol=1e-3))
+    log_probs = bool(np.all(v <= 0) and np.allclose(np.exp(v).sum(axis=-1), 1.0, atol=1e-3))
+    return probs or log_probs or any(h in name.lower() for h in _CLASSIFIER_HINTS)
+
+
+def _ctc_blank(values: np.ndarray, min_share: float) -> tuple[int | str, float] | None:
+    """The CTC blank (0 or "last") when one of them is the argmax at >= MIN_SHARE of steps."""
+    best = np.argmax(values, axis=-1)
+    shares: dict[int | str, float] = {
+        0: float(np.mean(best == 0)),
+        "last": float(np.mean(best == values.shape[-1] - 1)),
+    }
+    blank, share = max(shares.items(), key=lambda item: item[1])
+    return (blank, share) if share >= min_share else None
+
+
+def _sequence_choice(
+    desc: str, values: np.ndarray, blank: tuple[int | str, float]
+) -> tuple[str, str]:
+    index, share = blank
+    name = "sequence" if index == 0 else "sequence:blank=last"
+    classes = values.shape[-1]
+    cls = 0 if index == 0 else classes - 1
+    return name, (
+        f"3-D output {desc} [N, T, C] with C={classes} classes, class {cls} the argmax at "
+        f"{share:.0%} of steps (a CTC blank): sequence (CTC greedy, blank {cls}) — "
+        "pass --metric top1 to score positions"
+    )
+
+
+def _auto_one(output: str, values: np.ndarray, labels: np.ndarray | None) -> tuple[str, str]:
+    """(metric name, why) for one output."""
+    desc = f"{output} {list(values.shape)}"
     if labels is not None and np.issubdtype(labels.dtype, np.integer):
-        if ref.ndim == 2 and shape[1] > 1 and labels.ndim == 1:
-            return builtin_metric("top1", output, f"integer labels, output {shape}: a classifier")
-        if ref.ndim >= 3 and labels.ndim >= 2:
-            return builtin_metric(
-                "iou", output, f"integer label maps, output {shape}: segmentation", reference
-            )
+        if values.ndim == 2 and values.shape[1] > 1 and labels.ndim == 1:
+            return "top1", f"integer labels, output {desc}: a classifier"
+        if values.ndim == 3 and labels.ndim == 2:
+            blank = _ctc_blank(values, _BLANK_SHARE)
+            if blank is not None or labels.shape[1] != values.shape[1]:
+                return _sequence_choice(desc, values, blank or (0, 0.0))
+            return "top1", f"integer labels per step, output {desc}: top1 per position (tokens)"
+        if values.ndim >= 3 and labels.ndim >= 2:
+            return "iou", f"integer label maps, output {desc}: segmentation"
     if labels is not None:
-        return builtin_metric("rmse", output, f"float labels, output {shape}: regression")
-    if ref.ndim == 2 and shape[1] > 1:
-        norms = np.linalg.norm(ref.astype(np.float64), axis=1)
+        return "rmse", f"float labels, output {desc}: regression"
+    if values.ndim <= 1 or values.size == len(values):
+        return "rmse", f"output {desc}: one value per sample (regression)"
+    if values.ndim == 2:
+        norms = np.linalg.norm(values.astype(np.float64), axis=1)
         if np.allclose(norms, 1.0, atol=1e-3):
-            return builtin_metric(
-                "cosine", output, f"output {shape} has unit-norm rows: an embedding"
+            return "cosine", f"output {desc} has unit-norm rows: an embedding (cosine per row)"
+        if _looks_like_scores(output, values):
+            return "top1", f"output {desc} looks like class scores: agreement"
+        return "cosine", f"output {desc}: vectors (pass --metric top1 for a classifier)"
+    if values.ndim == 3:
+        scores = _looks_like_scores(output, values)
+        # Raw hidden states rarely peak on their first or last unit; ask more of them.
+        blank = _ctc_blank(values, _BLANK_SHARE if scores else 0.5)
+        if blank is not None:
+            return _sequence_choice(desc, values, blank)
+        if scores:
+            return "top1", (
+                f"3-D output {desc} [N, T, C] of class scores, no CTC blank: top1 per position "
+                "— pass --metric sequence for a CTC recognizer"
             )
-        rows_are_probs = bool(np.all(ref >= 0) and np.allclose(ref.sum(axis=1), 1.0, atol=1e-3))
-        if rows_are_probs or any(h in output.lower() for h in _CLASSIFIER_HINTS):
-            return builtin_metric(
-                "top1", output, f"output {shape} looks like class scores: agreement"
-            )
-        return builtin_metric(
-            "cosine", output, f"output {shape}: vectors (pass --metric top1 for a classifier)"
+        return "cosine", (
+            f"3-D output {desc} [N, T, D]: vectors, cosine per token — pass --metric top1 "
+            "for class scores"
         )
-    if ref.ndim == 3:
-        return builtin_metric("cosine", output, f"output {shape}: per-token vectors")
-    if ref.ndim >= 4:
-        return builtin_metric(
-            "iou", output, f"output {shape}: a dense map (segmentation)", reference
+    return "iou", f"output {desc}: a dense map [N, C, H, W] (segmentation, classes on axis 1)"
+
+
+def auto_metric(reference: Outputs, output: str, labels: np.ndarray | None) -> Metric:
+    """Pick a metric from the outputs' layouts (with labels: OUTPUT's and the labels'); say
+    why. Without labels every output is scored."""
+    if labels is not None:
+        choice, why = _auto_one(output, reference[output], labels)
+        return builtin_metric(choice, output, why, reference)
+    choices = [(name, *_auto_one(name, values, None)) for name, values in reference.items()]
+    parts = [builtin_metric(choice, name, why, reference) for name, choice, why in choices]
+    if len(parts) == 1:
+        return parts[0]
+    same = len({choice for _, choice, _ in choices}) == 1 and parts[0].unit != "output units"
+    how = "the worst output's score" if same else "the worst drop as a fraction of its budget"
+    whys = "; ".join(why for _, _, why in choices)
+    return combine(parts, f"{whys} — {len(parts)} outputs scored together: {how}")
+
+
+def _explicit_metric(
+    name: str, reference: Outputs, output: str, labels: np.ndarray | None
+) -> Metric:
+    if labels is not None:
+        return builtin_metric(name, output, "given by --metric", reference)
+    misfits = {o: _misfit(name, v) for o, v in reference.items()}
+    fitting = [o for o, why in misfits.items() if why is None]
+    if not fitting:
+        shapes = ", ".join(f"{o} {list(v.shape)}" for o, v in reference.items())
+        why = next(w for w in misfits.values() if w)
+        raise OptimizeError(
+            f"--metric {name} fits no output ({shapes}): {why} — pass --metric auto"
         )
-    return builtin_metric("rmse", output, f"output {shape}: scalars per sample (regression)")
+    skipped = [f"{o} ({why})" for o, why in misfits.items() if why is not None]
+    reason = "given by --metric" + (f"; not scored: {', '.join(skipped)}" if skipped else "")
+    if len(fitting) > 1:
+        reason += f"; {len(fitting)} outputs scored together, the worst decides"
+    return combine([builtin_metric(name, o, reason, reference) for o in fitting], reason)
+
+
+def _is_builtin(name: str) -> bool:
+    return name in BUILTIN_METRICS or name.startswith("sequence:")
 
 
 def _import_user_module(module_spec: str, text: str) -> object:
@@ -283,13 +545,15 @@ def user_metric(text: str, output: str) -> Metric:
 
 
 def resolve_metric(name: str, reference: Outputs, output: str, labels: np.ndarray | None) -> Metric:
-    """The metric for NAME: ``auto``, a builtin, or ``module:function``."""
+    """The metric for NAME: ``auto``, a builtin, or ``module:function``. REFERENCE holds every
+    output of the original; OUTPUT is the one LABELS belong to (the first). Without labels
+    every output is scored together."""
     if name == "auto":
         return auto_metric(reference, output, labels)
-    if name in BUILTIN_METRICS:
-        return builtin_metric(name, output, "given by --metric", reference)
+    if _is_builtin(name):
+        return _explicit_metric(name, reference, output, labels)
     if ":" in name:
-        return user_metric(name, output)
+        return user_metric(name, ", ".join(reference))
     raise OptimizeError(
         f"unknown metric {name!r} — use auto, {', '.join(BUILTIN_METRICS)} or module:function"
     )
@@ -298,6 +562,9 @@ def resolve_metric(name: str, reference: Outputs, output: str, labels: np.ndarra
 def check_metric_name(name: str) -> None:
     """Fail early (before any model runs) on a metric that cannot resolve."""
     if name == "auto" or name in BUILTIN_METRICS:
+        return
+    if name.startswith("sequence:"):
+        parse_sequence_options(name)
         return
     if ":" in name:
         user_metric(name, output="")
