@@ -14,9 +14,15 @@ import numpy as np
 import psutil
 
 from edgeshift.bench.inputs import index_ranges, load_npz_batches, synthesize_inputs
-from edgeshift.errors import BackendError
+from edgeshift.errors import BackendError, ShapeError
 from edgeshift.model.load import LoadedModel, load_model
-from edgeshift.model.shapes import resolve_input_shapes
+from edgeshift.model.shapes import (
+    TensorSpec,
+    check_fits_memory,
+    graph_io,
+    input_bytes,
+    resolve_input_shapes,
+)
 from edgeshift.runtime import open_backend
 from edgeshift.runtime.base import Backend
 
@@ -132,16 +138,22 @@ def bench(
     load_s = time.perf_counter() - t0
 
     assumed: list[str] = []
+    specs = _input_specs(loaded, runtime)
     if data is not None:
         batches = load_npz_batches(data, runtime.inputs, batch)
         input_shapes = {k: tuple(v.shape) for k, v in batches[0].items()}
+        check_shapes_fit(loaded, specs, input_shapes)
     else:
-        resolved = resolve_input_shapes(runtime.inputs, shapes, batch)
+        resolved = resolve_input_shapes(specs, shapes, batch)
         assumed = resolved.assumed
         input_shapes = resolved.shapes
+        check_shapes_fit(loaded, specs, input_shapes)
         batches = [
             synthesize_inputs(runtime.inputs, input_shapes, seed, index_ranges(loaded.proto))
         ]
+    t_fix = time.perf_counter()
+    runtime.fix_input_shapes(input_shapes)
+    load_s += time.perf_counter() - t_fix
     t1 = time.perf_counter()
     runtime.run(batches[0])
     first_s = load_s + (time.perf_counter() - t1)
@@ -177,6 +189,40 @@ def bench(
         data=str(data) if data is not None else None,
         runtime_options=runtime.runtime_options(),
     )
+
+
+def _input_specs(loaded: LoadedModel, runtime: Backend) -> list[TensorSpec]:
+    """The model's own input specs when they name the runtime's inputs: they keep the
+    symbolic dim names (``seq``) that OpenVINO drops, so ``--shape seq=17`` means the same
+    on every backend."""
+    declared, _ = graph_io(loaded.proto)
+    if sorted(s.name for s in declared) == sorted(s.name for s in runtime.inputs):
+        return declared
+    return runtime.inputs
+
+
+def check_shapes_fit(
+    loaded: LoadedModel,
+    specs: list[TensorSpec],
+    shapes: Mapping[str, tuple[int, ...]],
+    available_bytes: int | None = None,
+) -> None:
+    """Raise ShapeError before anything is allocated when SHAPES exceed the memory available
+    or a limit the model implies (a position table, a fixed Reshape)."""
+    available = (
+        available_bytes if available_bytes is not None else int(psutil.virtual_memory().available)
+    )
+    check_fits_memory(specs, shapes, input_bytes(specs, shapes), available, "the inputs alone")
+    if not any(s.is_dynamic for s in specs):
+        return  # the shapes are the model's own: nothing to bound
+    from edgeshift.model.analysis import analyze  # ~0.1 s import, only for open dims
+
+    try:
+        analyze(loaded, shapes, available_bytes=available)
+    except ShapeError:
+        raise
+    except Exception:  # the analysis only vets shapes; the runtime has the last word
+        return
 
 
 def _measure_with_progress(

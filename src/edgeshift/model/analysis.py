@@ -21,12 +21,22 @@ from pathlib import Path
 
 import onnx
 import onnx.inliner
+import psutil
 
+from edgeshift.errors import ShapeError
 from edgeshift.model.liveness import activation_memory, node_reads, topological_order
 from edgeshift.model.load import LoadedModel, load_model
 from edgeshift.model.op_costs import Cost, TensorInfo, node_cost, tensor_bytes
-from edgeshift.model.shape_infer import infer_tensor_infos
-from edgeshift.model.shapes import TensorSpec, graph_io, resolve_input_shapes
+from edgeshift.model.shape_infer import ShapeConflict, infer_with_values, shape_conflicts
+from edgeshift.model.shapes import (
+    DynamicDim,
+    TensorSpec,
+    check_fits_memory,
+    dynamic_dims,
+    graph_io,
+    input_bytes,
+    resolve_input_shapes,
+)
 
 _T = onnx.TensorProto
 _NOT_PARAMETER_TYPES = frozenset({_T.INT64, _T.UINT64, _T.BOOL, _T.STRING})
@@ -319,22 +329,72 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+def _conflict_error(c: ShapeConflict, dims: list[DynamicDim]) -> ShapeError:
+    """The one-line error for a node that cannot run, naming the open dim behind it."""
+    where = f"node {c.node!r} {c.detail}"
+    pick: DynamicDim | None = None
+    bound = ""
+    if c.op_type == "Gather":  # positions 0..dim-1 (plus an offset) index the table
+        near = [d for d in dims if d.value > 1]
+        pick = min(near, key=lambda d: abs(d.value - c.got), default=None)
+        if pick is not None:
+            bound = f"at most {pick.value - (c.got - c.limit)}"
+    elif c.op_type == "Reshape":
+        fits = [d for d in dims if d.value > 1 and (c.limit * d.value) % c.got == 0]
+        pick = max(fits, key=lambda d: d.value, default=None)
+        if pick is not None and c.limit * pick.value // c.got > 0:
+            bound = f"exactly {c.limit * pick.value // c.got}"
+    else:  # one extent of the clashing axis comes from the dim, the other is the limit
+        for d in dims:
+            if d.value in (c.got, c.limit):
+                pick = d
+                bound = str(c.limit if d.value == c.got else c.got)
+                break
+    if pick is None or not bound:
+        pick = max(dims, key=lambda d: d.value, default=None)
+        if pick is None:
+            return ShapeError(f"the model cannot run at its own fixed shapes: {where}")
+        return ShapeError(
+            f"{pick.label}={pick.value} does not fit the model: {where} — choose another "
+            f"{pick.label} with --shape"
+        )
+    return ShapeError(
+        f"{pick.label}={pick.value} does not fit the model: {where}, which allows "
+        f"{pick.label} {bound if bound[0].isalpha() else 'up to ' + bound} — give "
+        f"--shape {pick.label}=… within that"
+    )
+
+
 def analyze(
     model: onnx.ModelProto | LoadedModel | str | Path,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     batch: int | None = None,
+    *,
+    available_bytes: int | None = None,
 ) -> ModelAnalysis:
     """Analyse MODEL at concrete input shapes.
 
     SHAPES are parsed ``--shape`` overrides (input names or symbolic dims); BATCH sets the
     first axis of dynamic inputs. Raises ModelError for a file that cannot be loaded and
-    ShapeError for overrides that do not fit the model.
+    ShapeError for overrides that do not fit the model: shapes it cannot run (a clashing
+    broadcast, a fixed Reshape, a Gather past a position table) and shapes whose inputs or
+    activations exceed ``available_bytes`` (default: this machine's available memory).
     """
     proto, source_path = _as_loaded(model)
     proto = _inline_functions(proto)
     graph = proto.graph
     inputs, outputs = graph_io(proto)
     resolved = resolve_input_shapes(inputs, shapes, batch)
+    if available_bytes is None:
+        available_bytes = int(psutil.virtual_memory().available)
+    # Before anything is inferred or folded: a dim of 2**40 must fail here, not in an OOM.
+    check_fits_memory(
+        inputs,
+        resolved.shapes,
+        input_bytes(inputs, resolved.shapes),
+        available_bytes,
+        "the inputs alone",
+    )
     symbols = {
         d: resolved.shapes[spec.name][axis]
         for spec in inputs
@@ -355,8 +415,13 @@ def analyze(
     order, complete = topological_order(nodes, reads, [*real_inputs, *top_weights])
     if not complete:
         uncounted.append("the graph has a cycle: memory figures follow the stored node order")
-    infos, notes = infer_tensor_infos(proto, real_inputs, input_types, weight_infos, symbols, order)
+    infos, notes, values = infer_with_values(
+        proto, real_inputs, input_types, weight_infos, symbols, order
+    )
     uncounted.extend(notes)
+    conflicts = shape_conflicts(nodes, order, infos, values, weight_infos)
+    if conflicts:
+        raise _conflict_error(conflicts[0], dynamic_dims(inputs, resolved.shapes))
 
     costs, not_counted, constants = _node_costs(nodes, order, infos, top_weights)
     uncounted.extend(_cost_notes(nodes, order, costs, not_counted))
@@ -370,6 +435,13 @@ def analyze(
     sizes = {name: info.nbytes for name, info in infos.items()}
     memory = activation_memory(
         nodes, reads, order, list(real_inputs), [o.name for o in graph.output], constants, sizes
+    )
+    check_fits_memory(
+        inputs,
+        resolved.shapes,
+        memory.peak_bytes + inventory.weight_bytes,
+        available_bytes,
+        "the weights and activations",
     )
     if memory.unknown:
         uncounted.append(

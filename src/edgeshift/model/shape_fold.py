@@ -81,6 +81,33 @@ def _evaluate(
     return [np.asarray(r) for r in results]
 
 
+def _output_elements(node: onnx.NodeProto, feeds: Mapping[str, np.ndarray]) -> int | None:
+    """Elements the ops that make tensors out of values would allocate, or None for others.
+
+    Checked before evaluating: ``Range(0, seq)`` at seq = 2**40 must not be materialised.
+    """
+    try:
+        args = [feeds.get(n) for n in node.input]
+        if node.op_type == "Range" and all(a is not None for a in args[:3]):
+            start, limit, delta = (float(np.asarray(a).reshape(-1)[0]) for a in args[:3])
+            return max(0, math.ceil((limit - start) / delta)) if delta else None
+        if node.op_type == "ConstantOfShape" and args and args[0] is not None:
+            return math.prod(int(d) for d in np.asarray(args[0]).reshape(-1))
+        if node.op_type in ("Expand", "Tile") and len(args) > 1 and args[0] is not None:
+            shape, other = args[0].shape, [int(d) for d in np.asarray(args[1]).reshape(-1)]
+            if node.op_type == "Tile":
+                return math.prod(s * r for s, r in zip(shape, other, strict=False))
+            rank = max(len(shape), len(other))
+            padded = [1] * (rank - len(shape)) + list(shape)
+            target = [1] * (rank - len(other)) + other
+            return math.prod(max(a, b) for a, b in zip(padded, target, strict=True))
+        if node.op_type == "OneHot" and len(args) > 1 and args[0] is not None:
+            return args[0].size * int(np.asarray(args[1]).reshape(-1)[0])
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError):
+        return SMALL_VALUE_ELEMENTS + 1  # values it cannot size are not worth the risk
+    return None
+
+
 def fold_values(
     nodes: Sequence[onnx.NodeProto],
     order: Sequence[int],
@@ -121,6 +148,12 @@ def fold_values(
         if not names or any(v is None for v in feeds.values()):
             continue
         if sum(v.size for v in feeds.values() if v is not None) > 4 * SMALL_VALUE_ELEMENTS:
+            continue
+        planned = _output_elements(node, {n: v for n, v in feeds.items() if v is not None})
+        if planned is not None and planned > SMALL_VALUE_ELEMENTS:
+            continue
+        out_info = infos.get(outputs[0])
+        if out_info is not None and (out_info.numel or 0) > SMALL_VALUE_ELEMENTS:
             continue
         results = _evaluate(node, {n: v for n, v in feeds.items() if v is not None}, opsets)
         if results is None:

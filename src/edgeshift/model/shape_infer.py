@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -184,6 +186,20 @@ def infer_tensor_infos(
 
     ORDER is a topological order of the graph's nodes (indices into ``graph.node``).
     """
+    infos, notes, _ = infer_with_values(proto, input_shapes, input_types, weights, symbols, order)
+    return infos, notes
+
+
+def infer_with_values(
+    proto: onnx.ModelProto,
+    input_shapes: Mapping[str, Shape],
+    input_types: Mapping[str, int],
+    weights: Mapping[str, TensorInfo],
+    symbols: Mapping[str, int],
+    order: Sequence[int],
+) -> tuple[dict[str, TensorInfo], list[str], dict[str, np.ndarray]]:
+    """As :func:`infer_tensor_infos`, plus the small values known at these shapes (constants
+    and folded shape computations), by tensor name."""
     notes: list[str] = []
     infos: dict[str, TensorInfo] = dict(weights)
     for name, shape in input_shapes.items():
@@ -230,4 +246,125 @@ def infer_tensor_infos(
                 info = _substituted(vi, symbols)
                 if info is not None:
                     infos[vi.name] = info
-    return infos, notes
+    return infos, notes, {**values, **folded}
+
+
+_BROADCASTING = frozenset(
+    {"Add", "Sub", "Mul", "Div", "Pow", "Mod", "Where", "Equal", "Less", "LessOrEqual",
+     "Greater", "GreaterOrEqual", "And", "Or", "Xor", "Max", "Min", "Sum", "Mean", "PRelu"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ShapeConflict:
+    """A node the model cannot run at the analysed shapes: extent ``got`` meets ``limit``.
+
+    For a Gather, ``got`` is the largest index + 1 and ``limit`` the rows of its table; for a
+    Reshape, the element counts; otherwise the two extents of one axis.
+    """
+
+    node: str
+    op_type: str
+    got: int
+    limit: int
+    detail: str  # what the node does with which shapes, for the message
+
+
+def _broadcast_conflict(shapes: list[Shape]) -> tuple[int, int] | None:
+    rank = max(len(s) for s in shapes)
+    for axis in range(1, rank + 1):
+        extents = {s[-axis] for s in shapes if len(s) >= axis and s[-axis] != 1}
+        if len(extents) > 1:
+            a, b = sorted(extents, reverse=True)[:2]
+            return a, b
+    return None
+
+
+def _reshape_target(shape: Shape, target: np.ndarray, allowzero: bool) -> tuple[int, bool]:
+    """The element count the target fixes (its -1 left out), and whether it has a -1."""
+    fixed, open_axis = 1, False
+    for axis, d in enumerate(int(v) for v in target.reshape(-1)):
+        if d == -1:
+            open_axis = True
+        elif d == 0 and not allowzero:
+            fixed *= shape[axis] if axis < len(shape) else 1
+        else:
+            fixed *= d
+    return fixed, open_axis
+
+
+def shape_conflicts(
+    nodes: Sequence[onnx.NodeProto],
+    order: Sequence[int],
+    infos: Mapping[str, TensorInfo],
+    values: Mapping[str, np.ndarray],
+    weights: Mapping[str, TensorInfo],
+) -> list[ShapeConflict]:
+    """Nodes whose known input shapes or values cannot go together (pure; nothing runs).
+
+    Broadcasts with two different extents on an axis (a position table of 512 rows added to
+    1000 tokens), a MatMul whose inner dims differ, a Reshape to a fixed element count that
+    the input does not have, a Gather reading past the rows of a weight table.
+    """
+
+    def shape(name: str) -> Shape | None:
+        info = infos.get(name) if name else None
+        return None if info is None else info.shape
+
+    found: list[ShapeConflict] = []
+    for i in order:
+        node = nodes[i]
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        name = node.name or f"{node.op_type}_{i}"
+        ins = [shape(n) for n in node.input]
+        if node.op_type in _BROADCASTING and ins and all(s is not None for s in ins):
+            known = [s for s in ins if s is not None]
+            clash = _broadcast_conflict(known)
+            if clash is not None:
+                text = " with ".join(str(list(s)) for s in known)
+                found.append(ShapeConflict(name, node.op_type, *clash, f"combines {text}"))
+        elif node.op_type == "MatMul" and len(ins) == 2:
+            a, b = ins
+            if a is not None and b is not None and len(a) >= 1 and len(b) >= 2 and a[-1] != b[-2]:
+                text = f"multiplies {list(a)} by {list(b)}"
+                found.append(ShapeConflict(name, "MatMul", a[-1], b[-2], text))
+        elif node.op_type == "Reshape" and len(node.input) > 1 and ins[0] is not None:
+            target = values.get(node.input[1])
+            src = ins[0]
+            if target is None or src is None:
+                continue
+            allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
+            fixed, open_axis = _reshape_target(src, np.asarray(target), allowzero)
+            numel = math.prod(src)
+            bad = (
+                (numel % fixed != 0)
+                if (open_axis and fixed)
+                else (not open_axis and numel != fixed)
+            )
+            if bad:
+                found.append(
+                    ShapeConflict(
+                        name,
+                        "Reshape",
+                        numel,
+                        fixed,
+                        f"reshapes {list(src)} ({numel} elements) to "
+                        f"{[int(v) for v in np.asarray(target).reshape(-1)]}",
+                    )
+                )
+        elif node.op_type == "Gather" and len(node.input) > 1 and node.input[0] in weights:
+            table = weights[node.input[0]].shape
+            indices = values.get(node.input[1])
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            if table is None or indices is None or not indices.size or not table:
+                continue
+            rows = table[axis]
+            top = int(np.max(indices))
+            if top >= rows or int(np.min(indices)) < -rows:
+                found.append(
+                    ShapeConflict(
+                        name, "Gather", top + 1, rows, f"reads row {top} of a {rows}-row table"
+                    )
+                )
+    return found

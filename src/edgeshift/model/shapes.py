@@ -4,6 +4,9 @@ A ``--shape`` override is ``NAME=DIMS`` where NAME is an input name (DIMS is the
 ``1x3x224x224`` or ``1,3,224,224``) or a symbolic dim name (DIMS is one integer, e.g.
 ``seq=128``). Dims still unresolved after overrides become: the first axis the batch size
 (default 1), every other axis ``DEFAULT_DYNAMIC_DIM``; each such guess is reported.
+
+A negative ``dim_value`` (Paddle2ONNX and older exporters write ``-1`` for a dynamic axis,
+and ONNX Runtime and OpenVINO read it so) is a dynamic dim without a name.
 """
 
 from __future__ import annotations
@@ -39,7 +42,12 @@ class TensorSpec:
 
     @property
     def is_dynamic(self) -> bool:
-        return self.shape is None or any(not isinstance(d, int) for d in self.shape)
+        return self.shape is None or any(not is_fixed(d) for d in self.shape)
+
+
+def is_fixed(dim: Dim) -> bool:
+    """True for a dim the model fixes; a negative int is an exporter's way to say dynamic."""
+    return isinstance(dim, int) and dim >= 0
 
 
 def _elem_dtype(elem_type: int) -> str:
@@ -59,7 +67,7 @@ def value_info_spec(vi: onnx.ValueInfoProto) -> TensorSpec:
     if t.HasField("shape"):
         dims: list[Dim] = []
         for d in t.shape.dim:
-            if d.HasField("dim_value"):
+            if d.HasField("dim_value") and d.dim_value >= 0:
                 dims.append(int(d.dim_value))
             elif d.HasField("dim_param"):
                 dims.append(d.dim_param)
@@ -137,12 +145,12 @@ def resolve_input_shapes(
                         f"{len(spec.shape)} {spec.shape_text()}"
                     )
                 for axis, (want, have) in enumerate(zip(dims, spec.shape, strict=True)):
-                    if isinstance(have, int) and have != want:
+                    if is_fixed(have) and have != want:
                         raise ShapeError(
                             f"--shape {spec.name}: axis {axis} is fixed at {have} in the model, "
                             f"not {want}"
                         )
-            if batch is not None and dims and spec.shape and not isinstance(spec.shape[0], int):
+            if batch is not None and dims and spec.shape and not is_fixed(spec.shape[0]):
                 dims = (batch, *dims[1:])
             resolved.shapes[spec.name] = tuple(dims)
             continue
@@ -153,7 +161,7 @@ def resolve_input_shapes(
             )
         dims_out: list[int] = []
         for axis, d in enumerate(spec.shape):
-            if isinstance(d, int):
+            if isinstance(d, int) and is_fixed(d):
                 dims_out.append(d)
             elif isinstance(d, str) and d in overrides:
                 dims_out.append(overrides[d][0])
@@ -194,8 +202,86 @@ def check_tensor(
         )
     for axis in range(1 if samples_first else 0, arr.ndim):
         want = spec.shape[axis]
-        if isinstance(want, int) and arr.shape[axis] != want:
+        if is_fixed(want) and arr.shape[axis] != want:
             raise DataError(
                 f"{label} has shape {list(arr.shape)}; axis {axis} must be {want} "
                 f"{spec.shape_text()}"
             )
+
+
+@dataclass(frozen=True)
+class DynamicDim:
+    """A dim the model leaves open, by the name a user gives it, at its resolved value."""
+
+    label: str  # the symbolic name (``seq``), or ``input[axis]`` for an unnamed dim
+    value: int
+
+
+def dynamic_dims(
+    inputs: list[TensorSpec], shapes: Mapping[str, tuple[int, ...]]
+) -> list[DynamicDim]:
+    """The open dims of INPUTS at SHAPES, one per symbolic name, in input order."""
+    seen: dict[str, DynamicDim] = {}
+    for spec in inputs:
+        resolved = shapes.get(spec.name)
+        if resolved is None:
+            continue
+        declared: tuple[Dim, ...] = spec.shape or (None,) * len(resolved)
+        for axis, (have, value) in enumerate(zip(declared, resolved, strict=False)):
+            if is_fixed(have):
+                continue
+            label = have if isinstance(have, str) else f"{spec.name}[{axis}]"
+            seen.setdefault(label, DynamicDim(label, int(value)))
+    return list(seen.values())
+
+
+def itemsize_bytes(dtype: str) -> int:
+    """Bytes per element of a TensorSpec dtype (strings count as one pointer)."""
+    if dtype == "bfloat16":
+        return 2
+    try:
+        return np.dtype(dtype).itemsize if dtype != "object" else 8
+    except TypeError:
+        return 8
+
+
+def input_bytes(inputs: list[TensorSpec], shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """Bytes of one feed of every input at SHAPES (exact Python ints: no overflow)."""
+    total = 0
+    for spec in inputs:
+        numel = 1
+        for d in shapes.get(spec.name, ()):
+            numel *= int(d)
+        total += numel * itemsize_bytes(spec.dtype)
+    return total
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:,.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:,.1f} MiB"
+
+
+def check_fits_memory(
+    inputs: list[TensorSpec],
+    shapes: Mapping[str, tuple[int, ...]],
+    needed_bytes: int,
+    available_bytes: int,
+    what: str,
+) -> None:
+    """Raise ShapeError, naming the largest open dim, when NEEDED_BYTES exceed the memory.
+
+    WHAT says what needs the bytes (``the inputs alone``, ``the activations``).
+    """
+    if needed_bytes <= available_bytes:
+        return
+    dims = dynamic_dims(inputs, shapes)
+    if not dims:
+        raise ShapeError(
+            f"{what} need {_gib(needed_bytes)} at the model's fixed shapes, more than the "
+            f"{_gib(available_bytes)} of memory available — run it on a machine with more memory"
+        )
+    largest = max(dims, key=lambda d: d.value)
+    raise ShapeError(
+        f"{largest.label}={largest.value} is too large: {what} need {_gib(needed_bytes)}, "
+        f"more than the {_gib(available_bytes)} of memory available — give a smaller "
+        f"{largest.label} with --shape"
+    )

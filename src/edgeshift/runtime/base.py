@@ -56,6 +56,10 @@ class Backend(ABC):
         self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None
     ) -> dict[str, np.ndarray]: ...
 
+    def fix_input_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> None:  # noqa: B027
+        """Specialise the loaded model to SHAPES before measuring (a no-op where the runtime
+        runs any shape as fast as a fixed one); raises ShapeError when it cannot."""
+
     def runtime_options(self) -> dict[str, Any]:
         """What was applied at load time, as recorded in manifests (reproduces this backend)."""
         return {"precision": self.precision}

@@ -38,7 +38,12 @@ _ORT_TYPES = {
 
 
 def _spec(arg: Any) -> TensorSpec:
-    shape = tuple(d if isinstance(d, int) else (d or None) for d in arg.shape) if arg.shape else ()
+    # A dim ORT reports as a negative int (an exporter's -1) is dynamic, like a None.
+    shape = (
+        tuple((d if d >= 0 else None) if isinstance(d, int) else (d or None) for d in arg.shape)
+        if arg.shape
+        else ()
+    )
     return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, arg.type), shape)
 
 

@@ -4,7 +4,7 @@ bf16 OpenVINO's default is bf16, which silently changes numerics."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 import openvino as ov
 
-from edgeshift.errors import BackendError, DataError
+from edgeshift.errors import BackendError, DataError, ShapeError
 from edgeshift.model.shapes import TensorSpec
 from edgeshift.runtime.base import Backend
 
@@ -39,6 +39,16 @@ def _spec(port: Any) -> TensorSpec:
     return TensorSpec(name, str(np.dtype(port.get_element_type().to_dtype())), shape)
 
 
+def _reason(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    # The last line that is not a "file:line:" location is the reason itself.
+    detail = next(
+        (ln.lstrip("- ") for ln in reversed(lines) if not ln.endswith(":")),
+        lines[0] if lines else "",
+    )
+    return detail[:300]
+
+
 class OpenVINOBackend(Backend):
     """OpenVINO on the CPU with INFERENCE_PRECISION_HINT set from ``precision``."""
 
@@ -63,7 +73,7 @@ class OpenVINOBackend(Backend):
             )
         self.performance_hint = performance_hint
         self.num_streams = num_streams
-        config = {
+        self._config = {
             "INFERENCE_PRECISION_HINT": _HINTS[precision],
             "INFERENCE_NUM_THREADS": threads,
             "PERFORMANCE_HINT": performance_hint,
@@ -71,22 +81,36 @@ class OpenVINOBackend(Backend):
         }
         try:
             model = core().read_model(str(model_path))
-            self.compiled = core().compile_model(model, "CPU", config)
+            self._compile(model)
         except Exception as exc:  # OpenVINO raises RuntimeError with multi-line C++ context
-            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-            # The last line that is not a "file:line:" location is the reason itself.
-            detail = next(
-                (ln.lstrip("- ") for ln in reversed(lines) if not ln.endswith(":")),
-                lines[0] if lines else "",
-            )
             raise BackendError(
-                f"OpenVINO cannot load {model_path.name}: {detail[:300]} — try "
+                f"OpenVINO cannot load {model_path.name}: {_reason(exc)} — try "
                 "--backend onnxruntime"
             ) from exc
+        self._lock = threading.Lock()  # one infer request is not re-entrant
+
+    def _compile(self, model: ov.Model) -> None:
+        self.compiled = core().compile_model(model, "CPU", self._config)
         self.inputs = [_spec(p) for p in self.compiled.inputs]
         self.outputs = [_spec(p) for p in self.compiled.outputs]
         self._request = self.compiled.create_infer_request()
-        self._lock = threading.Lock()  # one infer request is not re-entrant
+
+    def fix_input_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Reshape the model to SHAPES and recompile: OpenVINO's CPU plugin plans memory
+        and picks kernels once for static shapes, where dynamic ones pay per call."""
+        if not any(spec.is_dynamic for spec in self.inputs):
+            return
+        wanted = {s.name: shapes[s.name] for s in self.inputs if s.name in shapes}
+        try:
+            model = core().read_model(str(self.model_path))
+            model.reshape({name: ov.PartialShape(list(dims)) for name, dims in wanted.items()})
+            self._compile(model)
+        except Exception as exc:
+            text = ", ".join(f"{n}={list(d)}" for n, d in wanted.items())
+            raise ShapeError(
+                f"OpenVINO cannot run {self.model_path.name} at {text}: {_reason(exc)} — "
+                "choose other --shape values"
+            ) from exc
 
     def runtime_options(self) -> dict[str, Any]:
         return {
