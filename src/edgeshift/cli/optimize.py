@@ -14,6 +14,7 @@ from edgeshift.cli.render import console, err_console, human_bytes, print_json, 
 from edgeshift.errors import BudgetError, OptimizeError
 from edgeshift.optimize import OptimizeResult, optimize
 from edgeshift.optimize.manifest import CandidateRecord
+from edgeshift.optimize.search import check_out_dir
 
 _VERDICT_STYLE = {
     "chosen": "bold green",
@@ -59,7 +60,14 @@ def optimize_command(
         [], "--recipes", help="Limit to these recipes (comma list; see docs/optimize.md)."
     ),
     out: Path | None = typer.Option(
-        None, "--out", "-o", help="Artifact directory (default: ./<model name>-optimized)."
+        None,
+        "--out",
+        "-o",
+        help="Artifact directory (default: ./<model>-optimized, <model> the file's stem, or "
+        "its directory's name for a model.onnx). An existing one is kept unless --force.",
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Overwrite the --out directory when it already holds files."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration/evaluation split."),
     quick: bool = typer.Option(
@@ -86,7 +94,8 @@ def optimize_command(
     """Search runtimes x precisions x quantization recipes; keep the fastest within budget."""
     if objective not in ("latency", "throughput"):
         raise OptimizeError(f"unknown --objective {objective!r} — use latency or throughput")
-    out_dir = out if out is not None else Path(f"{model.stem}-optimized")
+    out_dir = out if out is not None else default_out_dir(model)
+    check_out_dir(out_dir, force)
     show_progress = progress_enabled(json_output)
     bar = Progress(
         TextColumn("[bold]optimize[/]"),
@@ -121,6 +130,7 @@ def optimize_command(
             recovery=not no_recovery,
             require=False,  # the table is printed first; the exit code follows below
             progress=on_progress,
+            force=force,
         )
     if json_output:
         print_json(
@@ -134,6 +144,19 @@ def optimize_command(
         _render(result)
     if require and not result.budget_met:
         raise BudgetError(f"{result.message} — raise --max-drop, or add calibration data")
+
+
+def default_out_dir(model: Path) -> Path:
+    """``./<model>-optimized``: the file's stem, or for a ``model.onnx`` (the name every
+    exporter and artifact uses) or an artifact directory, the directory's name."""
+    resolved = model.resolve()
+    if resolved.is_dir():
+        name = resolved.name
+    elif resolved.stem == "model" and resolved.parent.name:
+        name = resolved.parent.name
+    else:
+        name = resolved.stem
+    return Path(f"{name}-optimized")
 
 
 def _fmt(value: float | None, spec: str) -> str:

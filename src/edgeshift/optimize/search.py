@@ -96,6 +96,7 @@ def optimize(
     bench_seconds: float | None = None,
     progress: ProgressFn | None = None,
     target: str | None = None,
+    force: bool = False,
 ) -> OptimizeResult:
     """Find the fastest variant of MODEL whose accuracy on DATA stays within ``max_drop``.
 
@@ -105,8 +106,11 @@ def optimize(
     ``auto``, ``top1``, ``cosine``, ``rmse``, ``max-abs``, ``iou`` or ``module:function``;
     ``max_drop`` is in its unit (see :mod:`edgeshift.optimize.metrics`). When ``out`` is given
     the chosen model and ``manifest.json`` are written there; when no candidate meets the
-    budget the original is kept, and ``require=True`` then raises BudgetError.
+    budget the original is kept, and ``require=True`` then raises BudgetError. An ``out``
+    directory that already holds files is refused unless ``force`` is True.
     """
+    if out is not None:
+        check_out_dir(out, force)  # before the search: minutes of work must not end refused
     chosen_recipes = _select_recipes(backends, recipes)
     target_spec = get_target(target) if target is not None else None
     _check_arguments(metric, max_drop, objective, batch, threads)
@@ -241,7 +245,9 @@ def optimize(
         message = _message(winner, original, chosen_metric, budget, budget_met, objective)
         if target_spec is not None:
             manifest.target = target_spec.id
-        artifact_dir = _write_artifact(out, winner, loaded, manifest) if out is not None else None
+        artifact_dir = (
+            _write_artifact(out, winner, loaded, manifest, force) if out is not None else None
+        )
         if artifact_dir is not None and target_spec is not None:
             _verify_on_target(artifact_dir, manifest, target_spec, dataset)
         report("done", total_steps, total_steps)
@@ -444,12 +450,23 @@ def _message(
     )
 
 
-def _write_artifact(
-    out: str | Path, winner: Candidate, loaded: LoadedModel, manifest: Manifest
-) -> Path:
+def check_out_dir(out: str | Path, force: bool) -> None:
+    """Refuse an artifact directory that is a file, or that holds files, unless FORCE."""
     directory = Path(out)
     if directory.exists() and not directory.is_dir():
         raise OptimizeError(f"--out {directory} is a file — give a directory for the artifact")
+    if not force and directory.is_dir() and any(directory.iterdir()):
+        raise OptimizeError(
+            f"--out {directory} already holds files (an earlier artifact?) — pass --force to "
+            "overwrite it, or give another --out"
+        )
+
+
+def _write_artifact(
+    out: str | Path, winner: Candidate, loaded: LoadedModel, manifest: Manifest, force: bool
+) -> Path:
+    directory = Path(out)
+    check_out_dir(directory, force)
     directory.mkdir(parents=True, exist_ok=True)
     source = winner.variant.model_path if winner.variant else loaded.path
     shutil.copyfile(source, directory / ARTIFACT_MODEL)
