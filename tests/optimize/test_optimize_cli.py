@@ -168,3 +168,44 @@ def test_user_metric_end_to_end(digits_mlp: zoo.ZooModel, tmp_path: Path) -> Non
     assert doc["metric"]["name"] == f"{metric}:agreement"
     assert doc["metric"]["max_drop"] == 0.05
     assert 0.9 < doc["accuracy"]["original"] <= 1.0  # a fraction, as the function returns
+
+
+def test_default_out_is_named_after_the_model(tmp_path: Path) -> None:
+    from edgeshift.cli.optimize import default_out_dir
+
+    assert default_out_dir(tmp_path / "resnet18.onnx") == Path("resnet18-optimized")
+    (tmp_path / "minilm").mkdir()
+    assert default_out_dir(tmp_path / "minilm" / "model.onnx") == Path("minilm-optimized")
+
+
+def test_existing_artifact_kept_without_force(
+    digits_mlp: zoo.ZooModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgeshift.cli.optimize import default_out_dir
+
+    monkeypatch.chdir(tmp_path)
+    earlier = tmp_path / default_out_dir(digits_mlp.model_path)
+    earlier.mkdir()
+    (earlier / "manifest.json").write_text("{}")
+    args = (digits_mlp.model_path, "--data", digits_mlp.data_path, "--quick")
+    refused = _invoke(*args, "--recipes", "ort-fp32-opt")
+    assert_one_line_error(refused, str(earlier.name), "--force")
+    assert (earlier / "manifest.json").read_text() == "{}"  # refused before the search
+    forced = _invoke(*args, "--recipes", "ort-fp32-opt", "--force")
+    assert forced.exit_code == 0, forced.output + forced.stderr
+    assert json.loads((earlier / "manifest.json").read_text())["backend"]
+
+
+def test_negative_dims_and_constant_weights_optimize(tmp_path: Path) -> None:
+    from tests.model import quirk_models as q
+
+    path = q.save(q.negative_dims_mlp(), tmp_path, "paddle")
+    data = tmp_path / "eval.npz"
+    np.savez(data, x=np.random.default_rng(0).standard_normal((32, 8)).astype(np.float32))
+    out = tmp_path / "art"
+    recipes = "ort-fp32-opt,ort-int8-dynamic,openvino-fp32"
+    result = _invoke(path, "--data", data, "--quick", "--out", out, "--recipes", recipes)
+    assert result.exit_code == 0, result.output + result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    failed = [c for c in manifest["candidates"] if c["status"] == "failed"]
+    assert failed == [], failed
