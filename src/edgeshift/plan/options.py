@@ -216,6 +216,18 @@ def _option(
         )
     servers = max(1, perf.streams)
     budget_ms = workload.slo_ms - network_ms
+    load = workload.peak_rps * perf.service_ms / 1000.0
+    if not math.isfinite(load / (problem.headroom * servers)):
+        # No count of nodes carries an unbounded load; sizing it would overflow.
+        return Option(
+            **base,  # type: ignore[arg-type]
+            **unusable,  # type: ignore[arg-type]
+            service_ms=perf.service_ms,
+            ram_required_bytes=perf.ram_required_bytes,
+            floor_latency_ms=floor_ms,
+            fits=True,
+            reason=f"capacity: {workload.peak_rps:g} req/s at {perf.service_ms:g} ms is unbounded",
+        )
     if site.kind == "device":
         return _device_option(problem, workload, pool, perf, base, network_ms, servers)
     key = (perf.service_ms, servers, workload.peak_rps, workload.quantile, budget_ms)
@@ -231,7 +243,6 @@ def _option(
         )
     slo_replicas = sizing_cache[key]
     # Capacity-only sizing, used when the SLO cannot be met (baselines count the violation).
-    load = workload.peak_rps * perf.service_ms / 1000.0
     capacity_replicas = max(1, math.ceil(load / (problem.headroom * servers) - 1e-12))
     meets_slo = slo_replicas is not None
     replicas = slo_replicas if slo_replicas is not None else capacity_replicas

@@ -17,21 +17,40 @@ from __future__ import annotations
 
 import math
 
+# Up to this many servers Erlang B's recursion is exact and cheap; beyond it the closed form
+# through the regularized incomplete gamma function costs the same at any pool size.
+_RECURSION_MAX_SERVERS = 1_000
+
 
 def erlang_c(servers: int, offered_load: float) -> float:
-    """Probability that an arrival waits, C(c, a); 1.0 when the queue is unstable (a >= c)."""
+    """Probability that an arrival waits, C(c, a); 1.0 when the queue is unstable (a >= c).
+
+    Constant time at any ``servers`` (a rate of 10^15 requests/s asks for ~10^12 servers).
+    """
     if servers < 1:
         raise ValueError("servers must be >= 1")
-    if offered_load <= 0.0:
-        return 0.0
+    if not offered_load > 0.0:  # also catches nan
+        return 0.0 if offered_load <= 0.0 else 1.0
     if offered_load >= servers:
         return 1.0
-    # Erlang B by its stable recursion, then C from B: no factorials, no overflow at c = 10^4.
-    blocking = 1.0
-    for k in range(1, servers + 1):
-        blocking = offered_load * blocking / (k + offered_load * blocking)
+    blocking = _erlang_b(servers, offered_load)
     rho = offered_load / servers
     return blocking / (1.0 - rho * (1.0 - blocking))
+
+
+def _erlang_b(servers: int, offered_load: float) -> float:
+    if servers <= _RECURSION_MAX_SERVERS:
+        # The stable recursion: no factorials, no overflow.
+        blocking = 1.0
+        for k in range(1, servers + 1):
+            blocking = offered_load * blocking / (k + offered_load * blocking)
+        return blocking
+    from scipy.special import gammaincc, gammaln
+
+    # B(c, a) = Poisson pmf(c; a) / Poisson cdf(c; a), the cdf being Q(c + 1, a); pmf in log
+    # space. Here a < c, so the cdf is >= ~1/2 and the division loses nothing.
+    log_pmf = servers * math.log(offered_load) - offered_load - float(gammaln(servers + 1.0))
+    return min(1.0, math.exp(log_pmf) / float(gammaincc(servers + 1.0, offered_load)))
 
 
 def wait_quantile_s(arrival_rps: float, service_s: float, servers: int, quantile: float) -> float:
@@ -83,18 +102,37 @@ def min_servers(
     within ``max_utilization`` and the response ``quantile`` within ``budget_ms``.
 
     None when no count up to ``max_replicas`` does it (the service time alone exceeds the
-    budget, or the replicas run out).
+    budget, or the replicas run out). At most ~2 log2(max_replicas) evaluations, whatever
+    the rate: the response quantile only falls as servers are added, so the answer is found
+    by doubling, then bisection.
     """
-    if service_ms > budget_ms:
-        return None
+    if not (service_ms <= budget_ms and max_utilization > 0.0 and servers_per_replica >= 1):
+        return None  # also refuses nan
     service_s = service_ms / 1000.0
     load = arrival_rps * service_s  # Erlangs: servers kept busy on average at peak
-    start = max(1, math.ceil(load / (max_utilization * servers_per_replica) - 1e-12))
-    for replicas in range(start, max_replicas + 1):
+    needed = load / (max_utilization * servers_per_replica) - 1e-12
+    if not needed <= max_replicas:  # also refuses inf and nan
+        return None
+    start = max(1, math.ceil(needed))
+
+    def meets(replicas: int) -> bool:
         servers = replicas * servers_per_replica
-        if response_quantile_ms(arrival_rps, service_ms, servers, quantile) <= budget_ms:
-            return replicas
-        # Once the wait quantile is 0 more replicas cannot help; it is 0 long before this.
-        if replicas - start > 10_000:
+        return response_quantile_ms(arrival_rps, service_ms, servers, quantile) <= budget_ms
+
+    if meets(start):
+        return start
+    low, step = start, 1  # invariant: ``low`` does not meet the budget
+    while True:
+        high = min(low + step, max_replicas)
+        if meets(high):
+            break
+        if high == max_replicas:
             return None
-    return None
+        low, step = high, step * 2
+    while high - low > 1:
+        mid = (low + high) // 2
+        if meets(mid):
+            high = mid
+        else:
+            low = mid
+    return high

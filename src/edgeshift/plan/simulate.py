@@ -8,6 +8,7 @@ default, or exponential to reproduce M/M/c exactly.
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,8 +49,16 @@ def simulate_queue(
     Response time = ``network_ms`` + wait + service. The first ``warmup_fraction`` of requests
     are dropped so the empty start does not flatter the percentiles.
     """
-    if servers < 1 or requests < 10 or arrival_rps <= 0 or service_ms <= 0:
-        raise ValueError("need servers >= 1, requests >= 10 and positive rate and service time")
+    finite = math.isfinite(arrival_rps) and math.isfinite(service_ms) and math.isfinite(network_ms)
+    if servers < 1 or requests < 10 or arrival_rps <= 0 or service_ms <= 0 or not finite:
+        raise ValueError(
+            "need servers >= 1, requests >= 10 and a positive, finite rate and service time"
+        )
+    if seed < 0:
+        raise ValueError(f"seed {seed} is negative — give a seed >= 0")
+    # With at least as many servers as requests nobody ever waits: the queue needs no more,
+    # and a pool sized for 10^12 servers must not allocate them.
+    servers = min(servers, requests)
     rng = np.random.default_rng(seed)
     arrivals_s = np.cumsum(rng.exponential(1.0 / arrival_rps, requests))
     service_s = service_ms / 1000.0
