@@ -45,7 +45,7 @@ def render_report(result: PlanResult, summary: dict[str, Any]) -> str:
     title = problem.name or "placement plan"
     placed = len(problem.workloads) - len(solution.unplaced)
     cards = [
-        ("monthly cost", f"${solution.total_usd:,.2f}", ""),
+        ("monthly cost", _usd(solution.total_usd), ""),
         (
             "workloads placed",
             f"{placed} / {len(problem.workloads)}",
@@ -59,12 +59,12 @@ def render_report(result: PlanResult, summary: dict[str, Any]) -> str:
             for w in compared_workloads(result, kind)
             if (o := solution.chosen[w]) is not None
         )
-        pct = f" ({saved / base_usd:.0%})" if base_usd > 0 else ""
+        pct = f" ({saved / base_usd:.0%})" if 0 < base_usd < math.inf else ""
         unplaced = len(result.baselines[kind].unplaced)
         label = f"saves vs {_BASELINE_LABELS[kind]}" + (
             f" (on the workloads it can run; it cannot run {unplaced})" if unplaced else ""
         )
-        cards.append((label, f"${saved:,.2f}/mo{pct}", ""))
+        cards.append((label, f"{_usd(saved)}/mo{pct}", ""))
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>edgeshift plan — {_e(title)}</title><style>{_CSS}</style></head><body>",
@@ -89,6 +89,7 @@ def render_report(result: PlanResult, summary: dict[str, Any]) -> str:
         _baseline_table(result),
         _pool_table(summary),
         _assumptions(result),
+        _calibration(result),
         "</body></html>",
     ]
     return "\n".join(parts)
@@ -102,6 +103,57 @@ def _ms(value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return "—"
     return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+# Plot coordinates are clamped here: matplotlib's transforms overflow near 1e300 and refuse inf.
+_PLOT_MAX = 1e15
+_PLOT_MIN_LOG = 1e-3
+
+
+def _usd(value: float, *, cents: bool = True) -> str:
+    """A dollar figure that stays short however large (1e300 would be 300 digits)."""
+    if not math.isfinite(value):
+        return "—"
+    if abs(value) >= 1e12:
+        return f"${value:.3g}"
+    return f"${value:,.2f}" if cents else f"${value:,.0f}"
+
+
+def _plottable(value: float, low: float = -_PLOT_MAX) -> float:
+    """VALUE clamped into what a chart can draw; nan (nothing drawn) when not finite."""
+    if not math.isfinite(value):
+        return math.nan
+    return min(max(value, low), _PLOT_MAX)
+
+
+def _calibration(result: PlanResult) -> str:
+    """One paragraph naming the host calibration the estimates used, when the result has one."""
+    calibration = getattr(result, "calibration", None)
+    if not isinstance(calibration, dict):
+        return ""
+    host = calibration.get("host") or "this host"
+    date = calibration.get("date") or "an unrecorded date"
+    figures = calibration.get("figures")
+    detail = ""
+    if isinstance(figures, dict) and figures:
+        shown = [f"{k} {_figure_text(v)}" for k, v in list(figures.items())[:8]]
+        more = f", and {len(figures) - 8} more in plan.json" if len(figures) > 8 else ""
+        detail = f" ({', '.join(shown)}{more})"
+    return (
+        f"<p class='why' id='calibration'>Estimates rest on the host calibration of "
+        f"{_e(_clip(host))} from {_e(_clip(date))}{_e(detail)}.</p>"
+    )
+
+
+def _figure_text(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return _clip(value, 40)
+
+
+def _clip(value: object, chars: int = 128) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= chars else text[: chars - 1] + "…"
 
 
 def _placement_table(result: PlanResult) -> str:
@@ -154,9 +206,9 @@ def _baseline_table(result: PlanResult) -> str:
     for kind, sol in entries:
         rows.append(
             f"<tr><td>{_e(_BASELINE_LABELS[kind])}</td>"
-            f"<td class='num'>${sol.total_usd:,.2f}</td>"
-            f"<td class='num'>${sol.purchase_usd:,.2f}</td><td class='num'>${sol.energy_usd:,.2f}</td>"
-            f"<td class='num'>${sol.instance_usd:,.2f}</td><td class='num'>${sol.egress_usd:,.2f}</td>"
+            f"<td class='num'>{_usd(sol.total_usd)}</td>"
+            f"<td class='num'>{_usd(sol.purchase_usd)}</td><td class='num'>{_usd(sol.energy_usd)}</td>"
+            f"<td class='num'>{_usd(sol.instance_usd)}</td><td class='num'>{_usd(sol.egress_usd)}</td>"
             f"<td>{_e(', '.join(sol.slo_violations) or '—')}</td>"
             f"<td>{_e(', '.join(sol.policy_violations) or '—')}</td>"
             f"<td>{_e(', '.join(sol.unplaced) or '—')}</td></tr>"
@@ -257,15 +309,16 @@ def _cost_chart(result: PlanResult) -> str:
     for tier, color in _TIER_COLORS.items():
         values = [by_site[s].get(tier, 0.0) for s in sites]
         if any(values):
-            ax.barh(sites, values, left=left, color=color, label=tier)
-            left = [a + b for a, b in zip(left, values, strict=True)]
+            ax.barh(sites, [_plottable(v) for v in values], left=left, color=color, label=tier)
+            left = [_plottable(a + b) for a, b in zip(left, values, strict=True)]
     ax.invert_yaxis()
     ax.set_xlabel("USD per month")
     ax.set_title("Cost by site and tier")
     if sites:
         ax.legend(fontsize=8, loc="lower right")
-    for i, total in enumerate(left):
-        ax.text(total, i, f" ${total:,.2f}", va="center", fontsize=8)
+    for i, (x, site) in enumerate(zip(left, sites, strict=True)):
+        if math.isfinite(x):
+            ax.text(x, i, f" {_usd(sum(by_site[site].values()))}", va="center", fontsize=8)
     ax.margins(x=0.25)
     return _svg(fig, "cost")
 
@@ -275,7 +328,7 @@ def _baseline_chart(result: PlanResult) -> str:
     fig = _figure(5.6, 3.4)
     ax = fig.add_subplot()
     labels = [_BASELINE_LABELS[k] for k, _ in entries]
-    totals = [max(s.total_usd, 0.01) for _, s in entries]
+    totals = [_plottable(s.total_usd, 0.01) for _, s in entries]
     colors = ["#2e7d32", "#b5332e", "#e08a1e", "#2a7ab0"]
     ax.barh(labels, totals, color=colors[: len(entries)])
     ax.set_xscale("log")
@@ -291,7 +344,9 @@ def _baseline_chart(result: PlanResult) -> str:
         if sol.unplaced:
             flags.append(f"{len(sol.unplaced)} unplaced")
         note = f" ({', '.join(flags)})" if flags else ""
-        ax.text(totals[i], i, f" ${sol.total_usd:,.0f}{note}", va="center", fontsize=8)
+        if math.isfinite(totals[i]):
+            label = f" {_usd(sol.total_usd, cents=False)}{note}"
+            ax.text(totals[i], i, label, va="center", fontsize=8)
     ax.margins(x=0.6)
     return _svg(fig, "base")
 
@@ -305,14 +360,17 @@ def _latency_chart(result: PlanResult) -> str:
     predicted = []
     for w in workloads:
         option = solution.chosen.get(w.name)
-        predicted.append(option.latency_ms if option is not None else float("nan"))
+        predicted.append(_plottable(option.latency_ms, _PLOT_MIN_LOG) if option else math.nan)
     ax.barh(names, predicted, color="#2a7ab0", label="predicted (model)")
     sim_x = []
     for w in workloads:
         sim = result.simulations.get(w.name)
-        sim_x.append(sim.quantile_ms(w.quantile) if sim is not None else float("nan"))
+        sim_x.append(
+            _plottable(sim.quantile_ms(w.quantile), _PLOT_MIN_LOG) if sim is not None else math.nan
+        )
     ax.plot(sim_x, range(len(names)), "o", color="#ffb300", label="simulated", ms=6)
-    ax.plot([w.slo_ms for w in workloads], range(len(names)), "|", color="#c62828", ms=18, mew=2.5)
+    slo_x = [_plottable(w.slo_ms, _PLOT_MIN_LOG) for w in workloads]
+    ax.plot(slo_x, range(len(names)), "|", color="#c62828", ms=18, mew=2.5)
     ax.plot([], [], "|", color="#c62828", ms=12, mew=2.5, label="SLO")
     ax.set_xscale("log")
     ax.invert_yaxis()

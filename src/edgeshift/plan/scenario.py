@@ -9,54 +9,84 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edgeshift.errors import ConfigError
 
 _LOC_RE = re.compile(r"^([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*)\b")
 
 
+# Sane ranges: far beyond any real deployment, yet small enough that sizing, costs and plots
+# stay finite (a rate of 1e15 req/s or a price of 1e300 USD is a typo, not a plan).
+MAX_NAME_CHARS = 128
+MAX_PATH_CHARS = 1024
+MAX_RPS = 1e9
+MAX_MS = 3_600_000.0  # one hour, for SLOs and round trips
+MAX_USD = 1e9  # one price: a node, an hour, a GB
+MAX_NODES = 1_000_000  # per node group
+MAX_BYTES = 1 << 40  # one request's payload: 1 TiB
+MAX_DIM = 1 << 31
+
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+Usd = Annotated[float, Field(ge=0, le=MAX_USD)]
+Dim = Annotated[int, Field(ge=1, le=MAX_DIM)]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf and nan are refused by every float field: they would reach sizing, costs and plots.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class NodeGroup(_Strict):
     """Identical nodes at a site: ``count`` exist (bought already), ``max_add`` may be added."""
 
-    target: str = Field(description="catalog target id (see `edgeshift targets list`)")
-    name: str | None = Field(None, description="pool name, shown in the plan; default: target")
-    count: int = Field(0, ge=0, description="nodes already there (purchase is sunk)")
+    target: Name = Field(description="catalog target id (see `edgeshift targets list`)")
+    name: Name | None = Field(None, description="pool name, shown in the plan; default: target")
+    count: int = Field(0, ge=0, le=MAX_NODES, description="nodes already there (purchase is sunk)")
     max_add: int | None = Field(
-        None, ge=0, description="nodes/instances that may be added; default 0 owned, 1000 cloud"
+        None,
+        ge=0,
+        le=MAX_NODES,
+        description="nodes/instances that may be added; default 0 owned, 1000 cloud",
     )
-    purchase_usd: float | None = Field(None, ge=0, description="overrides the catalog price")
-    lifetime_years: float | None = Field(None, gt=0, description="overrides the catalog")
-    usd_per_hour: float | None = Field(None, ge=0, description="overrides the catalog price")
+    purchase_usd: Usd | None = Field(None, description="overrides the catalog price")
+    lifetime_years: float | None = Field(None, ge=0.01, le=100, description="overrides the catalog")
+    usd_per_hour: Usd | None = Field(None, description="overrides the catalog price")
 
 
 class Site(_Strict):
-    name: str = Field(min_length=1)
+    name: Name
     kind: Literal["device", "edge", "on-prem", "cloud"]
-    region: str | None = Field(None, description="data-policy region; default: the site name")
-    usd_per_kwh: float = Field(0.15, ge=0)
-    power_budget_w: float | None = Field(None, gt=0)
-    lan_rtt_ms: float = Field(0.5, ge=0, description="round trip between nodes of this site")
+    region: Name | None = Field(None, description="data-policy region; default: the site name")
+    usd_per_kwh: float = Field(0.15, ge=0, le=1000)
+    power_budget_w: float | None = Field(None, gt=0, le=1e9)
+    lan_rtt_ms: float = Field(
+        0.5, ge=0, le=MAX_MS, description="round trip between nodes of this site"
+    )
     nodes: list[NodeGroup] = Field(default_factory=list)
 
 
 class Link(_Strict):
-    between: tuple[str, str]
-    rtt_ms: float = Field(ge=0)
-    bandwidth_mbps: float = Field(gt=0)
-    usd_per_gb: float = Field(0.0, ge=0, description="egress price of payloads crossing it")
+    between: tuple[Name, Name]
+    rtt_ms: float = Field(ge=0, le=MAX_MS)
+    # From 1 kbit/s (a narrowband radio) to 10 Pbit/s: beyond, transfer times over/underflow.
+    bandwidth_mbps: float = Field(ge=0.001, le=1e10)
+    usd_per_gb: Usd = Field(0.0, description="egress price of payloads crossing it")
 
 
 class Slo(_Strict):
-    p95_ms: float | None = Field(None, gt=0)
-    p99_ms: float | None = Field(None, gt=0)
+    p95_ms: float | None = Field(None, gt=0, le=MAX_MS)
+    p99_ms: float | None = Field(None, gt=0, le=MAX_MS)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Slo:
@@ -76,9 +106,21 @@ class Slo(_Strict):
 class VariantSpec(_Strict):
     """Another way to run the model: an optimize artifact, or a precision with a known drop."""
 
-    artifact: str | None = Field(None, description="artifact dir from `edgeshift optimize`")
+    artifact: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PATH_CHARS,
+        description="artifact dir from `edgeshift optimize`",
+    )
     precision: Literal["fp32", "fp16", "bf16", "int8"] | None = None
-    accuracy_drop: float | None = Field(None, ge=0, description="measured metric drop vs fp32")
+    accuracy_drop: float | None = Field(
+        None, ge=0, le=100, description="measured metric drop vs fp32"
+    )
+
+    @field_validator("artifact")
+    @classmethod
+    def _path_parts(cls, value: str | None) -> str | None:
+        return None if value is None else _check_path(value)
 
     @model_validator(mode="after")
     def _one_kind(self) -> VariantSpec:
@@ -95,22 +137,33 @@ class VariantSpec(_Strict):
 
 
 class Workload(_Strict):
-    name: str = Field(min_length=1)
-    model: str = Field(description="zoo name, .onnx file or artifact dir (relative to the file)")
-    site: str = Field(description="the site where its data is produced")
-    mean_rps: float = Field(gt=0)
-    peak_rps: float = Field(gt=0)
-    payload_bytes: int = Field(ge=0, description="request size sent when it crosses a link")
+    name: Name
+    model: str = Field(
+        min_length=1,
+        max_length=MAX_PATH_CHARS,
+        description="zoo name, .onnx file or artifact dir (relative to the file)",
+    )
+    site: Name = Field(description="the site where its data is produced")
+    mean_rps: float = Field(gt=0, le=MAX_RPS)
+    peak_rps: float = Field(gt=0, le=MAX_RPS)
+    payload_bytes: int = Field(
+        ge=0, le=MAX_BYTES, description="request size sent when it crosses a link"
+    )
     slo: Slo
     data_policy: Literal["anywhere", "region", "site"] = "anywhere"
-    allow_sites: list[str] | None = None
-    deny_sites: list[str] = Field(default_factory=list)
-    shapes: dict[str, int | list[int]] = Field(
+    allow_sites: list[Name] | None = None
+    deny_sites: list[Name] = Field(default_factory=list)
+    shapes: dict[Name, Dim | list[Dim]] = Field(
         default_factory=dict,
         description="dynamic dims or input shapes, as `--shape`: {seq: 128} or {x: [1, 64]}",
     )
-    accuracy_budget: float = Field(0.0, ge=0, description="largest accuracy drop allowed")
-    variants: list[VariantSpec] = Field(default_factory=list)
+    accuracy_budget: float = Field(0.0, ge=0, le=100, description="largest accuracy drop allowed")
+    variants: list[VariantSpec] = Field(default_factory=list, max_length=64)
+
+    @field_validator("model")
+    @classmethod
+    def _path_parts(cls, value: str) -> str:
+        return _check_path(value)
 
     @model_validator(mode="after")
     def _peak_at_least_mean(self) -> Workload:
@@ -123,8 +176,10 @@ class Workload(_Strict):
 
 
 class Simulation(_Strict):
-    requests: int = Field(20_000, ge=100, description="simulated requests per workload")
-    seed: int = 0
+    requests: int = Field(
+        20_000, ge=100, le=10_000_000, description="simulated requests per workload"
+    )
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="random seed of the arrivals")
     service: Literal["deterministic", "exponential"] = "deterministic"
 
 
@@ -132,9 +187,9 @@ class Scenario(_Strict):
     """A whole scenario file."""
 
     version: Literal[1] = 1
-    name: str = ""
-    headroom: float = Field(0.8, gt=0, le=1, description="max utilization at peak rate")
-    hours_per_month: float = Field(730.0, gt=0)
+    name: str = Field("", max_length=MAX_NAME_CHARS)
+    headroom: float = Field(0.8, ge=0.01, le=1, description="max utilization at peak rate")
+    hours_per_month: float = Field(730.0, ge=1, le=744, description="744 h: a 31-day month")
     sites: list[Site] = Field(min_length=1)
     links: list[Link] = Field(default_factory=list)
     workloads: list[Workload] = Field(min_length=1)
@@ -194,6 +249,19 @@ class Scenario(_Strict):
         return self
 
 
+def _check_path(value: str) -> str:
+    # A file system refuses a component past 255 bytes with an OSError, not a clear message.
+    long = [part for part in re.split(r"[/\\]", value) if len(part.encode()) > 255]
+    if long:
+        raise ValueError(
+            f"a path component is {len(long[0].encode())} bytes, file systems allow 255 — "
+            "shorten the name"
+        )
+    if "\x00" in value:
+        raise ValueError("contains a NUL character — give a plain zoo name or path")
+    return value
+
+
 def _unique(names: list[str], where: str, what: str) -> None:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -245,8 +313,47 @@ def parse_scenario(text: str, source: str = "scenario") -> Scenario:
             msg = "unknown field — remove it or check its spelling (see docs/plan.md)"
         elif err["type"] == "missing":
             msg = "missing — add it (see docs/plan.md for every field)"
+        else:
+            msg = _with_fix(err, msg)
         where = f"{field}: " if field else ""
         raise ConfigError(f"{source}{at}: {where}{msg}") from exc
+
+
+_BOUNDS = {"gt": "> {}", "ge": ">= {}", "lt": "< {}", "le": "<= {}"}
+
+
+def _with_fix(err: Any, msg: str) -> str:
+    """Pydantic's message for ERR, on one line, with what to write instead."""
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    shown = _short(value)
+    if kind == "finite_number":
+        return f"{shown} is not a finite number — give a real value (no .inf or .nan)"
+    if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
+        bounds = " and ".join(_BOUNDS[k].format(_short(v)) for k, v in ctx.items() if k in _BOUNDS)
+        return f"{shown} is out of range — give a number {bounds} (see docs/plan.md)"
+    if kind == "string_too_long":
+        return (
+            f"{len(value)} characters, at most {ctx.get('max_length')} — shorten it"
+            if isinstance(value, str)
+            else f"too long — at most {ctx.get('max_length')} characters"
+        )
+    if kind == "string_too_short":
+        return "empty — give a name"
+    if kind == "too_long":
+        return f"too many items, at most {ctx.get('max_length')} — list fewer"
+    if kind == "too_short":
+        return f"too few items, at least {ctx.get('min_length')} — add one (see docs/plan.md)"
+    one_line = " ".join(msg.split())
+    if "—" in one_line:
+        return one_line
+    return f"{one_line}, got {shown} — see docs/plan.md for the field's form"
+
+
+def _short(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def load_scenario(path: str | Path) -> Scenario:
