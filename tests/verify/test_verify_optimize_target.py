@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -13,6 +14,8 @@ from edgeshift.cli.main import app
 from edgeshift.optimize import read_manifest
 from edgeshift.optimize.isa import recipe_skip_reason, target_arch
 from edgeshift.targets import get_target
+from edgeshift.verify import runners as runners_module
+from edgeshift.verify.runners import Job, JobResult, NativeRunner
 
 
 @pytest.mark.parametrize(
@@ -68,3 +71,34 @@ def test_optimize_for_rpi4_skips_what_it_lacks_and_records_the_arm64_verificatio
     assert manifest.verification is not None and manifest.verification["passed"]
     (arm,) = manifest.verification["results"]
     assert arm["arch"] == "arm64" and arm["status"] == "pass"
+
+
+class _WrongArm(NativeRunner):
+    """Stands in for an Arm CPU that computes something else: every output shifted."""
+
+    emulated = True
+
+    def run(self, jobs: list[Job], jobdir: Path) -> list[JobResult]:  # type: ignore[override]
+        results = super().run(jobs, jobdir)
+        for r in results:
+            for value in (r.outputs or {}).values():
+                value += np.float32(10.0) * np.arange(value.shape[-1], dtype=np.float32)[::-1]
+        return results
+
+
+@pytest.mark.slow
+def test_an_artifact_that_fails_on_the_target_is_not_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runners_module, "_RUNNERS", {**runners_module._RUNNERS, "arm64": _WrongArm})
+    model = zoo.get("digits-mlp", tmp_path / "zoo")
+    art = tmp_path / "art"
+    result = CliRunner().invoke(
+        app,
+        ["optimize", str(model.model_path), "--data", str(model.data_path), "--quick",
+         "--target", "rpi4", "--out", str(art), "--recipes", "ort-fp32-opt"],
+    )  # fmt: skip
+    assert result.exit_code == 3, result.output
+    assert "does not hold on rpi4, so it was not written" in result.output
+    assert not art.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["zoo"]  # no staging directory left behind

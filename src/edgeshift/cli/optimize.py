@@ -43,7 +43,8 @@ def optimize_command(
     metric: str = typer.Option(
         "auto",
         "--metric",
-        help="auto, top1, cosine, rmse, max-abs, iou, or module:function (file.py:function).",
+        help="auto, top1, sequence[:blank=N|last,cer] (CTC), cosine, rmse, max-abs, iou, or "
+        "module:function (file.py:function).",
     ),
     max_drop: float | None = typer.Option(
         None,

@@ -103,7 +103,8 @@ def optimize(
     DATA is an .npz with one array per model input (first axis = samples) and optionally
     labels (``labels`` names the array; default ``labels``). It is split by ``seed`` into a
     calibration part and a held-out part; only the held-out part is scored. ``metric`` is
-    ``auto``, ``top1``, ``cosine``, ``rmse``, ``max-abs``, ``iou`` or ``module:function``;
+    ``auto``, ``top1``, ``sequence`` (CTC), ``cosine``, ``rmse``, ``max-abs``, ``iou`` or
+    ``module:function``;
     ``max_drop`` is in its unit (see :mod:`edgeshift.optimize.metrics`). When ``out`` is given
     the chosen model and ``manifest.json`` are written there; when no candidate meets the
     budget the original is kept, and ``require=True`` then raises BudgetError. An ``out``
@@ -245,11 +246,24 @@ def optimize(
         message = _message(winner, original, chosen_metric, budget, budget_met, objective)
         if target_spec is not None:
             manifest.target = target_spec.id
-        artifact_dir = (
-            _write_artifact(out, winner, loaded, manifest, force) if out is not None else None
-        )
-        if artifact_dir is not None and target_spec is not None:
-            _verify_on_target(artifact_dir, manifest, target_spec, dataset)
+        if out is not None and target_spec is not None:
+            # Verified on the target's architecture before it is written: a staging directory
+            # beside OUT becomes OUT only when the verification passes.
+            check_out_dir(Path(out), force)
+            staging = Path(out).parent / f".{Path(out).name}.verifying"
+            shutil.rmtree(staging, ignore_errors=True)
+            _write_artifact(staging, winner, loaded, manifest, True)
+            try:
+                _verify_on_target(staging, manifest, target_spec, dataset)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            shutil.rmtree(out, ignore_errors=True)
+            artifact_dir: Path | None = Path(staging.rename(out))
+        else:
+            artifact_dir = (
+                _write_artifact(out, winner, loaded, manifest, force) if out is not None else None
+            )
         report("done", total_steps, total_steps)
         for c in candidates:
             if c.backend is not None:
@@ -287,7 +301,10 @@ def _verify_on_target(
     write_manifest(artifact_dir, manifest)
     if not report.passed:
         bad = (report.failed or report.errors)[0]
-        raise MismatchError(f"the chosen artifact does not hold on {target.id}: {bad.message}")
+        raise MismatchError(
+            f"the chosen artifact does not hold on {target.id}, so it was not written: "
+            f"{bad.message}"
+        )
 
 
 def _open_reference(model_path: Path, threads: int) -> tuple[Backend, str]:
