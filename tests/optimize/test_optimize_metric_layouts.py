@@ -17,11 +17,9 @@ from edgeshift.optimize.metrics import (
     builtin_metric,
     check_metric_name,
     class_map,
-    ctc_greedy_decode,
-    edit_distance,
     resolve_metric,
-    sequence_scores,
 )
+from edgeshift.optimize.sequence import ctc_greedy_decode, edit_distance, sequence_scores
 
 BLANK = 0
 
