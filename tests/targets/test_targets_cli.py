@@ -39,7 +39,9 @@ def test_targets_show_has_sources() -> None:
 
 
 def test_targets_host_from_cache(calibrated_host: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_calibrate, "run_calibration", lambda *a, **k: pytest.fail("measured"))
+    monkeypatch.setattr(
+        _calibrate, "run_calibration_checked", lambda *a, **k: pytest.fail("measured")
+    )
     data = json.loads(_ok(["targets", "host", "--json"]).stdout)
     assert data["id"] == "host" and data["calibration"]["achieved_gops"]["fp32"] == 100.0
     assert "calibration" in _ok(["targets", "show", "host"]).stdout

@@ -51,7 +51,7 @@ def _no_measuring(*args: Any, **kwargs: Any) -> Any:
 def test_cached_calibration_is_reused(
     calibrated_host: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_calibrate, "run_calibration", _no_measuring)
+    monkeypatch.setattr(_calibrate, "run_calibration_checked", _no_measuring)
     t = get_target("host")
     assert t.calibration == calibrated_host
     assert t.id == "host" and t.tier == "server"
@@ -105,7 +105,7 @@ def test_real_calibration_round_trip(cache_dir: Path, monkeypatch: pytest.Monkey
     assert 0 < cal.efficiency["gemm"] <= 0.9 + 1e-9
     assert 0 < cal.efficiency["memory"] <= 0.75 + 1e-9  # never above the STREAM fraction
     assert cal.op_overhead_us["fp32_conv"] >= 0 and "fp32" in cal.call_overhead_us
-    monkeypatch.setattr(_calibrate, "run_calibration", _no_measuring)
+    monkeypatch.setattr(_calibrate, "run_calibration_checked", _no_measuring)
     t = host_target()
     assert t.calibration == cal
     assert t.peak("fp32") >= cal.achieved_gops["fp32"]

@@ -25,6 +25,12 @@ def plan(
     simulate: bool = typer.Option(
         True, "--simulate/--no-simulate", help="check the plan by discrete-event simulation"
     ),
+    calibration: Path | None = typer.Option(
+        None,
+        "--calibration",
+        help="pin the host calibration: a file from `edgeshift targets host --save FILE` "
+        "(default: this host's cached one)",
+    ),
 ) -> None:
     """Place every workload of SCENARIO at the cheapest spot that meets its SLO and data policy,
     compare with all-cloud-GPU / all-cloud-CPU / all-edge baselines, and write a report."""
@@ -36,9 +42,11 @@ def plan(
         raise ConfigError(f"--out {out_dir} is a file — give a directory for the report")
     if progress_enabled(json_output):
         with err_console.status("planning") as status:
-            result = plan_scenario(scenario, simulate=simulate, progress=status.update)
+            result = plan_scenario(
+                scenario, simulate=simulate, progress=status.update, calibration=calibration
+            )
     else:
-        result = plan_scenario(scenario, simulate=simulate)
+        result = plan_scenario(scenario, simulate=simulate, calibration=calibration)
     summary = plan_summary(result)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -65,9 +73,11 @@ def _render(summary: dict, out_dir: Path) -> None:
             table.add_row(w["workload"], "[red]not placed[/]", "", "", "", slo, "")
             continue
         sim = w["simulated_ms"]
+        a = w.get("assumes") or {}
+        assumes = f" · {a['runtime']} {a['precision']}" if a else ""
         table.add_row(
             w["workload"],
-            f"{w['pool']} ({w['variant']})",
+            f"{w['pool']} ({w['variant']}{assumes})",
             str(w["replicas"]),
             f"{w['predicted_ms']:.2f} ms",
             "—" if sim is None else f"{sim:.2f} ms",
@@ -94,6 +104,15 @@ def _render(summary: dict, out_dir: Path) -> None:
             f"${base['savings_usd_per_month']:,.2f}/month{on}",
             markup=False,
         )
+    cal = summary.get("calibration")
+    if cal:
+        console.print(
+            f"  estimates rest on the host calibration of {cal['host']} ({cal['created']}, "
+            f"{cal['source']})",
+            markup=False,
+        )
+    else:
+        console.print("  estimates rest on default efficiencies (no host calibration)")
     if not summary["feasible"]:
         err_console.print("[yellow]some workloads could not be placed: see the reasons above[/]")
     console.print(f"wrote {out_dir / 'plan.json'} and {out_dir / 'report.html'}", markup=False)

@@ -15,7 +15,13 @@ from edgeshift.targets.catalog import HOST_ID, get_target, load_catalog, parse_t
 from edgeshift.targets.compare import compare as run_compare
 from edgeshift.targets.estimate import Estimate
 from edgeshift.targets.estimate import estimate as run_estimate
-from edgeshift.targets.host import host_target
+from edgeshift.targets.host import (
+    PinnedCalibration,
+    detect_host,
+    host_target,
+    load_calibration_file,
+    save_calibration_file,
+)
 from edgeshift.targets.schema import TIERS, Quantity, Target
 
 targets_app = typer.Typer(
@@ -25,11 +31,25 @@ targets_app = typer.Typer(
 )
 
 
-def _resolve(target_id: str, json_output: bool) -> Target:
+def _warn(line: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {line}", highlight=False)
+
+
+def _resolve(target_id: str, json_output: bool, pinned: PinnedCalibration | None = None) -> Target:
     # The host calibrates on first use: show its progress bar (the library stays silent).
     if target_id == HOST_ID:
-        return host_target(progress=progress_enabled(json_output))
+        return host_target(progress=progress_enabled(json_output), calibration=pinned, warn=_warn)
     return get_target(target_id)
+
+
+def _pinned(path: Path | None) -> PinnedCalibration | None:
+    return load_calibration_file(path) if path is not None else None
+
+
+_CALIBRATION_HELP = (
+    "Pin the host calibration: a JSON file from `edgeshift targets host --save FILE` "
+    "(default: this host's cached calibration)."
+)
 
 
 def _fmt(x: float, unit: str = "") -> str:
@@ -151,16 +171,22 @@ def targets_host(
     recalibrate: bool = typer.Option(
         False, "--recalibrate", help="Measure again, ignore the cache."
     ),
+    save: Path | None = typer.Option(
+        None, "--save", help="Also write the calibration to FILE, to pin with --calibration."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Detect and calibrate this machine (cached; about 10 s the first time)."""
-    t = host_target(recalibrate=recalibrate, progress=progress_enabled(json_output))
+    """Detect and calibrate this machine (cached; about 20 s the first time)."""
+    t = host_target(recalibrate=recalibrate, progress=progress_enabled(json_output), warn=_warn)
     _show(t, json_output)
+    if save is not None and t.calibration is not None:
+        save_calibration_file(t.calibration, detect_host(), save)
+        err_console.print(f"wrote {save} (pin it with --calibration {save})", highlight=False)
 
 
 def _render_estimate(e: Estimate) -> None:
     fit = "[green]fits[/]" if e.fits else "[bold red]does not fit[/]"
-    table = Table(title=f"{e.model} on {e.target_id} · {e.precision} · batch {e.batch}")
+    table = Table(title=f"{e.model} on {e.target_id} · {e.variant} · batch {e.batch}")
     table.add_column("figure")
     table.add_column("value", justify="right")
     flash = ""
@@ -174,9 +200,15 @@ def _render_estimate(e: Estimate) -> None:
         ("energy", _fmt(e.energy_j * 1e3, " mJ/item")),
         ("cost", _fmt(e.usd_per_million, " USD per million")),
     ]  # fmt: skip
+    if e.measured is not None:
+        m = e.measured
+        ratio = e.latency_ms / m.p50_ms if m.p50_ms > 0 else math.inf
+        rows.insert(3, ("measured (bench)", f"{m.p50_ms:,.4g} ms p50, {m.p90_ms:,.4g} ms p90 on "
+                        f"{m.backend} {m.precision}: estimate x{ratio:.2f}"))  # fmt: skip
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
+    console.print(f"assumes: {e.variant}", markup=False)
     console.print(e.fit_reason, markup=False)
     if e.breakdown:
         bd = Table(title="per op class (one call)")
@@ -212,18 +244,47 @@ def estimate_command(
     utilization: float = typer.Option(
         1.0, "--utilization", help="Busy fraction of the device, (0, 1]."
     ),
+    calibration: Path | None = typer.Option(None, "--calibration", help=_CALIBRATION_HELP),
+    measure: bool = typer.Option(
+        False, "--measure", help="On the host, also time the model with `bench` and show both."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
     """Fit, latency, throughput, energy and cost of MODEL on one target, with the breakdown."""
     if not 0 < utilization <= 1:
         raise TargetError(f"--utilization must be in (0, 1], not {utilization}")
-    t = _resolve(target, json_output)
-    e = run_estimate(model, t, batch=batch, precision=precision, shapes=parse_shape_overrides(shape),
-                     usd_per_kwh=usd_per_kwh, utilization=utilization)  # fmt: skip
+    if measure and target != HOST_ID:
+        raise TargetError(
+            f"--measure times the model on this machine, not on {target} — use --target host"
+        )
+    pinned = _pinned(calibration)
+    t = _resolve(target, json_output, pinned)
+    shapes = parse_shape_overrides(shape)
+    e = run_estimate(model, t, batch=batch, precision=precision, shapes=shapes,
+                     usd_per_kwh=usd_per_kwh, utilization=utilization,
+                     calibration=pinned)  # fmt: skip
+    if measure:
+        e.measured = _measure(model, e, shapes, json_output)
     if json_output:
         print_json(e)
         return
     _render_estimate(e)
+
+
+def _measure(model: Path, e: Estimate, shapes: dict, json_output: bool) -> object:
+    from edgeshift.bench import bench
+
+    if e.precision == "int8" and e.recipe is None and "int8" not in (e.runtime, ""):
+        stored_int8 = any("int8" in n for n in e.notes)  # a float model at int8: not built yet
+        if stored_int8:
+            raise TargetError(
+                "--measure: an int8 estimate of a float model has nothing to time — build the "
+                "variant with `edgeshift optimize` and measure that"
+            )
+    # ORT runs the stored graph (an int8 graph stays int8); OpenVINO takes the precision hint.
+    precision = e.precision if e.runtime == "openvino" else None
+    return bench(model, backend=e.runtime, precision=precision, batch=e.batch, shapes=shapes,
+                 duration_s=3.0, progress=progress_enabled(json_output))  # fmt: skip
 
 
 def compare_command(
@@ -243,16 +304,18 @@ def compare_command(
     utilization: float = typer.Option(
         1.0, "--utilization", help="Busy fraction of each device, (0, 1]."
     ),
+    calibration: Path | None = typer.Option(None, "--calibration", help=_CALIBRATION_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """The same figures on several targets, cheapest first among those meeting the SLO."""
     if not 0 < utilization <= 1:
         raise TargetError(f"--utilization must be in (0, 1], not {utilization}")
     ids = parse_target_list(targets)
-    resolved = [_resolve(i, json_output) for i in ids]
+    pinned = _pinned(calibration)
+    resolved = [_resolve(i, json_output, pinned) for i in ids]
     c = run_compare(model, resolved, slo_ms=slo_ms, batch=batch, precision=precision,
                     shapes=parse_shape_overrides(shape), usd_per_kwh=usd_per_kwh,
-                    utilization=utilization)  # fmt: skip
+                    utilization=utilization, calibration=pinned)  # fmt: skip
     if json_output:
         print_json(c)
         return
@@ -261,7 +324,7 @@ def compare_command(
     cols = (
         "target",
         "tier",
-        "prec",
+        "assumes",
         "fits",
         "latency ms",
         "items/s",
@@ -270,11 +333,11 @@ def compare_command(
         "SLO",
     )
     for col in cols:
-        left = col in ("target", "tier", "prec")
+        left = col in ("target", "tier", "assumes")
         table.add_column(col, justify="left" if left else "right", no_wrap=col == "target")
     for e in c.rows:
         table.add_row(
-            e.target_id, c.tiers.get(e.target_id, ""), e.precision, "yes" if e.fits else "[red]no[/]",
+            e.target_id, c.tiers.get(e.target_id, ""), e.variant, "yes" if e.fits else "[red]no[/]",
             _fmt(e.latency_ms), _fmt(e.throughput_items_s), _fmt(e.energy_j * 1e3),
             _fmt(e.usd_per_million), "[green]ok[/]" if c.meets_slo[e.target_id] else "[red]miss[/]",
         )  # fmt: skip

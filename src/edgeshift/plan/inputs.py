@@ -38,6 +38,9 @@ class Estimator:
     manifests: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     perf: dict[tuple[str, str, str], Perf | None] = field(default_factory=dict)
     calls: int = 0
+    # (model key, target id, precision) -> what the estimate assumes: runtime, precision, recipe
+    assumed: dict[tuple[str, str, str], dict[str, str | None]] = field(default_factory=dict)
+    calibration: Any | None = None  # a host.PinnedCalibration pinning the efficiencies
 
     def add_model(self, ref: ModelRef, shapes: dict[str, tuple[int, ...]] | None = None) -> str:
         """Analyse REF at SHAPES once; the key its estimates are stored under."""
@@ -45,8 +48,12 @@ class Estimator:
         if key not in self.analyses:
             from edgeshift.model.analysis import analyze
             from edgeshift.model.load import load_model
+            from edgeshift.targets.estimate import check_runs
 
-            self.analyses[key] = analyze(load_model(ref.path), shapes=shapes or None)
+            loaded = load_model(ref.path)  # the ONNX checker, as bench loads it
+            # A model no runtime opens gets no estimate (checked once, on ONNX Runtime).
+            self.analyses[key] = analyze(loaded, shapes=shapes or None)
+            check_runs(loaded, "onnxruntime", ref.label, self.analyses[key])
             self.manifests[key] = ref.manifest
         return key
 
@@ -66,7 +73,19 @@ class Estimator:
                 "edgeshift.targets.estimate is not available — install a complete edgeshift"
             ) from exc
         self.calls += 1
-        est = estimate(self.analyses[model_key], target, batch=1, precision=precision)
+        est = estimate(
+            self.analyses[model_key],
+            target,
+            batch=1,
+            precision=precision,
+            calibration=self.calibration,
+            manifest=self.manifests.get(model_key),
+        )
+        self.assumed[(model_key, target.id, precision)] = {
+            "runtime": est.runtime,
+            "precision": est.precision,
+            "recipe": est.recipe,
+        }
         streams = max(1, int(getattr(est, "streams", 1)))
         # With several streams each call runs on its share of the cores: slower than
         # ``latency_ms`` (one call on the whole node), and what the queue's servers see.

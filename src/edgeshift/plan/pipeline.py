@@ -37,6 +37,11 @@ class PlanResult:
     simulations: dict[str, SimResult] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     estimate_calls: int = 0
+    # The host calibration the estimates rest on (host, date, figures; see
+    # ``targets.host.PinnedCalibration.record``), None when they rest on default efficiencies.
+    calibration: dict[str, Any] | None = None
+    # (model key, target id, precision) -> runtime, precision and recipe the estimate assumes
+    assumed: dict[tuple[str, str, str], dict[str, str | None]] = field(default_factory=dict)
 
     @property
     def feasible(self) -> bool:
@@ -110,14 +115,35 @@ def plan_scenario(
     *,
     simulate: bool = True,
     progress: Callable[[str], None] | None = None,
+    calibration: str | Path | Any | None = None,
 ) -> PlanResult:
-    """Load the scenario at PATH, estimate every option and plan it."""
-    from edgeshift.plan.inputs import build_problem
+    """Load the scenario at PATH, estimate every option and plan it.
+
+    CALIBRATION (a file from ``edgeshift targets host --save``, or a
+    ``targets.host.PinnedCalibration``) pins the host calibration, so the same scenario
+    gives the same plan; by default the cached one is used. Either is recorded in the result.
+    """
+    from edgeshift.plan.inputs import Estimator, build_problem
+    from edgeshift.targets.catalog import HOST_ID, get_target
+    from edgeshift.targets.host import current_calibration, host_target, load_calibration_file
 
     path = Path(path)
     t0 = time.perf_counter()
+    pinned = (
+        load_calibration_file(calibration) if isinstance(calibration, str | Path) else calibration
+    )
     scenario = load_scenario(path)
-    problem, estimator = build_problem(scenario, path.parent, progress=progress)
+
+    def target_for(target_id: str) -> Any:
+        if target_id == HOST_ID and pinned is not None:
+            return host_target(calibration=pinned)
+        return get_target(target_id)
+
+    estimator = Estimator(calibration=pinned)
+    problem, estimator = build_problem(
+        scenario, path.parent, get_target=target_for, estimator=estimator, progress=progress
+    )
+    used = pinned if pinned is not None else current_calibration()
     inputs_s = time.perf_counter() - t0
     if progress is not None:
         progress("solving")
@@ -134,6 +160,8 @@ def plan_scenario(
         first.timings_s["simulate"] = time.perf_counter() - t1
     first.timings_s["inputs"] = inputs_s
     first.estimate_calls = estimator.calls
+    first.calibration = used.record() if used is not None else None
+    first.assumed = dict(estimator.assumed)
     return first
 
 
@@ -189,6 +217,7 @@ def plan_summary(result: PlanResult) -> dict[str, Any]:
     by_name = {w.name: w for w in problem.workloads}
     for name, option in solution.chosen.items():
         w = by_name[name]
+        keys = {v.name: v.model_key for v in w.variants}
         entry: dict[str, Any] = {
             "workload": name,
             "site_of_data": w.site,
@@ -209,6 +238,9 @@ def plan_summary(result: PlanResult) -> dict[str, Any]:
                 target=option.target_id,
                 variant=option.variant,
                 precision=option.precision,
+                assumes=result.assumed.get(
+                    (keys.get(option.variant, ""), option.target_id, option.precision)
+                ),
                 replicas=option.replicas,
                 servers_per_replica=option.servers_per_replica,
                 network_ms=option.network_ms,
@@ -267,6 +299,7 @@ def plan_summary(result: PlanResult) -> dict[str, Any]:
         },
         "timings_s": result.timings_s,
         "estimate_calls": result.estimate_calls,
+        "calibration": result.calibration,
         "notes": problem.notes,
         "model": {
             "queueing": "M/M/c (Erlang C) wait at peak rate + constant service time",

@@ -76,13 +76,27 @@ def compare(
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     usd_per_kwh: float = 0.15,
     utilization: float = 1.0,
+    calibration: Any | None = None,
 ) -> Comparison:
     """Estimate MODEL on each of TARGETS (ids or Target objects) and rank them.
 
-    PRECISION applies to every target that runs it; others use their default.
+    PRECISION applies to every target that runs it; others use their default. Each row
+    names the runtime and precision it assumes. The model is first checked as ``bench``
+    loads it, on every runtime the rows name (ModelError if one refuses it). CALIBRATION
+    (a ``host.PinnedCalibration``) pins the efficiencies.
     """
     from edgeshift.model.analysis import analyze
-    from edgeshift.targets.catalog import get_target
+    from edgeshift.model.load import load_model
+    from edgeshift.targets.catalog import HOST_ID, get_target
+    from edgeshift.targets.estimate import (
+        _check_shapes,
+        check_runs,
+        default_precision,
+        normalize_target_precision,
+        runtime_for,
+        stored_precision,
+    )
+    from edgeshift.targets.host import host_target
 
     if not targets:
         raise TargetError(
@@ -90,15 +104,34 @@ def compare(
         )
     if slo_ms is not None and slo_ms <= 0:
         raise TargetError(f"--slo-ms must be > 0, not {slo_ms}")
-    resolved = [get_target(t) if isinstance(t, str) else t for t in targets]
-    analysis = analyze(model, shapes=shapes, batch=batch)
-    path = model.path if isinstance(model, LoadedModel) else Path(model)
-    name = model_display_name(path)
+    resolved = [
+        (host_target(calibration=calibration) if t == HOST_ID and calibration else get_target(t))
+        if isinstance(t, str)
+        else t
+        for t in targets
+    ]
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)  # checker
+    analysis = analyze(loaded, shapes=shapes, batch=batch)
+    name = model_display_name(loaded.path)
+    _check_shapes(analysis)
+    if precision is not None:
+        precision = normalize_target_precision(precision)
+    stored = stored_precision(analysis)
+    checked: set[str] = set()
+    for t in resolved:
+        p = precision if precision in t.precisions else None
+        runtime = runtime_for(
+            t, p or default_precision(t, stored, loaded.manifest), loaded.manifest
+        )
+        if runtime not in checked:
+            check_runs(loaded, runtime, name, analysis)
+            checked.add(runtime)
     rows = []
     for t in resolved:
         p = precision if precision in t.precisions else None
         e = estimate(analysis, t, batch=batch, precision=p, usd_per_kwh=usd_per_kwh,
-                     utilization=utilization)  # fmt: skip
+                     utilization=utilization, calibration=calibration,
+                     manifest=loaded.manifest)  # fmt: skip
         e.model = name
         rows.append(e)
     ranked = rank(rows, slo_ms)

@@ -75,6 +75,15 @@ class Estimate:
     # "roofline" (extrapolated from the host's calibration) or "compiled" (measured figures of
     # an `edgeshift compile --verify` of this very model file for the target's core)
     basis: str = "roofline"
+    runtime: str = "onnxruntime"  # the runtime whose speed this estimates
+    recipe: str | None = None  # an optimize artifact's recipe (from its manifest)
+    measured: Any | None = None  # a BenchResult when ``estimate --measure`` timed it
+
+    @property
+    def variant(self) -> str:
+        """What is estimated, in words: ``onnxruntime fp32`` (+ `` · recipe R``)."""
+        text = f"{self.runtime} {self.precision}"
+        return f"{text} · recipe {self.recipe}" if self.recipe else text
 
 
 def stored_precision(analysis: Any) -> str:
@@ -103,6 +112,33 @@ def choose_precision(target: Target, stored: str) -> str:
     if not usable:
         return "fp32"
     return max(usable, key=lambda p: (target.peak(p), -PRECISION_PREFERENCE.index(p)))
+
+
+def default_precision(target: Target, stored: str, manifest: Mapping[str, Any] | None) -> str:
+    """What runs when the user names no precision: on the host, what ``bench`` runs (the
+    artifact's recorded precision, else the stored graph on ONNX Runtime); elsewhere the
+    fastest precision both sides allow (:func:`choose_precision`)."""
+    if target.id == "host":
+        recorded = str((manifest or {}).get("precision") or "")
+        if recorded:
+            return normalize_target_precision(recorded)
+        return stored if stored in target.precisions else "fp32"
+    return choose_precision(target, stored)
+
+
+def runtime_for(target: Target, precision: str, manifest: Mapping[str, Any] | None) -> str:
+    """The runtime an estimate of PRECISION on TARGET assumes: the artifact's, where the target
+    has it; on the host ONNX Runtime, or OpenVINO for bf16/fp16 (as the calibration measured)."""
+    recorded = (manifest or {}).get("backend")
+    if target.id == "host":
+        if recorded in target.runtimes:
+            return str(recorded)
+        return "openvino" if precision in ("bf16", "fp16") else "onnxruntime"
+    if recorded in target.runtimes:
+        return str(recorded)
+    if precision in ("bf16", "fp16") and "openvino" in target.runtimes:
+        return "openvino"
+    return target.runtimes[0] if target.runtimes else "unknown"
 
 
 def _check_shapes(analysis: Any) -> None:
@@ -231,8 +267,12 @@ def estimate_analysis(
     usd_per_kwh: float = 0.15,
     utilization: float = 1.0,
     compiled: Any | None = None,
+    manifest: Mapping[str, Any] | None = None,
 ) -> Estimate:
     """The pure estimate: a ModelAnalysis (or anything with its fields) on TARGET.
+
+    MANIFEST (an optimize artifact's) names the runtime, precision and recipe assumed;
+    without one the precision defaults as in :func:`default_precision`.
 
     COMPILED (an ``edgeshift.mcu.feedback.CompiledFigures``) replaces the extrapolation on a
     Cortex-M target: flash and RAM as the linker reported them, time as the instructions
@@ -248,7 +288,10 @@ def estimate_analysis(
         eff = efficiency_from_calibration(target.calibration, target.clock_ghz.value)
     notes: list[str] = []
     stored = stored_precision(analysis)
-    chosen = precision or choose_precision(target, stored)
+    chosen = precision or default_precision(target, stored, manifest)
+    runtime = runtime_for(target, chosen, manifest)
+    recipe = (manifest or {}).get("recipe") or None
+    recipe_name = None if recipe is None else str(recipe)
     model_batch = _analysis_batch(analysis)
     batch = batch or model_batch
     calls = max(1, math.ceil(batch / model_batch))
@@ -310,7 +353,8 @@ def estimate_analysis(
         return Estimate(
             target.id, model_name, batch, chosen, False, fit_reason, ram_required, ram_avail,
             flash_required, target.flash_bytes, math.inf, 0.0, math.inf, math.inf, [],
-            confidence, notes, utilization=utilization, usd_per_kwh=usd_per_kwh,
+            confidence, notes, utilization=utilization, usd_per_kwh=usd_per_kwh, runtime=runtime,
+            recipe=recipe_name,
         )  # fmt: skip
 
     nodes = list(analysis.nodes)
@@ -379,6 +423,8 @@ def estimate_analysis(
         streams=streams,
         utilization=utilization,
         usd_per_kwh=usd_per_kwh,
+        runtime=runtime,
+        recipe=recipe_name,
     )
 
 
@@ -432,6 +478,7 @@ def _compiled_estimate(
         confidence="measured — exact instruction count under QEMU, flash/RAM from the linker; "
         "cycles per instruction assumed",
         notes=notes, utilization=utilization, usd_per_kwh=usd_per_kwh, basis="compiled",
+        runtime="edgeshift compile (C)",
     )  # fmt: skip
 
 
@@ -512,32 +559,53 @@ def estimate(
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     usd_per_kwh: float = 0.15,
     utilization: float = 1.0,
+    calibration: Any | None = None,
+    manifest: Mapping[str, Any] | None = None,
 ) -> Estimate:
     """Estimate MODEL (a .onnx path, artifact dir, LoadedModel or ModelAnalysis) on TARGET.
 
-    TARGET is a catalog id, ``"host"`` or a :class:`Target`. PRECISION defaults to the
-    fastest one the target runs and the model can use (see :func:`choose_precision`).
-    Efficiencies come from the cached host calibration when there is one (never measured
-    here unless TARGET is ``"host"``). Raises TargetError, ModelError or ShapeError.
+    TARGET is a catalog id, ``"host"`` or a :class:`Target`. PRECISION defaults as in
+    :func:`default_precision` (on the host: what ``bench`` runs). A model given as a file is
+    first checked as ``bench`` loads it (ONNX checker, then the runtime the estimate names
+    opens it): a model that cannot run raises ModelError and is not estimated. An analysis
+    is taken as already checked (see :func:`check_runs`); MANIFEST then names its artifact.
+    CALIBRATION (a ``host.PinnedCalibration``) pins the efficiencies; otherwise they come
+    from the cached host calibration when there is one (never measured here unless TARGET
+    is ``"host"``). Raises TargetError, ModelError or ShapeError.
     """
-    from edgeshift.targets.catalog import get_target
-    from edgeshift.targets.host import cached_efficiency
+    from edgeshift.targets.catalog import HOST_ID, get_target
+    from edgeshift.targets.host import cached_efficiency, host_target
 
     if batch < 1:
         raise ShapeError(f"--batch must be >= 1, not {batch}")
-    tgt = get_target(target) if isinstance(target, str) else target
+    if isinstance(target, str):
+        pinned_host = target == HOST_ID and calibration is not None
+        tgt = host_target(calibration=calibration) if pinned_host else get_target(target)
+    else:
+        tgt = target
+    if precision is not None:
+        precision = normalize_target_precision(precision)
     if hasattr(model, "nodes") and hasattr(model, "peak_activation_bytes"):
         analysis, name = model, "model"
     else:
         from edgeshift.model.analysis import analyze
+        from edgeshift.model.load import load_model
 
-        analysis = analyze(model, shapes=shapes, batch=batch)
-        path = model.path if isinstance(model, LoadedModel) else Path(model)
-        name = model_display_name(path)
+        loaded = model if isinstance(model, LoadedModel) else load_model(model)  # checker
+        analysis = analyze(loaded, shapes=shapes, batch=batch)
+        name = model_display_name(loaded.path)
+        manifest = loaded.manifest
+        _check_shapes(analysis)
+        stored = stored_precision(analysis)
+        chosen = precision or default_precision(tgt, stored, manifest)
+        check_runs(loaded, runtime_for(tgt, chosen, manifest), name, analysis)
     _check_shapes(analysis)
-    if precision is not None:
-        precision = normalize_target_precision(precision)
-    eff = None if tgt.calibration is not None else cached_efficiency()
+    if tgt.calibration is not None:
+        eff = None
+    elif calibration is not None:
+        eff = calibration.efficiency()
+    else:
+        eff = cached_efficiency()
     compiled = None
     source = getattr(analysis, "source_path", None)
     core = getattr(tgt, "mcu_core", None)
@@ -547,8 +615,53 @@ def estimate(
         compiled = lookup(source, core)
     return estimate_analysis(
         analysis, tgt, model_name=name, batch=batch, precision=precision, efficiency=eff,
-        usd_per_kwh=usd_per_kwh, utilization=utilization, compiled=compiled,
+        usd_per_kwh=usd_per_kwh, utilization=utilization, compiled=compiled, manifest=manifest,
     )  # fmt: skip
+
+
+def check_runs(
+    model: LoadedModel, runtime: str, name: str = "model", analysis: Any | None = None
+) -> None:
+    """Raise ModelError unless RUNTIME opens MODEL, as ``bench`` and ``serve`` open it, and
+    (given its ANALYSIS) runs it once on synthesized inputs at the analysed shapes.
+
+    A runtime this machine lacks (TensorRT, TFLite Micro, ...) is stood in for by ONNX
+    Runtime: a graph it refuses (unknown op domain, unsupported opset, inconsistent weights)
+    runs nowhere."""
+    import psutil
+
+    from edgeshift.bench.inputs import index_ranges, synthesize_inputs
+    from edgeshift.errors import EdgeshiftError, ModelError
+    from edgeshift.runtime import BACKENDS, open_backend
+
+    local = runtime if runtime in BACKENDS else "onnxruntime"
+    # Some graphs load and fail only when run (a weight whose shape contradicts its input);
+    # one run is cheap unless the activations would crowd this machine's memory.
+    runnable = analysis is not None and (
+        analysis.peak_activation_bytes + analysis.weight_bytes
+        < psutil.virtual_memory().available // 4
+    )
+    try:
+        backend = open_backend(model, local, "fp32", threads=1)
+        try:
+            if runnable and analysis is not None:
+                shapes = {s.name: tuple(analysis.input_shapes[s.name]) for s in backend.inputs}
+                backend.run(synthesize_inputs(backend.inputs, shapes, 0, index_ranges(model.proto)))
+        finally:
+            backend.close()
+    except EdgeshiftError as exc:
+        reason = str(exc).split(" — ")[0]  # its own hint would follow ours
+    except Exception as exc:  # a runtime refusing a graph raises its own exception types
+        lines = str(exc).strip().splitlines()
+        reason = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    else:
+        return
+    stand_in = "" if local == runtime else f" (standing in for {runtime})"
+    reason = reason if len(reason) <= 300 else reason[:297] + "..."
+    raise ModelError(
+        f"{name} cannot run on {local}{stand_in}, so it is not estimated: {reason} — fix or "
+        "re-export the model (`edgeshift inspect` shows which runtimes load it)"
+    )
 
 
 def normalize_target_precision(precision: str) -> str:

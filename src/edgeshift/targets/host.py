@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
@@ -228,14 +229,28 @@ def save_calibration(cal: Calibration, host: HostInfo) -> Path:
 
 
 def calibrate_host(
-    host: HostInfo | None = None, *, quick: bool = False, progress: bool = False
+    host: HostInfo | None = None,
+    *,
+    quick: bool = False,
+    progress: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> Calibration:
-    """Measure this host now and cache the result (about 10-20 s; ``quick`` for tests)."""
-    from edgeshift.targets._calibrate import run_calibration
+    """Measure this host now and cache the result (about 20 s; ``quick`` for tests).
+
+    WARN receives one line when the passes disagree (another process took the CPU)."""
+    from edgeshift.targets._calibrate import NOISY_SPREAD, run_calibration_checked
 
     host = host or detect_host()
-    cal = run_calibration(host, peak_fn=lambda p: host_peak_gops(host).get(p), quick=quick,
-                          progress=progress)  # fmt: skip
+    cal, noisy = run_calibration_checked(host, peak_fn=lambda p: host_peak_gops(host).get(p),
+                                         quick=quick, progress=progress)  # fmt: skip
+    if noisy and warn is not None:
+        worst = max(noisy, key=lambda k: noisy[k])
+        warn(
+            f"noisy calibration: {len(noisy)} benchmarks varied more than {NOISY_SPREAD:.0%} "
+            f"between passes ({worst}: {noisy[worst]:.0%}) — another process is using the CPU; "
+            "re-run `edgeshift targets host --recalibrate` when it is quiet, or pin a "
+            "calibration with --calibration FILE"
+        )
     save_calibration(cal, host)
     return cal
 
@@ -260,12 +275,21 @@ def cached_efficiency() -> Efficiency | None:
     return efficiency_from_calibration(cal, host.clock_ghz) if cal else None
 
 
-def host_target(*, recalibrate: bool = False, progress: bool = False) -> Target:
-    """This machine as a Target, calibrated (from the cache unless RECALIBRATE)."""
+def host_target(
+    *,
+    recalibrate: bool = False,
+    progress: bool = False,
+    calibration: PinnedCalibration | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Target:
+    """This machine as a Target, calibrated: by CALIBRATION when pinned, else from the cache
+    (measured now when there is none, or when RECALIBRATE)."""
     host = detect_host()
+    if calibration is not None:
+        return build_host_target(host, calibration.calibration)
     cal = None if recalibrate else load_calibration(host)
     if cal is None:
-        cal = calibrate_host(host, progress=progress)
+        cal = calibrate_host(host, progress=progress, warn=warn)
     return build_host_target(host, cal)
 
 
@@ -335,3 +359,99 @@ def build_host_target(host: HostInfo, cal: Calibration) -> Target:
         notes=f"calibrated {cal.created} in {cal.seconds:.1f} s",
         calibration=cal,
     )
+
+
+# A pinned calibration file: what `edgeshift targets host --save FILE` writes. Also read:
+# `edgeshift targets host --json` output (a Target with its calibration) and a cache file
+# (a bare Calibration, whose clock is then this machine's).
+CALIBRATION_FILE_FORMAT = "edgeshift-calibration/1"
+
+
+@dataclass(frozen=True)
+class PinnedCalibration:
+    """A calibration and the clock of the host that measured it (efficiencies are per clock)."""
+
+    calibration: Calibration
+    clock_ghz: float
+    source: str  # the file it was read from, or "cache" / "measured now"
+
+    def efficiency(self) -> Efficiency:
+        return efficiency_from_calibration(self.calibration, self.clock_ghz)
+
+    def record(self) -> dict[str, object]:
+        """What a plan records about the calibration its estimates rest on."""
+        cal = self.calibration
+        return {
+            "source": self.source,
+            "host": cal.cpu_model,
+            "threads": cal.threads,
+            "clock_ghz": self.clock_ghz,
+            "created": cal.created,
+            "runtime_versions": dict(cal.runtime_versions),
+            "figures": cal.model_dump(
+                mode="json",
+                exclude={"key", "created", "cpu_model", "threads", "runtime_versions", "seconds"},
+            ),
+        }
+
+
+def calibration_document(cal: Calibration, host: HostInfo) -> dict[str, object]:
+    """The JSON a pinned calibration file holds (see ``CALIBRATION_FILE_FORMAT``)."""
+    return {
+        "format": CALIBRATION_FILE_FORMAT,
+        "clock_ghz": host.clock_ghz,
+        "calibration": cal.model_dump(mode="json"),
+    }
+
+
+def save_calibration_file(cal: Calibration, host: HostInfo, path: Path) -> Path:
+    """Write CAL to PATH as a pinned calibration file; raises ConfigError if it cannot."""
+    from edgeshift.errors import ConfigError
+
+    try:
+        path.write_text(json.dumps(calibration_document(cal, host), indent=2) + "\n")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {path} ({exc.strerror}) — choose another --save path"
+        ) from exc
+    return path
+
+
+def load_calibration_file(path: str | Path) -> PinnedCalibration:
+    """Read a pinned calibration (``targets host --save``/``--json`` output or a cache file).
+
+    Raises ConfigError naming the file and what is wrong with it."""
+    from edgeshift.errors import ConfigError
+
+    p = Path(path)
+    hint = "give a file written by `edgeshift targets host --save FILE`"
+    try:
+        data = json.loads(p.read_text())
+    except OSError as exc:
+        raise ConfigError(f"--calibration {p}: cannot read it ({exc.strerror}) — {hint}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--calibration {p}: not JSON ({exc}) — {hint}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"--calibration {p}: not a JSON object — {hint}")
+    clock: object = data.get("clock_ghz")
+    if isinstance(clock, dict):  # `targets host --json`: a Quantity
+        clock = clock.get("value")
+    body = data.get("calibration", data)
+    try:
+        cal = Calibration.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "calibration"
+        raise ConfigError(f"--calibration {p}: {where}: {first['msg']} — {hint}") from exc
+    if clock is None:
+        clock = detect_host().clock_ghz
+    if not isinstance(clock, int | float) or not 0 < float(clock) < 100:
+        raise ConfigError(f"--calibration {p}: clock_ghz {clock!r} is not a clock in GHz — {hint}")
+    return PinnedCalibration(cal, float(clock), str(p))
+
+
+def current_calibration() -> PinnedCalibration | None:
+    """The cached calibration of this host (no measuring), or None."""
+    host = detect_host()
+    cal = load_calibration(host)
+    return PinnedCalibration(cal, host.clock_ghz, "cache") if cal else None
