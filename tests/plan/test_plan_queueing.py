@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from edgeshift.plan import queueing
 from edgeshift.plan.queueing import (
     erlang_c,
     mean_wait_s,
@@ -79,3 +80,45 @@ def test_min_servers_respects_headroom_and_slo() -> None:
 def test_min_servers_none_when_service_alone_exceeds_budget() -> None:
     assert min_servers(1.0, 50.0, 0.99, 40.0, 0.8) is None
     assert min_servers(100.0, 50.0, 0.99, 60.0, 0.8, max_replicas=3) is None
+
+
+@pytest.mark.parametrize(("servers", "load"), [(1001, 990.0), (1500, 1400.3), (5000, 4900.0)])
+def test_erlang_c_closed_form_matches_the_recursion(
+    monkeypatch: pytest.MonkeyPatch, servers: int, load: float
+) -> None:
+    closed_form = erlang_c(servers, load)  # past the recursion's limit of 1,000 servers
+    monkeypatch.setattr(queueing, "_RECURSION_MAX_SERVERS", 10**9)
+    # Both are exact formulas; 1e-10 leaves room for the rounding of ~5,000 recursion steps.
+    assert closed_form == pytest.approx(erlang_c(servers, load), rel=1e-10)
+
+
+@pytest.mark.parametrize("beta", [0.1, 1.0, 2.0])
+def test_erlang_c_at_a_trillion_servers_is_halfin_whitt(beta: float) -> None:
+    # Constant time (the recursion would take 10^12 steps). With c = a + beta * sqrt(a),
+    # C -> 1 / (1 + beta * Phi(beta) / phi(beta)) as a grows (Halfin & Whitt, 1981); the
+    # correction is O(1 / sqrt(a)) = 1e-6 here (1e-7 measured), so 1e-5 is a safe margin.
+    servers = 10**12
+    load = servers - beta * math.sqrt(servers)  # beta * sqrt(a) differs by ~1e-6 servers
+    cdf = 0.5 * (1.0 + math.erf(beta / math.sqrt(2.0)))
+    pdf = math.exp(-beta * beta / 2.0) / math.sqrt(2.0 * math.pi)
+    assert erlang_c(servers, load) == pytest.approx(1.0 / (1.0 + beta * cdf / pdf), abs=1e-5)
+    assert erlang_c(servers, 0.99e12) == 0.0  # 10^4 deviations below: nobody waits
+
+
+def test_min_servers_at_1e15_requests_per_second() -> None:
+    # 1e15/s * 0.2 ms = 2e11 Erlangs: 62.5e9 nodes of 4 streams at 80 %; wait quantile is 0.
+    assert min_servers(1e15, 0.2, 0.99, 30.0, 0.8, 4, max_replicas=10**15) == 62_500_000_000
+    assert min_servers(1e15, 0.2, 0.99, 30.0, 0.8, 4) is None  # beyond the default cap
+    assert min_servers(float("inf"), 0.2, 0.99, 30.0, 0.8) is None
+    assert min_servers(float("nan"), 0.2, 0.99, 30.0, 0.8) is None
+
+
+@pytest.mark.parametrize("budget_ms", [50.3, 51.0, 55.0, 60.0, 80.0])
+def test_min_servers_is_the_fewest_that_meet_the_budget(budget_ms: float) -> None:
+    # Headroom 1.0 leaves the SLO to bind: the bisection must land on the first count that
+    # meets it, as a linear scan would.
+    rate, service_ms = 1500.0, 50.0
+    found = min_servers(rate, service_ms, 0.99, budget_ms, 1.0)
+    assert found is not None
+    assert response_quantile_ms(rate, service_ms, found, 0.99) <= budget_ms
+    assert response_quantile_ms(rate, service_ms, found - 1, 0.99) > budget_ms

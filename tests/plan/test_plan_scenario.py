@@ -100,3 +100,51 @@ def test_not_a_mapping() -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="scenario not found"):
         load_scenario(tmp_path / "nope.yaml")
+
+
+# Each of these once reached the planner: a hang (1e15 req/s), tracebacks (.inf, a negative
+# seed, a 5,000-character model name, costs of 1e300 in the plots).
+@pytest.mark.parametrize(
+    ("old", "new", "field", "fix"),
+    [
+        ("peak_rps: 10", "peak_rps: 1.0e+15", "workloads[0].peak_rps", "<= 1e+09"),
+        ("peak_rps: 10", "peak_rps: .inf", "workloads[0].peak_rps", "no .inf or .nan"),
+        ("mean_rps: 5", "mean_rps: .nan", "workloads[0].mean_rps", "no .inf or .nan"),
+        ("rtt_ms: 20", "rtt_ms: -1", "links[0].rtt_ms", ">= 0"),
+        ("bandwidth_mbps: 100", "bandwidth_mbps: 1e-300", "links[0].bandwidth_mbps", ">= 0.001"),
+        ("count: 1", "count: 1000000000", "sites[0].nodes[0].count", "<= 1000000"),
+        ("count: 1", "count: 1\n        purchase_usd: 1.0e+300", "purchase_usd", "<= 1e+09"),
+        ("slo: {p99_ms: 50}", "slo: {p99_ms: .inf}", "workloads[0].slo.p99_ms", "no .inf"),
+        ("payload_bytes: 1000", "payload_bytes: -5", "workloads[0].payload_bytes", ">= 0"),
+        ("model: digits-mlp", "model: " + "m" * 5000, "workloads[0].model", "at most 1024"),
+        ("model: digits-mlp", "model: dir/" + "m" * 300, "workloads[0].model", "255"),
+        ("name: audio", "name: " + "w" * 129, "workloads[0].name", "at most 128"),
+        (
+            "region: eu\n    nodes:\n      - name: gateway",
+            "region: eu\n    usd_per_kwh: 1e400\n    nodes:\n      - name: gateway",
+            "sites[0].usd_per_kwh",
+            "no .inf",
+        ),
+        ("name: tiny", "name: tiny\nheadroom: 1e-300", "headroom", ">= 0.01"),
+        ("name: tiny", "name: tiny\nsimulation: {seed: -1}", "simulation.seed", ">= 0"),
+        ("name: tiny", "name: tiny\nhours_per_month: 1e9", "hours_per_month", "<= 744"),
+    ],
+)
+def test_out_of_range_numbers_are_named_with_the_fix(
+    tiny_scenario_text: Callable[..., str], old: str, new: str, field: str, fix: str
+) -> None:
+    message = _error(tiny_scenario_text((old, new)))
+    assert f": {field}: " in message or f".{field}: " in message, message
+    assert fix in message, message
+    assert message.startswith("s.yaml (line "), message
+
+
+def test_a_huge_but_valid_scenario_is_accepted(tiny_scenario_text: Callable[..., str]) -> None:
+    text = tiny_scenario_text(
+        ("peak_rps: 10", "peak_rps: 1e9"),
+        ("count: 1", "count: 1000000\n        purchase_usd: 1e9\n        lifetime_years: 0.01"),
+        ("name: tiny", "name: " + "t" * 128 + "\nsimulation: {seed: 9223372036854775807}"),
+    )
+    scenario = parse_scenario(text)
+    assert scenario.workloads[0].peak_rps == 1e9
+    assert scenario.simulation.seed == 2**63 - 1

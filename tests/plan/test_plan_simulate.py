@@ -52,3 +52,13 @@ def test_bad_arguments_raise() -> None:
         simulate_queue(0.0, 10.0, 1)
     with pytest.raises(ValueError):
         simulate_queue(10.0, 10.0, 0)
+    with pytest.raises(ValueError, match="seed -1 is negative"):
+        simulate_queue(10.0, 10.0, 1, seed=-1)
+    with pytest.raises(ValueError):
+        simulate_queue(float("inf"), 10.0, 1)
+
+
+def test_a_pool_larger_than_the_requests_is_not_allocated() -> None:
+    # 10^12 servers for 1,000 requests: nobody waits, and no list of 10^12 free times is made.
+    result = simulate_queue(1e6, 5.0, 10**12, requests=1_000, seed=1)
+    assert result.mean_wait_ms == 0.0 and result.p99_ms == pytest.approx(5.0)

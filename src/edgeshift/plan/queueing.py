@@ -45,12 +45,36 @@ def _erlang_b(servers: int, offered_load: float) -> float:
         for k in range(1, servers + 1):
             blocking = offered_load * blocking / (k + offered_load * blocking)
         return blocking
-    from scipy.special import gammaincc, gammaln
+    from scipy.special import gammaincc
 
-    # B(c, a) = Poisson pmf(c; a) / Poisson cdf(c; a), the cdf being Q(c + 1, a); pmf in log
-    # space. Here a < c, so the cdf is >= ~1/2 and the division loses nothing.
-    log_pmf = servers * math.log(offered_load) - offered_load - float(gammaln(servers + 1.0))
-    return min(1.0, math.exp(log_pmf) / float(gammaincc(servers + 1.0, offered_load)))
+    # B(c, a) = Poisson pmf(c; a) / Poisson cdf(c; a), the cdf being Q(c + 1, a). Here a < c,
+    # so the cdf is >= ~1/2 and the division loses nothing. The pmf is taken in Loader's
+    # saddle-point form: c log a - a - lgamma(c + 1) would cancel terms of 10^13 at c = 10^12.
+    c = float(servers)
+    log_pmf = -0.5 * math.log(2.0 * math.pi * c) - _stirling_error(c) - _deviance(c, offered_load)
+    return min(1.0, math.exp(log_pmf) / float(gammaincc(c + 1.0, offered_load)))
+
+
+def _stirling_error(n: float) -> float:
+    """lgamma(n + 1) - (n + 1/2) log n + n - log(2 pi) / 2, by its series (n > 1000 here)."""
+    return (1.0 / 12.0 - (1.0 / 360.0 - 1.0 / (1260.0 * n * n)) / (n * n)) / n
+
+
+def _deviance(x: float, mean: float) -> float:
+    """x log(x / mean) + mean - x without cancellation (x > mean here)."""
+    excess = x - mean
+    ratio = excess / mean
+    if ratio < 0.1:
+        # x log(1 + r) - excess = mean * sum_k (-1)^k r^k / (k (k - 1)), k >= 2, alternating.
+        total, term, k = 0.0, ratio, 2
+        while True:
+            term *= -ratio
+            step = -term / (k * (k - 1))
+            total += step
+            if abs(step) <= 1e-17 * abs(total):
+                return mean * total
+            k += 1
+    return x * math.log1p(ratio) - excess
 
 
 def wait_quantile_s(arrival_rps: float, service_s: float, servers: int, quantile: float) -> float:
