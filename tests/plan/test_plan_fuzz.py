@@ -233,14 +233,17 @@ def test_the_report_names_the_calibration_when_there_is_one(
     result = plan_problem(make_hand_problem(), simulate=False)
     summary = plan_summary(result)
     assert "id='calibration'" not in render_report(result, summary)
+    # The shape pipeline.py records: ``created`` as the date, nested per-precision tables.
     result.calibration = {  # type: ignore[attr-defined]
+        "source": "pinned",
         "host": "zen5-2core <b>",
-        "date": "2026-11-29",
-        "figures": {"gemm_gflops": 123.456789, "memory_gbps": 21.5},
+        "threads": 2,
+        "created": "2026-11-29T07:18:53+00:00",
+        "figures": {"conv_gflops": 256.2999, "dram_copy_gbs": 14.14, "achieved_gops": {"fp32": 3}},
     }
     page = render_report(result, summary)
     paragraph = page[page.index("id='calibration'") :].split("</p>")[0]
-    assert "Estimates rest on the host calibration of zen5-2core &lt;b&gt; from 2026-11-29" in (
-        paragraph
-    )
-    assert "gemm_gflops 123.5" in paragraph and "memory_gbps 21.5" in paragraph
+    assert (
+        "Estimates rest on the host calibration of zen5-2core &lt;b&gt; from 2026-11-29 07:18 "
+        "(pinned, 2 threads; conv_gflops 256.3, dram_copy_gbs 14.14, 1 more in plan.json)."
+    ) in paragraph

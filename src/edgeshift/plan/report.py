@@ -132,16 +132,24 @@ def _calibration(result: PlanResult) -> str:
     if not isinstance(calibration, dict):
         return ""
     host = calibration.get("host") or "this host"
-    date = calibration.get("date") or "an unrecorded date"
+    # pipeline.py records the date as ``created`` (ISO 8601); ``date`` is accepted too.
+    date = calibration.get("date") or calibration.get("created") or "an unrecorded date"
+    date = str(date)[:16].replace("T", " ")
     figures = calibration.get("figures")
-    detail = ""
-    if isinstance(figures, dict) and figures:
-        shown = [f"{k} {_figure_text(v)}" for k, v in list(figures.items())[:8]]
-        more = f", and {len(figures) - 8} more in plan.json" if len(figures) > 8 else ""
-        detail = f" ({', '.join(shown)}{more})"
+    shown = []
+    if isinstance(figures, dict):
+        # Scalars only: nested per-precision tables are in plan.json, not for one paragraph.
+        scalars = [(k, v) for k, v in figures.items() if isinstance(v, int | float)]
+        shown = [f"{k} {_figure_text(v)}" for k, v in scalars[:6]]
+        if len(figures) > len(shown):
+            shown.append(f"{len(figures) - len(shown)} more in plan.json")
+    context = [str(calibration["source"])] if calibration.get("source") else []
+    if isinstance(calibration.get("threads"), int):
+        context.append(f"{calibration['threads']} threads")
+    detail = "; ".join(x for x in (", ".join(context), ", ".join(shown)) if x)
     return (
         f"<p class='why' id='calibration'>Estimates rest on the host calibration of "
-        f"{_e(_clip(host))} from {_e(_clip(date))}{_e(detail)}.</p>"
+        f"{_e(_clip(host))} from {_e(_clip(date))}{_e(f' ({detail})' if detail else '')}.</p>"
     )
 
 

@@ -6,6 +6,7 @@ See docs/plan.md for a full, commented example.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 from pathlib import Path
@@ -350,6 +351,10 @@ def _with_fix(err: Any, msg: str) -> str:
 
 
 def _short(value: object) -> str:
+    if isinstance(value, str):
+        # YAML reads 1e15 (no dot) as a string: show the number the user meant.
+        with contextlib.suppress(ValueError):
+            value = float(value)
     if isinstance(value, float):
         return f"{value:g}"
     text = " ".join(repr(value).split())
