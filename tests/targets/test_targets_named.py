@@ -131,3 +131,51 @@ def test_estimate_measure_shows_both(mlp_path: Path, calibrated_host: Any) -> No
     assert doc["measured"]["backend"] == "onnxruntime" and doc["measured"]["p50_ms"] > 0
     refused = CliRunner().invoke(app, ["estimate", str(mlp_path), "-t", "rpi5", "--measure"])
     assert refused.exit_code == 2
+
+
+def test_noisy_passes_are_detected() -> None:
+    from edgeshift.targets._calibrate import Calibrator
+
+    cal = object.__new__(Calibrator)  # only the per-pass timings matter here
+    # The fastest pass confirmed by a second within 10% is quiet, however slow the others.
+    cal.per_pass = {"quiet": [1.0, 1.05, 3.0], "noisy": [1.0, 1.3, 1.4], "single": [1.0]}
+    assert cal.noisy() == {"noisy": pytest.approx(0.3)}
+
+
+def test_noisy_calibration_warns_in_one_line(
+    cache_dir: Path, make_calibration: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgeshift.targets import _calibrate
+    from edgeshift.targets.host import calibrate_host
+
+    found = {"other processes": 0.5, "gemm_fp32_8": 0.2}
+    monkeypatch.setattr(
+        _calibrate, "run_calibration_checked", lambda *a, **k: (make_calibration(), dict(found))
+    )
+    lines: list[str] = []
+    calibrate_host(warn=lines.append)
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert "other processes used 50%" in lines[0] and "gemm_fp32_8: 20%" in lines[0]
+    monkeypatch.setattr(
+        _calibrate, "run_calibration_checked", lambda *a, **k: (make_calibration(), {})
+    )
+    calibrate_host(warn=lines.append)
+    assert len(lines) == 1  # a quiet calibration says nothing
+
+
+def test_a_4_tib_output_is_refused_not_fitted(tmp_path: Path, cache_dir: Path) -> None:
+    # x [1] expanded to 1024^4 floats: 4 TiB of output from a 4-byte input.
+    dims = numpy_helper.from_array(np.array([1024] * 4, np.int64), "dims")
+    graph = helper.make_graph(
+        [helper.make_node("Expand", ["x", "dims"], ["y"])], "huge",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1024] * 4)], [dims],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "huge.onnx")
+    result = CliRunner().invoke(app, ["estimate", str(tmp_path / "huge.onnx"), "-t", "rpi5"])
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and "4,096.0 GiB" in err[0]
+    assert "confidence" not in result.stdout and "fits" not in result.stdout

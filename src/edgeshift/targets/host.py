@@ -244,12 +244,18 @@ def calibrate_host(
     cal, noisy = run_calibration_checked(host, peak_fn=lambda p: host_peak_gops(host).get(p),
                                          quick=quick, progress=progress)  # fmt: skip
     if noisy and warn is not None:
-        worst = max(noisy, key=lambda k: noisy[k])
+        others = noisy.pop("other processes", None)
+        found = [f"other processes used {others:.0%} of this process's CPUs"] if others else []
+        if noisy:
+            worst = max(noisy, key=lambda k: noisy[k])
+            found.append(
+                f"{len(noisy)} benchmarks' two fastest passes differ by more than "
+                f"{NOISY_SPREAD:.0%} ({worst}: {noisy[worst]:.0%})"
+            )
         warn(
-            f"noisy calibration: {len(noisy)} benchmarks varied more than {NOISY_SPREAD:.0%} "
-            f"between passes ({worst}: {noisy[worst]:.0%}) — another process is using the CPU; "
-            "re-run `edgeshift targets host --recalibrate` when it is quiet, or pin a "
-            "calibration with --calibration FILE"
+            f"noisy calibration: {'; '.join(found)} — re-run `edgeshift targets host "
+            "--recalibrate` when the machine is quiet, or pin a calibration with "
+            "--calibration FILE"
         )
     save_calibration(cal, host)
     return cal
