@@ -248,3 +248,23 @@ def test_dispatch_costs_scale_with_clock_and_size(
     b = estimate_analysis(big, t, efficiency=eff, precision="fp32")
     assert a.latency_ms == pytest.approx((10.0 + 1.0) / 2 / 1e3, rel=1e-3)
     assert b.latency_ms == pytest.approx((10.0 + 5.0) / 2 / 1e3, rel=1e-3)
+
+
+def test_a_guessed_dim_is_named_in_the_shape_hint(tmp_path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeshift.errors import ShapeError
+    from edgeshift.targets.estimate import estimate
+
+    w = numpy_helper.from_array(np.ones((8, 4), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "tokens", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "tokens", 4])], [w],
+    )  # fmt: skip
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with pytest.raises(ShapeError, match=r"--shape tokens=128\)"):
+        estimate(path, "rpi5")

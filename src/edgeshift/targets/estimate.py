@@ -144,9 +144,12 @@ def runtime_for(target: Target, precision: str, manifest: Mapping[str, Any] | No
 def _check_shapes(analysis: Any) -> None:
     guessed = [a for a in analysis.assumed if not a.rstrip().endswith("(batch)")]
     if guessed:
+        what, _, value = guessed[0].split(";")[0].partition(" = ")
+        # "input_ids[1] (seq)": name the model's own dim (or the input) in the example
+        dim = what[what.find("(") + 1 : what.rfind(")")] if "(" in what else what.split("[")[0]
         raise ShapeError(
-            f"cannot estimate: {guessed[0].split(';')[0]} was guessed — the cost depends on it; "
-            "give the real size with --shape NAME=DIMS (e.g. --shape sequence=128)"
+            f"cannot estimate: {what} = {value} was guessed — the cost depends on it; "
+            f"give the real size with --shape NAME=DIMS (e.g. --shape {dim}={value})"
         )
 
 
