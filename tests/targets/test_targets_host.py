@@ -105,6 +105,8 @@ def test_real_calibration_round_trip(cache_dir: Path, monkeypatch: pytest.Monkey
     assert 0 < cal.efficiency["gemm"] <= 0.9 + 1e-9
     assert 0 < cal.efficiency["memory"] <= 0.75 + 1e-9  # never above the STREAM fraction
     assert cal.op_overhead_us["fp32_conv"] >= 0 and "fp32" in cal.call_overhead_us
+    # What the figures rest on travels with them (and round-trips through the cache above).
+    assert cal.passes == 1 and all(v >= 0 for v in cal.noisy.values())
     monkeypatch.setattr(_calibrate, "run_calibration_checked", _no_measuring)
     t = host_target()
     assert t.calibration == cal

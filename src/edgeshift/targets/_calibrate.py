@@ -339,8 +339,9 @@ def run_calibration_checked(
     processes" -> the share of this process's CPUs that other processes used meanwhile)."""
     cpus = _own_cpus()
     busy_before, own_before, t0 = _busy_s(cpus), _own_cpu_s(), time.perf_counter()
+    passes = 1 if quick else PASSES
     with Calibrator(host, peak_fn, quick=quick) as cal:
-        for _ in range(1 if quick else PASSES):
+        for _ in range(passes):
             cal.run_pass(progress)
         noisy = cal.noisy()
         wall_s = time.perf_counter() - t0
@@ -348,7 +349,8 @@ def run_calibration_checked(
         share = others_s / (wall_s * len(cpus)) if cpus and wall_s > 0 else 0.0
         if share > OTHERS_BUSY_SHARE:
             noisy["other processes"] = share
-        return cal.result(), noisy
+        recorded = {k: round(float(v), 4) for k, v in noisy.items()}
+        return cal.result().model_copy(update={"passes": passes, "noisy": recorded}), noisy
 
 
 # Other processes using more than this share of our CPUs during calibration slow every pass

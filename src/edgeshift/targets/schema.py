@@ -169,6 +169,10 @@ class Calibration(BaseModel):
     efficiency: dict[str, float]  # achieved / peak: gemm, conv, memory, gemm_<precision>
     peak_corrected: bool = False  # the flag-based peak was below what GEMM reached
     seconds: float  # how long the calibration took
+    passes: int = 1  # measurement passes; each figure keeps its fastest
+    # Benchmarks whose two fastest passes disagreed (name -> spread) and, as "other processes",
+    # the share of our CPUs others used meanwhile: why a figure may not repeat.
+    noisy: dict[str, float] = Field(default_factory=dict)
 
 
 class Target(BaseModel):
