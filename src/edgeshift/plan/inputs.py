@@ -48,7 +48,7 @@ class Estimator:
         if key not in self.analyses:
             from edgeshift.model.analysis import analyze
             from edgeshift.model.load import load_model
-            from edgeshift.targets.estimate import check_runs
+            from edgeshift.runtime.check import check_runs
 
             loaded = load_model(ref.path)  # the ONNX checker, as bench loads it
             # A model no runtime opens gets no estimate (checked once, on ONNX Runtime).

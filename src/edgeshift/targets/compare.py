@@ -87,10 +87,10 @@ def compare(
     """
     from edgeshift.model.analysis import analyze
     from edgeshift.model.load import load_model
+    from edgeshift.runtime.check import check_runs
     from edgeshift.targets.catalog import HOST_ID, get_target
     from edgeshift.targets.estimate import (
         _check_shapes,
-        check_runs,
         default_precision,
         normalize_target_precision,
         runtime_for,

@@ -571,7 +571,8 @@ def estimate(
     :func:`default_precision` (on the host: what ``bench`` runs). A model given as a file is
     first checked as ``bench`` loads it (ONNX checker, then the runtime the estimate names
     opens it): a model that cannot run raises ModelError and is not estimated. An analysis
-    is taken as already checked (see :func:`check_runs`); MANIFEST then names its artifact.
+    is taken as already checked (see :func:`edgeshift.runtime.check.check_runs`); MANIFEST
+    then names its artifact.
     CALIBRATION (a ``host.PinnedCalibration``) pins the efficiencies; otherwise they come
     from the cached host calibration when there is one (never measured here unless TARGET
     is ``"host"``). Raises TargetError, ModelError or ShapeError.
@@ -601,6 +602,8 @@ def estimate(
         _check_shapes(analysis)
         stored = stored_precision(analysis)
         chosen = precision or default_precision(tgt, stored, manifest)
+        from edgeshift.runtime.check import check_runs
+
         check_runs(loaded, runtime_for(tgt, chosen, manifest), name, analysis)
     _check_shapes(analysis)
     if tgt.calibration is not None:
@@ -620,51 +623,6 @@ def estimate(
         analysis, tgt, model_name=name, batch=batch, precision=precision, efficiency=eff,
         usd_per_kwh=usd_per_kwh, utilization=utilization, compiled=compiled, manifest=manifest,
     )  # fmt: skip
-
-
-def check_runs(
-    model: LoadedModel, runtime: str, name: str = "model", analysis: Any | None = None
-) -> None:
-    """Raise ModelError unless RUNTIME opens MODEL, as ``bench`` and ``serve`` open it, and
-    (given its ANALYSIS) runs it once on synthesized inputs at the analysed shapes.
-
-    A runtime this machine lacks (TensorRT, TFLite Micro, ...) is stood in for by ONNX
-    Runtime: a graph it refuses (unknown op domain, unsupported opset, inconsistent weights)
-    runs nowhere."""
-    import psutil
-
-    from edgeshift.bench.inputs import index_ranges, synthesize_inputs
-    from edgeshift.errors import EdgeshiftError, ModelError
-    from edgeshift.runtime import BACKENDS, open_backend
-
-    local = runtime if runtime in BACKENDS else "onnxruntime"
-    # Some graphs load and fail only when run (a weight whose shape contradicts its input);
-    # one run is cheap unless the activations would crowd this machine's memory.
-    runnable = analysis is not None and (
-        analysis.peak_activation_bytes + analysis.weight_bytes
-        < psutil.virtual_memory().available // 4
-    )
-    try:
-        backend = open_backend(model, local, "fp32", threads=1)
-        try:
-            if runnable and analysis is not None:
-                shapes = {s.name: tuple(analysis.input_shapes[s.name]) for s in backend.inputs}
-                backend.run(synthesize_inputs(backend.inputs, shapes, 0, index_ranges(model.proto)))
-        finally:
-            backend.close()
-    except EdgeshiftError as exc:
-        reason = str(exc).split(" — ")[0]  # its own hint would follow ours
-    except Exception as exc:  # a runtime refusing a graph raises its own exception types
-        lines = str(exc).strip().splitlines()
-        reason = f"{type(exc).__name__}: {lines[0] if lines else ''}"
-    else:
-        return
-    stand_in = "" if local == runtime else f" (standing in for {runtime})"
-    reason = reason if len(reason) <= 300 else reason[:297] + "..."
-    raise ModelError(
-        f"{name} cannot run on {local}{stand_in}, so it is not estimated: {reason} — fix or "
-        "re-export the model (`edgeshift inspect` shows which runtimes load it)"
-    )
 
 
 def normalize_target_precision(precision: str) -> str:
