@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from edgeshift.errors import EdgeshiftError
 from edgeshift.optimize.evaluate import Timing
 from edgeshift.optimize.manifest import CandidateRecord
 from edgeshift.optimize.metrics import Metric
@@ -31,6 +32,14 @@ class Candidate:
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for a failed build or run. An EdgeshiftError's or RuntimeError's text is the
+    whole story; other types are named, since a bare KeyError reads "type" and says nothing."""
+    if isinstance(exc, EdgeshiftError) or type(exc) in (RuntimeError, Exception):
+        return first_line(exc)
+    return f"{type(exc).__name__}: {first_line(exc)}"[:300]
 
 
 def try_candidate(
@@ -94,18 +103,41 @@ def try_candidate(
         b.close()
         return s, d
 
-    outcome = recover_accuracy(recipe, ctx, variant, score_variant, budget, threads, bisect)
+    outcome = recover_accuracy(
+        recipe,
+        ctx,
+        variant,
+        score_variant,
+        budget,
+        threads,
+        bisect,
+        measure=not ctx.quick,  # --quick: one-pass ranking only, no restore-one builds
+        quantized_drop=drop,
+    )
     record.recovery_steps = [
-        {"float_nodes": s.float_nodes, "score": s.score, "drop": s.drop, "error": s.error}
+        {
+            "stage": s.stage,
+            "float_nodes": s.float_nodes,
+            "nodes": list(s.nodes),
+            "score": s.score,
+            "drop": s.drop,
+            "error": s.error,
+        }
         for s in outcome.steps
     ]
+    recovery_summary = {
+        "builds": outcome.builds,
+        "measured": [{"node": n, "drop": d, "output_error": e} for n, d, e in outcome.measured],
+    }
     if outcome.variant is None:
         record.status, record.reason = "rejected", f"{over}; recovery: {outcome.reason}"
+        record.params = {**record.params, "recovery": recovery_summary}
         candidate.backend = None
         return candidate
     score, drop, backend, seconds_per_run = evaluate(outcome.variant)
     _fill(record, outcome.variant, backend, score, drop)
     record.float_nodes = outcome.float_nodes
+    record.params = {**record.params, "recovery": recovery_summary}
     record.status, record.reason = "accepted", f"recovered: {outcome.reason}"
     return Candidate(record, outcome.variant, backend, seconds_per_run, recovered=True)
 
@@ -127,13 +159,13 @@ def _build_and_score(
     try:
         variant = recipe.build(ctx)
     except Exception as exc:  # any recipe failure is this candidate's verdict, not the search's
-        record.status, record.reason = "failed", f"build failed: {first_line(exc)}"
+        record.status, record.reason = "failed", f"build failed: {describe_failure(exc)}"
         return Candidate(record)
     record.params = variant.params
     try:
         score, drop, backend, seconds_per_run = evaluate(variant)
     except Exception as exc:
-        record.status, record.reason = "failed", f"does not run: {first_line(exc)}"
+        record.status, record.reason = "failed", f"does not run: {describe_failure(exc)}"
         return Candidate(record, variant)
     _fill(record, variant, backend, score, drop)
     return Candidate(record, variant, backend, seconds_per_run)

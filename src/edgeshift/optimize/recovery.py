@@ -1,15 +1,20 @@
 """Accuracy recovery: find the layers whose quantization costs the accuracy, keep them in float.
 
-Sensitivity is measured in one pass: the float model and the quantized one run the same
-calibration samples with every quantized node's inputs and output exposed, and each node is
-charged the error it *adds* — the normalized error of its output minus the worst normalized
+Sensitivity is first attributed in one pass: the float model and the quantized one run the
+same calibration samples with every quantized node's inputs and output exposed, and each node
+is charged the error it *adds* — the normalized error of its output minus the worst normalized
 error already present on its inputs. A node whose own quantization is harmless but that sits
 behind a bad one is therefore not blamed for it.
 
-Fallback is then greedy on that ranking: keep the top 1, 2, 4, … nodes in float, rebuilding
-and re-evaluating each time, until the candidate meets the budget; then (unless quick) bisect
-between the last failing and the first passing count for the fewest float nodes. Each step
-is a real build and a real evaluation, so the ranking only has to be roughly right.
+Then (unless quick) it is measured: for the top :data:`MEASURED_NODES` of that ranking (all
+nodes when there are that few), the model is rebuilt with everything quantized but that one
+node and scored. Attribution misjudges what it cannot see (a layer whose error the next one
+amplifies, a metric that ignores most of the output); a real build has no such blind spot.
+
+Fallback is greedy on the resulting ranking: keep the top 1, 2, 4, … nodes in float,
+rebuilding and re-evaluating each time, until the candidate meets the budget; then (unless
+quick) bisect between the last failing and the first passing count for the fewest float nodes.
+Builds are memoized by float set, so at most MEASURED_NODES + 2·log2(nodes) + 1 are made.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ class RecoveryStep:
     score: float | None
     drop: float | None
     error: str | None = None
+    stage: str = "fallback"  # "sensitivity": a restore-one build; "fallback": a float set
+    nodes: tuple[str, ...] = ()  # the nodes kept in float
 
 
 @dataclass
@@ -46,6 +53,10 @@ class RecoveryOutcome:
     ranking: list[tuple[str, float]]
     steps: list[RecoveryStep] = field(default_factory=list)
     reason: str = ""
+    # (node, drop, output error) of each restore-one build; empty when not measured.
+    measured: list[tuple[str, float, float | None]] = field(default_factory=list)
+    order: list[str] = field(default_factory=list)  # the ranking the fallback walked
+    builds: int = 0  # real builds recovery made (each also evaluated)
 
 
 def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
@@ -123,8 +134,31 @@ def layer_sensitivity(
     return sorted(ranking, key=lambda item: -item[1])
 
 
+# Restore-one builds: every quantized node when there are at most this many, else the top this
+# many of the one-pass ranking. 16 keeps the measuring under ~16 rebuilds (ORT static reuses
+# its calibration ranges, so each is a graph rewrite plus one evaluation); a node whose own
+# quantization matters adds error the one-pass attribution sees, so it lands in that top 16.
+MEASURED_NODES = 16
+
+
 # A variant's (score, drop) in metric units; raises when the variant does not load or run.
 Evaluate = Callable[[Variant], tuple[float, float]]
+
+
+def _output_error(
+    float_outputs: list[dict], variant: Variant, feeds: list[dict[str, np.ndarray]], threads: int
+) -> float | None:
+    """Normalized error of VARIANT's graph outputs against the float model's on FEEDS, run on
+    ORT (every recipe writes ONNX); None when ORT cannot run it. It separates restore-one
+    builds whose metric drops tie (a metric saturates when two layers are broken)."""
+    try:
+        runs = _run_all(onnx.load(str(variant.model_path)), feeds, threads)
+    except Exception:  # an OpenVINO-only graph: rank by the metric alone
+        return None
+    names = [n for n in float_outputs[0] if n in runs[0]]
+    ref = [f[n] for f in float_outputs for n in names]
+    got = [r[n] for r in runs for n in names]
+    return _normalized_error(ref, got) if names else None
 
 
 def recover_accuracy(
@@ -135,57 +169,135 @@ def recover_accuracy(
     max_drop: float,
     threads: int = 1,
     bisect: bool = True,
+    measure: bool = True,
+    measured_nodes: int = MEASURED_NODES,
+    quantized_drop: float | None = None,
 ) -> RecoveryOutcome:
-    """Keep the most sensitive nodes of QUANTIZED in float until it meets MAX_DROP."""
+    """Keep the fewest nodes of QUANTIZED in float that bring it within MAX_DROP.
+
+    The nodes are ranked by one-pass attribution; with MEASURE, the top MEASURED_NODES of
+    that ranking are then re-ranked by real builds (everything int8 but that one node). The
+    float set grows greedily along the ranking (1, 2, 4, … nodes) until a build meets the
+    budget, and with BISECT the count is then bisected down to the fewest that still meets it.
+    QUANTIZED_DROP is QUANTIZED's drop when the caller has it (saves an evaluation).
+    """
     nodes = recipe.quantized_nodes(ctx, quantized)
     feeds = ctx.calibration[:SENSITIVITY_SAMPLES]
     ranking = layer_sensitivity(ctx.repaired, quantized.model_path, nodes, feeds, threads)
     order = [name for name, _ in ranking]
     outcome = RecoveryOutcome(None, None, None, [], ranking)
-    tried: dict[int, tuple[Variant, float, float] | None] = {}
+    tried: dict[tuple[str, ...], tuple[Variant, float, float] | None] = {}
 
-    def attempt(count: int) -> tuple[Variant, float, float] | None:
-        if count not in tried:
+    def attempt(exclude: Sequence[str], stage: str) -> tuple[Variant, float, float] | None:
+        key = tuple(sorted(exclude))
+        if key not in tried:
+            outcome.builds += 1
             try:
-                variant = recipe.build(ctx, exclude=order[:count])
+                variant = recipe.build(ctx, exclude=list(exclude))
                 score, drop = evaluate(variant)
             except Exception as exc:  # one failed rebuild ends that branch, not the search
                 message = f"{type(exc).__name__}: {exc}"[:300]
-                outcome.steps.append(RecoveryStep(count, None, None, message))
-                tried[count] = None
+                outcome.steps.append(RecoveryStep(len(key), None, None, message, stage, key))
+                tried[key] = None
                 return None
-            outcome.steps.append(RecoveryStep(count, score, drop))
-            tried[count] = (variant, score, drop)
-        return tried[count]
+            outcome.steps.append(RecoveryStep(len(key), score, drop, None, stage, key))
+            tried[key] = (variant, score, drop)
+        return tried[key]
+
+    if measure and len(order) > 1:
+        full_drop = evaluate(quantized)[1] if quantized_drop is None else quantized_drop
+        order = _measured_order(
+            order, quantized, max_drop, measured_nodes, attempt, outcome, full_drop, ctx, threads
+        )
+    outcome.order = order
+    return _fallback(order, attempt, outcome, max_drop, bisect)
+
+
+def _measured_order(
+    order: list[str],
+    quantized: Variant,
+    max_drop: float,
+    measured_nodes: int,
+    attempt: Callable[[Sequence[str], str], tuple[Variant, float, float] | None],
+    outcome: RecoveryOutcome,
+    full_drop: float,
+    ctx: BuildContext,
+    threads: int,
+) -> list[str]:
+    """ORDER re-ranked by restore-one builds: the node whose restoring gains the most first,
+    by drop, then by output error; a node with no measurable gain keeps its one-pass place
+    after those that have one (unmeasured nodes come last).
+
+    A gain under a quarter of the budget in drop, or under 1% of the full build's output
+    error, is no evidence: with two broken layers, restoring either alone can leave the
+    output as broken as before (the other still destroys it), and noise must not then rank
+    a harmless node above the masked one."""
+    feeds = ctx.calibration[:SENSITIVITY_SAMPLES]
+    measured = order[:measured_nodes]
+    float_outputs = _run_all(ctx.repaired, feeds, threads)
+    full_error = _output_error(float_outputs, quantized, feeds, threads)
+    keys: dict[str, tuple[float, float, int]] = {}
+    for rank, name in enumerate(measured):
+        result = attempt([name], "sensitivity")
+        if result is None:
+            keys[name] = (0.0, 0.0, len(order) + rank)  # a failed build is evidence of nothing
+            continue
+        variant, _, drop = result
+        error = _output_error(float_outputs, variant, feeds, threads)
+        outcome.measured.append((name, drop, error))
+        drop_gain = full_drop - drop
+        error_gain = 0.0 if error is None or full_error is None else full_error - error
+        keys[name] = (
+            drop_gain if drop_gain >= max_drop / 4 else 0.0,
+            error_gain if full_error and error_gain >= 0.01 * full_error else 0.0,
+            rank,
+        )
+    ranked = sorted(measured, key=lambda name: (-keys[name][0], -keys[name][1], keys[name][2]))
+    return ranked + order[measured_nodes:]
+
+
+def _fallback(
+    order: list[str],
+    attempt: Callable[[Sequence[str], str], tuple[Variant, float, float] | None],
+    outcome: RecoveryOutcome,
+    max_drop: float,
+    bisect: bool,
+) -> RecoveryOutcome:
+    """Float sets of the top 1, 2, 4, … of ORDER until one meets MAX_DROP, then bisection."""
+
+    def passes(count: int) -> bool:
+        result = attempt(order[:count], "fallback")
+        return result is not None and result[2] <= max_drop
 
     failing, passing = 0, None
     count = 1
     while count < len(order):
-        result = attempt(count)
-        if result is not None and result[2] <= max_drop:
+        if passes(count):
             passing = count
             break
         failing = count
         count *= 2
     if passing is None:
         outcome.reason = (
-            f"still over budget with {failing} of {len(order)} quantized node(s) in float; "
-            "more would leave (almost) nothing quantized"
+            f"still over budget with {failing} of {len(order)} quantized node(s) in float "
+            f"after {outcome.builds} build(s); more would leave (almost) nothing quantized"
         )
         return outcome
     if bisect:
         low, high = failing, passing  # low fails (or is 0), high passes
         while high - low > 1:
             mid = (low + high) // 2
-            result = attempt(mid)
-            if result is not None and result[2] <= max_drop:
+            if passes(mid):
                 high = mid
             else:
                 low = mid
         passing = high
-    best = tried[passing]
+    best = attempt(order[:passing], "fallback")  # cached: no new build
     assert best is not None
     outcome.variant, outcome.score, outcome.drop = best
     outcome.float_nodes = order[:passing]
-    outcome.reason = f"kept {passing} of {len(order)} quantized nodes in float"
+    outcome.reason = (
+        f"kept {passing} of {len(order)} quantized node(s) in float "
+        f"({outcome.builds} build(s), {len(outcome.measured)} measured one at a time)"
+    )
     return outcome
