@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgeshift.errors import OptimizeError
 from edgeshift.optimize.manifest import HostInfo
 
 
@@ -96,6 +97,74 @@ def quiet_root_logger() -> Iterator[None]:
         yield
     finally:
         root.setLevel(level)
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _failing_node(exc: BaseException, model: onnx.ModelProto) -> onnx.NodeProto | None:
+    """The graph node a quantizer was working on when it raised, if it can be told.
+
+    First a node whose name the error text (or the error it chains) quotes; then the
+    innermost traceback frame holding a node of the graph in a local (quantizers raise
+    from loops over nodes: ``node``, ``nncf_node``)."""
+    by_name = {n.name: n for n in model.graph.node if n.name}
+    texts: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(texts) < 5:
+        texts.append(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    for text in texts:
+        for word in text.replace("'", " ").replace('"', " ").split():
+            node = by_name.get(word.strip(".,:;()[]"))
+            if node is not None:
+                return node
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in list(frame.f_locals.values()):
+            name: object
+            if isinstance(value, onnx.NodeProto):
+                name = value.name
+            else:
+                try:
+                    name = getattr(value, "node_name", None)
+                except Exception:  # a property that raises is no node
+                    continue
+            if isinstance(name, str) and name in by_name:
+                return by_name[name]
+    return None
+
+
+def build_failure(
+    recipe: Recipe,
+    tool: str,
+    exc: BaseException,
+    model: onnx.ModelProto,
+    unsupported_ops: Sequence[str] = (),
+) -> OptimizeError:
+    """A one-line OptimizeError for TOOL failing inside RECIPE's build: which recipe, which
+    node (and op) when it can be told, the tool's own words, and what to do about it."""
+    node = _failing_node(exc, model)
+    where = f" at node {node.name} ({node.op_type})" if node is not None else ""
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    cause = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    ops = (
+        f"; {tool} has no support for op(s) {', '.join(unsupported_ops)}" if unsupported_ops else ""
+    )
+    # Repair upgrades the opset to 13; a graph still below it is one the converter refused.
+    if _default_opset(model) < 13:
+        retry = "re-export the model at opset >= 13 and retry"
+    else:
+        retry = "simplify the model (onnxsim) and retry"
+    fix = f"the other candidates are unaffected; leave {recipe.name} out with --recipes, or {retry}"
+    return OptimizeError(
+        f"{recipe.name}: {tool} could not quantize the model{where} ({cause}){ops}; {fix}"
+    )
 
 
 def all_recipes() -> list[Recipe]:

@@ -20,10 +20,21 @@ from collections.abc import Sequence
 
 import onnx
 
-from edgeshift.optimize.recipes import BuildContext, Recipe, Variant
+from edgeshift.optimize.recipes import BuildContext, Recipe, Variant, build_failure
 
 # NNCF quantizes these on CPU; recovery ranks them.
 _QUANTIZED_OPS = ("Conv", "MatMul", "Gemm", "ConvTranspose")
+
+
+def unknown_ops(model: onnx.ModelProto) -> list[str]:
+    """Op types of MODEL that NNCF's ONNX backend has no metatype for (it passes them through
+    unquantized, and they are the first suspects when it fails)."""
+    from nncf.common.graph.operator_metatypes import UnknownMetatype
+    from nncf.onnx.graph.metatypes.onnx_metatypes import ONNX_OPERATION_METATYPES
+
+    ops = sorted({n.op_type for n in model.graph.node})
+    lookup = ONNX_OPERATION_METATYPES.get_operator_metatype_by_op_name
+    return [op for op in ops if lookup(op) is UnknownMetatype]
 
 
 class OpenVINONNCFInt8(Recipe):
@@ -81,16 +92,19 @@ class OpenVINONNCFInt8(Recipe):
             off = AdvancedSmoothQuantParameters(matmul=-1, convolution=-1)
             advanced = AdvancedQuantizationParameters(smooth_quant_alphas=off)
         # NNCF draws rich progress bars on stdout; keep stdout clean for --json.
-        with contextlib.redirect_stdout(io.StringIO()):
-            quantized = nncf.quantize(
-                ctx.repaired,
-                nncf.Dataset(ctx.calibration),
-                subset_size=len(ctx.calibration),
-                model_type=model_type,
-                ignored_scope=ignored,
-                advanced_parameters=advanced,
-            )
-        onnx.save(quantized, str(out))
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                quantized = nncf.quantize(
+                    ctx.repaired,
+                    nncf.Dataset(ctx.calibration),
+                    subset_size=len(ctx.calibration),
+                    model_type=model_type,
+                    ignored_scope=ignored,
+                    advanced_parameters=advanced,
+                )
+            onnx.save(quantized, str(out))
+        except Exception as exc:  # NNCF's errors name its internals: say it in the user's terms
+            raise build_failure(self, "NNCF", exc, ctx.repaired, unknown_ops(ctx.repaired)) from exc
         runtime_precision = "bf16" if "BF16" in ctx.host.openvino_capabilities else "fp32"
         params = {
             "tool": "nncf.quantize",

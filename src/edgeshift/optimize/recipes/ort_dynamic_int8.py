@@ -14,7 +14,13 @@ from collections.abc import Sequence
 import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from edgeshift.optimize.recipes import BuildContext, Recipe, Variant, quiet_root_logger
+from edgeshift.optimize.recipes import (
+    BuildContext,
+    Recipe,
+    Variant,
+    build_failure,
+    quiet_root_logger,
+)
 
 
 class OrtDynamicInt8(Recipe):
@@ -35,16 +41,19 @@ class OrtDynamicInt8(Recipe):
 
     def build(self, ctx: BuildContext, exclude: Sequence[str] = ()) -> Variant:
         out = self.variant_path(ctx, exclude)
-        with quiet_root_logger():
-            quantize_dynamic(
-                ctx.repaired_path,
-                out,
-                op_types_to_quantize=list(self.op_types),
-                per_channel=True,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=list(exclude),
-                # Fused or custom-domain nodes defeat type inference; their outputs are float.
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
+        try:
+            with quiet_root_logger():
+                quantize_dynamic(
+                    ctx.repaired_path,
+                    out,
+                    op_types_to_quantize=list(self.op_types),
+                    per_channel=True,
+                    weight_type=QuantType.QInt8,
+                    nodes_to_exclude=list(exclude),
+                    # Fused or custom-domain nodes defeat type inference; their outputs are float.
+                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+                )
+        except Exception as exc:  # name the recipe, the node and the way out
+            raise build_failure(self, "onnxruntime's quantize_dynamic", exc, ctx.repaired) from exc
         params = {"op_types": list(self.op_types), "per_channel": True, "weight_type": "int8"}
         return Variant(out, self.backend, "fp32", {"graph_optimization_level": "all"}, params)

@@ -29,7 +29,13 @@ from onnxruntime.quantization import (
 )
 
 from edgeshift.optimize.host import has_int8_dot
-from edgeshift.optimize.recipes import BuildContext, Recipe, Variant, quiet_root_logger
+from edgeshift.optimize.recipes import (
+    BuildContext,
+    Recipe,
+    Variant,
+    build_failure,
+    quiet_root_logger,
+)
 
 
 class FeedReader(CalibrationDataReader):
@@ -84,22 +90,25 @@ class OrtStaticInt8(Recipe):
         cache = ctx.workdir / f"{self.name}-ranges.json"
         # Without VNNI, u8s8 products can saturate int16 accumulators: use 7-bit weights there.
         reduce_range = not has_int8_dot(ctx.host)
-        with quiet_root_logger():
-            quantize_static(
-                ctx.repaired_path,
-                out,
-                FeedReader(ctx.calibration),
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(self.op_types),
-                per_channel=True,
-                reduce_range=reduce_range,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=list(exclude),
-                calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
-                calibration_cache_path=cache,
-            )
+        try:
+            with quiet_root_logger():
+                quantize_static(
+                    ctx.repaired_path,
+                    out,
+                    FeedReader(ctx.calibration),
+                    quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=list(self.op_types),
+                    per_channel=True,
+                    reduce_range=reduce_range,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    nodes_to_exclude=list(exclude),
+                    calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+                    calibration_cache_path=cache,
+                )
+        except Exception as exc:  # name the recipe, the node and the way out
+            raise build_failure(self, "onnxruntime's quantize_static", exc, ctx.repaired) from exc
         quantized = {n for n in self.quantizable_nodes(ctx) if n not in set(exclude)}
         rewired, moved = float_consumers_read_float(onnx.load(str(out)), quantized)
         if moved:
