@@ -106,6 +106,9 @@ def test_two_broken_layers_found_rest_stay_int8(tmp_path: Path) -> None:
     assert outcome.variant is not None, outcome.reason
     assert sorted(outcome.float_nodes) == sorted(BROKEN)
     assert outcome.drop is not None and outcome.drop <= BUDGET
+    # The file is that float set's build (restore-one builds of other nodes wrote their own).
+    assert evaluate(outcome.variant)[1] == outcome.drop
+    assert len({s.nodes for s in outcome.steps}) == len(outcome.steps) == outcome.builds
     # Every other layer really is int8 in the artifact: its weight comes through a DQ node.
     model = onnx.load(str(outcome.variant.model_path))
     dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
@@ -140,3 +143,11 @@ def test_quick_keeps_the_cheap_path(tmp_path: Path) -> None:
     assert outcome.measured == []
     assert sorted(outcome.float_nodes) == sorted(BROKEN)  # one-pass ranks them top two
     assert outcome.builds == 2  # float sets of 1 and 2 nodes
+
+
+def test_each_float_set_builds_its_own_file(tmp_path: Path) -> None:
+    ctx, _, _ = _context(tmp_path)
+    recipe = OrtStaticInt8()
+    paths = {recipe.variant_path(ctx, s) for s in ([], ["fc2"], ["fc5"], ["fc5", "fc2"])}
+    assert len(paths) == 4
+    assert recipe.variant_path(ctx, ["fc2", "fc5"]) == recipe.variant_path(ctx, ["fc5", "fc2"])

@@ -8,6 +8,7 @@ tries them. A quantizing recipe can rebuild itself with some nodes kept in float
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -83,7 +84,12 @@ class Recipe(ABC):
         return self.quantizable_nodes(ctx)
 
     def variant_path(self, ctx: BuildContext, exclude: Sequence[str]) -> Path:
-        suffix = f"-f{len(exclude)}" if exclude else ""
+        # One file per float set, not per count: recovery keeps the builds of several sets of
+        # the same size (restore-one builds) and must not read one set's file as another's.
+        suffix = ""
+        if exclude:
+            digest = hashlib.sha1("\n".join(sorted(exclude)).encode()).hexdigest()[:10]
+            suffix = f"-f{len(exclude)}-{digest}"
         return ctx.workdir / f"{self.name}{self.tag}{suffix}.onnx"
 
 
