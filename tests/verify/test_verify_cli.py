@@ -42,15 +42,21 @@ def test_a_tolerance_failure_exits_3_with_the_worst_elements(
     assert result.output.count("error:") == 1
 
 
-def test_json_report_carries_figures_and_the_emulation_note(
-    mlp: tuple[Path, list], monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def emulated_arm64(monkeypatch: pytest.MonkeyPatch) -> None:
+    """arm64 answered by this machine's CPU, flagged as emulated (as QEMU would be)."""
+
     class EmulatedNative(NativeRunner):
         emulated = True
 
     monkeypatch.setattr(
         runners_module, "_RUNNERS", {**runners_module._RUNNERS, "arm64": EmulatedNative}
     )
+
+
+def test_json_report_carries_figures_and_the_emulation_note(
+    mlp: tuple[Path, list], emulated_arm64: None
+) -> None:
     result = CliRunner().invoke(app, ["verify", str(mlp[0]), "-a", "arm64", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -61,14 +67,8 @@ def test_json_report_carries_figures_and_the_emulation_note(
 
 
 def test_table_output_says_emulated_timings_are_not_performance(
-    mlp: tuple[Path, list], monkeypatch: pytest.MonkeyPatch
+    mlp: tuple[Path, list], emulated_arm64: None
 ) -> None:
-    class EmulatedNative(NativeRunner):
-        emulated = True
-
-    monkeypatch.setattr(
-        runners_module, "_RUNNERS", {**runners_module._RUNNERS, "arm64": EmulatedNative}
-    )
     result = CliRunner().invoke(app, ["verify", str(mlp[0])], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "never read them as performance" in result.output
