@@ -24,6 +24,7 @@ from edgeshift.model.load import MANIFEST_NAME, resolve_model_path
 from edgeshift.runtime import Backend, open_backend
 from edgeshift.runtime.threads import usable_cpus
 from edgeshift.serve.batcher import Batcher, batch_dim_supported
+from edgeshift.serve.memory import server_runtime_options
 from edgeshift.serve.metrics import ServerMetrics
 from edgeshift.serve.protocol import InferRequest, check_request, tensor_metadata
 
@@ -70,6 +71,8 @@ class ServeOptions:
     instances: int = 1  # backend calls per model version at once; each gets threads/instances
     backend: str | None = None  # None: the artifact's, else onnxruntime
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    strict: bool = False  # a model that fails to load stops the server (else: not ready, reason)
+    memory_budget_bytes: int | None = None  # what the runtimes may keep between requests
 
     def __post_init__(self) -> None:
         checks = [
@@ -203,16 +206,13 @@ class ServedModel:
 BackendOpener = Callable[..., Backend]
 
 
-def _server_runtime_options(path: Path, backend: str | None) -> dict[str, Any] | None:
-    """ORT without spinning pool threads: idle threads that spin take the cycles the event
-    loop needs to parse the next batch (measured on a busy 2-core box: ~2x served throughput;
-    on an idle box about the same)."""
+def _server_runtime_options(path: Path, options: ServeOptions) -> dict[str, Any] | None:
     try:
         _, manifest = resolve_model_path(path)
     except EdgeshiftError:
         return None  # open_backend reports it
-    name = backend or (manifest or {}).get("backend") or "onnxruntime"
-    return {"allow_spinning": False} if name == "onnxruntime" else None
+    name = options.backend or (manifest or {}).get("backend") or "onnxruntime"
+    return server_runtime_options(name, options.memory_budget_bytes)
 
 
 class ModelRepository:
@@ -358,7 +358,7 @@ class ModelRepository:
                 path,
                 backend=opts.backend,
                 threads=threads,
-                options=_server_runtime_options(path, opts.backend),
+                options=_server_runtime_options(path, opts),
             )
 
         backends = [await asyncio.to_thread(open_one)]
