@@ -526,8 +526,8 @@ def test_served_onnxruntime_sessions_do_not_spin(
 ) -> None:
     from edgeshift.serve.repository import _server_runtime_options
 
-    assert _server_runtime_options(models["dense"], None) == {"allow_spinning": False}
-    assert _server_runtime_options(models["dense"], "openvino") is None
+    assert _server_runtime_options(models["dense"], ServeOptions()) == {"allow_spinning": False}
+    assert _server_runtime_options(models["dense"], ServeOptions(backend="openvino")) is None
     assert server.server.repository is not None
     session = server.server.repository.get("dense").backend.session  # type: ignore[attr-defined]
     entry = session.get_session_options().get_session_config_entry(
