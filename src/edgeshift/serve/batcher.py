@@ -27,6 +27,7 @@ import numpy as np
 
 from edgeshift.errors import EdgeshiftError, ProtocolError
 from edgeshift.model.shapes import TensorSpec
+from edgeshift.serve.stats import ModelStats
 
 RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 BatchObserver = Callable[[int], None]
@@ -132,6 +133,7 @@ class Batcher:
             len(runs), thread_name_prefix=f"batch-{name}"
         )
         self._on_batch = on_batch
+        self.stats = ModelStats()  # Triton's statistics of this model version
         self._closing = False
         self._carry: _Pending | None = None  # taken from the queue but did not fit the batch
         self._arrivals: list[asyncio.Future[None]] = []  # workers waiting to fill a batch
@@ -284,20 +286,26 @@ class Batcher:
     async def _execute(
         self, loop: asyncio.AbstractEventLoop, run: RunFn, batch: list[_Pending]
     ) -> None:
-        started_s = time.perf_counter()
+        started_ns = time.perf_counter_ns()
+        input_ns = 0
         if len(batch) == 1:
             results = [await self._call(loop, run, batch[0].feeds)]
+            infer_done_ns = time.perf_counter_ns()
         else:
             feeds = {
                 name: np.concatenate([p.feeds[name] for p in batch], axis=0)
                 for name in batch[0].feeds
             }
+            input_ns = time.perf_counter_ns() - started_ns
             merged = await self._call(loop, run, feeds)
+            infer_done_ns = time.perf_counter_ns()
             if isinstance(merged, BaseException):
                 # One bad request must not fail its neighbours: retry each alone.
                 results = [await self._call(loop, run, p.feeds) for p in batch]
+                infer_done_ns = time.perf_counter_ns()
             else:
                 results = self._split(merged, batch)
+        started_s = started_ns / 1e9
         rows = sum(max(p.rows, 1) for p in batch)
         self._last_done_s = time.perf_counter()
         self._last_rows, self._last_run_s = rows, self._last_done_s - started_s
@@ -310,6 +318,14 @@ class Batcher:
                 pending.future.set_exception(result)
             else:
                 pending.future.set_result(result)
+        done_ns = time.perf_counter_ns()
+        self.stats.observe_execution(
+            [started_ns - int(p.enqueued_s * 1e9) for p in batch],
+            rows,
+            input_ns,
+            infer_done_ns - started_ns - input_ns,
+            done_ns - infer_done_ns,
+        )
 
     async def _call(
         self, loop: asyncio.AbstractEventLoop, run: RunFn, feeds: dict[str, np.ndarray]

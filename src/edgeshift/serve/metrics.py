@@ -8,6 +8,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from edgeshift.serve.stats import RequestStats
+
 # Latency buckets from sub-millisecond edge models to multi-second transformer batches.
 _LATENCY_BUCKETS_S = (
     0.0005,
@@ -38,6 +40,7 @@ class ServerMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._in_flight: dict[str, int] = {}  # by model; requests run on the event loop only
+        self.request_stats = RequestStats()  # Triton's success/fail statistics
         self.requests = Counter(
             "edgeshift_inference_requests",
             "Inference requests answered, by model, version and HTTP status.",
@@ -100,6 +103,8 @@ class ServerMetrics:
 
     def observe_request(self, model: str, version: str, status: int, latency_s: float) -> None:
         self._child(self.requests, model, version, str(status)).inc()
+        if version:  # an unknown model or version has no statistics to count in
+            self.request_stats.observe(model, version, status < 400, latency_s)
         if status >= 400:
             self._child(self.errors, model, str(status)).inc()
         else:

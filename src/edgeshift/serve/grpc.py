@@ -1,0 +1,370 @@
+"""The Open Inference Protocol v2 gRPC service (``inference.GRPCInferenceService``: KServe's
+``grpc_predict_v2.proto`` and Triton's superset of it), on the server's own event loop, so it
+shares the repository, the batchers, the metrics and the statistics with HTTP.
+
+Handlers are registered generically rather than through the generated servicer: a request
+that is not a valid protobuf message must be INVALID_ARGUMENT, and grpcio answers a
+deserializer's exception with INTERNAL. Errors are the HTTP ones (same one-line messages),
+their status mapped to a gRPC code (``grpc_codec.STATUS_CODES``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.grpc import service_pb2 as pb
+
+import edgeshift
+from edgeshift.errors import ConfigError, EdgeshiftError, ProtocolError
+from edgeshift.serve.endpoint import CLIENT_CLOSED, UNKNOWN_MODEL
+from edgeshift.serve.grpc_codec import decode_model_infer, encode_model_infer, status_code
+from edgeshift.serve.limits import RequestLimits
+from edgeshift.serve.metrics import ServerMetrics
+from edgeshift.serve.repository import ModelRepository
+from edgeshift.serve.security import AuthSettings, TlsSettings
+from edgeshift.serve.triton import model_config, model_statistics
+
+log = logging.getLogger("edgeshift.serve")
+
+SERVICE = "inference.GRPCInferenceService"
+EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
+
+
+class _Malformed:
+    """What the deserializer hands on for bytes that are not the method's message."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _parser(message_type: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except DecodeError as exc:
+            return _Malformed(f"request is not a valid {message_type.DESCRIPTOR.name} ({exc})")
+
+    return parse
+
+
+class _Abort(Exception):
+    def __init__(self, error: ProtocolError) -> None:
+        self.error = error
+
+
+def _serving_error(exc: BaseException) -> ProtocolError:
+    if isinstance(exc, ProtocolError):
+        return exc
+    if isinstance(exc, EdgeshiftError):  # DataError from the runtime: the request was bad
+        return ProtocolError(str(exc), 400)
+    log.error("gRPC call failed", exc_info=exc)
+    return ProtocolError(f"internal error: {type(exc).__name__}: {exc}", 500)
+
+
+class GrpcFrontend:
+    """``inference.GRPCInferenceService`` over REPOSITORY's models: ``await start(host, port)``
+    on the server's loop, ``await stop(grace_s)`` to answer in-flight calls and close."""
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        metrics: ServerMetrics,
+        *,
+        limits: RequestLimits,
+        auth: AuthSettings,
+        tls: TlsSettings | None = None,
+    ) -> None:
+        self.repository = repository
+        self.metrics = metrics
+        self.limits = limits
+        self.auth = auth
+        self.tls = tls
+        self._server: grpc.aio.Server | None = None
+        self._stopping = False
+        # A verified client certificate (mTLS) counts as authenticated for inference.
+        self._check_inference_token = bool(auth.inference_tokens) and not (
+            tls is not None and tls.client_ca is not None
+        )
+
+    # --- lifecycle ---
+
+    async def start(self, host: str, port: int) -> int:
+        """Bind HOST:PORT (0: any free port) and serve; the bound port."""
+        server = grpc.aio.server(
+            handlers=[self._handlers()],
+            options=[
+                ("grpc.max_receive_message_length", self.limits.max_body_bytes),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.so_reuseport", 0),  # a busy port must fail, not be shared
+            ],
+        )
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            if self.tls is None:
+                bound = server.add_insecure_port(address)
+            else:
+                bound = server.add_secure_port(address, self._credentials(self.tls))
+        except RuntimeError:
+            bound = 0
+        if not bound:
+            await server.stop(None)
+            raise ConfigError(
+                f"cannot listen for gRPC on {address} (in use or not an address here) — "
+                "pick another --grpc-port"
+            )
+        await server.start()
+        self._server = server
+        return bound
+
+    @staticmethod
+    def _credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+        try:
+            key, cert = tls.keyfile.read_bytes(), tls.certfile.read_bytes()
+            ca = tls.client_ca.read_bytes() if tls.client_ca is not None else None
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read a TLS file for gRPC ({exc.strerror}: {exc.filename}) — check "
+                "--tls-cert, --tls-key and --tls-client-ca"
+            ) from None
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+        )
+
+    async def stop(self, grace_s: float) -> None:
+        """Refuse new calls, answer the ones in flight (for up to GRACE_S), then close."""
+        self._stopping = True
+        if self._server is not None:
+            await self._server.stop(grace_s)
+            self._server = None
+
+    # --- plumbing ---
+
+    def _handlers(self) -> grpc.GenericRpcHandler:
+        unary: dict[str, tuple[Any, Any, Callable[[Any, Any], Awaitable[Any]], bool]] = {
+            "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse, self._live, False),
+            "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse, self._ready, False),
+            "ServerMetadata": (pb.ServerMetadataRequest, None, self._server_metadata, True),
+            "ModelReady": (pb.ModelReadyRequest, None, self._model_ready, True),
+            "ModelMetadata": (pb.ModelMetadataRequest, None, self._model_metadata, True),
+            "ModelConfig": (pb.ModelConfigRequest, None, self._model_config, True),
+            "ModelStatistics": (pb.ModelStatisticsRequest, None, self._model_stats, True),
+            "RepositoryIndex": (pb.RepositoryIndexRequest, None, self._index, False),
+            "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, None, self._load, False),
+            "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, None, self._unload, False),
+        }
+        methods: dict[str, grpc.RpcMethodHandler] = {
+            name: grpc.unary_unary_rpc_method_handler(
+                self._unary(fn, needs_auth),
+                request_deserializer=_parser(request_type),
+                response_serializer=_serialize,
+            )
+            for name, (request_type, _, fn, needs_auth) in unary.items()
+        }
+        methods["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
+            self._model_infer,
+            request_deserializer=_parser(pb.ModelInferRequest),
+            response_serializer=_serialize,
+        )
+        methods["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+            self._stream_infer,
+            request_deserializer=_parser(pb.ModelInferRequest),
+            response_serializer=_serialize,
+        )
+        return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+    def _unary(
+        self, fn: Callable[[Any, Any], Awaitable[Any]], needs_auth: bool
+    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                if isinstance(request, _Malformed):
+                    raise ProtocolError(request.reason, 400)
+                if needs_auth:
+                    self._authorize_inference(context)
+                return await fn(request, context)
+            except Exception as exc:
+                error = _serving_error(exc)
+            await context.abort(status_code(error.status), str(error))
+
+        return handle
+
+    def _authorize_inference(self, context: grpc.aio.ServicerContext) -> None:
+        if self._check_inference_token and not self.auth.inference_allowed(_authorization(context)):
+            raise ProtocolError(
+                "missing or wrong bearer token — send 'authorization: Bearer <token>' metadata",
+                401,
+            )
+
+    def _authorize_repository(self, context: grpc.aio.ServicerContext) -> None:
+        if not self.auth.repository_api:
+            raise ProtocolError(
+                "the repository API is off — start the server with --repository-api", 403
+            )
+        if self.auth.repository_tokens and not self.auth.repository_allowed(
+            _authorization(context)
+        ):
+            raise ProtocolError(
+                "missing or wrong repository token — send 'authorization: Bearer <token>' metadata",
+                401,
+            )
+
+    # --- health and metadata ---
+
+    async def _live(self, request: Any, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def _ready(self, request: Any, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=not self._stopping)
+
+    async def _server_metadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name="edgeshift", version=edgeshift.__version__, extensions=EXTENSIONS
+        )
+
+    async def _model_ready(
+        self, request: pb.ModelReadyRequest, context: Any
+    ) -> pb.ModelReadyResponse:
+        # As Triton: a model that is not loaded is "not ready", not an error.
+        try:
+            self.repository.get(request.name, request.version or None)
+        except ProtocolError as exc:
+            if exc.status in (404, 503):
+                return pb.ModelReadyResponse(ready=False)
+            raise
+        return pb.ModelReadyResponse(ready=True)
+
+    async def _model_metadata(
+        self, request: pb.ModelMetadataRequest, context: Any
+    ) -> pb.ModelMetadataResponse:
+        model = self.repository.get(request.name, request.version or None)
+        meta = model.metadata(self.repository.versions(model.name))
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[tensor(**t) for t in meta["inputs"]],
+            outputs=[tensor(**t) for t in meta["outputs"]],
+        )
+
+    async def _model_config(
+        self, request: pb.ModelConfigRequest, context: Any
+    ) -> pb.ModelConfigResponse:
+        model = self.repository.get(request.name, request.version or None)
+        doc = model_config(model, self.repository.options)
+        return pb.ModelConfigResponse(config=json_format.ParseDict(doc, mc.ModelConfig()))
+
+    async def _model_stats(
+        self, request: pb.ModelStatisticsRequest, context: Any
+    ) -> pb.ModelStatisticsResponse:
+        doc = model_statistics(self.repository, request.name or None, request.version or None)
+        return json_format.ParseDict(doc, pb.ModelStatisticsResponse())
+
+    # --- repository ---
+
+    async def _index(
+        self, request: pb.RepositoryIndexRequest, context: Any
+    ) -> pb.RepositoryIndexResponse:
+        self._authorize_repository(context)
+        entry = pb.RepositoryIndexResponse.ModelIndex
+        rows = self.repository.index(request.ready)
+        return pb.RepositoryIndexResponse(models=[entry(**row) for row in rows])
+
+    async def _load(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        self._authorize_repository(context)
+        await self.repository.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def _unload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        self._authorize_repository(context)
+        await self.repository.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    # --- inference ---
+
+    async def _model_infer(
+        self, request: pb.ModelInferRequest | _Malformed, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        try:
+            self._authorize_inference(context)
+        except ProtocolError as exc:
+            await context.abort(status_code(exc.status), str(exc))
+        answer = await self._infer(request)
+        if isinstance(answer, ProtocolError):
+            await context.abort(status_code(answer.status), str(answer))
+        return answer
+
+    async def _stream_infer(
+        self,
+        requests: AsyncIterator[pb.ModelInferRequest | _Malformed],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        try:
+            self._authorize_inference(context)
+        except ProtocolError as exc:
+            await context.abort(status_code(exc.status), str(exc))
+        # Answered in order, one at a time: errors travel in the stream, as in Triton.
+        async for request in requests:
+            answer = await self._infer(request)
+            if isinstance(answer, ProtocolError):
+                yield pb.ModelStreamInferResponse(error_message=str(answer))
+            else:
+                yield pb.ModelStreamInferResponse(infer_response=answer)
+
+    async def _infer(
+        self, request: pb.ModelInferRequest | _Malformed
+    ) -> pb.ModelInferResponse | ProtocolError:
+        """One inference, counted in the metrics as HTTP counts it; the answer or the error."""
+        started_s = time.perf_counter()
+        label, version, status = UNKNOWN_MODEL, "", 500
+        try:
+            if isinstance(request, _Malformed):
+                raise ProtocolError(request.reason, 400)
+            model = self.repository.get(request.model_name, request.model_version or None)
+            label, version = model.name, model.version
+            self.metrics.request_started(label)
+            decoded = decode_model_infer(request, self.limits)
+            result = await model.enqueue(decoded)
+            response = encode_model_infer(
+                model.name, model.version, model.select(decoded, result), decoded.id
+            )
+            status = 200
+            return response
+        except asyncio.CancelledError:  # the client went away; the batcher drops it
+            status = CLIENT_CLOSED
+            raise
+        except Exception as exc:
+            error = _serving_error(exc)
+            status = error.status
+            return error
+        finally:
+            latency_s = time.perf_counter() - started_s
+            if version:
+                self.metrics.request_finished(label, version, status, latency_s)
+            else:
+                self.metrics.observe_request(label, version, status, latency_s)
+
+
+def _serialize(message: Any) -> bytes:
+    return message.SerializeToString()
+
+
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None
