@@ -37,6 +37,58 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+# What a manifest may set: the options `edgeshift optimize` records (Backend.runtime_options)
+# and their types. Anything else is refused rather than passed to a runtime: options that
+# write files (ORT's optimized_model_path, profiling, OpenVINO's CACHE_DIR) must never come
+# from an artifact, which may have come from anywhere.
+MANIFEST_RUNTIME_OPTIONS: dict[str, tuple[type, ...]] = {
+    "precision": (str,),
+    "graph_optimization_level": (str,),
+    "allow_spinning": (bool,),
+    "performance_hint": (str,),
+    "num_streams": (int,),
+}
+
+
+def check_runtime_options(options: Any, where: str) -> None:
+    """Refuse manifest runtime options outside :data:`MANIFEST_RUNTIME_OPTIONS` (ConfigError)."""
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where}: 'runtime_options' must be an object — rebuild the artifact")
+    for key, value in options.items():
+        allowed = MANIFEST_RUNTIME_OPTIONS.get(key)
+        if allowed is None:
+            raise ConfigError(
+                f"{where}: runtime option {str(key)[:60]!r} is not allowed in a manifest (only "
+                f"{', '.join(MANIFEST_RUNTIME_OPTIONS)}) — remove it or rebuild the artifact"
+            )
+        if not isinstance(value, allowed) or (allowed == (int,) and isinstance(value, bool)):
+            raise ConfigError(
+                f"{where}: runtime option {key!r} must be a {allowed[0].__name__} — "
+                "fix it or rebuild the artifact"
+            )
+
+
+def _inside_artifact(artifact: Path, model_file: str) -> Path:
+    """ARTIFACT/MODEL_FILE, refused when it leaves the artifact directory: an absolute path,
+    ``..``, or a symlink to elsewhere."""
+    model_path = artifact / model_file
+    root = artifact.resolve()
+    escaped = Path(model_file).is_absolute() or ".." in Path(model_file).parts
+    if not escaped:
+        try:
+            model_path.resolve().relative_to(root)
+        except ValueError:
+            escaped = True
+    if escaped:
+        raise ConfigError(
+            f"artifact {artifact.name}: model_file {model_file[:100]!r} points outside the "
+            "artifact directory — keep the model file inside it"
+        )
+    return model_path
+
+
 def resolve_model_path(path: str | Path) -> tuple[Path, dict[str, Any] | None]:
     """The .onnx file behind PATH (a file, or an artifact directory) and its manifest."""
     p = Path(path)
@@ -56,9 +108,10 @@ def resolve_model_path(path: str | Path) -> tuple[Path, dict[str, Any] | None]:
         model_file = manifest.get("model_file") if isinstance(manifest, dict) else None
         if not isinstance(model_file, str):
             raise ConfigError(f"{manifest_path} has no 'model_file' — re-run `edgeshift optimize`")
-        model_path = p / model_file
+        model_path = _inside_artifact(p, model_file)
         if not model_path.is_file():
             raise ModelError(f"artifact {p} names {model_file} but it is missing — rebuild it")
+        check_runtime_options(manifest.get("runtime_options"), str(manifest_path))
         return model_path, manifest
     candidates = sorted(p.glob("*.onnx"))
     if len(candidates) == 1:

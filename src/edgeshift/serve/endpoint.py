@@ -14,24 +14,27 @@ await anything, so two front ends can share them.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgeshift.errors import EdgeshiftError, ProtocolError
+from edgeshift.serve.limits import RequestLimits
 from edgeshift.serve.metrics import ServerMetrics
 from edgeshift.serve.protocol import (
     InferRequest,
     decode_infer_request,
     encode_infer_response,
     error_body,
+    parse_header_length,
 )
 from edgeshift.serve.repository import ModelRepository, ServedModel
 
@@ -67,16 +70,6 @@ def too_large(limit_bytes: int) -> str:
         f"request body is over the {limit_bytes / (1 << 20):g} MiB limit — send smaller "
         "batches or start the server with a larger --max-body-mb"
     )
-
-
-def parse_header_length(value: bytes | str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        text = value.decode("latin-1") if isinstance(value, bytes) else value
-        raise ProtocolError(f"Inference-Header-Content-Length {text!r} is not an integer") from None
 
 
 async def read_asgi_body(scope: Scope, receive: Receive, limit_bytes: int) -> bytes:
@@ -133,6 +126,17 @@ class InferCall:
     error: BaseException | None = None  # failed before it was queued
 
 
+def _copy_outcome(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+    elif (exc := source.exception()) is not None:
+        target.set_exception(exc)
+    else:
+        target.set_result(source.result())
+
+
 class InferenceEndpoint:
     """Serves inference requests itself and hands every other request to ``fallback``."""
 
@@ -142,11 +146,14 @@ class InferenceEndpoint:
         repository: ModelRepository,
         metrics: ServerMetrics,
         max_body_bytes: int,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.fallback = fallback
         self.repository = repository
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.limits = limits or RequestLimits(max_body_bytes=max_body_bytes)
+        self._decoder: concurrent.futures.ThreadPoolExecutor | None = None
 
     def begin(
         self,
@@ -162,11 +169,44 @@ class InferenceEndpoint:
             model = self.repository.get(name, version)
             call.label, call.version, call.model = model.name, model.version, model
             self.metrics.request_started(model.name)
-            call.request = decode_infer_request(body, parse_header_length(header_length))
-            call.future = model.enqueue(call.request)
+            hlen = parse_header_length(header_length)
+            if (len(body) if hlen is None else hlen) > self.limits.json_offload_bytes:
+                call.future = self._decode_off_loop(call, model, body, hlen)
+            else:
+                call.request = decode_infer_request(body, hlen, self.limits)
+                call.future = model.enqueue(call.request)
         except Exception as exc:
             call.error = exc
         return call
+
+    def _decode_off_loop(
+        self, call: InferCall, model: ServedModel, body: bytes, hlen: int | None
+    ) -> asyncio.Future[dict[str, np.ndarray]]:
+        """A large JSON header decodes in a worker thread, so the event loop keeps serving
+        other clients meanwhile; the future resolves after decode, enqueue and inference."""
+        loop = asyncio.get_running_loop()
+        outer: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
+        if self._decoder is None:
+            # Two workers: each large decode holds several times its body in memory.
+            self._decoder = concurrent.futures.ThreadPoolExecutor(2, "edgeshift-decode")
+        decoding = loop.run_in_executor(
+            self._decoder, decode_infer_request, body, hlen, self.limits
+        )
+
+        def decoded(done: asyncio.Future[InferRequest]) -> None:
+            if outer.done():  # cancelled: the client went away while it decoded
+                return
+            try:
+                call.request = done.result()
+                inner = model.enqueue(call.request)
+            except Exception as exc:
+                outer.set_exception(exc)
+                return
+            outer.add_done_callback(lambda _: inner.cancel() if outer.cancelled() else None)
+            inner.add_done_callback(lambda _: _copy_outcome(inner, outer))
+
+        decoding.add_done_callback(decoded)
+        return outer
 
     def failed(
         self, error: ProtocolError, started_s: float, name: str, version: str | None
@@ -185,11 +225,13 @@ class InferenceEndpoint:
         try:
             if call.error is not None:
                 raise call.error
-            assert call.model is not None and call.request is not None and call.future is not None
+            assert call.model is not None and call.future is not None
             if call.future.cancelled():
                 status = CLIENT_CLOSED
                 return Answer(status, b"", _JSON, None)
-            outputs = call.model.select(call.request, call.future.result())
+            result = call.future.result()  # decode errors of an off-loop decode raise here
+            assert call.request is not None
+            outputs = call.model.select(call.request, result)
             encoded = encode_infer_response(
                 call.model.name, call.model.version, outputs, call.request
             )
@@ -203,7 +245,8 @@ class InferenceEndpoint:
             return Answer(status, error_body(str(exc)), _JSON, None)
         except Exception as exc:
             log.exception("inference on %s failed", call.label)
-            message = f"internal error: {type(exc).__name__}: {exc}"
+            # The log has the details; the client gets nothing that could hold a path.
+            message = f"internal error ({type(exc).__name__}) — see the server log"
             return Answer(500, error_body(message), _JSON, None)
         finally:
             latency_s = time.perf_counter() - call.started_s

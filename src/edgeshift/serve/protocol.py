@@ -26,6 +26,7 @@ import numpy as np
 
 from edgeshift.errors import ProtocolError
 from edgeshift.model.shapes import TensorSpec
+from edgeshift.serve.limits import MIB, RequestLimits
 
 # OIP datatype -> numpy dtype; every fixed-size type is little-endian on the wire.
 DATATYPES: dict[str, np.dtype[Any]] = {
@@ -126,19 +127,91 @@ def _bad(message: str) -> ProtocolError:
     return ProtocolError(message, 400)
 
 
-def _parse_shape(name: str, shape: Any) -> tuple[int, ...]:
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
+DEFAULT_LIMITS = RequestLimits()
+_SCALARS = (str, int, float, bool)
+
+
+def _mib(n_bytes: int) -> str:
+    return f"{n_bytes / MIB:g} MiB"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def loads_json(body: bytes, what: str = "request body") -> Any:
+    """Parse a JSON body; ProtocolError(400) for anything that is not JSON, however deep.
+
+    orjson refuses nesting past 1024 levels itself; the stdlib fallback raises RecursionError.
+    """
+    try:
+        return _loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _bad(f"{what} is not valid JSON ({first})") from None
+    except RecursionError:
+        raise _bad(f"{what}: JSON is nested too deeply") from None
+
+
+def parse_tensor_header(
+    name: str, datatype: Any, shape: Any, limits: RequestLimits = DEFAULT_LIMITS
+) -> int:
+    """Check one input's declared datatype and shape against LIMITS, before anything is
+    allocated; its element count. ProtocolError: 400 for a malformed header, 413 for a
+    tensor over a limit (the message names the flag that raises it)."""
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
+        shown = datatype if isinstance(datatype, str) else type(datatype).__name__
+        raise _bad(
+            f"input {name!r}: unknown datatype {str(shown)[:40]!r} — use one of "
+            f"{', '.join(DATATYPES)}"
+        )
+    if isinstance(shape, (str, bytes, dict)) or not hasattr(shape, "__len__"):
         raise _bad(f"input {name!r}: 'shape' must be a list of non-negative integers")
-    return tuple(shape)
+    if len(shape) > limits.max_dims:
+        raise _bad(
+            f"input {name!r} has {len(shape)} dimensions; at most {limits.max_dims} are "
+            "accepted (--max-dims)"
+        )
+    dims = list(shape)
+    if not all(_is_int(d) and d >= 0 for d in dims):
+        raise _bad(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    if dims and dims[0] > limits.max_rows:
+        raise ProtocolError(
+            f"input {name!r} has {dims[0]} rows; the limit is {limits.max_rows} per request — "
+            "send smaller batches or start the server with a larger --max-rows",
+            413,
+        )
+    itemsize = DATATYPES[datatype].itemsize
+    # Dims of 0 make the product 0, but a huge dim beside one is still refused: numpy
+    # cannot even describe [0, 2**80].
+    if math.prod(max(d, 1) for d in dims) * itemsize > limits.max_tensor_bytes:
+        raise ProtocolError(
+            f"input {name!r}: shape {dims[:8]}{'…' if len(dims) > 8 else ''} of {datatype} "
+            f"is over the {_mib(limits.max_tensor_bytes)} tensor limit — send smaller batches "
+            "or start the server with a larger --max-tensor-mb",
+            413,
+        )
+    return math.prod(dims)
 
 
-def _element_count(name: str, shape: tuple[int, ...]) -> int:
-    count = math.prod(shape)
-    if count > 1 << 32:  # far past any body limit; stops absurd shapes before allocation
-        raise _bad(f"input {name!r}: shape {list(shape)} has too many elements")
-    return count
+class TensorBudget:
+    """The decoded-tensor bytes of one request, all inputs together, against
+    ``limits.max_tensor_bytes``: charge each input before decoding it."""
+
+    def __init__(self, limits: RequestLimits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self.used_bytes = 0
+
+    def charge(self, name: str, datatype: str, count: int) -> None:
+        """Count COUNT elements of DATATYPE (checked by parse_tensor_header) for input NAME."""
+        self.used_bytes += count * DATATYPES[datatype].itemsize
+        if self.used_bytes > self.limits.max_tensor_bytes:
+            raise ProtocolError(
+                f"the request's inputs (at {name!r}) decode to more than the "
+                f"{_mib(self.limits.max_tensor_bytes)} tensor limit — send smaller batches "
+                "or start the server with a larger --max-tensor-mb",
+                413,
+            )
 
 
 def decode_bytes_elements(buf: memoryview | bytes, count: int, name: str) -> np.ndarray:
@@ -174,50 +247,111 @@ def encode_bytes_elements(arr: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def _decode_binary(name: str, datatype: str, shape: tuple[int, ...], raw: memoryview) -> np.ndarray:
-    count = _element_count(name, shape)
+def decode_raw_tensor(
+    name: str,
+    datatype: Any,
+    shape: Any,
+    raw: memoryview | bytes,
+    limits: RequestLimits = DEFAULT_LIMITS,
+    budget: TensorBudget | None = None,
+) -> np.ndarray:
+    """One input's raw bytes (Triton's binary extension, gRPC ``raw_input_contents``) -> an
+    array of SHAPE, zero-copy for fixed-size types. Checks the header (parse_tensor_header)
+    and charges BUDGET before anything is allocated."""
+    count = parse_tensor_header(name, datatype, shape, limits)
+    if budget is not None:
+        budget.charge(name, datatype, count)
+    dims = tuple(shape)
     if datatype == "BYTES":
-        return decode_bytes_elements(raw, count, name).reshape(shape)
+        return decode_bytes_elements(raw, count, name).reshape(dims)
     dtype = DATATYPES[datatype]
     want = count * dtype.itemsize
     if len(raw) != want:
         raise _bad(
-            f"input {name!r}: binary_data_size is {len(raw)} bytes but shape {list(shape)} "
+            f"input {name!r}: binary_data_size is {len(raw)} bytes but shape {list(dims)} "
             f"of {datatype} needs {want}"
         )
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return np.frombuffer(raw, dtype=dtype).reshape(dims)
 
 
-def _decode_json_data(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
-    count = _element_count(name, shape)
+# What JSON numbers may become: a float never silently becomes an int, nor a number a bool.
+_JSON_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+
+
+def decode_json_tensor(
+    name: str,
+    datatype: Any,
+    shape: Any,
+    data: Any,
+    limits: RequestLimits = DEFAULT_LIMITS,
+    budget: TensorBudget | None = None,
+) -> np.ndarray:
+    """One input's JSON ``data`` -> an array of SHAPE. ``data`` is flat (row-major) or nested
+    exactly as SHAPE; checks the header and charges BUDGET before converting."""
+    count = parse_tensor_header(name, datatype, shape, limits)
+    if budget is not None:
+        budget.charge(name, datatype, count)
+    dims = tuple(shape)
     if datatype == "BF16":
         raise _bad(f"input {name!r}: BF16 data must be sent as binary (Triton's binary extension)")
     if not isinstance(data, list):
         data = [data]
+    nested = bool(data) and isinstance(data[0], list)
+    if len(data) != (dims[0] if nested and dims else count):
+        raise _bad(f"input {name!r}: shape {list(dims)} needs {count} elements, got {len(data)}")
     try:
         if datatype == "BYTES":
-            flat = np.asarray(data, dtype=object).ravel()
-            if flat.size != count:
-                raise _bad(
-                    f"input {name!r}: shape {list(shape)} needs {count} elements, got {flat.size}"
-                )
+            arr = np.asarray(data, dtype=object)
+            if arr.shape != (dims if nested else (count,)):
+                raise ValueError(f"data is nested as {list(arr.shape)}")
             out = np.empty(count, dtype=object)
-            for i, item in enumerate(flat):
+            for i, item in enumerate(arr.ravel()):
                 if not isinstance(item, str):
                     raise _bad(f"input {name!r}: BYTES elements in JSON must be strings")
                 out[i] = item.encode("utf-8")
-            return out.reshape(shape)
-        if datatype == "BOOL" and not all(
-            isinstance(v, bool) for v in np.asarray(data, dtype=object).ravel()
-        ):
-            raise _bad(f"input {name!r}: BOOL data must be true/false")
+            return out.reshape(dims)
+        dtype = DATATYPES[datatype]
+        parsed = np.asarray(data)  # numpy's own type: strings and floats-for-ints show here
+        if dtype.kind in "iu" and parsed.dtype.kind in "fO":
+            # ints past 2**63 beside smaller ones come out float64 (or object): look again
+            items = parsed.ravel().tolist() if parsed.dtype.kind == "O" else _flatten(data)
+            if all(_is_int(v) for v in items):
+                parsed = np.asarray(items, dtype=object)
+                info = np.iinfo(dtype)
+                if min(items, default=0) < info.min or max(items, default=0) > info.max:
+                    raise ValueError(f"values outside [{info.min}, {info.max}]")
+                parsed = parsed.astype(dtype).reshape(np.shape(data) if nested else -1)
+        del data
+        if parsed.size and parsed.dtype.kind not in _JSON_KINDS[dtype.kind]:
+            want = {"b": "true/false", "i": "integers", "u": "integers", "f": "numbers"}
+            raise ValueError(f"{datatype} data must be {want[dtype.kind]}, not {parsed.dtype}")
+        if parsed.size and dtype.kind in "iu" and parsed.dtype != dtype:
+            info = np.iinfo(dtype)
+            if parsed.min() < info.min or parsed.max() > info.max:
+                raise ValueError(f"values outside [{info.min}, {info.max}]")
         with np.errstate(over="raise", invalid="raise"):  # 1e9 as FP16 is an error, not inf
-            arr = np.asarray(data, dtype=DATATYPES[datatype])
+            arr = parsed.astype(dtype, copy=False)
     except (ValueError, TypeError, OverflowError, FloatingPointError) as exc:
-        raise _bad(f"input {name!r}: data is not a valid {datatype} array ({exc})") from None
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise _bad(f"input {name!r}: data is not a valid {datatype} array ({first})") from None
+    if nested and arr.shape != dims:
+        raise _bad(
+            f"input {name!r}: data is nested as {list(arr.shape)} but the shape is {list(dims)}"
+            " — nest it exactly as the shape, or send it flat"
+        )
     if arr.size != count:
-        raise _bad(f"input {name!r}: shape {list(shape)} needs {count} elements, got {arr.size}")
-    return arr.reshape(shape)
+        raise _bad(f"input {name!r}: shape {list(dims)} needs {count} elements, got {arr.size}")
+    return arr.reshape(dims)
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for item in data:
+        if isinstance(item, list):
+            out.extend(_flatten(item))
+        else:
+            out.append(item)
+    return out
 
 
 def _parameters(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -226,13 +360,30 @@ def _parameters(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
         return {}
     if not isinstance(params, dict):
         raise _bad(f"{where}: 'parameters' must be a JSON object")
+    for key, value in params.items():
+        # OIP parameters are strings, numbers and booleans: nothing nested reaches a model.
+        if not isinstance(value, _SCALARS) and value is not None:
+            raise _bad(f"{where}: parameter {key[:40]!r} must be a string, number or boolean")
     return params
 
 
-def decode_infer_request(body: bytes, header_length: int | None = None) -> InferRequest:
+def parse_header_length(value: bytes | str | None) -> int | None:
+    """Inference-Header-Content-Length: plain decimal digits only (not ``+110``, `` 110``,
+    ``1_0``, which ``int()`` accepts)."""
+    if value is None:
+        return None
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
+        raise _bad(f"Inference-Header-Content-Length {text[:40]!r} is not a plain integer")
+    return int(text)
+
+
+def decode_infer_request(
+    body: bytes, header_length: int | None = None, limits: RequestLimits = DEFAULT_LIMITS
+) -> InferRequest:
     """Decode an inference request body; ``header_length`` is Inference-Header-Content-Length.
 
-    Raises ProtocolError(400) naming the first thing wrong.
+    Raises ProtocolError naming the first thing wrong: 400, or 413 for a request over LIMITS.
     """
     size = len(body)
     if header_length is not None and not 0 < header_length <= size:
@@ -241,14 +392,10 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
         )
     hlen = size if header_length is None else header_length
     view = memoryview(body)
-    try:
-        header = _loads(view[:hlen].tobytes() if hlen != size else body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _bad(
-            f"request body is not valid JSON ({exc}) — send an OIP v2 inference request"
-        ) from None
-    except RecursionError:
-        raise _bad("request JSON is nested too deeply") from None
+    header = loads_json(
+        view[:hlen].tobytes() if hlen != size else body,
+        "request body (send an OIP v2 inference request)",
+    )
     if not isinstance(header, dict):
         raise _bad("request JSON must be an object with an 'inputs' list")
     request_id = header.get("id")
@@ -264,6 +411,7 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
 
     inputs: dict[str, np.ndarray] = {}
     datatypes: dict[str, str] = {}
+    budget = TensorBudget(limits)
     offset = hlen
     for index, spec in enumerate(raw_inputs):
         if not isinstance(spec, dict):
@@ -273,16 +421,13 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
             raise _bad(f"inputs[{index}] needs a 'name' string")
         if name in inputs:
             raise _bad(f"input {name!r} is given twice")
-        datatype = spec.get("datatype")
-        if datatype not in DATATYPES:
-            raise _bad(
-                f"input {name!r}: unknown datatype {datatype!r} — use one of {', '.join(DATATYPES)}"
-            )
-        shape = _parse_shape(name, spec.get("shape"))
+        datatype, shape = spec.get("datatype"), spec.get("shape")
+        if not isinstance(shape, list):
+            raise _bad(f"input {name!r}: 'shape' must be a list of non-negative integers")
         in_params = _parameters(spec, f"input {name!r}")
         binary_size = in_params.get("binary_data_size")
         if binary_size is not None:
-            if not isinstance(binary_size, int) or isinstance(binary_size, bool) or binary_size < 0:
+            if not _is_int(binary_size) or binary_size < 0:
                 raise _bad(f"input {name!r}: binary_data_size must be a non-negative integer")
             if header_length is None:
                 raise _bad(
@@ -296,15 +441,18 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
                     f"input {name!r}: binary data is truncated — binary_data_size says "
                     f"{binary_size} bytes, {size - offset} remain in the body"
                 )
-            inputs[name] = _decode_binary(
-                name, datatype, shape, view[offset : offset + binary_size]
+            inputs[name] = decode_raw_tensor(
+                name, datatype, shape, view[offset : offset + binary_size], limits, budget
             )
             offset += binary_size
         elif "data" in spec:
-            inputs[name] = _decode_json_data(name, datatype, shape, spec["data"])
+            # pop: the parsed list (~32 bytes an element) goes as soon as it is an array
+            inputs[name] = decode_json_tensor(
+                name, datatype, shape, spec.pop("data"), limits, budget
+            )
         else:
             raise _bad(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
-        datatypes[name] = datatype
+        datatypes[name] = str(datatype)
     if offset != size:
         raise _bad(
             f"{size - offset} bytes after the JSON header are not claimed by any input's "
@@ -388,7 +536,15 @@ def _json_data(name: str, datatype: str, arr: np.ndarray) -> list[Any]:
     if datatype == "BF16":
         raise _bad(f"output {name!r} is BF16: ask for it with binary_data true")
     if datatype != "BYTES":
-        return arr.ravel().tolist()
+        flat = arr.ravel()
+        values: list[Any] = flat.tolist()
+        if flat.dtype.kind == "f" and not (finite := np.isfinite(flat)).all():
+            # Strict JSON has no NaN: write them as the strings numpy (and so tritonclient's
+            # as_numpy) reads back as float, keeping the sign of an infinity.
+            for i in np.flatnonzero(~finite).tolist():
+                v = values[i]
+                values[i] = "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
+        return values
     items: list[str] = []
     for item in arr.ravel():
         if isinstance(item, str):
@@ -434,10 +590,7 @@ def encode_infer_response(
     if request.id is not None:
         response["id"] = request.id
     response["outputs"] = entries
-    if len(blobs) == len(entries):  # no JSON data: nothing orjson writes differently (NaN)
-        header = _dumps(response)
-    else:
-        header = json.dumps(response, separators=(",", ":")).encode()
+    header = _dumps(response)  # non-finite floats are strings by now (see _json_data)
     if not blobs:
         return EncodedResponse(header, None)
     return EncodedResponse(b"".join([header, *blobs]), len(header))
