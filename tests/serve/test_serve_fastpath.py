@@ -61,7 +61,7 @@ def _binary_request(x: np.ndarray) -> tuple[bytes, int]:
 
 def _post(body: bytes, header_length: int, *, extra: str = "", version: str = "1.1") -> bytes:
     head = (
-        f"POST {PATH} HTTP/{version}\r\nHost: test\r\nContent-Type: application/octet-stream\r\n"
+        f"POST {PATH} HTTP/{version}\r\nHost: localhost\r\nContent-Type: application/octet-stream\r\n"
         f"Inference-Header-Content-Length: {header_length}\r\nContent-Length: {len(body)}\r\n"
     )
     return (head + extra + "\r\n").encode() + body
@@ -148,7 +148,7 @@ def test_pipelined_requests_are_answered_in_order(conn: Conn) -> None:
     for i, x in enumerate(rows):
         wire += _post(*_binary_request(x))
         if i == 1:  # another route in the middle of the pipeline
-            wire += b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n"
+            wire += b"GET /v2/health/live HTTP/1.1\r\nHost: localhost\r\n\r\n"
     conn.sock.sendall(wire)
     answers = [conn.read() for _ in range(len(rows) + 1)]
     live = answers.pop(2)
@@ -186,7 +186,7 @@ def test_a_declared_oversize_body_is_refused_before_it_is_sent(
     server: ServerThread, conn: Conn
 ) -> None:
     counted = metric(server, "edgeshift_inference_requests_total", model="dense", status="413")
-    head = f"POST {PATH} HTTP/1.1\r\nHost: test\r\nContent-Length: {LIMIT + 1}\r\n\r\n"
+    head = f"POST {PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {LIMIT + 1}\r\n\r\n"
     conn.sock.sendall(head.encode())
     refused = conn.read()  # answered on the headers alone
     assert refused.status == 413 and "limit" in json.loads(refused.body)["error"]

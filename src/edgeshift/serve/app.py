@@ -6,6 +6,7 @@ repository or a model, and encodes; every error is ``{"error": "..."}`` with a 4
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -22,9 +23,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import edgeshift
 from edgeshift.errors import EdgeshiftError, ProtocolError
 from edgeshift.serve.endpoint import InferenceEndpoint, log_access, read_asgi_body
+from edgeshift.serve.limits import RequestLimits
 from edgeshift.serve.metrics import ServerMetrics
 from edgeshift.serve.protocol import error_body
-from edgeshift.serve.repository import ModelRepository
+from edgeshift.serve.repository import ModelRepository, ServeOptions
+from edgeshift.serve.security import RequestGuard
 
 log = logging.getLogger("edgeshift.serve")
 
@@ -46,11 +49,16 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
 
 class _Routes:
     def __init__(
-        self, repository: ModelRepository, metrics: ServerMetrics, max_body_bytes: int
+        self,
+        repository: ModelRepository,
+        metrics: ServerMetrics,
+        max_body_bytes: int,
+        options: ServeOptions,
     ) -> None:
         self.repository = repository
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.options = options
         self.ready = True
 
     async def server_metadata(self, request: Request) -> Response:
@@ -117,6 +125,31 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _error(str(message), exc.status_code)
 
 
+class GuardMiddleware:
+    """Host, Origin and token checks (:class:`RequestGuard`) for requests that reach the app
+    without the fast path's protocol (which runs the same checks on the request head)."""
+
+    def __init__(self, app: ASGIApp, guard: RequestGuard) -> None:
+        self.app = app
+        self.guard = guard
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refusal = self.guard.check(scope["path"], scope["headers"])
+            if refusal is not None:
+                body = error_body(str(refusal))
+                headers = [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ]
+                await send(
+                    {"type": "http.response.start", "status": refusal.status, "headers": headers}
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
 class AccessLogMiddleware:
     """One JSON line per request on the ``edgeshift.serve.access`` logger."""
 
@@ -145,13 +178,23 @@ def create_app(
     repository: ModelRepository,
     metrics: ServerMetrics,
     *,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_body_bytes: int | None = None,
+    limits: RequestLimits | None = None,
+    guard: RequestGuard | None = None,
+    options: ServeOptions | None = None,
     access_log_enabled: bool = True,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[ASGIApp, InferenceEndpoint]:
     """The ASGI app serving REPOSITORY's models (loaded beforehand by the caller), and its
-    inference endpoint for the HTTP fast path (:mod:`edgeshift.serve.fastpath`)."""
-    r = _Routes(repository, metrics, max_body_bytes)
+    inference endpoint for the HTTP fast path (:mod:`edgeshift.serve.fastpath`).
+
+    LIMITS bound each request (MAX_BODY_BYTES, when given, overrides its body limit); GUARD's
+    Host, Origin and token checks run on every request (None: no checks, for a caller that
+    runs them in front, as the fast path's protocol does)."""
+    limits = limits or RequestLimits()
+    if max_body_bytes is not None:
+        limits = dataclasses.replace(limits, max_body_bytes=max_body_bytes)
+    r = _Routes(repository, metrics, limits.max_body_bytes, options or ServeOptions())
     model = "/v2/models/{name}"
     versioned = "/v2/models/{name}/versions/{version}"
     routes = [  # POST .../infer never gets here: InferenceEndpoint answers it
@@ -185,6 +228,7 @@ def create_app(
         },
         lifespan=lifespan,
     )
-    endpoint = InferenceEndpoint(app, repository, metrics, max_body_bytes)
-    served: ASGIApp = AccessLogMiddleware(endpoint) if access_log_enabled else endpoint
+    endpoint = InferenceEndpoint(app, repository, metrics, limits.max_body_bytes)
+    served: ASGIApp = endpoint if guard is None else GuardMiddleware(endpoint, guard)
+    served = AccessLogMiddleware(served) if access_log_enabled else served
     return served, endpoint

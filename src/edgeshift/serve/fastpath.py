@@ -21,6 +21,7 @@ over real sockets, so a uvicorn release that changes them fails there first.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import urllib.parse
@@ -30,6 +31,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from edgeshift.errors import ProtocolError
+from edgeshift.serve.connections import ConnectionSettings
 from edgeshift.serve.endpoint import (
     INFER_PATH,
     Answer,
@@ -38,6 +40,8 @@ from edgeshift.serve.endpoint import (
     log_access,
     too_large,
 )
+from edgeshift.serve.protocol import error_body
+from edgeshift.serve.security import RequestGuard
 
 log = logging.getLogger("edgeshift.serve")
 
@@ -85,14 +89,80 @@ class _InferCycle:
         pass
 
 
-def inference_protocol(endpoint: InferenceEndpoint, access_log: bool) -> type[HttpToolsProtocol]:
+def inference_protocol(
+    endpoint: InferenceEndpoint,
+    access_log: bool,
+    guard: RequestGuard | None = None,
+    connections: ConnectionSettings | None = None,
+    max_connections: int | None = None,
+) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with ENDPOINT answering ``POST .../infer`` directly; pass it
-    as ``uvicorn.Config(http=...)``."""
+    as ``uvicorn.Config(http=...)``. GUARD's checks run on every request's head; CONNECTIONS'
+    header limit applies here, its timeouts when :func:`sweep_timeouts` calls
+    ``check_timeouts``; beyond MAX_CONNECTIONS a new connection takes an idle one's place, or
+    gets 503."""
     limit = endpoint.max_body_bytes
     routes: dict[bytes, tuple[str, str | None, str] | tuple[()]] = {}  # URL -> infer route, or ()
+    conn = connections or ConnectionSettings()
+    max_header_bytes = conn.max_header_bytes
+    header_timeout_s, body_timeout_s = conn.header_timeout_s, conn.body_timeout_s
 
     class InferenceProtocol(HttpToolsProtocol):
+        phase = _HEAD
+        phase_since_s = 0.0
+        head_bytes = 0
+        refused = False  # over the connection limit: answered 503 and closing
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.phase_since_s = self.loop.time()
+            full = max_connections is not None and len(self.connections) >= max_connections
+            if full and not self._evict_idle():
+                self.refused = True
+                self.transport = transport  # type: ignore[assignment]
+                self._write_error(ProtocolError(_BUSY, 503))
+                transport.close()
+                return
+            super().connection_made(transport)  # type: ignore[arg-type]
+
+        def _evict_idle(self) -> bool:
+            """Close the longest-idle connection (between requests, or nothing sent yet)."""
+            oldest: InferenceProtocol | None = None
+            for other in self.connections:
+                if (
+                    isinstance(other, InferenceProtocol)
+                    and (other.phase == _IDLE or (other.phase == _HEAD and other.head_bytes == 0))
+                    and (oldest is None or other.phase_since_s < oldest.phase_since_s)
+                ):
+                    oldest = other
+            if oldest is None:
+                return False
+            oldest.transport.close()
+            self.connections.discard(oldest)  # connection_lost comes on a later loop pass
+            return True
+
+        def data_received(self, data: bytes) -> None:
+            if self.refused:
+                return
+            if self.phase > _BODY:  # the first bytes of the next request
+                self.phase, self.phase_since_s, self.head_bytes = _HEAD, self.loop.time(), 0
+            if self.phase == _HEAD:
+                self.head_bytes += len(data)
+            super().data_received(data)
+            # Cut off a huge head at the limit plus one read, never after reading it whole.
+            over = self.phase == _HEAD and self.head_bytes > max_header_bytes
+            if over and not self.transport.is_closing():
+                self._refuse_head(ProtocolError(_head_too_large(max_header_bytes), 431))
+
         def on_headers_complete(self) -> None:
+            self.phase, self.phase_since_s = _BODY, self.loop.time()
+            if guard is not None:
+                path = httptools.parse_url(self.url).path.decode("ascii", "replace")
+                if "%" in path:
+                    path = urllib.parse.unquote(path)
+                refusal = guard.check(path, self.headers)
+                if refusal is not None:
+                    self._refuse_head(refusal)
+                    return
             cycle = self._infer_cycle()
             if cycle is None:
                 super().on_headers_complete()
@@ -105,6 +175,56 @@ def inference_protocol(endpoint: InferenceEndpoint, access_log: bool) -> type[Ht
                 elif name == b"content-length" and int(value) > limit:
                     self._refuse(cycle, ProtocolError(too_large(limit), 413))
                     return
+
+        def _refuse_head(self, error: ProtocolError) -> None:
+            """Answer ERROR from the request head alone, then close once the body (if any)
+            has been read: a client still sending gets the answer, not a reset."""
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                self.transport.close()  # an earlier request is still being answered
+                return
+            refused = _InferCycle("", None, "", keep_alive=False)
+            refused.response_complete = True
+            self.cycle = refused  # type: ignore[assignment]
+            self._write_error(error)
+            if error.status == 431 or self.phase == _HEAD:
+                self.transport.close()  # the head never ended: nothing to read past
+
+        def _write_error(self, error: ProtocolError) -> None:
+            answer = Answer(error.status, error_body(str(error)), b"application/json", None)
+            self.transport.write(self._response(answer, keep_alive=False))
+
+        def send_400_response(self, msg: str) -> None:
+            # uvicorn's answer to malformed HTTP is plain text; every answer here is JSON.
+            self._write_error(ProtocolError(_MALFORMED, 400))
+            self.transport.close()
+
+        def check_timeouts(self, now_s: float) -> None:
+            """408 and close a connection whose head is late or whose body has stalled."""
+            if self.refused or self.transport is None or self.transport.is_closing():
+                return
+            waited_s = now_s - self.phase_since_s
+            if self.phase == _HEAD and waited_s > header_timeout_s:
+                message = _late_head(header_timeout_s)
+            elif self.phase == _BODY and waited_s > body_timeout_s:
+                message = _stalled_body(body_timeout_s)
+            else:
+                return
+            cycle = self.cycle
+            answering = cycle is not None and (
+                cycle.response_complete if type(cycle) is _InferCycle else cycle.response_started
+            )
+            if cycle is None or not answering:
+                self._write_error(ProtocolError(message, 408))
+            self.transport.close()
+
+        def shutdown(self) -> None:
+            # A request still arriving is not in flight: close it now instead of letting a
+            # slow uploader hold the whole grace period.
+            if self.phase <= _BODY:
+                self.transport.close()
+                return
+            super().shutdown()
 
         def _infer_cycle(self) -> _InferCycle | None:
             """A cycle when this request is an inference the fast path can take, else None."""
@@ -133,19 +253,23 @@ def inference_protocol(endpoint: InferenceEndpoint, access_log: bool) -> type[Ht
             return _InferCycle(*route, keep_alive)
 
         def on_body(self, body: bytes) -> None:
+            self.phase_since_s = self.loop.time()
             cycle = self.cycle
             if type(cycle) is not _InferCycle:
                 super().on_body(body)
                 return
-            if cycle.response_complete:
-                return
             cycle.size += len(body)
+            if cycle.response_complete:
+                if cycle.size > limit + _DRAIN_BYTES:  # refused: drop the rest, not without end
+                    self.transport.close()
+                return
             if cycle.size > limit:  # chunked, or a Content-Length that lied
                 self._refuse(cycle, ProtocolError(too_large(limit), 413))
                 return
             cycle.body.append(body)
 
         def on_message_complete(self) -> None:
+            self.phase = _ANSWERING
             cycle = self.cycle
             if type(cycle) is not _InferCycle:
                 super().on_message_complete()
@@ -165,6 +289,11 @@ def inference_protocol(endpoint: InferenceEndpoint, access_log: bool) -> type[Ht
                 self._answer(cycle)
             else:
                 call.future.add_done_callback(lambda _: self._answer(cycle))
+
+        def on_response_complete(self) -> None:
+            if self.phase == _ANSWERING:
+                self.phase, self.phase_since_s = _IDLE, self.loop.time()
+            super().on_response_complete()
 
         def _refuse(self, cycle: _InferCycle, error: ProtocolError) -> None:
             """Answer before the body is read, and close: the rest of it is not wanted."""
@@ -186,8 +315,8 @@ def inference_protocol(endpoint: InferenceEndpoint, access_log: bool) -> type[Ht
             if access_log:
                 log_access("POST", cycle.path, answer.status, cycle.started_s, self.client)
             # Refused before the whole body came: read (and drop) the rest before closing, or
-            # the client, still sending, gets a reset instead of the answer; the keep-alive
-            # timeout closes one that stops sending.
+            # the client, still sending, gets a reset instead of the answer; the body timeout
+            # closes one that stops sending.
             if not cycle.keep_alive and not cycle.more_body:
                 self.transport.close()
             self.on_response_complete()  # keep-alive timer, the next pipelined request
@@ -203,6 +332,8 @@ def inference_protocol(endpoint: InferenceEndpoint, access_log: bool) -> type[Ht
             return b"".join(parts)
 
         def connection_lost(self, exc: Exception | None) -> None:
+            if self.refused:
+                return
             cycle = self.cycle
             super().connection_lost(exc)
             if type(cycle) is _InferCycle and not cycle.response_complete:
@@ -211,3 +342,33 @@ def inference_protocol(endpoint: InferenceEndpoint, access_log: bool) -> type[Ht
                     future.cancel()  # the batcher drops it unless its batch already runs
 
     return InferenceProtocol
+
+
+# A connection's phase: what the timeouts watch, what shutdown closes at once (<= _BODY), and
+# which connections may make room for a new one.
+_HEAD, _BODY, _ANSWERING, _IDLE = 0, 1, 2, 3
+# Of a refused body, read and dropped before closing: a client still sending then reads the
+# answer instead of a reset; beyond it, the connection is closed.
+_DRAIN_BYTES = 8 << 20
+_BUSY = "the server is at its connection limit — retry shortly, or raise --max-connections"
+_MALFORMED = "malformed HTTP request — send HTTP/1.1 with a valid request line and headers"
+
+
+def _head_too_large(limit_bytes: int) -> str:
+    return (
+        f"request line and headers are over the {limit_bytes // 1024} KiB limit — send "
+        "fewer or shorter headers, or start the server with a larger --max-header-kb"
+    )
+
+
+def _late_head(timeout_s: float) -> str:
+    return (
+        f"request head not received within {timeout_s:g} s — send the whole request line and"
+        " headers at once, or raise --header-timeout-s"
+    )
+
+
+def _stalled_body(timeout_s: float) -> str:
+    return (
+        f"request body stalled for over {timeout_s:g} s — keep sending, or raise --body-timeout-s"
+    )

@@ -14,17 +14,26 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import psutil
 import uvicorn
 
 from edgeshift.errors import ConfigError
-from edgeshift.serve.app import DEFAULT_MAX_BODY_BYTES, create_app
+from edgeshift.serve.app import create_app
+from edgeshift.serve.connections import (
+    ConnectionSettings,
+    connection_limit,
+    raise_open_file_limit,
+    sweep_timeouts,
+)
 from edgeshift.serve.fastpath import inference_protocol
+from edgeshift.serve.limits import RequestLimits
 from edgeshift.serve.metrics import ServerMetrics
 from edgeshift.serve.repository import ModelRepository, ServeOptions, discover
+from edgeshift.serve.security import AuthSettings, RequestGuard, TlsSettings, is_loopback
 
 log = logging.getLogger("edgeshift.serve")
 
@@ -37,9 +46,19 @@ class ServerSettings:
     host: str = "127.0.0.1"  # loopback unless asked: an inference server is not public by default
     port: int = 8000  # 0: any free port (read it back from InferenceServer.port)
     options: ServeOptions = field(default_factory=ServeOptions)
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_body_bytes: int | None = None  # overrides limits.max_body_bytes when given
     access_log: bool = True
     graceful_timeout_s: float = 30.0  # then in-flight requests are cancelled
+    grpc_port: int | None = None  # gRPC beside HTTP (0: any free port); None: no gRPC
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    tls: TlsSettings | None = None  # HTTPS and gRPC over TLS; client_ca: mTLS
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    connections: ConnectionSettings = field(default_factory=ConnectionSettings)
+
+    def request_limits(self) -> RequestLimits:
+        if self.max_body_bytes is None:
+            return self.limits
+        return replace(self.limits, max_body_bytes=self.max_body_bytes)
 
     @staticmethod
     def body_limit_bytes(max_body_mb: float) -> int:
@@ -68,7 +87,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 class _Uvicorn(uvicorn.Server):
     """uvicorn, with signals that only ask for a graceful exit (uvicorn re-raises them after
-    shutdown, which would turn a clean drain into a death by SIGTERM)."""
+    shutdown, which would turn a clean drain into a death by SIGTERM), and a hook at the start
+    of its shutdown so the gRPC front end drains alongside HTTP, not after it."""
+
+    on_shutdown_started: Any = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -90,6 +112,11 @@ class _Uvicorn(uvicorn.Server):
         log.info("%s: draining in-flight requests, then exiting", signal.Signals(sig).name)
         self.should_exit = True
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.on_shutdown_started is not None:
+            self.on_shutdown_started()
+        await super().shutdown(sockets)
+
 
 class InferenceServer:
     """One server: ``await start()`` loads models and binds, ``await serve()`` runs to exit."""
@@ -100,6 +127,9 @@ class InferenceServer:
         self.repository: ModelRepository | None = None
         self._socket: socket.socket | None = None
         self._uvicorn: _Uvicorn | None = None
+        self._grpc: Any = None  # serve.grpc.GrpcFrontend, imported only when asked for
+        self._grpc_port: int | None = None
+        self._grpc_stopping: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -110,48 +140,114 @@ class InferenceServer:
     @property
     def url(self) -> str:
         """host:port, as tritonclient wants it."""
-        host = self.settings.host
-        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        return _host_port(self.settings.host, self.port)
+
+    @property
+    def grpc_port(self) -> int | None:
+        """The gRPC front end's bound port; None when it is off."""
+        return self._grpc_port
+
+    @property
+    def grpc_url(self) -> str | None:
+        return None if self._grpc_port is None else _host_port(self.settings.host, self._grpc_port)
 
     async def start(self) -> None:
         s = self.settings
+        limits = s.request_limits()
+        ssl_context = s.tls.server_context() if s.tls is not None else None  # files checked first
+        open_files = raise_open_file_limit()
         self.repository = ModelRepository(discover(s.paths), s.options, self.metrics)
         try:
             await self.repository.load_all()
             self._socket = bind_socket(s.host, s.port)
+            if s.grpc_port is not None:
+                from edgeshift.serve.grpc import GrpcFrontend
+
+                self._grpc = GrpcFrontend(
+                    self.repository, self.metrics, limits=limits, auth=s.auth, tls=s.tls
+                )
+                self._grpc_port = await self._grpc.start(s.host, s.grpc_port)
         except BaseException:
+            if self._socket is not None:
+                self._socket.close()
             await self.repository.close()
             raise
         rss_bytes = psutil.Process().memory_info().rss
         names = ", ".join(f"{m.name}:{m.version}" for m in self.repository.models())
         log.info("loaded %s; RSS %.1f MiB", names, rss_bytes / (1 << 20))
+        certified = s.tls is not None and s.tls.client_ca is not None
+        if not is_loopback(s.host) and not s.auth.inference_tokens and not certified:
+            log.warning(
+                "listening on %s with no authentication: anyone who can reach this address can"
+                " run inference — give --auth-token-file or --tls-client-ca, or bind 127.0.0.1",
+                s.host,
+            )
+        guard = RequestGuard(s.auth, loopback_bind=is_loopback(s.host), client_certified=certified)
         app, endpoint = create_app(
             self.repository,
             self.metrics,
-            max_body_bytes=s.max_body_bytes,
+            limits=limits,
+            guard=guard,
+            options=s.options,
             access_log_enabled=s.access_log,
-            on_shutdown=self.repository.close,
+            on_shutdown=self._drain,
         )
+        c = s.connections
         config = uvicorn.Config(
             app,
             log_config=None,
-            http=inference_protocol(endpoint, access_log=s.access_log),
+            http=inference_protocol(
+                endpoint,
+                access_log=s.access_log,
+                guard=guard,
+                connections=c,
+                max_connections=connection_limit(c, open_files),
+            ),
             access_log=False,  # ours is structured (AccessLogMiddleware, the fast path)
             lifespan="on",
             timeout_graceful_shutdown=int(s.graceful_timeout_s),
+            timeout_keep_alive=c.keep_alive_timeout_s,  # type: ignore[arg-type]
             server_header=False,
         )
+        config.load()
+        config.ssl = ssl_context
         self._uvicorn = _Uvicorn(config)
+        self._uvicorn.on_shutdown_started = self._stop_grpc
+
+    def _stop_grpc(self) -> None:
+        if self._grpc is not None and self._grpc_stopping is None:
+            self._grpc_stopping = asyncio.create_task(
+                self._grpc.stop(self.settings.graceful_timeout_s)
+            )
+
+    async def _drain(self) -> None:
+        """After HTTP has answered its in-flight requests: gRPC's, then the model queues."""
+        self._stop_grpc()
+        if self._grpc_stopping is not None:
+            await self._grpc_stopping
+        if self.repository is not None:
+            await self.repository.close()
 
     async def serve(self) -> None:
         if self._uvicorn is None or self._socket is None:
             await self.start()
         assert self._uvicorn is not None and self._socket is not None
         announce = asyncio.create_task(self._announce())
+        c = self.settings.connections
+        stop_sweep = asyncio.Event()
+        interval_s = min(1.0, max(0.05, min(c.header_timeout_s, c.body_timeout_s) / 4))
+        sweep = asyncio.create_task(
+            sweep_timeouts(self._uvicorn.server_state.connections, interval_s, stop_sweep)  # type: ignore[arg-type]
+        )
         try:
             await self._uvicorn.serve(sockets=[self._socket])
         finally:
             announce.cancel()
+            stop_sweep.set()
+            await sweep
+            self._stop_grpc()  # no-op unless uvicorn failed before its shutdown
+            if self._grpc_stopping is not None:
+                await self._grpc_stopping
             if self.repository is not None:
                 await self.repository.close()  # no-op when the lifespan already drained it
             self._socket.close()
@@ -160,7 +256,10 @@ class InferenceServer:
         # Tests and scripts wait for this line: only write it once uvicorn accepts.
         while not self.started:
             await asyncio.sleep(0.01)
-        log.info("serving Open Inference Protocol v2 on http://%s", self.url)
+        scheme = "https" if self.settings.tls is not None else "http"
+        log.info("serving Open Inference Protocol v2 on %s://%s", scheme, self.url)
+        if self.grpc_url is not None:
+            log.info("serving gRPC on %s", self.grpc_url)
 
     @property
     def started(self) -> bool:
@@ -170,6 +269,10 @@ class InferenceServer:
         """Graceful exit, as on SIGTERM (call from the server's own loop)."""
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def run_server(settings: ServerSettings) -> None:
@@ -209,6 +312,10 @@ class ServerThread:
     @property
     def port(self) -> int:
         return self.server.port
+
+    @property
+    def grpc_url(self) -> str | None:
+        return self.server.grpc_url
 
     def _run(self) -> None:
         async def main() -> None:
