@@ -64,8 +64,14 @@ class OnnxRuntimeBackend(Backend):
         graph_optimization_level: str = "all",
         optimized_model_path: str | None = None,
         allow_spinning: bool = True,
+        memory_budget_bytes: int | None = None,
     ) -> None:
-        super().__init__(model_path, precision=precision, threads=threads)
+        super().__init__(
+            model_path,
+            precision=precision,
+            threads=threads,
+            memory_budget_bytes=memory_budget_bytes,
+        )
         if graph_optimization_level not in _LEVELS:
             raise BackendError(
                 f"unknown graph_optimization_level {graph_optimization_level!r} — use "
@@ -96,6 +102,12 @@ class OnnxRuntimeBackend(Backend):
             ) from exc
         self.inputs = [_spec(i) for i in self.session.get_inputs()]
         self.outputs = [_spec(o) for o in self.session.get_outputs()]
+        self._plan_memory()
+        # The CPU arena keeps every block it grew by; shrinking it at the end of a run frees
+        # the unused ones. Only the last chunk of a chunked call asks: small calls keep their
+        # blocks (the hot path allocates nothing), chunks reuse the first chunk's.
+        self._shrink = ort.RunOptions()
+        self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def runtime_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {
@@ -107,12 +119,20 @@ class OnnxRuntimeBackend(Backend):
         return options
 
     def _run(
-        self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None
+        self,
+        feeds: dict[str, np.ndarray],
+        output_names: Sequence[str] | None,
+        run_options: ort.RunOptions | None = None,
     ) -> dict[str, np.ndarray]:
         names = list(output_names) if output_names else [o.name for o in self.outputs]
         try:
-            values = self.session.run(names, feeds)
+            values = self.session.run(names, feeds, run_options)
         except Exception as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DataError(f"onnxruntime could not run the model: {message[:300]}") from exc
         return dict(zip(names, values, strict=True))
+
+    def _run_last_chunk(
+        self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None
+    ) -> dict[str, np.ndarray]:
+        return self._run(feeds, output_names, self._shrink)

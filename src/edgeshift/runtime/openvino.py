@@ -63,8 +63,14 @@ class OpenVINOBackend(Backend):
         threads: int,
         performance_hint: str = "LATENCY",
         num_streams: int = 1,
+        memory_budget_bytes: int | None = None,
     ) -> None:
-        super().__init__(model_path, precision=precision, threads=threads)
+        super().__init__(
+            model_path,
+            precision=precision,
+            threads=threads,
+            memory_budget_bytes=memory_budget_bytes,
+        )
         capability = _CAPABILITY[precision]
         if capability not in cpu_capabilities():
             raise BackendError(
@@ -94,6 +100,14 @@ class OpenVINOBackend(Backend):
         self.inputs = [_spec(p) for p in self.compiled.inputs]
         self.outputs = [_spec(p) for p in self.compiled.outputs]
         self._request = self.compiled.create_infer_request()
+        self._plan_memory()
+
+    def _release(self) -> None:
+        # The CPU plugin sizes an infer request's buffers for the largest shape it has run
+        # and keeps them; a fresh request starts small (measured: 65,536 rows of the digits
+        # CNN leave ~20 MB behind in the old one, ~0 in a new one).
+        with self._lock:
+            self._request = self.compiled.create_infer_request()
 
     def fix_input_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
         """Reshape the model to SHAPES and recompile: OpenVINO's CPU plugin plans memory
