@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import edgeshift
 from edgeshift.errors import EdgeshiftError, ProtocolError
+from edgeshift.serve import triton
 from edgeshift.serve.endpoint import InferenceEndpoint, log_access, read_asgi_body
 from edgeshift.serve.limits import RequestLimits
 from edgeshift.serve.metrics import ServerMetrics
@@ -32,7 +33,13 @@ from edgeshift.serve.security import RequestGuard
 log = logging.getLogger("edgeshift.serve")
 
 DEFAULT_MAX_BODY_BYTES = 64 << 20
-EXTENSIONS = ["binary_tensor_data", "model_repository", "metrics"]
+EXTENSIONS = [
+    "binary_tensor_data",
+    "model_repository",
+    "metrics",
+    "model_configuration",
+    "statistics",
+]
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -82,6 +89,16 @@ class _Routes:
     async def model_ready(self, request: Request) -> Response:
         model = self.repository.get(request.path_params["name"], request.path_params.get("version"))
         return _json({"name": model.name, "version": model.version, "ready": True})
+
+    async def model_config(self, request: Request) -> Response:
+        model = self.repository.get(request.path_params["name"], request.path_params.get("version"))
+        return _json(triton.model_config(model, self.options))
+
+    async def model_stats(self, request: Request) -> Response:
+        params = request.path_params
+        return _json(
+            triton.model_statistics(self.repository, params.get("name"), params.get("version"))
+        )
 
     async def repository_index(self, request: Request) -> Response:
         body = await read_body(request, self.max_body_bytes)
@@ -201,10 +218,15 @@ def create_app(
         Route("/v2", r.server_metadata, methods=["GET"]),
         Route("/v2/health/live", r.live, methods=["GET"]),
         Route("/v2/health/ready", r.server_ready, methods=["GET"]),
+        Route("/v2/models/stats", r.model_stats, methods=["GET"]),  # before {name} takes it
         Route(model, r.model_metadata, methods=["GET"]),
         Route(versioned, r.model_metadata, methods=["GET"]),
         Route(f"{model}/ready", r.model_ready, methods=["GET"]),
         Route(f"{versioned}/ready", r.model_ready, methods=["GET"]),
+        Route(f"{model}/config", r.model_config, methods=["GET"]),
+        Route(f"{versioned}/config", r.model_config, methods=["GET"]),
+        Route(f"{model}/stats", r.model_stats, methods=["GET"]),
+        Route(f"{versioned}/stats", r.model_stats, methods=["GET"]),
         Route("/v2/repository/index", r.repository_index, methods=["POST"]),
         Route("/v2/repository/models/{name}/load", r.load, methods=["POST"]),
         Route("/v2/repository/models/{name}/unload", r.unload, methods=["POST"]),
@@ -228,7 +250,7 @@ def create_app(
         },
         lifespan=lifespan,
     )
-    endpoint = InferenceEndpoint(app, repository, metrics, limits.max_body_bytes)
+    endpoint = InferenceEndpoint(app, repository, metrics, limits.max_body_bytes, limits)
     served: ASGIApp = endpoint if guard is None else GuardMiddleware(endpoint, guard)
     served = AccessLogMiddleware(served) if access_log_enabled else served
     return served, endpoint
