@@ -36,6 +36,7 @@ log = logging.getLogger("edgeshift.serve")
 
 SERVICE = "inference.GRPCInferenceService"
 EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
+STREAM_IN_FLIGHT = 256  # requests of one ModelStreamInfer stream running at once
 
 
 class _Malformed:
@@ -317,13 +318,43 @@ class GrpcFrontend:
             self._authorize_inference(context)
         except ProtocolError as exc:
             await context.abort(status_code(exc.status), str(exc))
-        # Answered in order, one at a time: errors travel in the stream, as in Triton.
-        async for request in requests:
-            answer = await self._infer(request)
-            if isinstance(answer, ProtocolError):
-                yield pb.ModelStreamInferResponse(error_message=str(answer))
+        # Requests of one stream run concurrently (they batch with each other and with
+        # unary calls); answers go out as they finish, each with its request's id, as in
+        # Triton. Errors travel in the stream and leave it open.
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        running: set[asyncio.Task[None]] = set()
+
+        async def answer(request: pb.ModelInferRequest | _Malformed) -> None:
+            try:
+                result = await self._infer(request)
+            finally:
+                slots.release()
+            if isinstance(result, ProtocolError):
+                answers.put_nowait(pb.ModelStreamInferResponse(error_message=str(result)))
             else:
-                yield pb.ModelStreamInferResponse(infer_response=answer)
+                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=result))
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await slots.acquire()  # a stream cannot queue more than this at once
+                    task = asyncio.ensure_future(answer(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if running:
+                    await asyncio.wait(set(running))
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (response := await answers.get()) is not None:
+                yield response
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
 
     async def _infer(
         self, request: pb.ModelInferRequest | _Malformed
