@@ -92,10 +92,10 @@ class GrpcFrontend:
         self.tls = tls
         self._server: grpc.aio.Server | None = None
         self._stopping = False
-        # A verified client certificate (mTLS) counts as authenticated for inference.
-        self._check_inference_token = bool(auth.inference_tokens) and not (
-            tls is not None and tls.client_ca is not None
-        )
+        # With a client CA every connection carries a verified certificate (mTLS): that
+        # authenticates inference, as on HTTP.
+        self._certified = tls is not None and tls.client_ca is not None
+        self._check_inference_token = bool(auth.inference_tokens) and not self._certified
 
     # --- lifecycle ---
 
@@ -130,8 +130,7 @@ class GrpcFrontend:
     @staticmethod
     def _credentials(tls: TlsSettings) -> grpc.ServerCredentials:
         try:
-            key, cert = tls.keyfile.read_bytes(), tls.certfile.read_bytes()
-            ca = tls.client_ca.read_bytes() if tls.client_ca is not None else None
+            cert, key, ca = tls.pem_bytes()
         except OSError as exc:
             raise ConfigError(
                 f"cannot read a TLS file for gRPC ({exc.strerror}: {exc.filename}) — check "
@@ -200,24 +199,21 @@ class GrpcFrontend:
         return handle
 
     def _authorize_inference(self, context: grpc.aio.ServicerContext) -> None:
-        if self._check_inference_token and not self.auth.inference_allowed(_authorization(context)):
+        if self._check_inference_token and not self.auth.inference_allowed(
+            _authorization(context), client_certified=self._certified
+        ):
             raise ProtocolError(
-                "missing or wrong bearer token — send 'authorization: Bearer <token>' metadata",
+                "this server needs a token — send 'authorization: Bearer <token>' metadata "
+                "with a token from the server's --auth-token-file",
                 401,
             )
 
     def _authorize_repository(self, context: grpc.aio.ServicerContext) -> None:
-        if not self.auth.repository_api:
-            raise ProtocolError(
-                "the repository API is off — start the server with --repository-api", 403
-            )
-        if self.auth.repository_tokens and not self.auth.repository_allowed(
-            _authorization(context)
-        ):
-            raise ProtocolError(
-                "missing or wrong repository token — send 'authorization: Bearer <token>' metadata",
-                401,
-            )
+        refusal = self.auth.repository_refusal(
+            _authorization(context), client_certified=self._certified
+        )
+        if refusal is not None:
+            raise refusal
 
     # --- health and metadata ---
 
