@@ -25,7 +25,8 @@ from typer.testing import CliRunner
 
 from edgeshift.cli.main import app
 
-READY_RE = re.compile(r"serving Open Inference Protocol v2 on http://(\S+)")
+READY_RE = re.compile(r"serving Open Inference Protocol v2 on https?://(\S+)")
+GRPC_RE = re.compile(r"serving gRPC on (\S+)")
 
 
 class ServeProcess:
@@ -34,7 +35,8 @@ class ServeProcess:
     def __init__(self, *args: str) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeshift", "serve", *args],
+            # gRPC on a free port: Triton's 8001 may be taken by a neighbour.
+            [sys.executable, "-m", "edgeshift", "serve", "--grpc-port", "0", *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -94,6 +96,24 @@ def test_real_cli_process_serves_tritonclient(served: ServeProcess) -> None:
     result = client.infer("dense", [inp])
     np.testing.assert_allclose(result.as_numpy("y"), mlp_reference(x, 0), rtol=1e-4, atol=1e-5)
     client.close()
+    # gRPC beside HTTP, on the same models.
+    grpc_url = None
+    deadline = time.monotonic() + 10
+    while grpc_url is None:
+        assert time.monotonic() < deadline, "".join(served.stderr)
+        found = [m for m in map(GRPC_RE.search, served.stderr) if m]
+        grpc_url = found[0].group(1) if found else None
+        time.sleep(0.02)
+    import tritonclient.grpc as tg
+
+    grpc_client = tg.InferenceServerClient(grpc_url)
+    try:
+        g_inp = tg.InferInput("x", [3, 8], "FP32")
+        g_inp.set_data_from_numpy(x)
+        y = grpc_client.infer("dense", [g_inp]).as_numpy("y")
+        np.testing.assert_allclose(y, mlp_reference(x, 0), rtol=1e-4, atol=1e-5)
+    finally:
+        grpc_client.close()
     # The access log is on by default: one JSON line per request.
     deadline = time.monotonic() + 10
     while not any('"path":"/v2/models/dense/infer"' in line for line in served.stderr):
@@ -175,7 +195,8 @@ def test_directory_without_a_model(tmp_path: Path) -> None:
 def test_corrupt_model_file(tmp_path: Path) -> None:
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"\x00garbage")
-    _fails_cleanly([str(bad)], "cannot load model 'broken'")
+    # Alone in a repository it would be served as not ready; --strict refuses to start.
+    _fails_cleanly([str(bad), "--strict"], "cannot load model 'broken'")
 
 
 def test_two_models_with_one_name(tmp_path: Path, model_path: Path) -> None:
@@ -195,6 +216,23 @@ def test_two_models_with_one_name(tmp_path: Path, model_path: Path) -> None:
         (["--threads", "0"], "--threads must be >= 1"),
         (["--max-body-mb", "0"], "--max-body-mb must be > 0"),
         (["--port", "70000"], "cannot listen on 127.0.0.1:70000"),
+        (["--grpc-port", "http"], "--grpc-port 'http': give a port"),
+        (["--grpc-port", "70000"], "--grpc-port '70000': give a port"),
+        (["--max-rows", "0"], "--max-rows must be >= 1"),
+        (["--max-tensor-mb", "-1"], "--max-tensor-mb must be > 0"),
+        (["--max-dims", "0"], "--max-dims must be >= 1"),
+        (["--max-json-depth", "0"], "--max-json-depth must be >= 1"),
+        (["--json-offload-mb", "0"], "--json-offload-mb must be > 0"),
+        (["--memory-budget-mb", "0"], "--memory-budget-mb must be > 0"),
+        (["--max-header-kb", "0.5"], "--max-header-kb must be >= 1"),
+        (["--header-timeout-s", "0"], "--header-timeout-s must be > 0"),
+        (["--body-timeout-s", "-1"], "--body-timeout-s must be > 0"),
+        (["--keep-alive-s", "0"], "--keep-alive-s must be > 0"),
+        (["--max-connections", "0"], "--max-connections must be >= 1"),
+        (["--graceful-timeout-s", "-1"], "--graceful-timeout-s must be >= 0"),
+        (["--tls-cert", "x.pem"], "TLS needs both --tls-cert and --tls-key"),
+        (["--tls-client-ca", "ca.pem"], "--tls-client-ca needs --tls-cert and --tls-key"),
+        (["--auth-token-file", "/nonexistent/tokens"], "cannot read --auth-token-file"),
     ],
 )
 def test_bad_flags(model_path: Path, flags: list[str], message: str) -> None:
@@ -211,7 +249,9 @@ def test_port_in_use(model_path: Path) -> None:
 
 def test_version_policy_matching_nothing(tmp_path: Path) -> None:
     save_mlp(tmp_path / "repo" / "m" / "1" / "model.onnx")
-    _fails_cleanly([str(tmp_path / "repo"), "--version-policy", "specific:5"], "no version matches")
+    _fails_cleanly(
+        [str(tmp_path / "repo"), "--version-policy", "specific:5", "--strict"], "no version matches"
+    )
 
 
 def test_listening_socket_is_tcp_so_responses_skip_nagle() -> None:

@@ -12,6 +12,9 @@ import typer
 
 from edgeshift.errors import ConfigError
 from edgeshift.serve import ServeOptions, ServerSettings, VersionPolicy, run_server
+from edgeshift.serve.connections import ConnectionSettings
+from edgeshift.serve.limits import RequestLimits
+from edgeshift.serve.security import AuthSettings, TlsSettings, read_tokens
 
 _LOGGERS = ("edgeshift.serve", "uvicorn.error", "edgeshift.serve.access")
 
@@ -82,6 +85,54 @@ def serve_command(
         True, "--access-log/--no-access-log", help="One JSON line per request on stderr."
     ),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+    grpc_port: str = typer.Option(
+        "8001", "--grpc-port", help="gRPC port beside HTTP (Triton's 8001); 0: any free; off: none."
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Refuse to start when any model fails to load (else: not ready)."
+    ),
+    memory_budget_mb: float | None = typer.Option(
+        None, "--memory-budget-mb", help="What each model's runtime may keep between requests."
+    ),
+    auth_token_file: Path | None = typer.Option(
+        None, "--auth-token-file", help="Bearer tokens for inference, one a line (never on argv)."
+    ),
+    repository_api: bool = typer.Option(
+        False, "--repository-api", help="Enable the repository API (index, load, unload)."
+    ),
+    repository_token_file: Path | None = typer.Option(
+        None, "--repository-token-file", help="Bearer tokens for the repository API, one a line."
+    ),
+    allowed_host: list[str] = typer.Option(
+        [], "--allowed-host", help="Host name accepted besides loopback names (repeatable)."
+    ),
+    allowed_origin: list[str] = typer.Option(
+        [], "--allowed-origin", help="Web origin allowed to call in, e.g. https://ui.example."
+    ),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="PEM certificate: serve TLS."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="PEM key of --tls-cert."),
+    tls_client_ca: Path | None = typer.Option(
+        None, "--tls-client-ca", help="PEM CA: clients must present a certificate it signed."
+    ),
+    max_header_kb: float = typer.Option(64.0, "--max-header-kb", help="Request line + headers."),
+    header_timeout_s: float = typer.Option(10.0, "--header-timeout-s", help="Whole request head."),
+    body_timeout_s: float = typer.Option(30.0, "--body-timeout-s", help="Longest body stall."),
+    keep_alive_s: float = typer.Option(5.0, "--keep-alive-s", help="Idle keep-alive timeout."),
+    max_connections: int | None = typer.Option(
+        None, "--max-connections", help="Open HTTP connections (default: from the file limit)."
+    ),
+    graceful_timeout_s: float = typer.Option(
+        30.0, "--graceful-timeout-s", help="On SIGTERM, wait this long for in-flight requests."
+    ),
+    max_rows: int = typer.Option(65536, "--max-rows", help="Rows (first dim) per input."),
+    max_tensor_mb: float = typer.Option(
+        128.0, "--max-tensor-mb", help="Decoded inputs per request."
+    ),
+    max_dims: int = typer.Option(16, "--max-dims", help="Rank of one input tensor."),
+    max_json_depth: int = typer.Option(64, "--max-json-depth", help="Nesting of a JSON body."),
+    json_offload_mb: float = typer.Option(
+        1.0, "--json-offload-mb", help="Larger JSON bodies decode off the event loop."
+    ),
 ) -> None:
     """Serve models over the KServe Open Inference Protocol v2 (Triton clients work as is)."""
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -94,17 +145,94 @@ def serve_command(
         instances=instances,
         backend=backend,
         version_policy=VersionPolicy.parse(version_policy),
+        strict=strict,
+        memory_budget_bytes=None
+        if memory_budget_mb is None
+        else _mib("--memory-budget-mb", memory_budget_mb),
     )
+    limits = RequestLimits(
+        max_body_bytes=ServerSettings.body_limit_bytes(max_body_mb),
+        max_rows=_at_least_one("--max-rows", max_rows),
+        max_tensor_bytes=_mib("--max-tensor-mb", max_tensor_mb),
+        max_dims=_at_least_one("--max-dims", max_dims),
+        max_json_depth=_at_least_one("--max-json-depth", max_json_depth),
+        json_offload_bytes=_mib("--json-offload-mb", json_offload_mb),
+    )
+    if not graceful_timeout_s >= 0:
+        raise ConfigError(f"--graceful-timeout-s must be >= 0, not {graceful_timeout_s:g}")
     settings = ServerSettings(
         paths=paths,
         host=host,
         port=port,
         options=options,
-        max_body_bytes=ServerSettings.body_limit_bytes(max_body_mb),
         access_log=access_log,
+        graceful_timeout_s=graceful_timeout_s,
+        grpc_port=_grpc_port(grpc_port),
+        auth=AuthSettings(
+            inference_tokens=_tokens(auth_token_file, "--auth-token-file"),
+            repository_tokens=_tokens(repository_token_file, "--repository-token-file"),
+            repository_api=repository_api,
+            allowed_hosts=frozenset(h.strip().lower() for h in allowed_host),
+            allowed_origins=frozenset(o.strip().rstrip("/") for o in allowed_origin),
+        ),
+        tls=_tls(tls_cert, tls_key, tls_client_ca),
+        limits=limits,
+        connections=ConnectionSettings(
+            max_header_bytes=int(max_header_kb * 1024) if max_header_kb > 0 else 0,
+            header_timeout_s=header_timeout_s,
+            body_timeout_s=body_timeout_s,
+            keep_alive_timeout_s=keep_alive_s,
+            max_connections=max_connections,
+        ),
     )
+    if repository_token_file is not None and not repository_api:
+        raise ConfigError(
+            "--repository-token-file needs --repository-api — add it, or drop the file"
+        )
     with _server_logging(access_log, log_level):
         run_server(settings)
+
+
+def _mib(flag: str, value: float) -> int:
+    if not value > 0:
+        raise ConfigError(f"{flag} must be > 0, not {value:g}")
+    return int(value * (1 << 20))
+
+
+def _at_least_one(flag: str, value: int) -> int:
+    if value < 1:
+        raise ConfigError(f"{flag} must be >= 1, not {value}")
+    return value
+
+
+def _grpc_port(text: str) -> int | None:
+    if text.strip().lower() in ("off", "none", "no"):
+        return None
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--grpc-port {text!r}: give a port (0-65535; 0: any free) or off")
+    return port
+
+
+def _tokens(path: Path | None, flag: str) -> frozenset[str]:
+    return frozenset() if path is None else read_tokens(path, flag)
+
+
+def _tls(cert: Path | None, key: Path | None, client_ca: Path | None) -> TlsSettings | None:
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key — add both")
+        return None
+    if cert is None or key is None:
+        raise ConfigError(
+            "TLS needs both --tls-cert and --tls-key — give the certificate and its key"
+        )
+    tls = TlsSettings(cert, key, client_ca)
+    tls.server_context()  # unreadable or mismatched files: one line now, not at bind time
+    return tls
 
 
 def _delay_ms(text: str) -> float | None:

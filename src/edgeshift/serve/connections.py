@@ -38,15 +38,15 @@ class ConnectionSettings:
 
     def __post_init__(self) -> None:
         checks = (
-            ("--max-header-kb", self.max_header_bytes, self.max_header_bytes >= 1 * KIB, "1"),
-            ("--header-timeout-s", self.header_timeout_s, self.header_timeout_s > 0, "0"),
-            ("--body-timeout-s", self.body_timeout_s, self.body_timeout_s > 0, "0"),
-            ("--keep-alive-s", self.keep_alive_timeout_s, self.keep_alive_timeout_s > 0, "0"),
+            ("--max-header-kb", self.max_header_bytes, self.max_header_bytes >= 1 * KIB, ">= 1"),
+            ("--header-timeout-s", self.header_timeout_s, self.header_timeout_s > 0, "> 0"),
+            ("--body-timeout-s", self.body_timeout_s, self.body_timeout_s > 0, "> 0"),
+            ("--keep-alive-s", self.keep_alive_timeout_s, self.keep_alive_timeout_s > 0, "> 0"),
         )
         for flag, value, ok, floor in checks:
             if not ok:
                 shown = value / KIB if flag == "--max-header-kb" else value
-                raise ConfigError(f"{flag} must be > {floor}, not {shown:g}")
+                raise ConfigError(f"{flag} must be {floor}, not {shown:g}")
         if self.max_connections is not None and self.max_connections < 1:
             raise ConfigError(f"--max-connections must be >= 1, not {self.max_connections}")
 

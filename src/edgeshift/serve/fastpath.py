@@ -112,6 +112,7 @@ def inference_protocol(
         phase_since_s = 0.0
         head_bytes = 0
         refused = False  # over the connection limit: answered 503 and closing
+        lingering = False  # answered mid-request: reading and dropping until closed
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self.phase_since_s = self.loop.time()
@@ -143,6 +144,11 @@ def inference_protocol(
         def data_received(self, data: bytes) -> None:
             if self.refused:
                 return
+            if self.lingering:
+                self.head_bytes += len(data)
+                if self.head_bytes > max_header_bytes + _DRAIN_BYTES:
+                    self.transport.close()
+                return
             if self.phase > _BODY:  # the first bytes of the next request
                 self.phase, self.phase_since_s, self.head_bytes = _HEAD, self.loop.time(), 0
             if self.phase == _HEAD:
@@ -150,7 +156,7 @@ def inference_protocol(
             super().data_received(data)
             # Cut off a huge head at the limit plus one read, never after reading it whole.
             over = self.phase == _HEAD and self.head_bytes > max_header_bytes
-            if over and not self.transport.is_closing():
+            if over and not (self.lingering or self.transport.is_closing()):
                 self._refuse_head(ProtocolError(_head_too_large(max_header_bytes), 431))
 
         def on_headers_complete(self) -> None:
@@ -188,7 +194,7 @@ def inference_protocol(
             self.cycle = refused  # type: ignore[assignment]
             self._write_error(error)
             if error.status == 431 or self.phase == _HEAD:
-                self.transport.close()  # the head never ended: nothing to read past
+                self._linger()  # the head never ended: no body to read past
 
         def _write_error(self, error: ProtocolError) -> None:
             answer = Answer(error.status, error_body(str(error)), b"application/json", None)
@@ -197,11 +203,22 @@ def inference_protocol(
         def send_400_response(self, msg: str) -> None:
             # uvicorn's answer to malformed HTTP is plain text; every answer here is JSON.
             self._write_error(ProtocolError(_MALFORMED, 400))
-            self.transport.close()
+            self._linger()
+
+        def _linger(self) -> None:
+            """Close after an answer sent mid-request: send FIN after it, then drop what the
+            client is still sending for a moment. Closing with unread data would send a reset
+            that can destroy the answer before the client reads it."""
+            self.lingering = True
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+                self.loop.call_later(_LINGER_S, self.transport.close)
+            else:  # TLS: no half-close
+                self.transport.close()
 
         def check_timeouts(self, now_s: float) -> None:
             """408 and close a connection whose head is late or whose body has stalled."""
-            if self.refused or self.transport is None or self.transport.is_closing():
+            if self.refused or self.lingering or self.transport.is_closing():
                 return
             waited_s = now_s - self.phase_since_s
             if self.phase == _HEAD and waited_s > header_timeout_s:
@@ -221,7 +238,7 @@ def inference_protocol(
         def shutdown(self) -> None:
             # A request still arriving is not in flight: close it now instead of letting a
             # slow uploader hold the whole grace period.
-            if self.phase <= _BODY:
+            if self.phase <= _BODY or self.lingering:
                 self.transport.close()
                 return
             super().shutdown()
@@ -350,6 +367,7 @@ _HEAD, _BODY, _ANSWERING, _IDLE = 0, 1, 2, 3
 # Of a refused body, read and dropped before closing: a client still sending then reads the
 # answer instead of a reset; beyond it, the connection is closed.
 _DRAIN_BYTES = 8 << 20
+_LINGER_S = 2.0
 _BUSY = "the server is at its connection limit — retry shortly, or raise --max-connections"
 _MALFORMED = "malformed HTTP request — send HTTP/1.1 with a valid request line and headers"
 
