@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -651,3 +652,64 @@ def test_instances_share_a_thread_safe_backend_and_answer_alike(
             g.gate.set()
         for x, y in zip(xs, asyncio.run(main()), strict=True):
             np.testing.assert_allclose(y, mlp_reference(x, 0), rtol=1e-4, atol=1e-5)
+
+
+def test_triton_model_config_and_statistics_over_http(client: th.InferenceServerClient) -> None:
+    config = client.get_model_config("dense")
+    assert config["name"] == "dense" and config["max_batch_size"] == 16
+    assert [i["name"] for i in config["input"]] == ["x"] and [
+        int(d) for d in config["input"][0]["dims"]
+    ] == [8]
+    assert client.get_model_config("mlp", "1")["name"] == "mlp"
+    with pytest.raises(InferenceServerException) as info:
+        client.get_model_config("ghost")
+    assert info.value.status() == "404"
+
+    def successes() -> int:
+        stats = client.get_inference_statistics("dense")["model_stats"]
+        assert [s["name"] for s in stats] == ["dense"]
+        return int(stats[0]["inference_stats"]["success"]["count"])
+
+    before = successes()
+    for _ in range(3):
+        client.infer("dense", [_infer_input("x", np.zeros((2, 8), np.float32), "FP32")])
+    assert successes() == before + 3
+    names = {s["name"] for s in client.get_inference_statistics()["model_stats"]}
+    assert {"dense", "fixed", "mlp"} <= names
+    versioned = client.get_inference_statistics("mlp", "2")["model_stats"]
+    assert [(s["name"], s["version"]) for s in versioned] == [("mlp", "2")]
+
+
+def test_grpc_serves_beside_http_and_stops_with_it(models: dict[str, Path]) -> None:
+    import grpc
+    import tritonclient.grpc as tg
+
+    token = "grpc-and-http-token-0123456789"
+    auth = AuthSettings(inference_tokens=frozenset({token}))
+    settings = ServerSettings([models["dense"]], port=0, grpc_port=0, auth=auth, access_log=False)
+    server = ServerThread(settings).start()
+    try:
+        assert server.grpc_url is not None and server.grpc_url != server.url
+        client = tg.InferenceServerClient(server.grpc_url)
+        x = np.random.default_rng(5).random((3, 8), dtype=np.float32)
+        inp = tg.InferInput("x", [3, 8], "FP32")
+        inp.set_data_from_numpy(x)
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("dense", [inp])
+        assert info.value.status() == str(grpc.StatusCode.UNAUTHENTICATED)
+        y = client.infer("dense", [inp], headers={"authorization": f"Bearer {token}"})
+        np.testing.assert_allclose(y.as_numpy("y"), mlp_reference(x), rtol=RTOL, atol=ATOL)
+        # HTTP and gRPC count into one set of statistics.
+        http = th.InferenceServerClient(server.url)
+        stats = http.get_inference_statistics(
+            "dense", headers={"Authorization": f"Bearer {token}"}
+        )["model_stats"][0]
+        assert int(stats["inference_stats"]["success"]["count"]) == 1
+        http.close()
+        client.close()
+    finally:
+        server.stop()
+    assert not server._thread.is_alive()
+    with socket.socket() as probe:  # the gRPC port was released on exit
+        host, port = server.grpc_url.rsplit(":", 1)
+        assert probe.connect_ex((host, int(port))) != 0
