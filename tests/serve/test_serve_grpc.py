@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -320,3 +322,26 @@ def test_grpc_requests_are_counted_in_the_shared_metrics(
         client.infer("fixed", [fixed])
     after = metric(server, "edgeshift_inference_requests_total", model="fixed", status="200")
     assert after - before == 3
+
+
+def test_kserve_grpc_client(server: ServerThread) -> None:
+    # kserve and tritonclient.grpc both register the protobuf package `inference`: KServe's
+    # client runs in a process of its own.
+    rows = np.random.default_rng(5).random((3, 8), dtype=np.float32)
+    script = Path(__file__).with_name("kserve_grpc_check.py")
+    assert server.grpc_url is not None
+    done = subprocess.run(
+        [sys.executable, str(script), server.grpc_url, "dense", json.dumps(rows.tolist())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    seen = json.loads(done.stdout)
+    assert seen["live"] and seen["ready"] and seen["model_ready"]
+    want = mlp_reference(rows)
+    assert seen["raw"]["id"] == "raw-1"
+    np.testing.assert_allclose(seen["raw"]["outputs"]["y"], want, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(seen["typed"]["y"], want, rtol=RTOL, atol=ATOL)
+    assert seen["unknown"]["code"] == "NOT_FOUND"
+    assert "'no-such-model'" in seen["unknown"]["message"]
