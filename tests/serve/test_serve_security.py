@@ -271,3 +271,43 @@ def test_the_guard_on_its_own() -> None:
     assert refusal is not None and refusal.status == 403
     public = RequestGuard(AuthSettings(), loopback_bind=False)
     assert public.check("/v2", [(b"host", b"edge-box.example")]) is None
+
+
+def test_the_asgi_guard_refuses_alike_without_the_fast_path() -> None:
+    # An app from create_app served by another HTTP stack (uvicorn's h11 here) gets the same
+    # checks from GuardMiddleware.
+    import threading
+
+    import uvicorn
+
+    from edgeshift.serve.app import GuardMiddleware
+
+    async def hello(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b"hi"})  # type: ignore[operator]
+
+    guard = RequestGuard(AuthSettings(inference_tokens=frozenset({TOKEN})), loopback_bind=True)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        GuardMiddleware(hello, guard), http="h11", log_config=None, lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            thread.join(0.01)
+        url = f"127.0.0.1:{sock.getsockname()[1]}"
+        status, headers, body = exchange(url, "GET", "/v2/models/m")
+        assert status == 401 and headers["content-type"] == "application/json"
+        assert "needs a token" in _error(body)
+        ok = {"Authorization": f"Bearer {TOKEN}"}
+        assert exchange(url, "GET", "/v2/models/m", headers=ok)[0] == 200
+        evil = {**ok, "Origin": "http://evil.example", "Content-Type": "text/plain"}
+        assert exchange(url, "POST", UNLOAD.format("m"), b"{}", evil)[0] == 403
+        assert exchange(url, "GET", "/v2/health/live", headers={"Host": "evil.example"})[0] == 403
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
