@@ -45,7 +45,7 @@ class Replica:
     def __init__(self, replica_id: str, *paths: Path) -> None:
         command = [sys.executable, "-m", "edgeshift", "serve", *map(str, paths), "--port", "0"]
         self.proc = subprocess.Popen(
-            [*command, "--no-access-log"],
+            [*command, "--grpc-port", "off", "--no-access-log"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
