@@ -311,3 +311,35 @@ def test_the_asgi_guard_refuses_alike_without_the_fast_path() -> None:
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+def test_grpc_is_served_over_tls_and_mtls_with_the_http_settings(
+    certs: TestCerts, tmp_path: Path
+) -> None:
+    import tritonclient.grpc as tg
+
+    model = save_mlp(tmp_path / "mlp.onnx", seed=2)
+    tls = TlsSettings(certs.server_cert, certs.server_key, client_ca=certs.ca)
+    with _serve([model], tls=tls, grpc_port=0) as server:
+        assert server.grpc_url is not None
+        grpc_url = server.grpc_url.replace("127.0.0.1", "localhost")  # the certificate's name
+        client = tg.InferenceServerClient(
+            grpc_url,
+            ssl=True,
+            root_certificates=str(certs.ca),
+            private_key=str(certs.client_key),
+            certificate_chain=str(certs.client_cert),
+        )
+        try:
+            inp = tg.InferInput("x", [2, 8], "FP32")
+            inp.set_data_from_numpy(_x())
+            y = client.infer("mlp", [inp]).as_numpy("y")
+            np.testing.assert_allclose(y, mlp_reference(_x(), seed=2), rtol=1e-5, atol=1e-6)
+        finally:
+            client.close()
+        anonymous = tg.InferenceServerClient(grpc_url, ssl=True, root_certificates=str(certs.ca))
+        try:
+            with pytest.raises(InferenceServerException):
+                anonymous.is_server_live()
+        finally:
+            anonymous.close()
