@@ -103,6 +103,7 @@ def inference_protocol(
     gets 503."""
     limit = endpoint.max_body_bytes
     routes: dict[bytes, tuple[str, str | None, str] | tuple[()]] = {}  # URL -> infer route, or ()
+    paths: dict[bytes, str] = {}  # URL -> decoded path, for the guard
     conn = connections or ConnectionSettings()
     max_header_bytes = conn.max_header_bytes
     header_timeout_s, body_timeout_s = conn.header_timeout_s, conn.body_timeout_s
@@ -162,9 +163,14 @@ def inference_protocol(
         def on_headers_complete(self) -> None:
             self.phase, self.phase_since_s = _BODY, self.loop.time()
             if guard is not None:
-                path = httptools.parse_url(self.url).path.decode("ascii", "replace")
-                if "%" in path:
-                    path = urllib.parse.unquote(path)
+                path = paths.get(self.url)
+                if path is None:
+                    path = httptools.parse_url(self.url).path.decode("ascii", "replace")
+                    if "%" in path:
+                        path = urllib.parse.unquote(path)
+                    if len(paths) >= 1024:  # clients may send any URL: keep the cache bounded
+                        paths.clear()
+                    paths[self.url] = path
                 refusal = guard.check(path, self.headers)
                 if refusal is not None:
                     self._refuse_head(refusal)
