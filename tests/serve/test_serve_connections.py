@@ -179,7 +179,19 @@ def _serve_process(
             resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgeshift", "serve", *args, "--port", "0", "--threads", "1"],
+        [
+            sys.executable,
+            "-m",
+            "edgeshift",
+            "serve",
+            *args,
+            "--port",
+            "0",
+            "--threads",
+            "1",
+            "--grpc-port",
+            "off",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
