@@ -23,6 +23,10 @@ machine, so its CPU time counts against the server: the ratios are what one box 
 included. "server CPU µs/req" is the server process's CPU time (runtime included) per answered
 request.
 
+The batching-on server also serves gRPC: two more cells at concurrency 32 drive it with
+tritonclient.grpc.aio ("grpc") and with a grpc.aio call of pre-serialized bytes ("grpc raw",
+the cheapest Python gRPC client), raw tensor contents both, beside HTTP binary.
+
 Run: ``python benchmarks/serve.py [--rounds 3] [--seconds 3] [--model minilm|mlp-wide|mlp|PATH]
 [--seq N] [--client raw|aiohttp]``.
 """
@@ -152,6 +156,7 @@ class Server:
     extra: tuple[str, ...] = ()
     proc: subprocess.Popen[str] | None = None
     url: str = ""
+    grpc_url: str = ""  # host:port, when started with --grpc-port
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -166,7 +171,11 @@ class Server:
                 "--max-batch",
                 str(self.max_batch),
                 "--no-access-log",
-                *self.extra,
+                *(
+                    self.extra
+                    if "--grpc-port" in self.extra
+                    else (*self.extra, "--grpc-port", "off")
+                ),
             ],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
@@ -182,6 +191,10 @@ class Server:
                 )
             if match:
                 self.url = f"http://{match.group(1)}"
+            grpc_match = re.search(r"serving gRPC on (\S+)", line)
+            if grpc_match:
+                self.grpc_url = grpc_match.group(1)
+            if self.url and (self.grpc_url or "--grpc-port" not in self.extra):
                 return
         raise RuntimeError(f"server did not start (exit {self.proc.wait()})")
 
@@ -282,6 +295,78 @@ async def drive_raw(
     elapsed = time.perf_counter() - started
     ms = np.array(latencies) * 1000
     return len(latencies) / elapsed, float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+async def drive_grpc(
+    url: str,
+    model: str,
+    sample: dict[str, np.ndarray],
+    concurrency: int,
+    seconds: float,
+    client: str = "tritonclient",
+) -> tuple[float, float, float]:
+    """As :func:`drive`, over gRPC ModelInfer with raw tensor contents, on one HTTP/2
+    channel: with tritonclient.grpc.aio, or ("raw") a grpc.aio call of pre-serialized bytes
+    that costs the shared CPUs the least a Python gRPC client can."""
+    import grpc
+    import tritonclient.grpc.aio as tga
+    from tritonclient.grpc import service_pb2 as pb
+
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + seconds
+    triton = tga.InferenceServerClient(url)
+    channel = grpc.aio.insecure_channel(url)
+    inputs = []
+    for name, arr in sample.items():
+        inp = tga.InferInput(name, list(arr.shape), _DATATYPES[arr.dtype.name])
+        inp.set_data_from_numpy(arr)
+        inputs.append(inp)
+    request = pb.ModelInferRequest(
+        model_name=model, raw_input_contents=[a.tobytes() for a in sample.values()]
+    )
+    for name, arr in sample.items():
+        request.inputs.add(name=name, datatype=_DATATYPES[arr.dtype.name], shape=arr.shape)
+    body = request.SerializeToString()
+    call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+
+    async def slot() -> None:
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            if client == "raw":
+                await call(body)
+            else:
+                await triton.infer(model, inputs)
+            latencies.append(time.perf_counter() - t0)
+
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(slot() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    finally:
+        await triton.close()
+        await channel.close()
+    ms = np.array(latencies) * 1000
+    return len(latencies) / elapsed, float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def run_load(
+    server: Server,
+    tensors: str,
+    model: str,
+    sample: dict[str, np.ndarray],
+    load: Any,
+    bodies: dict[bool, tuple[bytes, dict[str, str]]],
+    concurrency: int,
+    seconds: float,
+) -> tuple[float, float, float]:
+    """One cell's load: HTTP with LOAD ("binary"/"JSON" bodies) or gRPC ("grpc", "grpc raw")."""
+    if tensors.startswith("grpc"):
+        client = "raw" if tensors == "grpc raw" else "tritonclient"
+        return asyncio.run(drive_grpc(server.grpc_url, model, sample, concurrency, seconds, client))
+    body, headers = bodies[tensors == "binary"]
+    url = f"{server.url}/v2/models/{model}/infer"
+    result: tuple[float, float, float] = asyncio.run(load(url, body, headers, concurrency, seconds))
+    return result
 
 
 class Ceiling:
@@ -396,19 +481,22 @@ def main() -> None:
         )
         direct = Ceiling(model, sample)
         servers = {
-            "on": Server(MAX_BATCH, model),
+            "on": Server(MAX_BATCH, model, ("--grpc-port", "0")),
             "eager": Server(MAX_BATCH, model, ("--max-delay-ms", "0")),
             "off": Server(1, model),
         }
+        # tensors: HTTP "binary" or "JSON", or gRPC raw contents from tritonclient or "grpc raw"
         plan = [
-            (mode, binary, concurrency)
-            for mode, binary, concurrency in itertools.product(servers, (True, False), CONCURRENCY)
-            if mode != "eager" or (binary and concurrency == 32)
-        ]
+            (mode, tensors, concurrency)
+            for mode, tensors, concurrency in itertools.product(
+                servers, ("binary", "JSON"), CONCURRENCY
+            )
+            if mode != "eager" or (tensors == "binary" and concurrency == 32)
+        ] + [("on", "grpc", 32), ("on", "grpc raw", 32)]
         for server in servers.values():
             server.start()
         ceilings: dict[int, list[list[tuple[float, float]]]] = {b: [] for b in batches}
-        cells: dict[tuple[str, bool, int], Cell] = {}
+        cells: dict[tuple[str, str, int], Cell] = {}
         try:
             for server in servers.values():
                 check_answer(server.url, sample, model)
@@ -417,20 +505,19 @@ def main() -> None:
                 console.print(f"round {round_index + 1}/{args.rounds}")
                 for batch in batches:
                     ceilings[batch].append(direct.measure(batch, min(args.seconds, 2.0)))
-                for batching, binary, concurrency in plan:
+                for batching, tensors, concurrency in plan:
                     server = servers[batching]
-                    url = f"{server.url}/v2/models/{name}/infer"
-                    body, headers = bodies[binary]
-                    asyncio.run(load(url, body, headers, concurrency, 0.3))  # warm up
+                    cell_load = (server, tensors, name, sample, load, bodies, concurrency)
+                    run_load(*cell_load, 0.3)  # warm up
                     strict = min(concurrency, MAX_BATCH) if batching != "off" else 1
                     before = direct.measure(strict, 1.0)
                     rows0, calls0 = server.batch_rows()
                     cpu0, client0 = server.cpu_s(), _own_cpu_s()
-                    rps, p50, p99 = asyncio.run(load(url, body, headers, concurrency, args.seconds))
+                    rps, p50, p99 = run_load(*cell_load, args.seconds)
                     cpu_s, client_s = server.cpu_s() - cpu0, _own_cpu_s() - client0
                     rows1, calls1 = server.batch_rows()
                     after = direct.measure(strict, 1.0)
-                    cell = cells.setdefault((batching, binary, concurrency), Cell())
+                    cell = cells.setdefault((batching, tensors, concurrency), Cell())
                     cell.paired.append(rps / best_of([before, after])[0])
                     cell.rps.append(rps)
                     cell.p50_ms.append(p50)
@@ -467,13 +554,13 @@ def main() -> None:
     )
     for column in columns:
         table.add_column(column, justify="right")
-    for (batching, binary, concurrency), cell in cells.items():
+    for (batching, tensors, concurrency), cell in cells.items():
         formed = med(cell.mean_batch)
         ceiling_rps = _interpolate(cap, formed)
         served_cpu_us = med(cell.server_cpu_us) + med(cell.client_cpu_us)
         table.add_row(
             batching,
-            "binary" if binary else "JSON",
+            tensors,
             str(concurrency),
             f"{med(cell.rps):.0f}",
             f"{med(cell.p50_ms):.2f}",
@@ -502,18 +589,25 @@ def main() -> None:
         "CPU ratio = the ceiling's CPU per row / (server + client CPU per request): what the "
         "served/ceiling ratio approaches on an otherwise idle box, when both keep the CPUs busy"
     )
-    on32 = med(cells[("on", True, 32)].rps)
-    off32 = med(cells[("off", True, 32)].rps)
-    eager32 = med(cells[("eager", True, 32)].rps)
-    json32 = med(cells[("on", False, 32)].rps)
-    formed32 = med(cells[("on", True, 32)].mean_batch)
-    paired32 = med(cells[("on", True, 32)].paired)
+    on32 = med(cells[("on", "binary", 32)].rps)
+    off32 = med(cells[("off", "binary", 32)].rps)
+    eager32 = med(cells[("eager", "binary", 32)].rps)
+    json32 = med(cells[("on", "JSON", 32)].rps)
+    formed32 = med(cells[("on", "binary", 32)].mean_batch)
+    paired32 = med(cells[("on", "binary", 32)].paired)
+    grpc32 = med(cells[("on", "grpc", 32)].rps)
+    grpc_raw32 = med(cells[("on", "grpc raw", 32)].rps)
     console.print(
         f"conc 32, binary: served / ceiling at the formed batch ({formed32:.1f}) = "
         f"{on32 / _interpolate(cap, formed32):.0%}, at batch {MAX_BATCH} paired = {paired32:.0%} "
         f"(goal >= 85%); batching on / off = {on32 / off32:.2f}x (goal >= 2x); "
         f"binary / JSON = {on32 / json32:.2f}x; adaptive wait / eager (--max-delay-ms 0) = "
         f"{on32 / eager32:.2f}x"
+    )
+    console.print(
+        f"conc 32: gRPC (tritonclient.grpc.aio) / HTTP binary = {grpc32 / on32:.2f}x, gRPC with "
+        f"a pre-serialized raw client / HTTP binary = {grpc_raw32 / on32:.2f}x (goal >= 1x; "
+        "the client's CPU counts against the server on this box)"
     )
 
 
