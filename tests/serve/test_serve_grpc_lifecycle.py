@@ -1,0 +1,117 @@
+"""gRPC calls across their lifetime: a client that gives up, a server that shuts down with
+calls in flight, a port that is taken. Backends gated (serve_models.GatedBackend) so the
+calls are provably in flight when it happens."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tg
+from serve_models import gate_backends, metric, mlp_reference, save_mlp, wait_until
+from tritonclient.utils import InferenceServerException
+
+from edgeshift.errors import ConfigError
+from edgeshift.serve import ServerSettings, ServerThread
+from edgeshift.serve.grpc import GrpcFrontend
+from edgeshift.serve.limits import RequestLimits
+from edgeshift.serve.security import AuthSettings
+
+RTOL, ATOL = 1e-5, 1e-6  # batched float32 GEMMs vs the one-row reference: a few ulps
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    return save_mlp(tmp_path / "dense.onnx")
+
+
+def _x(value: float = 1.0) -> tg.InferInput:
+    inp = tg.InferInput("x", [1, 8], "FP32")
+    inp.set_data_from_numpy(np.full((1, 8), value, np.float32))
+    return inp
+
+
+def test_a_client_that_gives_up_is_counted_499(model: Path, monkeypatch: Any) -> None:
+    gated = gate_backends(monkeypatch)
+    settings = ServerSettings([model], port=0, grpc_port=0, access_log=False)
+    with ServerThread(settings) as server:
+        assert server.grpc_url is not None
+        client = tg.InferenceServerClient(server.grpc_url)
+        with pytest.raises(InferenceServerException) as gave_up:
+            client.infer("dense", [_x()], client_timeout=0.3)
+        assert gave_up.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        assert gated[0].entered.is_set()
+        gated[0].gate.set()
+        wait_until(
+            lambda: metric(server, "edgeshift_inference_requests_total", status="499") == 1,
+            "the abandoned call counted as 499",
+        )
+        # the model still answers, correctly
+        y = client.infer("dense", [_x(0.5)]).as_numpy("y")
+        np.testing.assert_allclose(y, mlp_reference(np.full((1, 8), 0.5, np.float32)), RTOL, ATOL)
+        stats = client.get_inference_statistics("dense", as_json=True)["model_stats"][0]
+        assert int(stats["inference_stats"]["fail"]["count"]) == 1
+        assert int(stats["inference_stats"]["success"]["count"]) == 1
+        client.close()
+
+
+def test_shutdown_answers_calls_in_flight(model: Path, monkeypatch: Any) -> None:
+    gated = gate_backends(monkeypatch)
+    settings = ServerSettings([model], port=0, grpc_port=0, access_log=False)
+    server = ServerThread(settings).start()
+    assert server.grpc_url is not None
+    url = server.grpc_url
+    answers: list[np.ndarray] = []
+
+    def call() -> None:
+        with tg.InferenceServerClient(url) as client:
+            answers.append(client.infer("dense", [_x(2.0)]).as_numpy("y"))
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    wait_until(gated[0].entered.is_set, "the call to reach the backend")
+    stopper = threading.Thread(target=server.stop)
+    stopper.start()
+
+    def refusing_new_calls() -> bool:
+        with tg.InferenceServerClient(url) as probe:
+            try:
+                return not probe.is_server_ready()
+            except InferenceServerException:
+                return True
+
+    wait_until(refusing_new_calls, "the server to stop taking calls")
+    gated[0].gate.set()
+    caller.join(30)
+    stopper.join(60)
+    assert not stopper.is_alive()
+    assert len(answers) == 1
+    np.testing.assert_allclose(
+        answers[0], mlp_reference(np.full((1, 8), 2.0, np.float32)), RTOL, ATOL
+    )
+
+
+def test_a_taken_port_is_a_one_line_config_error(model: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with ServerThread(ServerSettings([model], port=0, access_log=False)) as server:
+            assert server.server.repository is not None
+            frontend = GrpcFrontend(
+                server.server.repository,
+                server.server.metrics,
+                limits=RequestLimits(),
+                auth=AuthSettings(),
+            )
+
+            async def start() -> int:
+                return await frontend.start("127.0.0.1", port)
+
+            with pytest.raises(ConfigError, match=f"127.0.0.1:{port}.*--grpc-port"):
+                asyncio.run(start())
