@@ -264,3 +264,38 @@ def test_listening_socket_is_tcp_so_responses_skip_nagle() -> None:
         assert sock.proto == socket.IPPROTO_TCP
     finally:
         sock.close()
+
+
+@pytest.mark.slow
+def test_security_flags_reach_the_server(model_path: Path, tmp_path: Path) -> None:
+    inference, repository = "cli-inference-token-0123456789", "cli-repository-token-0123456789"
+    (tmp_path / "inference").write_text(inference + "\n")
+    (tmp_path / "repository").write_text(repository + "\n")
+    process = ServeProcess(
+        str(model_path),
+        "--port",
+        "0",
+        "--auth-token-file",
+        str(tmp_path / "inference"),
+        "--repository-api",
+        "--repository-token-file",
+        str(tmp_path / "repository"),
+        "--allowed-host",
+        "edge.local",
+        "--max-header-kb",
+        "4",
+    )
+    try:
+        url = process.url
+        assert exchange(url, "GET", "/v2/models/dense")[0] == 401
+        ok = {"Authorization": f"Bearer {inference}", "Host": "edge.local"}
+        assert exchange(url, "GET", "/v2/models/dense", headers=ok)[0] == 200
+        index = "/v2/repository/index"
+        assert exchange(url, "POST", index, headers=ok)[0] == 401
+        repo = {"Authorization": f"Bearer {repository}"}
+        assert exchange(url, "POST", index, headers=repo)[0] == 200
+        big = {**ok, "X-Pad": "p" * 5000}
+        assert exchange(url, "GET", "/v2/health/live", headers=big)[0] == 431
+        assert inference not in " ".join(process.proc.args)  # type: ignore[arg-type]
+    finally:
+        process.stop()

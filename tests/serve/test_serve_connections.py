@@ -106,6 +106,12 @@ def test_headers_just_under_the_limit_are_served(server: ServerThread) -> None:
     assert exchange(server.url, "GET", "/v2/health/ready", headers=headers)[0] == 200
 
 
+def test_a_head_over_the_limit_in_one_piece_is_refused(server: ServerThread) -> None:
+    headers = {f"X-Pad-{i}": "p" * 1000 for i in range(20)}  # 20 KiB of a 16 KiB limit
+    status, answer_headers, body = exchange(server.url, "GET", "/v2/health/ready", headers=headers)
+    assert "--max-header-kb" in _json_error(status, answer_headers, body, want=431)
+
+
 def test_malformed_http_gets_the_json_error_body(server: ServerThread) -> None:
     for wire in (
         b"NOT HTTP AT ALL\r\n\r\n",

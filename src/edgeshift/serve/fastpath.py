@@ -162,6 +162,12 @@ def inference_protocol(
 
         def on_headers_complete(self) -> None:
             self.phase, self.phase_since_s = _BODY, self.loop.time()
+            # A head that came whole in one read; head_bytes also counts any body after it.
+            if self.head_bytes > max_header_bytes and (
+                len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers) > max_header_bytes
+            ):
+                self._refuse_head(ProtocolError(_head_too_large(max_header_bytes), 431))
+                return
             if guard is not None:
                 path = paths.get(self.url)
                 if path is None:
