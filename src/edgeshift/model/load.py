@@ -122,14 +122,15 @@ def resolve_model_path(path: str | Path) -> tuple[Path, dict[str, Any] | None]:
     )
 
 
-def load_model(path: str | Path, *, check: bool = True) -> LoadedModel:
-    """Load PATH (a .onnx file or an artifact directory) with its external data.
+def load_model(path: str | Path, *, check: bool = True, external_data: bool = True) -> LoadedModel:
+    """Load PATH (a .onnx file or an artifact directory), with its external data unless
+    ``external_data`` is False (the graph alone: cheap, for inspecting it).
 
     Raises ModelError for a missing, non-ONNX, truncated or structurally invalid file.
     """
     model_path, manifest = resolve_model_path(path)
     try:
-        proto = onnx.load(str(model_path), load_external_data=True)
+        proto = onnx.load(str(model_path), load_external_data=external_data)
     except DecodeError as exc:
         raise ModelError(
             f"{model_path} is not a valid ONNX protobuf ({exc}) — the file is truncated, "
@@ -158,3 +159,53 @@ def load_model(path: str | Path, *, check: bool = True) -> LoadedModel:
                 "re-export it"
             ) from exc
     return LoadedModel(path=model_path, proto=proto, manifest=manifest)
+
+
+# Ops that pass integer ids through unchanged on their way to a Gather's indices.
+_ID_PASSTHROUGH = {"Cast", "Unsqueeze", "Reshape", "Squeeze", "Flatten", "Identity"}
+_INT_TYPES = {
+    onnx.TensorProto.INT8,
+    onnx.TensorProto.INT16,
+    onnx.TensorProto.INT32,
+    onnx.TensorProto.INT64,
+    onnx.TensorProto.UINT8,
+    onnx.TensorProto.UINT16,
+    onnx.TensorProto.UINT32,
+    onnx.TensorProto.UINT64,
+}
+
+
+def gather_index_bounds(graph: onnx.GraphProto) -> dict[str, int]:
+    """Integer graph inputs that index a Gather (directly or through Cast, Unsqueeze,
+    Reshape, Squeeze, Flatten, Identity) -> N, the gathered dim: valid ids are [-N, N).
+
+    Runtimes disagree on an id out of range (ONNX Runtime refuses it, OpenVINO answers with
+    whatever memory it reads), so the server checks these bounds itself, for every backend.
+    """
+    producers = {out: node for node in graph.node for out in node.output}
+    int_inputs = {i.name for i in graph.input if i.type.tensor_type.elem_type in _INT_TYPES} - {
+        init.name for init in graph.initializer
+    }
+    dims_of: dict[str, list[int]] = {init.name: list(init.dims) for init in graph.initializer}
+    for info in (*graph.value_info, *graph.input):
+        shape = info.type.tensor_type.shape
+        if info.name not in dims_of and all(d.HasField("dim_value") for d in shape.dim):
+            dims_of[info.name] = [d.dim_value for d in shape.dim]
+    bounds: dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type != "Gather" or len(node.input) < 2:
+            continue
+        data_dims = dims_of.get(node.input[0])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if not data_dims or not -len(data_dims) <= axis < len(data_dims):
+            continue
+        source = node.input[1]
+        for _ in range(16):  # a chain of passthrough ops; a cycle cannot hold us
+            producer = producers.get(source)
+            if producer is None or producer.op_type not in _ID_PASSTHROUGH or not producer.input:
+                break
+            source = producer.input[0]
+        if source in int_inputs:
+            n = data_dims[axis]
+            bounds[source] = min(n, bounds.get(source, n))
+    return bounds

@@ -11,6 +11,7 @@ load request, so new models and versions appear without a restart.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,13 +21,20 @@ from typing import Any, Literal
 import numpy as np
 
 from edgeshift.errors import ConfigError, EdgeshiftError, ModelError, ProtocolError
-from edgeshift.model.load import MANIFEST_NAME, resolve_model_path
+from edgeshift.model.load import (
+    MANIFEST_NAME,
+    gather_index_bounds,
+    load_model,
+    resolve_model_path,
+)
 from edgeshift.runtime import Backend, open_backend
 from edgeshift.runtime.threads import usable_cpus
 from edgeshift.serve.batcher import Batcher, batch_dim_supported
 from edgeshift.serve.memory import server_runtime_options
 from edgeshift.serve.metrics import ServerMetrics
 from edgeshift.serve.protocol import InferRequest, check_request, tensor_metadata
+
+log = logging.getLogger("edgeshift.serve")
 
 _POLICY_RE = re.compile(r"^specific:(\d+(,\d+)*)$")
 
@@ -158,7 +166,12 @@ class ServedModel:
     """One loaded version: its backend, its batcher and its OIP metadata."""
 
     def __init__(
-        self, name: str, version: int, backends: Sequence[Backend], batcher: Batcher
+        self,
+        name: str,
+        version: int,
+        backends: Sequence[Backend],
+        batcher: Batcher,
+        index_bounds: dict[str, int] | None = None,
     ) -> None:
         self.name = name
         self.version = str(version)
@@ -169,6 +182,8 @@ class ServedModel:
         self.outputs = list(self.backend.outputs)
         self._output_names = [o.name for o in self.outputs]
         self._string_inputs = [i.name for i in self.inputs if i.dtype == "object"]
+        # input -> N for ids that index a Gather (token ids): valid ids are [-N, N)
+        self.index_bounds = dict(index_bounds or {})
 
     @property
     def platform(self) -> str:
@@ -187,6 +202,16 @@ class ServedModel:
         """Check REQUEST against the model and queue it; the future holds every output."""
         check_request(request, self.inputs, self.outputs)
         feeds = dict(request.inputs)
+        for name, n in self.index_bounds.items():
+            ids = feeds.get(name)
+            # Checked here, for every backend alike: ONNX Runtime refuses an id out of range
+            # but OpenVINO answers with whatever memory it reads.
+            if ids is not None and ids.size and (ids.min() < -n or ids.max() >= n):
+                raise ProtocolError(
+                    f"input {name!r} holds ids outside [{-n}, {n}): it indexes a table of "
+                    f"{n} entries (an out-of-vocabulary token id?)",
+                    400,
+                )
         for name in self._string_inputs:
             # BYTES arrive as bytes; onnxruntime wants str for string tensors.
             try:
@@ -239,11 +264,17 @@ class ModelRepository:
         versions = self._loaded.get(name)
         if not versions:
             if name in self.sources:
+                reason = self._reasons.get(name)
                 raise ProtocolError(
-                    f"model {name!r} is not loaded — POST /v2/repository/models/{name}/load", 503
+                    f"model {name!r} is not ready ({reason}) — fix it and load it again"
+                    if reason and reason != "unloaded"
+                    else f"model {name!r} is not loaded — POST /v2/repository/models/{name}/load",
+                    503,
                 )
-            known = ", ".join(sorted(self._loaded)) or "none"
-            raise ProtocolError(f"unknown model {name!r} — loaded models: {known}", 404)
+            # Not the list of loaded models: a client asks for the ones it may know of.
+            raise ProtocolError(
+                f"unknown model {name[:100]!r} — GET /v2/models/NAME for a model you know of", 404
+            )
         if version is None or version == "":
             return versions[max(versions, key=int)]
         served = versions.get(version)
@@ -294,8 +325,28 @@ class ModelRepository:
                     del self.sources[name]  # removed from disk and not serving
 
     async def load_all(self) -> None:
+        """Load every model; one that fails is UNAVAILABLE with its reason in the index while
+        the rest serve, unless ``options.strict``: then the first failure is a ModelError."""
         for name in sorted(self.sources):
-            await self.load(name)
+            try:
+                await self.load(name)
+            except ProtocolError as exc:
+                if self.options.strict:
+                    raise ModelError(f"{exc} (--strict stops the server on any model)") from None
+                log.warning("%s; serving the other models", exc)
+
+    @staticmethod
+    def _redact(message: str, source: ModelSource) -> str:
+        """MESSAGE without the server's directories: clients learn model names, not paths."""
+        roots = {source.repository} if source.repository is not None else set()
+        roots |= {p.parent for p in source.versions.values()}
+        texts = {str(r) for r in roots} | {str(r.resolve()) for r in roots}
+        for text in sorted(texts, key=len, reverse=True):
+            if text not in ("", ".", "/"):
+                message = message.replace(text + "/", "")
+                if Path(text).is_absolute():  # a relative one may be a common word
+                    message = message.replace(text, source.name)
+        return message
 
     async def load(self, name: str) -> None:
         """(Re)load NAME's versions chosen by the policy; old versions drain, then close."""
@@ -319,8 +370,9 @@ class ModelRepository:
             except EdgeshiftError as exc:
                 for served in fresh.values():
                     await self._close(served)
-                self._reasons[name] = str(exc)
-                raise ProtocolError(f"cannot load model {name!r}: {exc}", 400) from exc
+                reason = self._redact(str(exc), source)
+                self._reasons[name] = reason
+                raise ProtocolError(f"cannot load model {name!r}: {reason}", 400) from exc
             old = self._loaded.get(name, {})
             self._loaded[name] = fresh
             self._reasons.pop(name, None)
@@ -361,6 +413,11 @@ class ModelRepository:
                 options=_server_runtime_options(path, opts),
             )
 
+        # The graph alone first: a corrupt or truncated file fails here with advice that fits
+        # it, and the graph tells which inputs are ids to check before any backend runs.
+        loaded = await asyncio.to_thread(load_model, path, check=False, external_data=False)
+        index_bounds = gather_index_bounds(loaded.proto.graph)
+        del loaded
         backends = [await asyncio.to_thread(open_one)]
         try:
             # A backend that runs calls concurrently serves every instance (one copy of the
@@ -381,7 +438,7 @@ class ModelRepository:
             max_queue=opts.max_queue,
             on_batch=lambda rows: self.metrics.observe_batch(name, rows),
         )
-        return ServedModel(name, version, backends, batcher)
+        return ServedModel(name, version, backends, batcher, index_bounds)
 
     @staticmethod
     async def _close(served: ServedModel) -> None:
