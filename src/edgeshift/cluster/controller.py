@@ -1,0 +1,393 @@
+"""``ClusterServer``: edgeshift's models served across a Ray cluster.
+
+Deploys one Ray Serve application per plan pool (or one, without a plan) whose replicas run
+edgeshift's own server; watches the registry and feeds HAProxy (the cluster's front door)
+the replicas that are up; scales each application on the replicas' in-flight counts; and
+rolls model updates through Ray Serve (new replicas start and register before old ones,
+which hand over, are drained from HAProxy and only then stop).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeshift.cluster.autoscale import AutoscalePolicy, Autoscaler, LoadSample, in_flight_total
+from edgeshift.cluster.ingress import HaproxyIngress, ReplicaEndpoint
+from edgeshift.cluster.metrics import MetricsAggregator
+from edgeshift.cluster.placement import (
+    PoolPlacement,
+    check_resources,
+    placements_from_plan,
+    read_plan,
+)
+from edgeshift.errors import ConfigError, EdgeshiftError
+from edgeshift.serve import ServeOptions
+from edgeshift.serve.repository import discover
+
+log = logging.getLogger("edgeshift.cluster")
+
+# A registered replica whose port refused this many polls in a row is gone (node died).
+_PRUNE_AFTER_FAILURES = 5
+_POLL_S = 0.1
+
+
+class ClusterError(EdgeshiftError):
+    """The Ray cluster cannot do what was asked (no Ray at the address, replicas that never
+    come up)."""
+
+
+@dataclass
+class _App:
+    placement: PoolPlacement
+    replicas: int
+    autoscaler: Autoscaler
+
+
+class ClusterServer:
+    """``start()`` deploys and returns once every replica is serving behind the ingress
+    (``url``); ``stop()`` takes it all down. ``address``: a Ray cluster's address, ``"auto"``
+    (RAY_ADDRESS or the local node's), or None/``"local"`` to start a Ray on this machine."""
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        *,
+        address: str | None = None,
+        plan: Path | None = None,
+        options: ServeOptions | None = None,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        replicas: int | None = None,
+        min_replicas: int = 1,
+        max_replicas: int | None = None,
+        name: str = "edgeshift",
+        replica_host: str | None = None,
+        target_in_flight: float = 4.0,
+        downscale_delay_s: float = 10.0,
+        start_timeout_s: float = 180.0,
+    ) -> None:
+        self.paths = [str(Path(p).resolve()) for p in paths]
+        self.address = address
+        self.plan = plan
+        self.options = options or ServeOptions()
+        self.host, self.port = host, port
+        self.name = name
+        self.replica_host = replica_host
+        self.start_timeout_s = start_timeout_s
+        if replicas is not None and replicas < 1:
+            raise ConfigError(f"--replicas must be >= 1, not {replicas}")
+        initial = replicas if replicas is not None else max(1, min_replicas)
+        self._initial = initial
+        self.policy = AutoscalePolicy(
+            min_replicas=min_replicas,
+            max_replicas=max_replicas if max_replicas is not None else max(initial, min_replicas),
+            target_in_flight=target_in_flight,
+            downscale_delay_s=downscale_delay_s,
+        )
+        self._apps: dict[str, _App] = {}
+        self._registry: Any = None
+        self._ingress: HaproxyIngress | None = None
+        self._aggregator: MetricsAggregator | None = None
+        self._endpoints: dict[str, ReplicaEndpoint] = {}
+        self._failures: dict[str, int] = {}
+        self._registered: list[tuple[str, ReplicaEndpoint]] = []
+        self._version = -1
+        self._generation = 0  # bumped by update_model: replicas register as APP#gN
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._scaler: threading.Thread | None = None
+        self.scale_events: list[tuple[float, str, int]] = []  # (monotonic s, app, replicas)
+
+    # -- public ---------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        if self._ingress is None:
+            raise RuntimeError("the cluster server is not started")
+        return self._ingress.url
+
+    def endpoints(self) -> list[ReplicaEndpoint]:
+        with self._lock:
+            return list(self._endpoints.values())
+
+    def apps(self) -> dict[str, int]:
+        """Ray Serve application -> replicas asked for."""
+        return {name: app.replicas for name, app in self._apps.items()}
+
+    def start(self) -> None:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        models = sorted(discover(self.paths))
+        if not models:
+            raise ConfigError(f"no models found in {', '.join(self.paths)}")
+        self._connect()
+        import ray
+        from ray import serve
+
+        placements = self._placements(models)
+        check_resources(placements, ray.cluster_resources())
+        serve.start(proxy_location="Disabled")
+        from edgeshift.cluster.registry import get_registry
+
+        self._registry = get_registry(self.name, create=True)
+        ray.get(self._registry.set_stopping.remote(False))
+        for p in placements:
+            self._apps[self._app_name(p)] = _App(p, p.replicas, Autoscaler(self.policy))
+        self._deploy(list(self._apps), wait=True)
+        self._wait_for_replicas()
+        self._aggregator = MetricsAggregator(self.endpoints).start()
+        self._ingress = HaproxyIngress(
+            self.host, self.port, metrics_address=self._aggregator.address
+        )
+        self._ingress.start(self.endpoints())
+        self.port = self._ingress.port
+        self._watcher = threading.Thread(target=self._watch, name="edgeshift-watch", daemon=True)
+        self._watcher.start()
+        self._scaler = threading.Thread(target=self._autoscale, name="edgeshift-scale", daemon=True)
+        self._scaler.start()
+
+    def scale(self, n: int) -> None:
+        """Every application to N replicas now (the autoscaler may change it later, within
+        min/max)."""
+        if n < 1:
+            raise ConfigError(f"replicas must be >= 1, not {n}")
+        for app in self._apps.values():
+            app.replicas = n
+        self._deploy(list(self._apps), wait=False)
+
+    def update_model(self, paths: Sequence[str | Path]) -> None:
+        """Serve PATHS instead, by a rolling update: returns once every replica serves them."""
+        self.paths = [str(Path(p).resolve()) for p in paths]
+        self._generation += 1
+        self._deploy(list(self._apps), wait=True)
+        self._wait_for_replicas()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in (self._watcher, self._scaler):
+            if thread is not None:
+                thread.join(10)
+        import ray
+        from ray import serve
+
+        if self._registry is not None:
+            ray.get(self._registry.set_stopping.remote(True))
+        if self._ingress is not None:
+            self._ingress.stop()
+        if self._aggregator is not None:
+            self._aggregator.stop()
+        for name in self._apps:
+            serve.delete(name, _blocking=True)
+        if self._registry is not None:
+            ray.kill(self._registry)
+            self._registry = None
+
+    def __enter__(self) -> ClusterServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- Ray ------------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        try:
+            if self.address in (None, "local"):
+                ray.init(include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=self.address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ClusterError(
+                f"no Ray cluster at {self.address} ({first}) — start one with ray start "
+                "--head, or pass --address local"
+            ) from None
+
+    def _placements(self, models: list[str]) -> list[PoolPlacement]:
+        if self.plan is None:
+            return [PoolPlacement(pool="", replicas=self._initial)]
+        placements = placements_from_plan(read_plan(self.plan), models)
+        return [
+            PoolPlacement(p.pool, self.policy.clamp(p.replicas), p.workloads, p.models)
+            for p in placements
+        ]
+
+    def _app_name(self, placement: PoolPlacement) -> str:
+        # One Ray Serve application per pool; '/' in a name would read as a route.
+        return f"{self.name}-{placement.pool.replace('/', '-')}" if placement.pool else self.name
+
+    def _deploy(self, names: list[str], *, wait: bool) -> None:
+        from ray import serve
+        from ray.serve.api import RunTarget, run_many
+
+        from edgeshift.cluster.replica import EdgeshiftReplica
+
+        targets = []
+        for name in names:
+            app = self._apps[name]
+            p = app.placement
+            resources = {p.resource: 1} if p.pool else {}
+            deployment: Any = serve.deployment(
+                EdgeshiftReplica,
+                name="EdgeshiftReplica",
+                num_replicas=app.replicas,
+                # The replica's own server uses the node's cores through its runtime threads;
+                # Ray's CPU count would only cap replicas per node, which the pool resource does.
+                ray_actor_options={"num_cpus": 0, "resources": resources},
+                graceful_shutdown_timeout_s=30,
+                health_check_period_s=2,
+                max_ongoing_requests=256,
+            )
+            paths = [str(x) for x in self.paths]
+            if p.models:
+                paths = self._model_paths(p.models)
+            bound = deployment.bind(
+                paths,
+                self.options,
+                host=self.replica_host,
+                registry=self.name,
+                app=f"{self._app_name(p)}#g{self._generation}",
+            )
+            targets.append(RunTarget(bound, name=self._app_name(p), route_prefix=None))
+        run_many(
+            targets,
+            wait_for_ingress_deployment_creation=wait,
+            wait_for_applications_running=wait,
+        )
+
+    def _model_paths(self, models: Sequence[str]) -> list[str]:
+        # A pool serves only the models the plan put there: their own files or directories.
+        sources = discover(self.paths)
+        missing = [m for m in models if m not in sources]
+        if missing:
+            raise ConfigError(f"the plan names models that are not served: {', '.join(missing)}")
+        # A model from a repository comes with its repository (its other models too).
+        found = [sources[m].repository or next(iter(sources[m].versions.values())) for m in models]
+        return list(dict.fromkeys(str(path) for path in found))
+
+    def _wait_for_replicas(self) -> None:
+        """Until each application has as many registered replicas, serving the current
+        paths, as asked for."""
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            self._refresh()
+            counts: dict[str, int] = {}
+            for tag, _ in self._registered:
+                counts[tag] = counts.get(tag, 0) + 1
+            short = {
+                name: app.replicas
+                for name, app in self._apps.items()
+                if counts.get(f"{name}#g{self._generation}", 0) < app.replicas
+            }
+            if not short:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"replicas not serving after {self.start_timeout_s:g} s ({short}) — check "
+                    "the Ray nodes' resources and the replica logs (ray logs)"
+                )
+            time.sleep(_POLL_S)
+
+    # -- loops ----------------------------------------------------------------------------
+
+    def _refresh(self) -> bool:
+        """Read the registry; True when it changed."""
+        import ray
+
+        version, entries = ray.get(self._registry.snapshot.remote())
+        if version == self._version:
+            return False
+        self._version, self._registered = version, entries
+        with self._lock:
+            self._endpoints = {e.replica_id: e for _, e in entries}
+        return True
+
+    def _watch(self) -> None:
+        while not self._stop.wait(_POLL_S):
+            try:
+                changed = self._refresh()
+                self._prune()
+                if changed and self._ingress is not None:
+                    self._ingress.update(self.endpoints())
+            except Exception:  # the loop must outlive one failed poll
+                log.exception("cluster watch loop")
+
+    def _prune(self) -> None:
+        """Forget replicas whose server is gone (their node died: they never unregistered)."""
+        import ray
+
+        for endpoint in self.endpoints():
+            if _port_open(endpoint.host, endpoint.port):
+                self._failures.pop(endpoint.replica_id, None)
+                continue
+            self._failures[endpoint.replica_id] = self._failures.get(endpoint.replica_id, 0) + 1
+            if self._failures[endpoint.replica_id] >= _PRUNE_AFTER_FAILURES:
+                ray.get(self._registry.unregister.remote(endpoint.replica_id))
+                self._failures.pop(endpoint.replica_id, None)
+
+    def _autoscale(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                self._autoscale_once()
+            except Exception:
+                log.exception("cluster autoscale loop")
+
+    def _autoscale_once(self) -> None:
+        if self.policy.max_replicas <= self.policy.min_replicas and self.policy.min_replicas:
+            return  # nothing to decide
+        registered = list(self._registered)
+        texts = _scrape([e for _, e in registered])
+        now = time.monotonic()
+        changed = []
+        for name, app in self._apps.items():
+            app_name = name
+            in_flight = sum(
+                in_flight_total(texts.get(e.replica_id, ""))
+                for tag, e in registered
+                if tag.split("#")[0] == name
+            )
+            wanted = app.autoscaler.step(now, app.replicas, LoadSample(in_flight))
+            if wanted != app.replicas:
+                log.info("scaling %s from %d to %d replicas", app_name, app.replicas, wanted)
+                app.replicas = wanted
+                self.scale_events.append((now, app_name, wanted))
+                changed.append(name)
+        if changed:
+            self._deploy(changed, wait=False)
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _scrape(endpoints: Sequence[ReplicaEndpoint]) -> dict[str, str]:
+    def fetch(e: ReplicaEndpoint) -> tuple[str, str]:
+        try:
+            with urllib.request.urlopen(f"http://{e.address}/metrics", timeout=1.0) as response:
+                return e.replica_id, response.read().decode()
+        except OSError:
+            return e.replica_id, ""
+
+    if not endpoints:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(len(endpoints), 16)) as pool:
+        return dict(pool.map(fetch, endpoints))

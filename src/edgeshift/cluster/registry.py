@@ -1,0 +1,60 @@
+"""Where the replicas listen: a named, detached Ray actor that replicas write to when their
+server is ready and when they stop, and that the controller reads to feed the ingress.
+
+Ray Serve knows its replicas but not the HTTP port each one's own edgeshift server bound,
+so the replicas say it themselves. A replica that dies without a word (its node died) stays
+listed until the controller prunes it (its port stops answering); the ingress's health
+checks have taken it out of rotation long before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+from edgeshift.cluster.ingress import ReplicaEndpoint
+
+NAMESPACE = "edgeshift"
+
+
+def registry_name(cluster_name: str) -> str:
+    return f"{cluster_name}-registry"
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class Registry:
+    """Entries by replica id; ``version`` grows on every change so readers skip no-ops."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[str, ReplicaEndpoint]] = {}
+        self._version = 0
+        self._stopping = False
+
+    def register(self, app: str, endpoint: ReplicaEndpoint) -> None:
+        self._entries[endpoint.replica_id] = (app, endpoint)
+        self._version += 1
+
+    def unregister(self, replica_id: str) -> None:
+        if self._entries.pop(replica_id, None) is not None:
+            self._version += 1
+
+    def snapshot(self) -> tuple[int, list[tuple[str, ReplicaEndpoint]]]:
+        return self._version, list(self._entries.values())
+
+    def set_stopping(self, stopping: bool) -> None:
+        # Shutting the whole cluster down: a stopping replica hands over to nobody.
+        self._stopping = stopping
+
+    def stopping(self) -> bool:
+        return self._stopping
+
+
+def get_registry(cluster_name: str, *, create: bool) -> Any:
+    """The registry actor handle (created, detached, when CREATE and absent)."""
+    name = registry_name(cluster_name)
+    if create:
+        return Registry.options(  # type: ignore[attr-defined]
+            name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+        ).remote()
+    return ray.get_actor(name, namespace=NAMESPACE)
