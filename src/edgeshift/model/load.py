@@ -82,8 +82,9 @@ def _inside_artifact(artifact: Path, model_file: str) -> Path:
         except ValueError:
             escaped = True
     if escaped:
+        shown = Path(model_file).name if Path(model_file).is_absolute() else model_file[:100]
         raise ConfigError(
-            f"artifact {artifact.name}: model_file {model_file[:100]!r} points outside the "
+            f"artifact {artifact.name}: model_file {shown!r} points outside the "
             "artifact directory — keep the model file inside it"
         )
     return model_path

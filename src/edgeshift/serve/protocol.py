@@ -297,7 +297,12 @@ def decode_json_tensor(
     if not isinstance(data, list):
         data = [data]
     nested = bool(data) and isinstance(data[0], list)
-    if len(data) != (dims[0] if nested and dims else count):
+    if nested and len(data) != (dims[0] if dims else 1):
+        raise _bad(
+            f"input {name!r}: data is nested as [{len(data)}, …] but the shape is {list(dims)}"
+            " — nest it exactly as the shape, or send it flat"
+        )
+    if not nested and len(data) != count:
         raise _bad(f"input {name!r}: shape {list(dims)} needs {count} elements, got {len(data)}")
     try:
         if datatype == "BYTES":
