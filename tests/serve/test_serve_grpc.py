@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -345,3 +346,19 @@ def test_kserve_grpc_client(server: ServerThread) -> None:
     np.testing.assert_allclose(seen["typed"]["y"], want, rtol=RTOL, atol=ATOL)
     assert seen["unknown"]["code"] == "NOT_FOUND"
     assert "'no-such-model'" in seen["unknown"]["message"]
+
+
+def test_stream_errors_travel_in_the_stream(client: tg.InferenceServerClient) -> None:
+    results: queue.Queue[tuple[object, object]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    x = np.full((1, 8), 0.25, np.float32)
+    client.async_stream_infer("nope", [_input("x", x, "FP32")], request_id="bad")
+    _, error = results.get(timeout=30)
+    assert isinstance(error, InferenceServerException)
+    assert "unknown model 'nope'" in error.message()
+    client.async_stream_infer("dense", [_input("x", x, "FP32")], request_id="good")
+    result, error = results.get(timeout=30)  # the stream stayed open
+    assert error is None and isinstance(result, tg.InferResult)
+    assert result.get_response().id == "good"
+    np.testing.assert_allclose(result.as_numpy("y"), mlp_reference(x), rtol=RTOL, atol=ATOL)
+    client.stop_stream()

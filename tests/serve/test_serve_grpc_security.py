@@ -3,6 +3,8 @@ tritonclient.grpc over real sockets and certificates made by tests/serve/certs.p
 
 from __future__ import annotations
 
+import contextlib
+import queue
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,6 +69,19 @@ def test_tokens_over_tls(certs: TestCerts, model: Path) -> None:
         wrong = {"authorization": "Bearer nope"}
         assert _code(lambda: _infer(client, headers=wrong))[0] == "StatusCode.UNAUTHENTICATED"
         assert _infer(client, headers=bearer).shape == (1, 4)
+        for headers, want in [(None, "UNAUTHENTICATED"), (bearer, None)]:
+            answers: queue.Queue[InferenceServerException | None] = queue.Queue()
+            client.start_stream(
+                lambda result, error, answers=answers: answers.put(error), headers=headers
+            )
+            inp = tg.InferInput("x", [1, 8], "FP32")
+            inp.set_data_from_numpy(np.ones((1, 8), np.float32))
+            # without a token the server ends the stream at once: the send may already fail
+            with contextlib.suppress(InferenceServerException):
+                client.async_stream_infer("dense", [inp])
+            error = answers.get(timeout=30)
+            assert (error and str(error.status()).split(".")[-1]) == want
+            client.stop_stream()
         assert _code(lambda: client.get_model_metadata("dense"))[0] == (
             "StatusCode.UNAUTHENTICATED"
         )
