@@ -113,3 +113,118 @@ def test_external_data_missing(tmp_path: Path, mlp_path: Path) -> None:
     (tmp_path / "weights.bin").unlink()
     with pytest.raises(ModelError, match="external data|weight"):
         load_model(ext)
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "symlinked-dir"])
+def test_manifest_cannot_point_outside_its_directory(
+    tmp_path: Path, mlp_path: Path, kind: str
+) -> None:
+    from edgeshift.runtime import open_backend
+
+    outside = tmp_path / "outside.onnx"
+    outside.write_bytes(mlp_path.read_bytes())
+    art = tmp_path / "art"
+    art.mkdir()
+    model_file = {
+        "dotdot": "../outside.onnx",
+        "absolute": str(outside),
+        "symlink": "link.onnx",
+        "symlinked-dir": "sub/outside.onnx",
+    }[kind]
+    if kind == "symlink":
+        (art / "link.onnx").symlink_to(outside)
+    if kind == "symlinked-dir":
+        (art / "sub").symlink_to(tmp_path)
+    (art / "manifest.json").write_text(json.dumps({"model_file": model_file}))
+    for read in (load_model, open_backend):
+        with pytest.raises(ConfigError, match="points outside the artifact directory") as info:
+            read(art)
+        assert str(tmp_path) not in str(info.value)
+
+
+def test_a_symlink_inside_the_artifact_is_fine(tmp_path: Path, mlp_path: Path) -> None:
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "model.onnx").write_bytes(mlp_path.read_bytes())
+    (art / "alias.onnx").symlink_to(art / "model.onnx")
+    (art / "manifest.json").write_text(json.dumps({"model_file": "alias.onnx"}))
+    assert load_model(art).path == art / "alias.onnx"
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"optimized_model_path": "/tmp/x.onnx"}, "'optimized_model_path' is not allowed"),
+        ({"enable_profiling": True}, "'enable_profiling' is not allowed"),
+        ({"profile_file_prefix": "p"}, "'profile_file_prefix' is not allowed"),
+        ({"session.save_model_format": "ORT"}, "is not allowed"),
+        ({"CACHE_DIR": "/tmp"}, "'CACHE_DIR' is not allowed"),
+        ({"num_streams": "2"}, "'num_streams' must be of type int"),
+        ({"allow_spinning": 1}, "'allow_spinning' must be of type bool"),
+        ([1, 2], "'runtime_options' must be an object"),
+    ],
+)
+def test_manifest_runtime_options_are_allow_listed(
+    tmp_path: Path, mlp_path: Path, options: object, needle: str
+) -> None:
+    from edgeshift.runtime import open_backend
+
+    (tmp_path / "model.onnx").write_bytes(mlp_path.read_bytes())
+    manifest = {"model_file": "model.onnx", "backend": "onnxruntime", "runtime_options": options}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    for read in (load_model, open_backend):
+        with pytest.raises(ConfigError, match=needle):
+            read(tmp_path)
+    assert not (tmp_path.parent / "x.onnx").exists()
+
+
+def test_recorded_runtime_options_still_load(tmp_path: Path, mlp_path: Path) -> None:
+    from edgeshift.runtime import open_backend
+
+    (tmp_path / "model.onnx").write_bytes(mlp_path.read_bytes())
+    options = {"precision": "fp32", "graph_optimization_level": "basic", "allow_spinning": False}
+    manifest = {"model_file": "model.onnx", "backend": "onnxruntime", "runtime_options": options}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    backend = open_backend(tmp_path, threads=1)
+    try:
+        assert backend.runtime_options() == options
+    finally:
+        backend.close()
+
+
+def _gather_graph(chain: list[str], input_type: int = onnx.TensorProto.INT64) -> onnx.GraphProto:
+    from onnx import helper, numpy_helper
+
+    nodes, source = [], "ids"
+    for i, op in enumerate(chain):
+        extra = {"to": onnx.TensorProto.INT64} if op == "Cast" else {}
+        inputs = [source, "axes"] if op == "Unsqueeze" else [source]
+        nodes.append(helper.make_node(op, inputs, [f"t{i}"], **extra))
+        source = f"t{i}"
+    nodes.append(helper.make_node("Gather", ["table", source], ["out"], axis=0))
+    table = numpy_helper.from_array(np.zeros((7, 3), np.float32), "table")
+    axes = numpy_helper.from_array(np.array([0], np.int64), "axes")
+    return helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("ids", input_type, ["n"])],
+        [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None)],
+        [table, axes],
+    )
+
+
+def test_gather_index_bounds_follow_id_passthrough_ops() -> None:
+    from edgeshift.model.load import gather_index_bounds
+
+    assert gather_index_bounds(_gather_graph([])) == {"ids": 7}
+    assert gather_index_bounds(_gather_graph(["Cast", "Unsqueeze", "Identity"])) == {"ids": 7}
+    # A float input that is cast to ids is not a token-id input; an op that computes new
+    # values (Neg) breaks the chain.
+    assert gather_index_bounds(_gather_graph(["Cast"], onnx.TensorProto.FLOAT)) == {}
+    assert gather_index_bounds(_gather_graph(["Neg"])) == {}
+
+
+def test_gather_index_bounds_of_an_mlp_are_empty(mlp_path: Path) -> None:
+    from edgeshift.model.load import gather_index_bounds
+
+    assert gather_index_bounds(load_model(mlp_path).proto.graph) == {}

@@ -65,7 +65,7 @@ def check_runtime_options(options: Any, where: str) -> None:
             )
         if not isinstance(value, allowed) or (allowed == (int,) and isinstance(value, bool)):
             raise ConfigError(
-                f"{where}: runtime option {key!r} must be a {allowed[0].__name__} — "
+                f"{where}: runtime option {key!r} must be of type {allowed[0].__name__} — "
                 "fix it or rebuild the artifact"
             )
 
