@@ -13,15 +13,22 @@ from tritonclient.http._utils import _get_inference_request
 
 from edgeshift.errors import ProtocolError
 from edgeshift.model.shapes import TensorSpec
+from edgeshift.serve.limits import RequestLimits
 from edgeshift.serve.protocol import (
     DATATYPES,
     InferRequest,
     RequestedOutput,
+    TensorBudget,
     check_request,
     decode_bytes_elements,
     decode_infer_request,
+    decode_json_tensor,
+    decode_raw_tensor,
     encode_bytes_elements,
     encode_infer_response,
+    loads_json,
+    parse_header_length,
+    parse_tensor_header,
 )
 
 SAMPLES = {
@@ -310,3 +317,155 @@ def test_both_json_parsers_decode_alike(parser: str, monkeypatch: pytest.MonkeyP
     for bad in (b"{not json", b"\xff\xfe", b"[" * 100_000):
         with pytest.raises(ProtocolError, match="JSON"):
             decode_infer_request(bad)
+
+
+SMALL = RequestLimits(max_rows=10, max_tensor_bytes=1024, max_dims=3)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "shape", "status", "needle"),
+    [
+        ([], [1], 400, "unknown datatype"),
+        ({}, [1], 400, "unknown datatype"),
+        ("fp32", [1], 400, "unknown datatype"),
+        ("FP32", [1, 1, 1, 1], 400, "--max-dims"),
+        ("FP32", [1, -1], 400, "non-negative"),
+        ("FP32", [1, True], 400, "non-negative"),
+        ("FP32", [1, 2.0], 400, "non-negative"),
+        ("FP32", {"a": 1}, 400, "non-negative"),
+        ("FP32", "12", 400, "non-negative"),
+        ("FP32", 12, 400, "non-negative"),
+        ("FP32", [11, 1], 413, "--max-rows"),
+        ("FP32", [0, 2**62], 413, "--max-tensor-mb"),
+        ("FP32", [2, 129], 413, "--max-tensor-mb"),
+        ("INT8", [0, 1, 2**40], 413, "--max-tensor-mb"),
+    ],
+)
+def test_tensor_headers_are_checked_before_allocation(
+    datatype: object, shape: object, status: int, needle: str
+) -> None:
+    with pytest.raises(ProtocolError, match=needle) as info:
+        parse_tensor_header("x", datatype, shape, SMALL)
+    assert info.value.status == status
+
+
+def test_tensor_header_limits_are_inclusive_and_take_any_int_sequence() -> None:
+    assert parse_tensor_header("x", "FP32", [10, 25], SMALL) == 250  # 1000 bytes, 10 rows
+    assert parse_tensor_header("x", "FP32", (2, 128), SMALL) == 256  # exactly 1024 bytes
+    assert parse_tensor_header("x", "FP32", [], SMALL) == 1
+    assert parse_tensor_header("x", "FP32", [0, 3], SMALL) == 0
+    # gRPC's shape is a protobuf repeated int64
+    from tritonclient.grpc import service_pb2
+
+    tensor = service_pb2.ModelInferRequest.InferInputTensor(shape=[4, 2])
+    assert parse_tensor_header("x", "INT64", tensor.shape, SMALL) == 8
+
+
+def test_the_tensor_budget_sums_every_input() -> None:
+    budget = TensorBudget(SMALL)
+    raw = np.zeros(128, np.float32).tobytes()  # 512 bytes each: two fit, three do not
+    decode_raw_tensor("a", "FP32", [1, 128], raw, SMALL, budget)
+    decode_json_tensor("b", "FP32", [1, 128], [0.0] * 128, SMALL, budget)
+    with pytest.raises(ProtocolError, match="at 'c'.*--max-tensor-mb") as info:
+        decode_raw_tensor("c", "FP32", [1], raw[:4], SMALL, budget)
+    assert info.value.status == 413
+    header = {
+        "inputs": [
+            {"name": n, "datatype": "FP32", "shape": [1, 128], "data": [0.0] * 128} for n in "abc"
+        ]
+    }
+    with pytest.raises(ProtocolError, match="--max-tensor-mb"):
+        decode_infer_request(json.dumps(header).encode(), None, SMALL)
+
+
+def test_raw_tensors_decode_zero_copy_and_check_their_size() -> None:
+    raw = np.arange(6, dtype=np.int32).tobytes()
+    arr = decode_raw_tensor("x", "INT32", [2, 3], raw)
+    np.testing.assert_array_equal(arr, [[0, 1, 2], [3, 4, 5]])
+    assert arr.base is not None  # a view of the body, not a copy
+    with pytest.raises(ProtocolError, match="needs 28"):
+        decode_raw_tensor("x", "INT32", [7], raw)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "shape", "data", "needle"),
+    [
+        ("FP32", [2, 2], [[1.0, 2.0, 3.0, 4.0]], "nested as"),
+        ("FP32", [4], [[1.0, 2.0], [3.0, 4.0]], "nested as"),
+        ("FP32", [2, 2], [[1.0], [2.0, 3.0]], "not a valid FP32"),
+        ("FP32", [2], ["1", "2"], "must be numbers"),
+        ("INT32", [2], [1.5, 2.0], "must be integers"),
+        ("INT8", [2], [1, 300], "outside"),
+        ("UINT8", [1], [-1], "outside"),
+        ("BOOL", [2], [1, 0], "true/false"),
+        ("FP32", [2], [True, False], "must be numbers"),
+        ("FP16", [1], [1e9], "not a valid FP16"),
+        ("BYTES", [2, 1], [["a", "b"]], "nested"),
+        ("BYTES", [2], ["a", 1], "must be strings"),
+        ("FP32", [], [1.0, 2.0], "needs 1 elements"),
+    ],
+)
+def test_json_data_must_match_the_declared_type_and_shape(
+    datatype: str, shape: list[int], data: object, needle: str
+) -> None:
+    with pytest.raises(ProtocolError, match=needle):
+        decode_json_tensor("x", datatype, shape, data)
+
+
+def test_json_data_flat_or_nested_as_the_shape() -> None:
+    flat = decode_json_tensor("x", "FP32", [2, 2], [1, 2, 3, 4])
+    nested = decode_json_tensor("x", "FP32", [2, 2], [[1, 2], [3, 4]])
+    assert flat.dtype == np.float32 and flat.shape == (2, 2)
+    np.testing.assert_array_equal(flat, nested)
+    big = decode_json_tensor("x", "UINT64", [2], [2**64 - 1, 1])
+    assert big.dtype == np.uint64 and big[0] == 2**64 - 1
+    assert decode_json_tensor("x", "FP32", [], 2.5).shape == ()
+    assert decode_json_tensor("x", "INT64", [0, 3], []).shape == (0, 3)
+
+
+@pytest.mark.parametrize("value", ["+110", " 110", "110 ", "1_0", "-1", "0x1", "١١٠", "", "9" * 20])
+def test_header_length_is_plain_digits(value: str) -> None:
+    with pytest.raises(ProtocolError, match="plain integer") as info:
+        parse_header_length(value)
+    assert info.value.status == 400
+
+
+def test_header_length_digits() -> None:
+    assert parse_header_length(b"110") == 110
+    assert parse_header_length(None) is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 5000 + b"1" + b"}" * 5000, b"\xff", b"{"],
+)
+def test_any_json_is_a_400_never_a_crash(body: bytes) -> None:
+    with pytest.raises(ProtocolError, match="not valid JSON") as info:
+        loads_json(body)
+    assert info.value.status == 400
+
+
+def test_request_parameters_and_ids_are_type_checked() -> None:
+    tensor = {"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}
+    for bad, needle in [
+        ({"inputs": [tensor], "parameters": {"p": [1]}}, "string, number or boolean"),
+        ({"inputs": [tensor], "parameters": {"p": {"q": 1}}}, "string, number or boolean"),
+        ({"inputs": [{**tensor, "parameters": {"p": []}}]}, "string, number or boolean"),
+        ({"inputs": [tensor], "id": {"a": 1}}, "'id' must be a string"),
+        ({"inputs": [tensor], "id": None, "parameters": {"binary_data_output": 1}}, "true or"),
+    ]:
+        with pytest.raises(ProtocolError, match=needle):
+            decode_infer_request(json.dumps(bad).encode())
+
+
+def test_non_finite_outputs_are_strings_that_strict_parsers_and_numpy_read() -> None:
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"bare {constant}")
+
+    values = np.array([np.nan, np.inf, -np.inf, 1.5], np.float32)
+    request = InferRequest(inputs={}, datatypes={})
+    body = encode_infer_response("m", "1", {"y": values}, request).body
+    data = json.loads(body, parse_constant=refuse)["outputs"][0]["data"]
+    assert data == ["NaN", "Infinity", "-Infinity", 1.5]
+    back = np.array(data, dtype=np.float32)  # what tritonclient's as_numpy does
+    assert np.isnan(back[0]) and back[1] == np.inf and back[2] == -np.inf and back[3] == 1.5
