@@ -1,0 +1,187 @@
+"""ClusterServer on a real local Ray cluster: tritonclient through HAProxy, a rolling update
+under load, a scale-up after a load step, placement on the plan's nodes."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from tests.serve.serve_models import exchange, mlp_reference, save_fixed, save_mlp, wait_until
+from tritonclient.utils import InferenceServerException
+
+from edgeshift.cluster import ClusterServer, ReplicaEndpoint
+from edgeshift.errors import ConfigError
+from edgeshift.serve import ServeOptions
+
+pytestmark = pytest.mark.ray
+
+
+def _infer(client: httpclient.InferenceServerClient, model: str, x: np.ndarray) -> np.ndarray:
+    inp = httpclient.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    return client.infer(model, [inp]).as_numpy("y")
+
+
+@pytest.fixture(scope="module")
+def served(ray_cluster, model_repo):
+    with ClusterServer(
+        [model_repo], address=ray_cluster.address, port=0, replicas=2, name="t-serve"
+    ) as server:
+        yield server
+
+
+def test_tritonclient_through_the_ingress(served: ClusterServer) -> None:
+    client = httpclient.InferenceServerClient(served.url)
+    assert client.is_server_ready()
+    assert client.is_model_ready("mlp")
+    meta = client.get_model_metadata("mlp")
+    assert meta["inputs"][0]["name"] == "x" and meta["versions"] == ["2"]
+    x = np.arange(24, dtype=np.float32).reshape(3, 8) / 10
+    np.testing.assert_allclose(_infer(client, "mlp", x), mlp_reference(x, seed=2), rtol=1e-5)
+    # Two replicas, each its own server on its own port, both registered.
+    endpoints = served.endpoints()
+    assert len(endpoints) == 2 and len({e.port for e in endpoints}) == 2
+    assert all(e.models == ("double", "mlp") for e in endpoints)
+
+
+def test_errors_are_the_single_servers(served: ClusterServer) -> None:
+    client = httpclient.InferenceServerClient(served.url)
+    with pytest.raises(InferenceServerException) as bad_model:
+        _infer(client, "nope", np.zeros((1, 8), np.float32))
+    assert bad_model.value.status() == "400" or "nope" in str(bad_model.value)
+    status, _, body = exchange(
+        served.url, "POST", "/v2/models/mlp/infer", b'{"inputs": [{"name": "x"}]}'
+    )
+    assert 400 <= status < 500 and json.loads(body)["error"]
+    status, _, _ = exchange(served.url, "GET", "/v2/models/nope/ready")
+    assert status == 404
+
+
+class _Hammer:
+    """Clients sending requests through the ingress until stopped; counts what failed."""
+
+    def __init__(self, url: str, clients: int = 2) -> None:
+        self.url, self.ok, self.failed = url, 0, []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self) -> None:
+        client = httpclient.InferenceServerClient(self.url)
+        x = np.ones((1, 8), np.float32)
+        while not self._stop.is_set():
+            try:
+                _infer(client, "mlp", x)
+                self.ok += 1
+            except Exception as exc:  # every failure counts, whatever its kind
+                self.failed.append(repr(exc))
+
+    def __enter__(self) -> _Hammer:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+
+def test_rolling_update_fails_no_request(served: ClusterServer, tmp_path: Path) -> None:
+    new_repo = tmp_path / "repo"
+    save_mlp(new_repo / "mlp" / "3" / "model.onnx", seed=3)
+    save_mlp(new_repo / "double" / "1" / "model.onnx", seed=4)
+    before = {e.replica_id for e in served.endpoints()}
+    with _Hammer(served.url) as hammer:
+        wait_until(lambda: hammer.ok > 20, "requests before the update")
+        started = time.monotonic()
+        served.update_model([new_repo])
+        wait_until(lambda: not before & {e.replica_id for e in served.endpoints()}, "old gone")
+        took_s = time.monotonic() - started
+        ok_after = hammer.ok
+        wait_until(lambda: hammer.ok > ok_after + 20, "requests after the update")
+    print(f"rolling update: {took_s:.1f} s, {hammer.ok} requests, {len(hammer.failed)} failed")
+    assert hammer.failed == []
+    client = httpclient.InferenceServerClient(served.url)
+    x = np.ones((2, 8), np.float32)
+    np.testing.assert_allclose(_infer(client, "mlp", x), mlp_reference(x, seed=3), rtol=1e-5)
+    assert client.get_model_metadata("mlp")["versions"] == ["3"]
+
+
+def test_scale_up_after_a_load_step(ray_cluster, model_repo) -> None:
+    options = ServeOptions(threads=1)
+    with ClusterServer(
+        [model_repo],
+        address=ray_cluster.address,
+        port=0,
+        options=options,
+        min_replicas=1,
+        max_replicas=2,
+        target_in_flight=2.0,
+        name="t-scale",
+    ) as server:
+        assert len(server.endpoints()) == 1
+        first = server.endpoints()[0].replica_id
+        with _Hammer(server.url, clients=6) as hammer:
+            step = time.monotonic()
+            wait_until(lambda: len(server.endpoints()) == 2, "a second replica", 60)
+            (new,) = [e for e in server.endpoints() if e.replica_id != first]
+            wait_until(
+                lambda: metric_of(new, "edgeshift_inference_requests") > 0,
+                "the new replica serving through the ingress",
+                30,
+            )
+            serving_s = time.monotonic() - step
+        print(f"scale-up: a new replica served {serving_s:.1f} s after the load step")
+        assert hammer.failed == []
+        assert server.apps() == {"t-scale": 2}
+
+
+def metric_of(endpoint: ReplicaEndpoint, name: str) -> float:
+    status, _, body = exchange(endpoint.address, "GET", "/metrics")
+    assert status == 200
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.decode().splitlines()
+        if line.startswith(name + "{") or line.startswith(name + "_total{")
+    )
+
+
+def _plan(path: Path, placed: dict[str, str]) -> Path:
+    """A plan.json with one placed workload per model (name -> pool)."""
+    workloads = [
+        {"workload": name, "placed": True, "pool": pool, "tier": "server", "replicas": 1}
+        for name, pool in placed.items()
+    ]
+    path.write_text(json.dumps({"workloads": workloads, "pools": []}))
+    return path
+
+
+def test_replicas_land_on_the_plans_pools(ray_cluster, tmp_path: Path) -> None:
+    mlp = save_mlp(tmp_path / "mlp.onnx", seed=1)
+    double = save_fixed(tmp_path / "double.onnx")
+    plan = _plan(tmp_path / "plan.json", {"mlp": "hospital/mini-pc", "double": "eu-cloud/cpu"})
+    with ClusterServer(
+        [mlp, double], address=ray_cluster.address, port=0, plan=plan, name="t-plan"
+    ) as server:
+        placed = {e.models: e.node_id for e in server.endpoints()}
+        assert placed == {
+            ("mlp",): ray_cluster.node_of("hospital/mini-pc"),
+            ("double",): ray_cluster.node_of("eu-cloud/cpu"),
+        }
+        client = httpclient.InferenceServerClient(server.url)
+        x = np.ones((1, 8), np.float32)
+        np.testing.assert_allclose(_infer(client, "mlp", x), mlp_reference(x, seed=1), rtol=1e-5)
+        assert not client.is_model_ready("nope")
+
+
+def test_a_plan_pool_without_nodes_is_one_clear_error(ray_cluster, tmp_path: Path) -> None:
+    mlp = save_mlp(tmp_path / "mlp.onnx")
+    plan = _plan(tmp_path / "plan.json", {"mlp": "factory/gateway"})
+    server = ClusterServer([mlp], address=ray_cluster.address, port=0, plan=plan, name="t-bad")
+    with pytest.raises(ConfigError, match="factory/gateway has no Ray node"):
+        server.start()
