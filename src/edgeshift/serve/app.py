@@ -25,8 +25,9 @@ from edgeshift.errors import EdgeshiftError, ProtocolError
 from edgeshift.serve import triton
 from edgeshift.serve.endpoint import InferenceEndpoint, log_access, read_asgi_body
 from edgeshift.serve.limits import RequestLimits
+from edgeshift.serve.memory import release_after_request
 from edgeshift.serve.metrics import ServerMetrics
-from edgeshift.serve.protocol import error_body
+from edgeshift.serve.protocol import error_body, loads_json
 from edgeshift.serve.repository import ModelRepository, ServeOptions
 from edgeshift.serve.security import RequestGuard
 
@@ -104,13 +105,12 @@ class _Routes:
         body = await read_body(request, self.max_body_bytes)
         ready_only = False
         if body.strip():
-            try:
-                params = json.loads(body)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            params = loads_json(body, 'repository index body (e.g. {"ready": true})')
+            if not isinstance(params, dict) or not isinstance(params.get("ready", False), bool):
                 raise ProtocolError(
-                    'repository index body must be JSON, e.g. {"ready": true}'
-                ) from None
-            ready_only = bool(params.get("ready", False)) if isinstance(params, dict) else False
+                    'repository index body must be a JSON object like {"ready": true}'
+                )
+            ready_only = params.get("ready", False)
         return _json(self.repository.index(ready_only))
 
     async def load(self, request: Request) -> Response:
@@ -165,6 +165,30 @@ class GuardMiddleware:
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
+
+
+class ReleaseMemoryMiddleware:
+    """After a large request is answered, let the C heap return its freed buffers to the OS
+    (:func:`release_after_request`, off the event loop); the fast path does the same."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body_bytes = [0]
+
+        async def counting_receive() -> Message:
+            message = await receive()
+            body_bytes[0] += len(message.get("body", b""))
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        finally:
+            release_after_request(body_bytes[0])
 
 
 class AccessLogMiddleware:
@@ -251,6 +275,7 @@ def create_app(
         lifespan=lifespan,
     )
     endpoint = InferenceEndpoint(app, repository, metrics, limits.max_body_bytes, limits)
-    served: ASGIApp = endpoint if guard is None else GuardMiddleware(endpoint, guard)
+    served: ASGIApp = ReleaseMemoryMiddleware(endpoint)
+    served = served if guard is None else GuardMiddleware(served, guard)
     served = AccessLogMiddleware(served) if access_log_enabled else served
     return served, endpoint

@@ -40,6 +40,7 @@ from edgeshift.serve.endpoint import (
     log_access,
     too_large,
 )
+from edgeshift.serve.memory import release_after_request
 from edgeshift.serve.protocol import error_body
 from edgeshift.serve.security import RequestGuard
 
@@ -341,6 +342,7 @@ def inference_protocol(
                 log.exception("answering %s failed", cycle.path)
                 self.transport.close()
                 return
+            release_after_request(cycle.size)  # a large body's buffers back to the OS, later
             if access_log:
                 log_access("POST", cycle.path, answer.status, cycle.started_s, self.client)
             # Refused before the whole body came: read (and drop) the rest before closing, or
