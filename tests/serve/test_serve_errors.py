@@ -341,3 +341,15 @@ def test_strict_refuses_to_start_with_a_one_line_error(tmp_path: Path) -> None:
     message = str(info.value)
     assert "\n" not in message and "--strict" in message
     assert str(tmp_path) not in message
+
+
+def test_a_deep_repository_index_body_is_a_400(tmp_path: Path) -> None:
+    settings = ServerSettings(
+        [save_mlp(tmp_path / "dense.onnx")],
+        port=0,
+        access_log=False,
+        auth=AuthSettings(repository_api=True),
+    )
+    with ServerThread(settings) as running:
+        answer = exchange(running.url, "POST", "/v2/repository/index", DEEP)
+        assert "not valid JSON" in _error(answer, 400)
