@@ -230,7 +230,7 @@ def exchange(sock: socket.socket, request: bytes) -> int:
     return status
 
 
-def _connect(server: ServerProcess, rcvbuf_bytes: int | None = None) -> socket.socket:
+def connect(server: ServerProcess, rcvbuf_bytes: int | None = None) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rcvbuf_bytes:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf_bytes)
@@ -257,7 +257,7 @@ def memory_table(
         model_bytes = model.stat().st_size
         with ServerProcess(model, memory_budget_bytes) as server:
             small = small_request(model)
-            with _connect(server) as sock:
+            with connect(server) as sock:
                 for _ in range(200):  # the hot path's buffers exist before idle is read
                     exchange(sock, small)
             time.sleep(SETTLE_S)
@@ -266,7 +266,7 @@ def memory_table(
             for kind in ("binary", "json"):
                 request, body_bytes = requests[kind]
                 for i in range(repeats):
-                    with _connect(server) as sock, PeakSampler(server.rss_bytes) as peak:
+                    with connect(server) as sock, PeakSampler(server.rss_bytes) as peak:
                         status = exchange(sock, request)
                     time.sleep(SETTLE_S)
                     after = server.rss_bytes()
@@ -298,7 +298,7 @@ class Disturber:
 
 def _loop_request(request: bytes) -> Callable[[ServerProcess, threading.Event], None]:
     def run(server: ServerProcess, stop: threading.Event) -> None:
-        with _connect(server) as sock:
+        with connect(server) as sock:
             while not stop.is_set():
                 exchange(sock, request)
 
@@ -308,7 +308,7 @@ def _loop_request(request: bytes) -> Callable[[ServerProcess, threading.Event], 
 def _slow_upload(server: ServerProcess, stop: threading.Event) -> None:
     """Declares a 1 MiB body and sends it at 1 KB/s, reconnecting when the server gives up."""
     while not stop.is_set():
-        with _connect(server) as sock:
+        with connect(server) as sock:
             head = (
                 f"POST /v2/models/{MODEL_NAME}/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 "Content-Type: application/json\r\nContent-Length: 1048576\r\n\r\n"
@@ -324,7 +324,7 @@ def _slow_upload(server: ServerProcess, stop: threading.Event) -> None:
 def _slow_reader(request: bytes) -> Callable[[ServerProcess, threading.Event], None]:
     def run(server: ServerProcess, stop: threading.Event) -> None:
         while not stop.is_set():
-            with _connect(server, rcvbuf_bytes=4096) as sock:
+            with connect(server, rcvbuf_bytes=4096) as sock:
                 try:
                     sock.sendall(request)
                     while not stop.wait(1.0):
@@ -338,7 +338,7 @@ def _slow_reader(request: bytes) -> Callable[[ServerProcess, threading.Event], N
 
 def _small_latencies_ms(server: ServerProcess, request: bytes, seconds: float) -> list[float]:
     out: list[float] = []
-    with _connect(server) as sock:
+    with connect(server) as sock:
         end = time.perf_counter() + seconds
         while time.perf_counter() < end:
             t0 = time.perf_counter()
