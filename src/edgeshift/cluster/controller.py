@@ -130,11 +130,11 @@ class ClusterServer:
         models = sorted(discover(self.paths))
         if not models:
             raise ConfigError(f"no models found in {', '.join(self.paths)}")
+        placements = self._placements(models)  # a bad plan fails before Ray is touched
         self._connect()
         import ray
         from ray import serve
 
-        placements = self._placements(models)
         check_resources(placements, ray.cluster_resources())
         serve.start(proxy_location="Disabled")
         from edgeshift.cluster.registry import get_registry
@@ -206,6 +206,12 @@ class ClusterServer:
 
         if ray.is_initialized():
             return
+        if self.address not in (None, "local", "auto") and not _reachable(self.address):
+            # ray.init retries an unreachable GCS for a minute or more: say it now.
+            raise ClusterError(
+                f"no Ray cluster at {self.address} (nothing listens there) — start one with "
+                "ray start --head, or pass --address local"
+            )
         try:
             if self.address in (None, "local"):
                 ray.init(include_dashboard=False, log_to_driver=False)
@@ -369,6 +375,14 @@ class ClusterServer:
                 changed.append(name)
         if changed:
             self._deploy(changed, wait=False)
+
+
+def _reachable(address: str) -> bool:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        return _port_open(host.strip("[]") or "127.0.0.1", int(port))
+    except ValueError:
+        return True  # not HOST:PORT: let ray.init judge it
 
 
 def _port_open(host: str, port: int) -> bool:
