@@ -96,7 +96,9 @@ def test_shutdown_answers_calls_in_flight(model: Path, monkeypatch: Any) -> None
     )
 
 
-def test_a_taken_port_is_a_one_line_config_error(model: Path) -> None:
+def test_a_taken_port_is_a_one_line_config_error(
+    model: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -115,3 +117,4 @@ def test_a_taken_port_is_a_one_line_config_error(model: Path) -> None:
 
             with pytest.raises(ConfigError, match=f"127.0.0.1:{port}.*--grpc-port"):
                 asyncio.run(start())
+    assert "add port" not in capfd.readouterr().err.lower()  # grpc's own line is not printed

@@ -280,8 +280,11 @@ class Batcher:
                 if live:
                     await self._execute(loop, run, live)
             finally:
-                for _ in batch:
+                for _ in range(len(batch)):  # not over batch: `_` would keep its last request
                     self._queue.task_done()
+                # Drop the finished batch before waiting for the next one: these locals would
+                # keep its requests (up to the body limit each) alive while the model idles.
+                del first, batch, live
 
     async def _execute(
         self, loop: asyncio.AbstractEventLoop, run: RunFn, batch: list[_Pending]

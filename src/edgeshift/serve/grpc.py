@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -27,6 +28,7 @@ from edgeshift.errors import ConfigError, EdgeshiftError, ProtocolError
 from edgeshift.serve.endpoint import CLIENT_CLOSED, UNKNOWN_MODEL
 from edgeshift.serve.grpc_codec import decode_model_infer, encode_model_infer, status_code
 from edgeshift.serve.limits import RequestLimits
+from edgeshift.serve.memory import release_after_request
 from edgeshift.serve.metrics import ServerMetrics
 from edgeshift.serve.repository import ModelRepository
 from edgeshift.serve.security import AuthSettings, TlsSettings
@@ -101,6 +103,13 @@ class GrpcFrontend:
 
     async def start(self, host: str, port: int) -> int:
         """Bind HOST:PORT (0: any free port) and serve; the bound port."""
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if port and not _can_bind(host, port):
+            # Checked here first: grpc's C core would also log its own line on stderr.
+            raise ConfigError(
+                f"cannot listen for gRPC on {address} (in use or not an address here) — "
+                "pick another --grpc-port"
+            )
         server = grpc.aio.server(
             handlers=[self._handlers()],
             options=[
@@ -109,7 +118,6 @@ class GrpcFrontend:
                 ("grpc.so_reuseport", 0),  # a busy port must fail, not be shared
             ],
         )
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
             if self.tls is None:
                 bound = server.add_insecure_port(address)
@@ -370,6 +378,8 @@ class GrpcFrontend:
                 model.name, model.version, model.select(decoded, result), decoded.id
             )
             status = 200
+            # a large request's freed buffers go back to the OS (a no-op for small ones)
+            release_after_request(sum(a.nbytes for a in decoded.inputs.values()))
             return response
         except asyncio.CancelledError:  # the client went away; the batcher drops it
             status = CLIENT_CLOSED
@@ -388,6 +398,17 @@ class GrpcFrontend:
 
 def _serialize(message: Any) -> bytes:
     return message.SerializeToString()
+
+
+def _can_bind(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc binds
+        try:
+            probe.bind((host, port))
+        except (OSError, OverflowError):
+            return False
+    return True
 
 
 def _authorization(context: grpc.aio.ServicerContext) -> str | None:
