@@ -185,3 +185,28 @@ def test_a_plan_pool_without_nodes_is_one_clear_error(ray_cluster, tmp_path: Pat
     server = ClusterServer([mlp], address=ray_cluster.address, port=0, plan=plan, name="t-bad")
     with pytest.raises(ConfigError, match="factory/gateway has no Ray node"):
         server.start()
+
+
+def test_ray_users_bind_the_deployment_and_call_infer(ray_cluster, model_repo) -> None:
+    from ray import serve
+
+    from edgeshift.serve.ray import EdgeshiftDeployment
+
+    handle = serve.run(
+        EdgeshiftDeployment.bind([str(model_repo)]), name="t-user", route_prefix=None
+    )
+    try:
+        x = np.arange(16, dtype=np.float32).reshape(2, 8)
+        out = handle.infer.remote("mlp", {"x": x}).result(timeout_s=60)
+        np.testing.assert_allclose(out["y"], mlp_reference(x, seed=2), rtol=1e-5)
+        # edgeshift's errors come back as they are (the version policy loads the latest only).
+        with pytest.raises(Exception, match="no loaded version '1'"):
+            handle.infer.remote("mlp", {"x": x}, version="1").result(timeout_s=60)
+        # Its own server answers on the port it reports: the same model, no Ray proxy.
+        endpoint = handle.endpoint.remote().result(timeout_s=60)
+        client = httpclient.InferenceServerClient(endpoint.address)
+        np.testing.assert_allclose(_infer(client, "mlp", x), out["y"], rtol=1e-6)
+        with pytest.raises(Exception, match="unknown model|not found|nope"):
+            handle.infer.remote("nope", {"x": x}).result(timeout_s=60)
+    finally:
+        serve.delete("t-user")
