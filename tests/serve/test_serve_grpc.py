@@ -362,3 +362,28 @@ def test_stream_errors_travel_in_the_stream(client: tg.InferenceServerClient) ->
     assert result.get_response().id == "good"
     np.testing.assert_allclose(result.as_numpy("y"), mlp_reference(x), rtol=RTOL, atol=ATOL)
     client.stop_stream()
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "ServerLive",
+        "ServerReady",
+        "ServerMetadata",
+        "ModelReady",
+        "ModelMetadata",
+        "ModelConfig",
+        "ModelStatistics",
+        "RepositoryIndex",
+        "RepositoryModelLoad",
+        "RepositoryModelUnload",
+    ],
+)
+def test_bytes_that_are_no_message_are_invalid_argument(server: ServerThread, method: str) -> None:
+    assert server.grpc_url is not None
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
+        with pytest.raises(grpc.RpcError) as refused:
+            call(b"\x0a\xff\xff\xff\xff\x0f")  # a length-delimited field longer than the message
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "is not a valid" in (refused.value.details() or "")
