@@ -210,3 +210,22 @@ def test_ray_users_bind_the_deployment_and_call_infer(ray_cluster, model_repo) -
             handle.infer.remote("nope", {"x": x}).result(timeout_s=60)
     finally:
         serve.delete("t-user")
+
+
+def test_one_replica_rolling_update_hands_over(ray_cluster, tmp_path: Path) -> None:
+    # One replica: the old one must wait for its successor before leaving the ingress.
+    first = save_mlp(tmp_path / "a" / "mlp.onnx", seed=1)
+    second = save_mlp(tmp_path / "b" / "mlp.onnx", seed=2)
+    with ClusterServer(
+        [first], address=ray_cluster.address, port=0, replicas=1, name="t-one"
+    ) as server:
+        with _Hammer(server.url, clients=1) as hammer:
+            wait_until(lambda: hammer.ok > 10, "requests before the update")
+            server.update_model([second])
+            wait_until(lambda: len(server.endpoints()) == 1, "the old replica gone")
+            ok_after = hammer.ok
+            wait_until(lambda: hammer.ok > ok_after + 10, "requests after the update")
+        assert hammer.failed == []
+        client = httpclient.InferenceServerClient(server.url)
+        x = np.ones((1, 8), np.float32)
+        np.testing.assert_allclose(_infer(client, "mlp", x), mlp_reference(x, seed=2), rtol=1e-5)

@@ -161,9 +161,12 @@ class EdgeshiftReplica:
 
     async def __del__(self) -> None:
         if self._registry is not None:
-            await self._hand_over()
-            await self._registry.unregister.remote(self._endpoint.replica_id)
-            await asyncio.sleep(DRAIN_GRACE_S)
+            try:
+                await self._hand_over()
+                await self._registry.unregister.remote(self._endpoint.replica_id)
+                await asyncio.sleep(DRAIN_GRACE_S)
+            except Exception:  # the registry is gone (cluster stopping): stop all the same
+                log.warning("replica %s: could not unregister", self._endpoint.replica_id)
         await asyncio.get_running_loop().run_in_executor(None, self._server.stop)
 
     async def _hand_over(self) -> None:
