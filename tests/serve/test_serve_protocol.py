@@ -469,3 +469,77 @@ def test_non_finite_outputs_are_strings_that_strict_parsers_and_numpy_read() -> 
     assert data == ["NaN", "Infinity", "-Infinity", 1.5]
     back = np.array(data, dtype=np.float32)  # what tritonclient's as_numpy does
     assert np.isnan(back[0]) and back[1] == np.inf and back[2] == -np.inf and back[3] == 1.5
+
+
+@pytest.fixture
+def tiny_pieces(monkeypatch: pytest.MonkeyPatch) -> RequestLimits:
+    """Large-array parsing at test sizes: arrays over 64 bytes are lifted, in 16-byte pieces."""
+    from edgeshift.serve import json_numbers
+
+    monkeypatch.setattr(json_numbers, "LIFT_BYTES", 64)
+    monkeypatch.setattr(json_numbers, "PIECE_BYTES", 16)
+    return RequestLimits(json_offload_bytes=100)
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP64", "FP16", "INT64", "INT8", "UINT64"])
+def test_large_number_arrays_decode_in_pieces_like_the_whole(
+    tiny_pieces: RequestLimits, datatype: str
+) -> None:
+    values = SAMPLES[datatype].ravel().tolist() * 30
+    for spacing in (",", " , ", ",\n"):
+        data = "[" + spacing.join(json.dumps(v) for v in values) + "]"
+        head = {"name": "x", "datatype": datatype, "shape": [len(values)]}
+        y = {"name": "y", "datatype": "INT64", "shape": [2], "data": [1, 2]}
+        x = json.dumps(head)[:-1] + ', "data" : ' + data + "}"
+        text = ('{"id": "a", "inputs": [' + x + ", " + json.dumps(y) + "]}").encode()
+        got = decode_infer_request(text, None, tiny_pieces)
+        want = decode_infer_request(text, None, RequestLimits())  # one orjson call
+        assert got.id == "a"
+        np.testing.assert_array_equal(got.inputs["x"], want.inputs["x"])
+        assert got.inputs["x"].dtype == DATATYPES[datatype]
+        np.testing.assert_array_equal(got.inputs["y"], [1, 2])
+
+
+@pytest.mark.parametrize(
+    ("data", "datatype", "count", "needle"),
+    [
+        ("[" + "1," * 60 + "]", "FP32", 60, "not valid JSON"),
+        ("[" + "1,," * 30 + "1]", "FP32", 61, "not valid JSON"),
+        ("[" + "1.5," * 40 + "1-2]", "FP32", 41, "not valid JSON"),
+        ("[" + "1.5," * 40 + "1]", "INT32", 41, "must be integers"),
+        ("[" + "300," * 40 + "1]", "INT8", 41, "outside"),
+        ("[" + "1," * 40 + "1]", "FP32", 40, "more than the shape's 40"),
+        ("[" + "1," * 40 + "1]", "FP32", 42, "needs 42 elements, got 41"),
+        ("[" + "1," * 40 + "1]", "BOOL", 41, "true/false"),
+        ("[" + "1," * 40 + "1]", "BYTES", 41, "strings"),
+        ("[" + "1e9," * 40 + "1]", "FP16", 41, "not a valid FP16"),
+    ],
+)
+def test_large_number_arrays_refuse_what_the_whole_parse_refuses(
+    tiny_pieces: RequestLimits, data: str, datatype: str, count: int, needle: str
+) -> None:
+    head = json.dumps({"name": "x", "datatype": datatype, "shape": [count]})
+    text = ('{"inputs": [' + head[:-1] + ', "data": ' + data + "}]}").encode()
+    with pytest.raises(ProtocolError, match=needle) as info:
+        decode_infer_request(text, None, tiny_pieces)
+    assert info.value.status == 400
+
+
+def test_only_plain_number_arrays_are_lifted(tiny_pieces: RequestLimits) -> None:
+    from edgeshift.serve.json_numbers import lift_number_arrays
+
+    numbers = ",".join(["1.25"] * 40)
+    for text in (
+        f'{{"data": [[{numbers}]]}}',  # nested: orjson's
+        f'{{"data": [{numbers}, true]}}',
+        f'{{"data": ["{numbers}"]}}',
+        f'{{"name": "data", "x": [{numbers}]}}',
+        f'{{"da\\"ta": [{numbers}]}}',
+        '{"data": [1, 2]}',  # small
+    ):
+        assert lift_number_arrays(text.encode()) == (text.encode(), {})
+    lifted_text, lifted = lift_number_arrays((f'{{"data" :\n[{numbers}]}}').encode())
+    assert len(lifted) == 1 and numbers.encode() not in lifted_text
+    # a client cannot name a lifted array itself: the placeholder holds a random token
+    (token,) = lifted
+    assert token.encode() in lifted_text and len(token) > 30

@@ -26,6 +26,13 @@ import numpy as np
 
 from edgeshift.errors import ProtocolError
 from edgeshift.model.shapes import TensorSpec
+from edgeshift.serve.json_numbers import (
+    LiftedNumbers,
+    NumberSyntaxError,
+    lift_number_arrays,
+    lifted_of,
+    parse_numbers,
+)
 from edgeshift.serve.limits import MIB, RequestLimits
 
 # OIP datatype -> numpy dtype; every fixed-size type is little-endian on the wire.
@@ -276,6 +283,7 @@ def decode_raw_tensor(
 
 # What JSON numbers may become: a float never silently becomes an int, nor a number a bool.
 _JSON_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+_FLAT_TYPES: dict[str, set[type]] = {"i": {int}, "f": {int, float}}
 
 
 def decode_json_tensor(
@@ -316,6 +324,17 @@ def decode_json_tensor(
                 out[i] = item.encode("utf-8")
             return out.reshape(dims)
         dtype = DATATYPES[datatype]
+        if not nested and dtype.kind in "if" and set(map(type, data)) <= _FLAT_TYPES[dtype.kind]:
+            # The common flat list of numbers: straight to the dtype, no float64 copy between,
+            # and the list (~32 bytes an element) goes before the array is returned.
+            if dtype.kind == "i":
+                info = np.iinfo(dtype)
+                if min(data, default=0) < info.min or max(data, default=0) > info.max:
+                    raise ValueError(f"values outside [{info.min}, {info.max}]")
+            with np.errstate(over="raise", invalid="raise"):
+                flat = np.asarray(data, dtype=dtype)
+            del data
+            return flat.reshape(dims)
         parsed = np.asarray(data)  # numpy's own type: strings and floats-for-ints show here
         if dtype.kind in "iu" and parsed.dtype.kind in "fO":
             # ints past 2**63 beside smaller ones come out float64 (or object): look again
@@ -347,6 +366,30 @@ def decode_json_tensor(
     if arr.size != count:
         raise _bad(f"input {name!r}: shape {list(dims)} needs {count} elements, got {arr.size}")
     return arr.reshape(dims)
+
+
+def _decode_lifted(
+    name: str,
+    datatype: Any,
+    shape: Any,
+    numbers: LiftedNumbers,
+    limits: RequestLimits,
+    budget: TensorBudget,
+) -> np.ndarray:
+    """A large flat array of numbers, taken out of the JSON text before it was parsed."""
+    count = parse_tensor_header(name, datatype, shape, limits)
+    budget.charge(name, datatype, count)
+    dtype = DATATYPES[datatype]
+    if dtype.kind not in "iuf":
+        want = {"BOOL": "true/false", "BYTES": "strings"}.get(datatype, "binary")
+        raise _bad(f"input {name!r}: {datatype} data must be {want}, not numbers")
+    try:
+        flat = parse_numbers(numbers, dtype, count, _loads)
+    except NumberSyntaxError as exc:
+        raise _bad(f"request body is not valid JSON ({exc})") from None
+    except (ValueError, OverflowError, FloatingPointError) as exc:
+        raise _bad(f"input {name!r}: data is not a valid {datatype} array ({exc})") from None
+    return flat.reshape(tuple(shape))
 
 
 def _flatten(data: list[Any]) -> list[Any]:
@@ -397,10 +440,12 @@ def decode_infer_request(
         )
     hlen = size if header_length is None else header_length
     view = memoryview(body)
-    header = loads_json(
-        view[:hlen].tobytes() if hlen != size else body,
-        "request body (send an OIP v2 inference request)",
-    )
+    text = view[:hlen].tobytes() if hlen != size else body
+    lifted: dict[str, LiftedNumbers] = {}
+    if hlen > limits.json_offload_bytes:  # decoded in a worker thread: see json_numbers
+        text, lifted = lift_number_arrays(text)
+    header = loads_json(text, "request body (send an OIP v2 inference request)")
+    del text
     if not isinstance(header, dict):
         raise _bad("request JSON must be an object with an 'inputs' list")
     request_id = header.get("id")
@@ -451,10 +496,15 @@ def decode_infer_request(
             )
             offset += binary_size
         elif "data" in spec:
-            # pop: the parsed list (~32 bytes an element) goes as soon as it is an array
-            inputs[name] = decode_json_tensor(
-                name, datatype, shape, spec.pop("data"), limits, budget
-            )
+            data = spec.pop("data")
+            numbers = lifted_of(data, lifted) if lifted else None
+            if numbers is not None:
+                inputs[name] = _decode_lifted(name, datatype, shape, numbers, limits, budget)
+            else:
+                # pop, and no other name for it: the parsed list (~32 bytes an element) goes
+                # as soon as it is an array
+                inputs[name] = decode_json_tensor(name, datatype, shape, data, limits, budget)
+            del data
         else:
             raise _bad(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
         datatypes[name] = str(datatype)
