@@ -254,6 +254,10 @@ class InferenceEndpoint:
                 self.metrics.request_finished(call.label, call.version, status, latency_s)
             else:  # unknown model or version: never counted as started
                 self.metrics.observe_request(call.label, call.version, status, latency_s)
+            # Answered: drop the request and its outputs. The fast path's cycle keeps the call
+            # until the connection's next request, and with them a body up to the limit.
+            call.request = None
+            call.future = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
