@@ -9,6 +9,7 @@ from edgeshift.cluster.autoscale import (
     Autoscaler,
     LoadSample,
     in_flight_total,
+    requests_total,
     wanted_replicas,
 )
 from edgeshift.errors import ConfigError
@@ -71,3 +72,12 @@ def test_in_flight_total_sums_every_model() -> None:
     )
     assert in_flight_total(text) == 5.0
     assert in_flight_total("") == 0.0
+
+
+def test_requests_total_reads_the_counter_not_its_creation_time() -> None:
+    text = (
+        'edgeshift_inference_requests_total{model="a",status="200",version="1"} 10.0\n'
+        'edgeshift_inference_requests_total{model="a",status="400",version="1"} 2.0\n'
+        'edgeshift_inference_requests_created{model="a",status="200",version="1"} 1.7e9\n'
+    )
+    assert requests_total(text) == 12.0

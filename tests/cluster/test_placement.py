@@ -80,3 +80,25 @@ def test_read_plan_refuses_what_is_not_a_plan(tmp_path: Path) -> None:
         read_plan(tmp_path / "missing.json")
     (tmp_path / "ok.json").write_text(json.dumps(PLAN))
     assert read_plan(tmp_path / "ok.json") == PLAN
+
+
+def test_the_plans_queueing_inputs_come_with_each_pool() -> None:
+    plan = {
+        "workloads": [
+            {
+                **_w("a", "hospital/mini-pc", 1),
+                "service_ms": 2.0,
+                "slo": {"ms": 50, "quantile": 0.95},
+            },
+            {
+                **_w("b", "hospital/mini-pc", 1),
+                "service_ms": 5.0,
+                "slo": {"ms": 30, "quantile": 0.99},
+            },
+        ]
+    }
+    (pool,) = placements_from_plan(plan, ["a", "b"])
+    # The slowest service time and the tightest SLO: the pool must meet both workloads'.
+    assert (pool.service_ms, pool.slo_ms, pool.slo_quantile) == (5.0, 30.0, 0.99)
+    (bare,) = placements_from_plan({"workloads": [_w("a", "eu-cloud/cpu")]}, ["a"])
+    assert (bare.service_ms, bare.slo_ms) == (None, None)

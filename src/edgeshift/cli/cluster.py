@@ -32,9 +32,13 @@ def cluster_serve_command(
         None, "--plan", help="plan.json from edgeshift plan: pools and replica counts."
     ),
     replicas: int | None = typer.Option(
-        None, "--replicas", help="Replicas to start with (default: --min-replicas)."
+        None,
+        "--replicas",
+        help="Replicas to start with (default: --min-replicas, or the plan's, or 1).",
     ),
-    min_replicas: int = typer.Option(1, "--min-replicas", help="The autoscaler's floor."),
+    min_replicas: int | None = typer.Option(
+        None, "--min-replicas", help="The autoscaler's floor (default: the starting count)."
+    ),
     max_replicas: int | None = typer.Option(
         None, "--max-replicas", help="The autoscaler's ceiling (default: the starting count)."
     ),

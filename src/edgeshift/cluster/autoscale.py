@@ -29,6 +29,7 @@ class AutoscalePolicy:
     window: int = 5  # samples averaged: one scrape of a bursty gauge is noise
     # Queueing model (optional): scale so the p99 stays within the budget at the seen rate.
     latency_budget_ms: float | None = None
+    latency_quantile: float = 0.99
     max_utilization: float = 0.8
 
     def __post_init__(self) -> None:
@@ -69,7 +70,7 @@ def wanted_replicas(sample: LoadSample, policy: AutoscalePolicy) -> int:
         found = min_servers(
             sample.arrival_rps,
             sample.service_ms,
-            0.99,
+            policy.latency_quantile,
             policy.latency_budget_ms,
             policy.max_utilization,
             max_replicas=policy.max_replicas,
@@ -122,15 +123,23 @@ class Autoscaler:
         return 0
 
 
-def in_flight_total(metrics_text: str) -> float:
-    """Sum of ``edgeshift_inference_in_flight`` samples in one replica's ``/metrics`` text."""
+def metric_total(metrics_text: str, name: str) -> float:
+    """Sum of metric NAME's samples (every label set) in one replica's ``/metrics`` text."""
     total = 0.0
     for line in metrics_text.splitlines():
-        if line.startswith("edgeshift_inference_in_flight{") or line.startswith(
-            "edgeshift_inference_in_flight "
-        ):
+        if line.startswith(name + "{") or line.startswith(name + " "):
             try:
                 total += float(line.rsplit(" ", 1)[1])
             except ValueError:
                 continue
     return total
+
+
+def in_flight_total(metrics_text: str) -> float:
+    """Requests received and not yet answered (queued ones included), every model."""
+    return metric_total(metrics_text, "edgeshift_inference_in_flight")
+
+
+def requests_total(metrics_text: str) -> float:
+    """Requests answered so far, every model and status (a counter)."""
+    return metric_total(metrics_text, "edgeshift_inference_requests_total")

@@ -9,6 +9,7 @@ which hand over, are drained from HAProxy and only then stop).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -21,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeshift.cluster.autoscale import AutoscalePolicy, Autoscaler, LoadSample, in_flight_total
+from edgeshift.cluster.autoscale import (
+    AutoscalePolicy,
+    Autoscaler,
+    LoadSample,
+    in_flight_total,
+    requests_total,
+)
 from edgeshift.cluster.ingress import HaproxyIngress, ReplicaEndpoint
 from edgeshift.cluster.metrics import MetricsAggregator
 from edgeshift.cluster.placement import (
@@ -51,6 +58,8 @@ class _App:
     placement: PoolPlacement
     replicas: int
     autoscaler: Autoscaler
+    answered: float = 0.0  # requests answered at the last scrape, over its replicas
+    scraped_s: float | None = None
 
 
 class ClusterServer:
@@ -68,7 +77,7 @@ class ClusterServer:
         host: str = "127.0.0.1",
         port: int = 8000,
         replicas: int | None = None,
-        min_replicas: int = 1,
+        min_replicas: int | None = None,
         max_replicas: int | None = None,
         name: str = "edgeshift",
         replica_host: str | None = None,
@@ -86,14 +95,11 @@ class ClusterServer:
         self.start_timeout_s = start_timeout_s
         if replicas is not None and replicas < 1:
             raise ConfigError(f"--replicas must be >= 1, not {replicas}")
-        initial = replicas if replicas is not None else max(1, min_replicas)
-        self._initial = initial
-        self.policy = AutoscalePolicy(
-            min_replicas=min_replicas,
-            max_replicas=max_replicas if max_replicas is not None else max(initial, min_replicas),
-            target_in_flight=target_in_flight,
-            downscale_delay_s=downscale_delay_s,
-        )
+        self._replicas, self._min, self._max = replicas, min_replicas, max_replicas
+        self._target_in_flight, self._downscale_delay_s = target_in_flight, downscale_delay_s
+        # Counts unset: no autoscaling (min = max = the starting count). Checked here, so a
+        # bad count fails before Ray is touched.
+        self.policy = self._policy(replicas or min_replicas or 1)
         self._apps: dict[str, _App] = {}
         self._registry: Any = None
         self._ingress: HaproxyIngress | None = None
@@ -135,14 +141,14 @@ class ClusterServer:
         import ray
         from ray import serve
 
-        check_resources(placements, ray.cluster_resources())
+        check_resources([p for p, _ in placements], ray.cluster_resources())
         serve.start(proxy_location="Disabled")
         from edgeshift.cluster.registry import get_registry
 
         self._registry = get_registry(self.name, create=True)
         ray.get(self._registry.set_stopping.remote(False))
-        for p in placements:
-            self._apps[self._app_name(p)] = _App(p, p.replicas, Autoscaler(self.policy))
+        for p, policy in placements:
+            self._apps[self._app_name(p)] = _App(p, p.replicas, Autoscaler(policy))
         self._deploy(list(self._apps), wait=True)
         self._wait_for_replicas()
         self._aggregator = MetricsAggregator(self.endpoints).start()
@@ -224,14 +230,36 @@ class ClusterServer:
                 "--head, or pass --address local"
             ) from None
 
-    def _placements(self, models: list[str]) -> list[PoolPlacement]:
+    def _policy(self, initial: int) -> AutoscalePolicy:
+        low = self._min if self._min is not None else initial
+        return AutoscalePolicy(
+            min_replicas=low,
+            max_replicas=self._max if self._max is not None else max(initial, low),
+            target_in_flight=self._target_in_flight,
+            downscale_delay_s=self._downscale_delay_s,
+        )
+
+    def _placements(self, models: list[str]) -> list[tuple[PoolPlacement, AutoscalePolicy]]:
+        """Each application's placement (its starting count clamped) and scaling policy."""
         if self.plan is None:
-            return [PoolPlacement(pool="", replicas=self._initial)]
-        placements = placements_from_plan(read_plan(self.plan), models)
-        return [
-            PoolPlacement(p.pool, self.policy.clamp(p.replicas), p.workloads, p.models)
-            for p in placements
-        ]
+            return [
+                (
+                    PoolPlacement("", self.policy.clamp(self._replicas or self._min or 1)),
+                    self.policy,
+                )
+            ]
+        result = []
+        for p in placements_from_plan(read_plan(self.plan), models):
+            # Without counts the plan's are kept; its SLO and service time feed the queueing
+            # model, which may ask for more than in-flight counts do.
+            policy = dataclasses.replace(
+                self._policy(self._replicas or p.replicas),
+                latency_budget_ms=p.slo_ms,
+                latency_quantile=p.slo_quantile,
+            )
+            initial = policy.clamp(self._replicas or p.replicas)
+            result.append((dataclasses.replace(p, replicas=initial), policy))
+        return result
 
     def _app_name(self, placement: PoolPlacement) -> str:
         # One Ray Serve application per pool; '/' in a name would read as a route.
@@ -354,20 +382,29 @@ class ClusterServer:
                 log.exception("cluster autoscale loop")
 
     def _autoscale_once(self) -> None:
-        if self.policy.max_replicas <= self.policy.min_replicas and self.policy.min_replicas:
-            return  # nothing to decide
+        policies = [app.autoscaler.policy for app in self._apps.values()]
+        if all(p.max_replicas == p.min_replicas for p in policies):
+            return  # fixed counts: no need to scrape
         registered = list(self._registered)
         texts = _scrape([e for _, e in registered])
         now = time.monotonic()
         changed = []
         for name, app in self._apps.items():
+            policy = app.autoscaler.policy
+            if policy.max_replicas == policy.min_replicas:
+                continue  # fixed count: nothing to decide
             app_name = name
-            in_flight = sum(
-                in_flight_total(texts.get(e.replica_id, ""))
-                for tag, e in registered
-                if tag.split("#")[0] == name
-            )
-            wanted = app.autoscaler.step(now, app.replicas, LoadSample(in_flight))
+            mine = [
+                texts.get(e.replica_id, "") for tag, e in registered if tag.split("#")[0] == name
+            ]
+            in_flight = sum(in_flight_total(text) for text in mine)
+            answered = sum(requests_total(text) for text in mine)
+            rps = None
+            if app.scraped_s is not None and answered >= app.answered and now > app.scraped_s:
+                rps = (answered - app.answered) / (now - app.scraped_s)
+            app.answered, app.scraped_s = answered, now  # a replica gone resets the counter
+            sample = LoadSample(in_flight, rps, app.placement.service_ms)
+            wanted = app.autoscaler.step(now, app.replicas, sample)
             if wanted != app.replicas:
                 log.info("scaling %s from %d to %d replicas", app_name, app.replicas, wanted)
                 app.replicas = wanted

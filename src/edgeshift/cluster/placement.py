@@ -36,6 +36,11 @@ class PoolPlacement:
     replicas: int
     workloads: tuple[str, ...] = ()
     models: tuple[str, ...] = ()
+    # The plan's queueing inputs for the autoscaler: the slowest workload's service time on
+    # this pool's hardware, the tightest SLO (ms at a quantile). None without a plan.
+    service_ms: float | None = None
+    slo_ms: float | None = None
+    slo_quantile: float = 0.99
 
     @property
     def resource(self) -> str:
@@ -82,7 +87,19 @@ def placements_from_plan(plan: Mapping[str, Any], models: Sequence[str]) -> list
     for pool, workloads in sorted(by_pool.items()):
         names = tuple(str(w["workload"]) for w in workloads)
         replicas = sum(max(1, int(w.get("replicas", 1))) for w in workloads)
-        result.append(PoolPlacement(pool, replicas, names, names if named else ()))
+        service = [float(w["service_ms"]) for w in workloads if w.get("service_ms")]
+        slos = [w["slo"] for w in workloads if isinstance(w.get("slo"), dict) and "ms" in w["slo"]]
+        result.append(
+            PoolPlacement(
+                pool,
+                replicas,
+                names,
+                names if named else (),
+                service_ms=max(service) if service else None,
+                slo_ms=min(float(x["ms"]) for x in slos) if slos else None,
+                slo_quantile=max((float(x.get("quantile", 0.99)) for x in slos), default=0.99),
+            )
+        )
     return result
 
 
