@@ -16,6 +16,7 @@ place for orjson, and a malformed piece is an error just as orjson would report 
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +130,7 @@ def parse_numbers(
         with np.errstate(over="raise", invalid="raise"):
             out[filled : filled + len(values)] = np.asarray(values, dtype=dtype)
         filled += len(values)
+        time.sleep(0)  # hand the GIL over: the event loop waits at most about one piece
     if filled != count:
         raise ValueError(f"the shape needs {count} elements, got {filled}")
     return out
