@@ -15,43 +15,25 @@ from __future__ import annotations
 
 import functools
 import json
-import math
-import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 from edgeshift.errors import ProtocolError
 from edgeshift.model.shapes import TensorSpec
-from edgeshift.serve.json_numbers import (
-    LiftedNumbers,
-    NumberSyntaxError,
-    lift_number_arrays,
-    lifted_of,
-    parse_numbers,
-)
-from edgeshift.serve.limits import MIB, RequestLimits
-
-# OIP datatype -> numpy dtype; every fixed-size type is little-endian on the wire.
-DATATYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "BYTES": np.dtype(np.object_),
-}
+from edgeshift.serve.json_numbers import LiftedNumbers, lift_number_arrays, lifted_of
+from edgeshift.serve.limits import RequestLimits
+from edgeshift.serve.tensors import DATATYPES as DATATYPES
+from edgeshift.serve.tensors import DEFAULT_LIMITS as DEFAULT_LIMITS
+from edgeshift.serve.tensors import TensorBudget as TensorBudget
+from edgeshift.serve.tensors import decode_bytes_elements as decode_bytes_elements
+from edgeshift.serve.tensors import decode_json_tensor as decode_json_tensor
+from edgeshift.serve.tensors import decode_lifted_tensor, is_integer
+from edgeshift.serve.tensors import decode_raw_tensor as decode_raw_tensor
+from edgeshift.serve.tensors import encode_bytes_elements as encode_bytes_elements
+from edgeshift.serve.tensors import parse_tensor_header as parse_tensor_header
 
 # numpy dtype names as TensorSpec writes them -> OIP datatype.
 _DTYPE_NAMES = {
@@ -72,7 +54,6 @@ _DTYPE_NAMES = {
     "str": "BYTES",
 }
 
-_U32 = struct.Struct("<I")
 
 _loads: Callable[[bytes], Any]
 _dumps: Callable[[Any], bytes]
@@ -134,16 +115,7 @@ def _bad(message: str) -> ProtocolError:
     return ProtocolError(message, 400)
 
 
-DEFAULT_LIMITS = RequestLimits()
 _SCALARS = (str, int, float, bool)
-
-
-def _mib(n_bytes: int) -> str:
-    return f"{n_bytes / MIB:g} MiB"
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def loads_json(body: bytes, what: str = "request body") -> Any:
@@ -158,248 +130,6 @@ def loads_json(body: bytes, what: str = "request body") -> Any:
         raise _bad(f"{what} is not valid JSON ({first})") from None
     except RecursionError:
         raise _bad(f"{what}: JSON is nested too deeply") from None
-
-
-def parse_tensor_header(
-    name: str, datatype: Any, shape: Any, limits: RequestLimits = DEFAULT_LIMITS
-) -> int:
-    """Check one input's declared datatype and shape against LIMITS, before anything is
-    allocated; its element count. ProtocolError: 400 for a malformed header, 413 for a
-    tensor over a limit (the message names the flag that raises it)."""
-    if not isinstance(datatype, str) or datatype not in DATATYPES:
-        shown = datatype if isinstance(datatype, str) else type(datatype).__name__
-        raise _bad(
-            f"input {name!r}: unknown datatype {str(shown)[:40]!r} — use one of "
-            f"{', '.join(DATATYPES)}"
-        )
-    if isinstance(shape, (str, bytes, dict)) or not hasattr(shape, "__len__"):
-        raise _bad(f"input {name!r}: 'shape' must be a list of non-negative integers")
-    if len(shape) > limits.max_dims:
-        raise _bad(
-            f"input {name!r} has {len(shape)} dimensions; at most {limits.max_dims} are "
-            "accepted (--max-dims)"
-        )
-    dims = list(shape)
-    if not all(_is_int(d) and d >= 0 for d in dims):
-        raise _bad(f"input {name!r}: 'shape' must be a list of non-negative integers")
-    if dims and dims[0] > limits.max_rows:
-        raise ProtocolError(
-            f"input {name!r} has {dims[0]} rows; the limit is {limits.max_rows} per request — "
-            "send smaller batches or start the server with a larger --max-rows",
-            413,
-        )
-    itemsize = DATATYPES[datatype].itemsize
-    # Dims of 0 make the product 0, but a huge dim beside one is still refused: numpy
-    # cannot even describe [0, 2**80].
-    if math.prod(max(d, 1) for d in dims) * itemsize > limits.max_tensor_bytes:
-        raise ProtocolError(
-            f"input {name!r}: shape {dims[:8]}{'…' if len(dims) > 8 else ''} of {datatype} "
-            f"is over the {_mib(limits.max_tensor_bytes)} tensor limit — send smaller batches "
-            "or start the server with a larger --max-tensor-mb",
-            413,
-        )
-    return math.prod(dims)
-
-
-class TensorBudget:
-    """The decoded-tensor bytes of one request, all inputs together, against
-    ``limits.max_tensor_bytes``: charge each input before decoding it."""
-
-    def __init__(self, limits: RequestLimits = DEFAULT_LIMITS) -> None:
-        self.limits = limits
-        self.used_bytes = 0
-
-    def charge(self, name: str, datatype: str, count: int) -> None:
-        """Count COUNT elements of DATATYPE (checked by parse_tensor_header) for input NAME."""
-        self.used_bytes += count * DATATYPES[datatype].itemsize
-        if self.used_bytes > self.limits.max_tensor_bytes:
-            raise ProtocolError(
-                f"the request's inputs (at {name!r}) decode to more than the "
-                f"{_mib(self.limits.max_tensor_bytes)} tensor limit — send smaller batches "
-                "or start the server with a larger --max-tensor-mb",
-                413,
-            )
-
-
-def decode_bytes_elements(buf: memoryview | bytes, count: int, name: str) -> np.ndarray:
-    """Length-prefixed BYTES elements -> a flat object array of ``bytes``; exact size."""
-    offset, size = 0, len(buf)
-    if count * 4 > size:  # every element has a 4-byte prefix: refuse before allocating
-        raise _bad(f"input {name!r}: {size} bytes cannot hold {count} BYTES elements")
-    out = np.empty(count, dtype=object)
-    for i in range(count):
-        if offset + 4 > size:
-            raise _bad(f"input {name!r}: BYTES data ends after {i} of {count} elements")
-        (length,) = _U32.unpack_from(buf, offset)
-        offset += 4
-        if offset + length > size:
-            raise _bad(f"input {name!r}: BYTES element {i} claims {length} bytes past the end")
-        out[i] = bytes(buf[offset : offset + length])
-        offset += length
-    if offset != size:
-        raise _bad(
-            f"input {name!r}: {size - offset} bytes left after {count} BYTES elements — "
-            "binary_data_size does not match the shape"
-        )
-    return out
-
-
-def encode_bytes_elements(arr: np.ndarray) -> bytes:
-    """A BYTES tensor (str or bytes elements) -> 4-byte little-endian length-prefixed bytes."""
-    parts: list[bytes] = []
-    for item in arr.ravel():
-        raw = item.encode("utf-8") if isinstance(item, str) else bytes(item)
-        parts.append(_U32.pack(len(raw)))
-        parts.append(raw)
-    return b"".join(parts)
-
-
-def decode_raw_tensor(
-    name: str,
-    datatype: Any,
-    shape: Any,
-    raw: memoryview | bytes,
-    limits: RequestLimits = DEFAULT_LIMITS,
-    budget: TensorBudget | None = None,
-) -> np.ndarray:
-    """One input's raw bytes (Triton's binary extension, gRPC ``raw_input_contents``) -> an
-    array of SHAPE, zero-copy for fixed-size types. Checks the header (parse_tensor_header)
-    and charges BUDGET before anything is allocated."""
-    count = parse_tensor_header(name, datatype, shape, limits)
-    if budget is not None:
-        budget.charge(name, datatype, count)
-    dims = tuple(shape)
-    if datatype == "BYTES":
-        return decode_bytes_elements(raw, count, name).reshape(dims)
-    dtype = DATATYPES[datatype]
-    want = count * dtype.itemsize
-    if len(raw) != want:
-        raise _bad(
-            f"input {name!r}: binary_data_size is {len(raw)} bytes but shape {list(dims)} "
-            f"of {datatype} needs {want}"
-        )
-    return np.frombuffer(raw, dtype=dtype).reshape(dims)
-
-
-# What JSON numbers may become: a float never silently becomes an int, nor a number a bool.
-_JSON_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
-_FLAT_TYPES: dict[str, set[type]] = {"i": {int}, "f": {int, float}}
-
-
-def decode_json_tensor(
-    name: str,
-    datatype: Any,
-    shape: Any,
-    data: Any,
-    limits: RequestLimits = DEFAULT_LIMITS,
-    budget: TensorBudget | None = None,
-) -> np.ndarray:
-    """One input's JSON ``data`` -> an array of SHAPE. ``data`` is flat (row-major) or nested
-    exactly as SHAPE; checks the header and charges BUDGET before converting."""
-    count = parse_tensor_header(name, datatype, shape, limits)
-    if budget is not None:
-        budget.charge(name, datatype, count)
-    dims = tuple(shape)
-    if datatype == "BF16":
-        raise _bad(f"input {name!r}: BF16 data must be sent as binary (Triton's binary extension)")
-    if not isinstance(data, list):
-        data = [data]
-    nested = bool(data) and isinstance(data[0], list)
-    if nested and len(data) != (dims[0] if dims else 1):
-        raise _bad(
-            f"input {name!r}: data is nested as [{len(data)}, …] but the shape is {list(dims)}"
-            " — nest it exactly as the shape, or send it flat"
-        )
-    if not nested and len(data) != count:
-        raise _bad(f"input {name!r}: shape {list(dims)} needs {count} elements, got {len(data)}")
-    try:
-        if datatype == "BYTES":
-            arr = np.asarray(data, dtype=object)
-            if arr.shape != (dims if nested else (count,)):
-                raise ValueError(f"data is nested as {list(arr.shape)}")
-            out = np.empty(count, dtype=object)
-            for i, item in enumerate(arr.ravel()):
-                if not isinstance(item, str):
-                    raise _bad(f"input {name!r}: BYTES elements in JSON must be strings")
-                out[i] = item.encode("utf-8")
-            return out.reshape(dims)
-        dtype = DATATYPES[datatype]
-        if not nested and dtype.kind in "if" and set(map(type, data)) <= _FLAT_TYPES[dtype.kind]:
-            # The common flat list of numbers: straight to the dtype, no float64 copy between,
-            # and the list (~32 bytes an element) goes before the array is returned.
-            if dtype.kind == "i":
-                info = np.iinfo(dtype)
-                if min(data, default=0) < info.min or max(data, default=0) > info.max:
-                    raise ValueError(f"values outside [{info.min}, {info.max}]")
-            with np.errstate(over="raise", invalid="raise"):
-                flat = np.asarray(data, dtype=dtype)
-            del data
-            return flat.reshape(dims)
-        parsed = np.asarray(data)  # numpy's own type: strings and floats-for-ints show here
-        if dtype.kind in "iu" and parsed.dtype.kind in "fO":
-            # ints past 2**63 beside smaller ones come out float64 (or object): look again
-            items = parsed.ravel().tolist() if parsed.dtype.kind == "O" else _flatten(data)
-            if all(_is_int(v) for v in items):
-                parsed = np.asarray(items, dtype=object)
-                info = np.iinfo(dtype)
-                if min(items, default=0) < info.min or max(items, default=0) > info.max:
-                    raise ValueError(f"values outside [{info.min}, {info.max}]")
-                parsed = parsed.astype(dtype).reshape(np.shape(data) if nested else -1)
-        del data
-        if parsed.size and parsed.dtype.kind not in _JSON_KINDS[dtype.kind]:
-            want = {"b": "true/false", "i": "integers", "u": "integers", "f": "numbers"}
-            raise ValueError(f"{datatype} data must be {want[dtype.kind]}, not {parsed.dtype}")
-        if parsed.size and dtype.kind in "iu" and parsed.dtype != dtype:
-            info = np.iinfo(dtype)
-            if parsed.min() < info.min or parsed.max() > info.max:
-                raise ValueError(f"values outside [{info.min}, {info.max}]")
-        with np.errstate(over="raise", invalid="raise"):  # 1e9 as FP16 is an error, not inf
-            arr = parsed.astype(dtype, copy=False)
-    except (ValueError, TypeError, OverflowError, FloatingPointError) as exc:
-        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise _bad(f"input {name!r}: data is not a valid {datatype} array ({first})") from None
-    if nested and arr.shape != dims:
-        raise _bad(
-            f"input {name!r}: data is nested as {list(arr.shape)} but the shape is {list(dims)}"
-            " — nest it exactly as the shape, or send it flat"
-        )
-    if arr.size != count:
-        raise _bad(f"input {name!r}: shape {list(dims)} needs {count} elements, got {arr.size}")
-    return arr.reshape(dims)
-
-
-def _decode_lifted(
-    name: str,
-    datatype: Any,
-    shape: Any,
-    numbers: LiftedNumbers,
-    limits: RequestLimits,
-    budget: TensorBudget,
-) -> np.ndarray:
-    """A large flat array of numbers, taken out of the JSON text before it was parsed."""
-    count = parse_tensor_header(name, datatype, shape, limits)
-    budget.charge(name, datatype, count)
-    dtype = DATATYPES[datatype]
-    if dtype.kind not in "iuf":
-        want = {"BOOL": "true/false", "BYTES": "strings"}.get(datatype, "binary")
-        raise _bad(f"input {name!r}: {datatype} data must be {want}, not numbers")
-    try:
-        flat = parse_numbers(numbers, dtype, count, _loads)
-    except NumberSyntaxError as exc:
-        raise _bad(f"request body is not valid JSON ({exc})") from None
-    except (ValueError, OverflowError, FloatingPointError) as exc:
-        raise _bad(f"input {name!r}: data is not a valid {datatype} array ({exc})") from None
-    return flat.reshape(tuple(shape))
-
-
-def _flatten(data: list[Any]) -> list[Any]:
-    out: list[Any] = []
-    for item in data:
-        if isinstance(item, list):
-            out.extend(_flatten(item))
-        else:
-            out.append(item)
-    return out
 
 
 def _parameters(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -477,7 +207,7 @@ def decode_infer_request(
         in_params = _parameters(spec, f"input {name!r}")
         binary_size = in_params.get("binary_data_size")
         if binary_size is not None:
-            if not _is_int(binary_size) or binary_size < 0:
+            if not is_integer(binary_size) or binary_size < 0:
                 raise _bad(f"input {name!r}: binary_data_size must be a non-negative integer")
             if header_length is None:
                 raise _bad(
@@ -499,7 +229,7 @@ def decode_infer_request(
             data = spec.pop("data")
             numbers = lifted_of(data, lifted) if lifted else None
             if numbers is not None:
-                inputs[name] = _decode_lifted(name, datatype, shape, numbers, limits, budget)
+                inputs[name] = decode_lifted_tensor(name, datatype, shape, numbers, limits, budget)
             else:
                 # pop, and no other name for it: the parsed list (~32 bytes an element) goes
                 # as soon as it is an array
