@@ -229,3 +229,42 @@ def test_one_replica_rolling_update_hands_over(ray_cluster, tmp_path: Path) -> N
         client = httpclient.InferenceServerClient(server.url)
         x = np.ones((1, 8), np.float32)
         np.testing.assert_allclose(_infer(client, "mlp", x), mlp_reference(x, seed=2), rtol=1e-5)
+
+
+def test_a_killed_node_is_replaced_and_capacity_comes_back(ray_cluster, tmp_path: Path) -> None:
+    from tests.cluster.conftest import OBJECT_STORE_BYTES, pool_resource
+
+    spare = {pool_resource("spare/a"): 1}
+    doomed = ray_cluster.cluster.add_node(
+        num_cpus=1, object_store_memory=OBJECT_STORE_BYTES, resources=spare
+    )
+    mlp = save_mlp(tmp_path / "mlp.onnx", seed=1)
+    plan = _plan(tmp_path / "plan.json", {"mlp": "spare/a"})
+    with ClusterServer(
+        [mlp], address=ray_cluster.address, port=0, plan=plan, name="t-kill"
+    ) as server:
+        (before,) = server.endpoints()
+        assert before.node_id == doomed.node_id
+        ray_cluster.cluster.add_node(
+            num_cpus=1, object_store_memory=OBJECT_STORE_BYTES, resources=spare
+        )
+        killed = time.monotonic()
+        ray_cluster.cluster.remove_node(doomed, allow_graceful=False)
+        wait_until(
+            lambda: [e.node_id for e in server.endpoints()] not in ([], [doomed.node_id]),
+            "a replica on the surviving node",
+            60,
+        )
+        client = httpclient.InferenceServerClient(server.url)
+        x = np.ones((1, 8), np.float32)
+        wait_until(lambda: _serves(client, x), "the new replica serving through HAProxy", 30)
+        print(f"node kill: capacity back {time.monotonic() - killed:.1f} s after the kill")
+        np.testing.assert_allclose(_infer(client, "mlp", x), mlp_reference(x, seed=1), rtol=1e-5)
+
+
+def _serves(client: httpclient.InferenceServerClient, x: np.ndarray) -> bool:
+    try:
+        _infer(client, "mlp", x)
+        return True
+    except InferenceServerException:
+        return False
