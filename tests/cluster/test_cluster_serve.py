@@ -47,6 +47,11 @@ def test_tritonclient_through_the_ingress(served: ClusterServer) -> None:
     endpoints = served.endpoints()
     assert len(endpoints) == 2 and len({e.port for e in endpoints}) == 2
     assert all(e.models == ("double", "mlp") for e in endpoints)
+    # /metrics through the ingress: every replica's, labelled with replica and node.
+    status, _, body = exchange(served.url, "GET", "/metrics")
+    assert status == 200
+    for e in endpoints:
+        assert f'replica="{e.replica_id}"' in body.decode()
 
 
 def test_errors_are_the_single_servers(served: ClusterServer) -> None:
