@@ -40,17 +40,7 @@ def _settled_rss(server: ServerProcess, bound: float) -> int:
     return rss
 
 
-# Two references outlive an answer today and keep the last large request's body alive:
-# Batcher._work's locals (requests-grpc.md) and the fast path's cycle through
-# InferCall.request (requests-protocol.md). Remove the mark once both changes are in.
-PENDING = pytest.mark.xfail(
-    reason="the last request stays referenced: batcher locals and InferCall.request",
-    strict=False,
-)
-
-
 @pytest.mark.slow
-@PENDING
 @pytest.mark.parametrize("kind", ["binary", "json"])
 def test_rss_returns_to_idle_after_the_largest_request(digits_cnn: Path, kind: str) -> None:
     request, body_bytes = largest_requests(digits_cnn, RequestLimits())[kind]
