@@ -19,6 +19,7 @@ from serve_models import exchange, mlp_reference, save_mlp
 
 from edgeshift.errors import ModelError
 from edgeshift.serve import ServeOptions, ServerSettings, ServerThread
+from edgeshift.serve.json_numbers import lift_number_arrays
 from edgeshift.serve.limits import RequestLimits
 from edgeshift.serve.security import AuthSettings
 
@@ -353,3 +354,37 @@ def test_a_deep_repository_index_body_is_a_400(tmp_path: Path) -> None:
     with ServerThread(settings) as running:
         answer = exchange(running.url, "POST", "/v2/repository/index", DEEP)
         assert "not valid JSON" in _error(answer, 400)
+
+
+def save_row_sums(path: Path) -> Path:
+    """x [n, 4096] float32 -> y [n]: the sum of each row (wide rows make large JSON bodies)."""
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)],
+        "rowsum",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4096])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])],
+        [axes],
+    )
+    return _save(graph, path)
+
+
+def test_a_large_json_body_is_parsed_in_pieces_and_answers_right(tmp_path: Path) -> None:
+    path = save_row_sums(tmp_path / "rowsum.onnx")
+    with ServerThread(ServerSettings([path], port=0, access_log=False)) as running:
+        x = np.random.default_rng(3).integers(-1000, 1000, (96, 4096)).astype(np.float32) / 8
+        tensor = {"name": "x", "datatype": "FP32", "shape": [96, 4096]}
+        body = {"inputs": [{**tensor, "data": x.ravel().tolist()}]}
+        raw = json.dumps(body).encode()
+        assert len(raw) > 2 * RequestLimits().json_offload_bytes  # decoded in a worker thread
+        assert lift_number_arrays(raw)[1]  # and its array parsed in pieces
+        status, _, answer = _post(running, raw, "rowsum")
+        assert status == 200, answer[:300]
+        got = np.array(json.loads(answer)["outputs"][0]["data"], np.float32)
+        np.testing.assert_allclose(got, x.sum(axis=1), rtol=1e-5)
+        # One element short, and one bad number deep inside: still a 400 naming the problem.
+        short = {"inputs": [{**tensor, "data": x.ravel().tolist()[:-1]}]}
+        assert "got 393215" in _error(_post(running, short, "rowsum"), 400)
+        middle = len(raw) // 2
+        bad = raw[:middle] + raw[middle:].replace(b", ", b", 1..2, ", 1)
+        assert "not valid JSON" in _error(_post(running, bad, "rowsum"), 400)
