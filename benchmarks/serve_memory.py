@@ -18,8 +18,8 @@ loop; an upload at 1 KB/s; a client that sends a large request and reads its ans
 1 KB/s); p50/p99/max of the small requests' latency, each the median over ``--rounds``
 rounds (disturbers interleaved within each round).
 
-Run: ``python benchmarks/serve_memory.py [--model PATH] [--budget-mb N] [--rounds 3]
-[--seconds 3]``.
+Run: ``python benchmarks/serve_memory.py [--model PATH] [--backend onnxruntime|openvino]
+[--budget-mb N] [--rounds 3] [--seconds 3] [--skip-interference]``.
 """
 
 from __future__ import annotations
@@ -54,10 +54,9 @@ SETTLE_S = 0.5  # after an answer: the server drops the request's buffers on its
 _CHILD = """
 import json, sys
 from edgeshift.serve import ServeOptions, ServerSettings, ServerThread
-budget = json.loads(sys.argv[2])
-settings = ServerSettings(
-    [sys.argv[1]], port=0, access_log=False, options=ServeOptions(memory_budget_bytes=budget)
-)
+budget, backend = json.loads(sys.argv[2]), json.loads(sys.argv[3])
+options = ServeOptions(memory_budget_bytes=budget, backend=backend)
+settings = ServerSettings([sys.argv[1]], port=0, access_log=False, options=options)
 with ServerThread(settings) as server:
     print(server.url, flush=True)
     sys.stdin.read()
@@ -73,13 +72,22 @@ def default_model(workdir: Path) -> Path:
 class ServerProcess:
     """A server for MODEL in a child process; ``url`` and ``rss_bytes()`` while it runs."""
 
-    def __init__(self, model: Path, memory_budget_bytes: int | None = None) -> None:
+    def __init__(
+        self, model: Path, memory_budget_bytes: int | None = None, backend: str | None = None
+    ) -> None:
         self.model = model
         self._dir = tempfile.TemporaryDirectory()
         served = Path(self._dir.name) / f"{MODEL_NAME}.onnx"  # served under its file's stem
         shutil.copyfile(model, served)
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(served), json.dumps(memory_budget_bytes)],
+            [
+                sys.executable,
+                "-c",
+                _CHILD,
+                str(served),
+                json.dumps(memory_budget_bytes),
+                json.dumps(backend),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -248,6 +256,7 @@ def memory_table(
     memory_budget_bytes: int | None = None,
     limits: RequestLimits | None = None,
     repeats: int = 2,
+    backend: str | None = None,
 ) -> list[dict[str, Any]]:
     """One row per large request (binary and JSON, REPEATS times each) against one server."""
     limits = limits or RequestLimits()
@@ -255,7 +264,7 @@ def memory_table(
         model = model or default_model(Path(tmp))
         requests = largest_requests(model, limits)
         model_bytes = model.stat().st_size
-        with ServerProcess(model, memory_budget_bytes) as server:
+        with ServerProcess(model, memory_budget_bytes, backend) as server:
             small = small_request(model)
             with connect(server) as sock:
                 for _ in range(200):  # the hot path's buffers exist before idle is read
@@ -355,6 +364,7 @@ def interference_table(
     limits: RequestLimits | None = None,
     seconds: float = 3.0,
     rounds: int = 3,
+    backend: str | None = None,
 ) -> list[dict[str, Any]]:
     """Small-request latency while each disturber runs; medians over ROUNDS."""
     limits = limits or RequestLimits()
@@ -373,7 +383,7 @@ def interference_table(
         ]
         small = small_request(model)
         figures: dict[str, list[tuple[float, float, float, int]]] = {d.name: [] for d in disturbers}
-        with ServerProcess(model, memory_budget_bytes) as server:
+        with ServerProcess(model, memory_budget_bytes, backend) as server:
             _small_latencies_ms(server, small, 0.5)  # warm-up
             for _ in range(rounds):
                 for d in disturbers:
@@ -431,16 +441,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="default: the zoo's digits CNN")
     parser.add_argument("--budget-mb", type=float, default=None, help="default: the server's")
+    parser.add_argument("--backend", default=None, help="onnxruntime or openvino")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--skip-interference", action="store_true")
     args = parser.parse_args()
     budget = int(args.budget_mb * MIB) if args.budget_mb else None
     print("memory (largest allowed requests, one server):")
-    print(format_table(memory_table(args.model, budget)))
+    print(format_table(memory_table(args.model, budget, backend=args.backend)))
     if not args.skip_interference:
         print("\nsmall-request latency while another client disturbs (medians over rounds):")
-        print(format_table(interference_table(args.model, budget, None, args.seconds, args.rounds)))
+        table = interference_table(
+            args.model, budget, None, args.seconds, args.rounds, backend=args.backend
+        )
+        print(format_table(table))
 
 
 if __name__ == "__main__":

@@ -41,11 +41,14 @@ def _settled_rss(server: ServerProcess, bound: float) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 @pytest.mark.parametrize("kind", ["binary", "json"])
-def test_rss_returns_to_idle_after_the_largest_request(digits_cnn: Path, kind: str) -> None:
+def test_rss_returns_to_idle_after_the_largest_request(
+    digits_cnn: Path, kind: str, backend: str
+) -> None:
     request, body_bytes = largest_requests(digits_cnn, RequestLimits())[kind]
     allowance = 3 * body_bytes + digits_cnn.stat().st_size
-    with ServerProcess(digits_cnn) as server:
+    with ServerProcess(digits_cnn, backend=backend) as server:
         small = small_request(digits_cnn)
         with connect(server) as sock:
             for _ in range(200):
