@@ -1,19 +1,23 @@
 """gRPC calls across their lifetime: a client that gives up, a server that shuts down with
-calls in flight, a port that is taken. Backends gated (serve_models.GatedBackend) so the
-calls are provably in flight when it happens."""
+calls in flight, a port that is taken, a stream whose requests wait together or whose client
+leaves. Backends gated (serve_models.GatedBackend) so the calls are provably in flight when it
+happens."""
 
 from __future__ import annotations
 
 import asyncio
+import queue
 import socket
 import threading
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tg
 from serve_models import gate_backends, metric, mlp_reference, save_mlp, wait_until
+from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
 from edgeshift.errors import ConfigError
@@ -22,6 +26,7 @@ from edgeshift.serve.grpc import GrpcFrontend
 from edgeshift.serve.limits import RequestLimits
 from edgeshift.serve.security import AuthSettings
 
+STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 RTOL, ATOL = 1e-5, 1e-6  # batched float32 GEMMs vs the one-row reference: a few ulps
 
 
@@ -118,3 +123,74 @@ def test_a_taken_port_is_a_one_line_config_error(
             with pytest.raises(ConfigError, match=f"127.0.0.1:{port}.*--grpc-port"):
                 asyncio.run(start())
     assert "add port" not in capfd.readouterr().err.lower()  # grpc's own line is not printed
+
+
+def _stream_request(value: float, request_id: str) -> bytes:
+    request = pb.ModelInferRequest(
+        model_name="dense",
+        id=request_id,
+        raw_input_contents=[np.full((1, 8), value, "f4").tobytes()],
+    )
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 8])
+    return request.SerializeToString()
+
+
+def test_requests_of_one_stream_batch_together(model: Path, monkeypatch: Any) -> None:
+    gated = gate_backends(monkeypatch)
+    settings = ServerSettings([model], port=0, grpc_port=0, access_log=False)
+    with ServerThread(settings) as server:
+        assert server.grpc_url is not None
+        results: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        client = tg.InferenceServerClient(server.grpc_url)
+        client.start_stream(callback=lambda result, error: results.put((result, error)))
+        client.async_stream_infer("dense", [_x(0.0)], request_id="0")
+        wait_until(gated[0].entered.is_set, "the first request to reach the backend")
+        for i in range(1, 9):  # queued behind the first, on the same stream
+            client.async_stream_infer("dense", [_x(float(i))], request_id=str(i))
+        wait_until(
+            lambda: metric(server, "edgeshift_inference_in_flight") == 9, "9 requests in flight"
+        )
+        gated[0].gate.set()
+        answers = {}
+        for _ in range(9):
+            result, error = results.get(timeout=30)
+            assert error is None
+            answers[result.get_response().id] = result.as_numpy("y")
+        client.stop_stream()
+        client.close()
+        for i in range(9):
+            want = mlp_reference(np.full((1, 8), float(i), np.float32))
+            np.testing.assert_allclose(answers[str(i)], want, RTOL, ATOL)
+        # the first ran alone; the eight that waited behind it ran as one batch
+        assert metric(server, "edgeshift_batch_size_count") == 2
+        assert metric(server, "edgeshift_batch_size_sum") == 9
+
+
+def test_a_stream_that_goes_away_counts_its_requests_499(model: Path, monkeypatch: Any) -> None:
+    gated = gate_backends(monkeypatch)
+    settings = ServerSettings([model], port=0, grpc_port=0, access_log=False)
+    with ServerThread(settings) as server:
+        assert server.grpc_url is not None
+        url = server.grpc_url
+
+        async def send_three_and_leave() -> None:
+            async with grpc.aio.insecure_channel(url) as channel:
+                stream = channel.stream_stream(STREAM_INFER)
+                call = stream(iter([_stream_request(1.0, str(i)) for i in range(3)]))
+                await asyncio.to_thread(
+                    wait_until,
+                    lambda: metric(server, "edgeshift_inference_in_flight") == 3,
+                    "3 requests in flight",
+                )
+                call.cancel()
+
+        asyncio.run(send_three_and_leave())
+        wait_until(
+            lambda: metric(server, "edgeshift_inference_requests_total", status="499") == 3,
+            "the stream's three requests counted as 499",
+        )
+        assert metric(server, "edgeshift_inference_in_flight") == 0
+        gated[0].gate.set()
+        with tg.InferenceServerClient(url) as client:  # the model still answers, correctly
+            y = client.infer("dense", [_x(0.5)]).as_numpy("y")
+        np.testing.assert_allclose(y, mlp_reference(np.full((1, 8), 0.5, np.float32)), RTOL, ATOL)

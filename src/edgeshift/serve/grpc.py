@@ -11,6 +11,7 @@ their status mapped to a gRPC code (``grpc_codec.STATUS_CODES``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import time
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+import numpy as np
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import model_config_pb2 as mc
@@ -30,7 +32,8 @@ from edgeshift.serve.grpc_codec import decode_model_infer, encode_model_infer, s
 from edgeshift.serve.limits import RequestLimits
 from edgeshift.serve.memory import release_after_request
 from edgeshift.serve.metrics import ServerMetrics
-from edgeshift.serve.repository import ModelRepository
+from edgeshift.serve.protocol import InferRequest
+from edgeshift.serve.repository import ModelRepository, ServedModel
 from edgeshift.serve.security import AuthSettings, TlsSettings
 from edgeshift.serve.triton import model_config, model_statistics
 
@@ -308,7 +311,17 @@ class GrpcFrontend:
             self._authorize_inference(context)
         except ProtocolError as exc:
             await context.abort(status_code(exc.status), str(exc))
-        answer = await self._infer(request)
+        call = self._begin(request)
+        if call.future is not None:
+            try:
+                await call.future
+            except asyncio.CancelledError:  # the client went away; the batcher drops it
+                call.future.cancel()
+                self._finish(call)  # counted as 499
+                raise
+            except Exception:
+                pass  # _finish turns it into the answer
+        answer = self._finish(call)
         if isinstance(answer, ProtocolError):
             await context.abort(status_code(answer.status), str(answer))
         return answer
@@ -324,32 +337,44 @@ class GrpcFrontend:
             await context.abort(status_code(exc.status), str(exc))
         # Requests of one stream run concurrently (they batch with each other and with
         # unary calls); answers go out as they finish, each with its request's id, as in
-        # Triton. Errors travel in the stream and leave it open.
+        # Triton. Errors travel in the stream and leave it open. Each request is answered
+        # from its batcher future's callback, not from a task of its own: per message, a
+        # task cost more than the rest of edgeshift's work.
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
-        running: set[asyncio.Task[None]] = set()
+        running: set[_Call] = set()
+        reading = True
 
-        async def answer(request: pb.ModelInferRequest | _Malformed) -> None:
-            try:
-                result = await self._infer(request)
-            finally:
-                slots.release()
+        def answer(call: _Call) -> None:
+            response = pb.ModelStreamInferResponse()
+            result = self._finish(call, into=response.infer_response)
             if isinstance(result, ProtocolError):
-                answers.put_nowait(pb.ModelStreamInferResponse(error_message=str(result)))
-            else:
-                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=result))
+                response = pb.ModelStreamInferResponse(error_message=str(result))
+            answers.put_nowait(response)
+
+        def done(call: _Call, _: object) -> None:
+            running.discard(call)
+            slots.release()
+            answer(call)
+            if not reading and not running:
+                answers.put_nowait(None)
 
         async def read() -> None:
+            nonlocal reading
             try:
                 async for request in requests:
                     await slots.acquire()  # a stream cannot queue more than this at once
-                    task = asyncio.ensure_future(answer(request))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-                if running:
-                    await asyncio.wait(set(running))
+                    call = self._begin(request)
+                    if call.future is None:
+                        slots.release()
+                        answer(call)
+                    else:
+                        running.add(call)
+                        call.future.add_done_callback(functools.partial(done, call))
             finally:
-                answers.put_nowait(None)
+                reading = False
+                if not running:
+                    answers.put_nowait(None)
 
         reader = asyncio.ensure_future(read())
         try:
@@ -357,43 +382,75 @@ class GrpcFrontend:
                 yield response
         finally:
             reader.cancel()
-            for task in list(running):
-                task.cancel()
+            for call in list(running):  # the client went away: each is counted as 499
+                if call.future is not None:
+                    call.future.cancel()
 
-    async def _infer(
-        self, request: pb.ModelInferRequest | _Malformed
-    ) -> pb.ModelInferResponse | ProtocolError:
-        """One inference, counted in the metrics as HTTP counts it; the answer or the error."""
-        started_s = time.perf_counter()
-        label, version, status = UNKNOWN_MODEL, "", 500
+    def _begin(self, request: pb.ModelInferRequest | _Malformed) -> _Call:
+        """Decode REQUEST and queue it on its model; never raises (errors wait in the call)."""
+        call = _Call(time.perf_counter())
         try:
             if isinstance(request, _Malformed):
                 raise ProtocolError(request.reason, 400)
             model = self.repository.get(request.model_name, request.model_version or None)
-            label, version = model.name, model.version
-            self.metrics.request_started(label)
-            decoded = decode_model_infer(request, self.limits)
-            result = await model.enqueue(decoded)
+            call.label, call.version, call.model = model.name, model.version, model
+            self.metrics.request_started(model.name)
+            call.request = decode_model_infer(request, self.limits)
+            call.future = model.enqueue(call.request)
+        except Exception as exc:
+            call.error = _serving_error(exc)
+        return call
+
+    def _finish(
+        self, call: _Call, into: pb.ModelInferResponse | None = None
+    ) -> pb.ModelInferResponse | ProtocolError:
+        """The answer to CALL once its future is done (or it failed early), counted in the
+        metrics as HTTP counts it; the response (written INTO, when given) or the error."""
+        status = 500
+        try:
+            if call.error is not None:
+                status = call.error.status
+                return call.error
+            assert call.model is not None and call.request is not None
+            assert call.future is not None
+            if call.future.cancelled():
+                status = CLIENT_CLOSED
+                return ProtocolError("the client went away before its answer", CLIENT_CLOSED)
+            outputs = call.model.select(call.request, call.future.result())
             response = encode_model_infer(
-                model.name, model.version, model.select(decoded, result), decoded.id
+                call.model.name, call.model.version, outputs, call.request.id, into
             )
             status = 200
             # a large request's freed buffers go back to the OS (a no-op for small ones)
-            release_after_request(sum(a.nbytes for a in decoded.inputs.values()))
+            release_after_request(sum(a.nbytes for a in call.request.inputs.values()))
             return response
-        except asyncio.CancelledError:  # the client went away; the batcher drops it
-            status = CLIENT_CLOSED
-            raise
         except Exception as exc:
             error = _serving_error(exc)
             status = error.status
             return error
         finally:
-            latency_s = time.perf_counter() - started_s
-            if version:
-                self.metrics.request_finished(label, version, status, latency_s)
-            else:
-                self.metrics.observe_request(label, version, status, latency_s)
+            latency_s = time.perf_counter() - call.started_s
+            if call.version:
+                self.metrics.request_finished(call.label, call.version, status, latency_s)
+            else:  # unknown model or version: never counted as started
+                self.metrics.observe_request(call.label, call.version, status, latency_s)
+            call.request = None  # answered: the request and its outputs can go
+            call.future = None
+
+
+class _Call:
+    """One inference between :meth:`GrpcFrontend._begin` and :meth:`GrpcFrontend._finish`."""
+
+    __slots__ = ("error", "future", "label", "model", "request", "started_s", "version")
+
+    def __init__(self, started_s: float) -> None:
+        self.started_s = started_s
+        self.label = UNKNOWN_MODEL
+        self.version = ""
+        self.model: ServedModel | None = None
+        self.request: InferRequest | None = None
+        self.future: asyncio.Future[dict[str, np.ndarray]] | None = None
+        self.error: ProtocolError | None = None
 
 
 def _serialize(message: Any) -> bytes:

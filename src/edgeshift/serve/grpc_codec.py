@@ -155,25 +155,25 @@ def decode_model_infer(message: pb.ModelInferRequest, limits: RequestLimits) -> 
 
 
 def encode_model_infer(
-    model_name: str, model_version: str, outputs: dict[str, np.ndarray], request_id: str | None
+    model_name: str,
+    model_version: str,
+    outputs: dict[str, np.ndarray],
+    request_id: str | None,
+    into: pb.ModelInferResponse | None = None,
 ) -> pb.ModelInferResponse:
-    """Outputs (already selected and ordered) as raw_output_contents."""
-    tensors = []
-    raws = []
+    """Outputs (already selected and ordered) as raw_output_contents, written INTO a message
+    when given (a stream's answer holds its response in place: no copy of the outputs)."""
+    response = pb.ModelInferResponse() if into is None else into
+    response.model_name = model_name
+    response.model_version = model_version
+    response.id = request_id or ""
     for name, value in outputs.items():
         arr = np.asarray(value)
         datatype = datatype_of(arr.dtype)
-        tensors.append(
-            pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype, shape=arr.shape)
-        )
+        response.outputs.add(name=name, datatype=datatype, shape=arr.shape)
         if datatype == "BYTES":
-            raws.append(encode_bytes_elements(arr))
+            response.raw_output_contents.append(encode_bytes_elements(arr))
         else:
-            raws.append(np.ascontiguousarray(arr, dtype=DATATYPES[datatype]).tobytes())
-    return pb.ModelInferResponse(
-        model_name=model_name,
-        model_version=model_version,
-        id=request_id or "",
-        outputs=tensors,
-        raw_output_contents=raws,
-    )
+            raw = np.ascontiguousarray(arr, dtype=DATATYPES[datatype]).tobytes()
+            response.raw_output_contents.append(raw)
+    return response
