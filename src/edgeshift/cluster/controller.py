@@ -123,6 +123,13 @@ class ClusterServer:
             raise RuntimeError("the cluster server is not started")
         return self._ingress.url
 
+    @property
+    def ingress(self) -> HaproxyIngress:
+        """The HAProxy in front (``server_states()``: which replicas are in rotation)."""
+        if self._ingress is None:
+            raise RuntimeError("the cluster server is not started")
+        return self._ingress
+
     def endpoints(self) -> list[ReplicaEndpoint]:
         with self._lock:
             return list(self._endpoints.values())
