@@ -108,6 +108,7 @@ class ClusterServer:
         self._failures: dict[str, int] = {}
         self._registered: list[tuple[str, ReplicaEndpoint]] = []
         self._version = -1
+        self._fed_version = -1  # the registry version HAProxy's servers reflect
         self._generation = 0  # bumped by update_model: replicas register as APP#gN
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -162,6 +163,7 @@ class ClusterServer:
         self._ingress = HaproxyIngress(
             self.host, self.port, metrics_address=self._aggregator.address
         )
+        self._fed_version = self._version
         self._ingress.start(self.endpoints())
         self.port = self._ingress.port
         self._watcher = threading.Thread(target=self._watch, name="edgeshift-watch", daemon=True)
@@ -361,10 +363,14 @@ class ClusterServer:
     def _watch(self) -> None:
         while not self._stop.wait(_POLL_S):
             try:
-                changed = self._refresh()
+                self._refresh()
                 self._prune()
-                if changed and self._ingress is not None:
+                # Compared with what HAProxy was last given, not with the last read: the
+                # main thread reads the registry too (waiting for replicas).
+                version = self._version
+                if version != self._fed_version and self._ingress is not None:
                     self._ingress.update(self.endpoints())
+                    self._fed_version = version
             except Exception:  # the loop must outlive one failed poll
                 log.exception("cluster watch loop")
 
