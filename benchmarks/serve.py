@@ -23,12 +23,16 @@ machine, so its CPU time counts against the server: the ratios are what one box 
 included. "server CPU µs/req" is the server process's CPU time (runtime included) per answered
 request.
 
-The batching-on server also serves gRPC: two more cells at concurrency 32 drive it with
-tritonclient.grpc.aio ("grpc") and with a grpc.aio call of pre-serialized bytes ("grpc raw",
-the cheapest Python gRPC client), raw tensor contents both, beside HTTP binary.
+The batching-on server also serves gRPC: four more cells at concurrency 32 drive it with raw
+tensor contents, beside HTTP binary: unary ModelInfer from tritonclient.grpc.aio ("grpc") and
+as a grpc.aio call of pre-serialized bytes ("grpc raw", the cheapest Python gRPC client), and
+bidirectional ModelStreamInfer (perf_analyzer's --streaming) with 32 requests outstanding,
+from tritonclient.grpc.aio's stream_infer on one stream ("grpc stream") and as pre-serialized
+bytes on 8 grpc.aio streams of 4 ("grpc stream raw"). ``--grpc-only`` runs just these and HTTP
+binary at concurrency 32.
 
 Run: ``python benchmarks/serve.py [--rounds 3] [--seconds 3] [--model minilm|mlp-wide|mlp|PATH]
-[--seq N] [--client raw|aiohttp]``.
+[--seq N] [--client raw|aiohttp] [--grpc-only]``.
 """
 
 from __future__ import annotations
@@ -349,6 +353,87 @@ async def drive_grpc(
     return len(latencies) / elapsed, float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
+async def drive_grpc_stream(
+    url: str,
+    model: str,
+    sample: dict[str, np.ndarray],
+    concurrency: int,
+    seconds: float,
+    client: str = "raw",
+    streams: int = 8,
+) -> tuple[float, float, float]:
+    """As :func:`drive`, over gRPC ModelStreamInfer (bidirectional, as perf_analyzer
+    --streaming): CONCURRENCY requests outstanding, spread over STREAMS streams of one HTTP/2
+    channel; each answer sends that stream's next request. ``raw``: pre-serialized bytes on a
+    grpc.aio stream; ``tritonclient``: tritonclient.grpc.aio's stream_infer on one stream
+    (how a Triton client streams)."""
+    import grpc
+    import tritonclient.grpc.aio as tga
+    from tritonclient.grpc import service_pb2 as pb
+
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + seconds
+    if client != "raw":
+        streams = 1
+    per_stream = [concurrency // streams + (i < concurrency % streams) for i in range(streams)]
+    request = pb.ModelInferRequest(
+        model_name=model, raw_input_contents=[a.tobytes() for a in sample.values()]
+    )
+    for name, arr in sample.items():
+        request.inputs.add(name=name, datatype=_DATATYPES[arr.dtype.name], shape=arr.shape)
+    body = request.SerializeToString()
+    tc_inputs = []
+    for name, arr in sample.items():
+        inp = tga.InferInput(name, list(arr.shape), _DATATYPES[arr.dtype.name])
+        inp.set_data_from_numpy(arr)
+        tc_inputs.append(inp)
+    channel = grpc.aio.insecure_channel(url)
+    triton = tga.InferenceServerClient(url)
+    method = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+
+    async def one_stream(outstanding: int) -> None:
+        sent: list[float] = []  # send times: one model's batches answer in the order sent
+        more: asyncio.Queue[bool] = asyncio.Queue()
+        for _ in range(outstanding):
+            more.put_nowait(True)
+
+        async def requests():  # type: ignore[no-untyped-def]
+            while await more.get():
+                sent.append(time.perf_counter())
+                yield body if client == "raw" else {"model_name": model, "inputs": tc_inputs}
+
+        call = method(requests()) if client == "raw" else triton.stream_infer(requests())
+        left = outstanding
+        async for answer in call:
+            if client == "raw":
+                # a message that starts with field 1 (error_message) is an error; an answer
+                # starts with field 2 (infer_response): checked without parsing the answer
+                error = answer[:1] == b"\x0a" and pb.ModelStreamInferResponse.FromString(answer)
+            else:
+                error = answer[1]
+            if error:
+                raise RuntimeError(f"stream answered an error: {error}")
+            latencies.append(time.perf_counter() - sent.pop(0))
+            if time.perf_counter() < stop_at:
+                more.put_nowait(True)
+            else:
+                left -= 1
+                if not left:
+                    more.put_nowait(False)
+                    break
+        call.cancel()
+
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(one_stream(n) for n in per_stream if n))
+        elapsed = time.perf_counter() - started
+    finally:
+        await triton.close()
+        await channel.close()
+    ms = np.array(latencies) * 1000
+    return len(latencies) / elapsed, float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
 def run_load(
     server: Server,
     tensors: str,
@@ -359,7 +444,13 @@ def run_load(
     concurrency: int,
     seconds: float,
 ) -> tuple[float, float, float]:
-    """One cell's load: HTTP with LOAD ("binary"/"JSON" bodies) or gRPC ("grpc", "grpc raw")."""
+    """One cell's load: HTTP with LOAD ("binary"/"JSON" bodies) or gRPC: unary ModelInfer
+    ("grpc", "grpc raw") or ModelStreamInfer ("grpc stream", "grpc stream raw")."""
+    if tensors.startswith("grpc stream"):
+        client = "raw" if tensors == "grpc stream raw" else "tritonclient"
+        return asyncio.run(
+            drive_grpc_stream(server.grpc_url, model, sample, concurrency, seconds, client)
+        )
     if tensors.startswith("grpc"):
         client = "raw" if tensors == "grpc raw" else "tritonclient"
         return asyncio.run(drive_grpc(server.grpc_url, model, sample, concurrency, seconds, client))
@@ -461,6 +552,11 @@ def main() -> None:
     parser.add_argument(
         "--client", choices=("raw", "aiohttp"), default="raw", help="load generator's HTTP client"
     )
+    parser.add_argument(
+        "--grpc-only",
+        action="store_true",
+        help="only HTTP binary and the gRPC cells at concurrency 32, on the batching server",
+    )
     args = parser.parse_args()
     console = Console(width=150)
     load = drive_raw if args.client == "raw" else drive
@@ -485,14 +581,19 @@ def main() -> None:
             "eager": Server(MAX_BATCH, model, ("--max-delay-ms", "0")),
             "off": Server(1, model),
         }
-        # tensors: HTTP "binary" or "JSON", or gRPC raw contents from tritonclient or "grpc raw"
+        # tensors: HTTP "binary" or "JSON", or gRPC raw contents, unary or streamed, from
+        # tritonclient.grpc.aio or a pre-serialized "raw" client
         plan = [
             (mode, tensors, concurrency)
             for mode, tensors, concurrency in itertools.product(
                 servers, ("binary", "JSON"), CONCURRENCY
             )
             if mode != "eager" or (tensors == "binary" and concurrency == 32)
-        ] + [("on", "grpc", 32), ("on", "grpc raw", 32)]
+        ] + [("on", t, 32) for t in ("grpc", "grpc raw", "grpc stream", "grpc stream raw")]
+        if args.grpc_only:
+            plan = [cell for cell in plan if cell[1].startswith("grpc")]
+            plan.insert(0, ("on", "binary", 32))
+            servers = {"on": servers["on"]}
         for server in servers.values():
             server.start()
         ceilings: dict[int, list[list[tuple[float, float]]]] = {b: [] for b in batches}
@@ -590,24 +691,28 @@ def main() -> None:
         "served/ceiling ratio approaches on an otherwise idle box, when both keep the CPUs busy"
     )
     on32 = med(cells[("on", "binary", 32)].rps)
+    grpc_ratios = ", ".join(
+        f"{tensors} {med(cells[('on', tensors, 32)].rps) / on32:.2f}x"
+        for tensors in ("grpc", "grpc raw", "grpc stream", "grpc stream raw")
+    )
+    console.print(
+        f"conc 32, gRPC / HTTP binary: {grpc_ratios} (goal >= 1x; grpc: tritonclient.grpc.aio, "
+        "raw: pre-serialized bytes on grpc.aio; the client's CPU counts against the server "
+        "on this box)"
+    )
+    if args.grpc_only:
+        return
     off32 = med(cells[("off", "binary", 32)].rps)
     eager32 = med(cells[("eager", "binary", 32)].rps)
     json32 = med(cells[("on", "JSON", 32)].rps)
     formed32 = med(cells[("on", "binary", 32)].mean_batch)
     paired32 = med(cells[("on", "binary", 32)].paired)
-    grpc32 = med(cells[("on", "grpc", 32)].rps)
-    grpc_raw32 = med(cells[("on", "grpc raw", 32)].rps)
     console.print(
         f"conc 32, binary: served / ceiling at the formed batch ({formed32:.1f}) = "
         f"{on32 / _interpolate(cap, formed32):.0%}, at batch {MAX_BATCH} paired = {paired32:.0%} "
         f"(goal >= 85%); batching on / off = {on32 / off32:.2f}x (goal >= 2x); "
         f"binary / JSON = {on32 / json32:.2f}x; adaptive wait / eager (--max-delay-ms 0) = "
         f"{on32 / eager32:.2f}x"
-    )
-    console.print(
-        f"conc 32: gRPC (tritonclient.grpc.aio) / HTTP binary = {grpc32 / on32:.2f}x, gRPC with "
-        f"a pre-serialized raw client / HTTP binary = {grpc_raw32 / on32:.2f}x (goal >= 1x; "
-        "the client's CPU counts against the server on this box)"
     )
 
 
