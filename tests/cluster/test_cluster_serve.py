@@ -67,6 +67,24 @@ def test_errors_are_the_single_servers(served: ClusterServer) -> None:
     assert status == 404
 
 
+def test_a_replica_dropped_from_the_registry_registers_again(served: ClusterServer) -> None:
+    import ray
+
+    from edgeshift.cluster.registry import get_registry
+
+    registry = get_registry("t-serve", create=False)
+    dropped = served.endpoints()[0]
+    version, _ = ray.get(registry.snapshot.remote())
+    ray.get(registry.unregister.remote(dropped.replica_id))
+
+    def back() -> bool:
+        now, entries = ray.get(registry.snapshot.remote())
+        return now >= version + 2 and dropped in [e for _, e in entries]
+
+    wait_until(back, "its heartbeat to register it again", 10)
+    wait_until(lambda: dropped in served.endpoints(), "the controller to see it back", 10)
+
+
 class _Hammer:
     """Clients sending requests through the ingress until stopped; counts what failed."""
 

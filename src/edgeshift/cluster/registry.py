@@ -32,8 +32,10 @@ class Registry:
         self._stopping = False
 
     def register(self, app: str, endpoint: ReplicaEndpoint) -> None:
-        self._entries[endpoint.replica_id] = (app, endpoint)
-        self._version += 1
+        # Replicas repeat this as a heartbeat: only a change is a new version.
+        if self._entries.get(endpoint.replica_id) != (app, endpoint):
+            self._entries[endpoint.replica_id] = (app, endpoint)
+            self._version += 1
 
     def unregister(self, replica_id: str) -> None:
         if self._entries.pop(replica_id, None) is not None:

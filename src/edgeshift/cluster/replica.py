@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +30,9 @@ log = logging.getLogger("edgeshift.cluster")
 HANDOFF_TIMEOUT_S = 15.0
 # Time for the controller (polls every 0.1 s) to drain this replica from HAProxy.
 DRAIN_GRACE_S = 1.0
+# Registering again this often brings a replica back after the registry restarted or the
+# controller pruned it by mistake (a port that did not answer for a moment).
+HEARTBEAT_S = 2.0
 
 
 class _ServerLoop:
@@ -123,13 +127,25 @@ class EdgeshiftReplica:
             models=tuple(sorted(m.name for m in repository.models())),
         )
         self._app = app
-        self._registry = None
+        self._registry: Any = None
+        self._leaving = threading.Event()
+        self._beats = threading.Thread(target=self._heartbeat, name="edgeshift-beat", daemon=True)
         if registry is not None:
             from edgeshift.cluster.registry import get_registry
 
             self._registry = get_registry(registry, create=True)
             ray.get(self._registry.register.remote(app, self._endpoint))
+            self._beats.start()
         log.info("replica %s serving on %s", replica_id, self._endpoint.address)
+
+    def _heartbeat(self) -> None:
+        import ray
+
+        while not self._leaving.wait(HEARTBEAT_S):
+            try:
+                ray.get(self._registry.register.remote(self._app, self._endpoint), timeout=10)
+            except Exception:  # the registry restarting: the next beat registers again
+                log.warning("replica %s: registry unreachable", self._endpoint.replica_id)
 
     def endpoint(self) -> ReplicaEndpoint:
         return self._endpoint
@@ -160,6 +176,11 @@ class EdgeshiftReplica:
             raise RuntimeError(f"edgeshift server of replica {self._endpoint.replica_id} stopped")
 
     async def __del__(self) -> None:
+        if not hasattr(self, "_leaving"):
+            return  # __init__ failed before the server was registered
+        self._leaving.set()  # no heartbeat may register it again once it has unregistered
+        if self._beats.is_alive():
+            await asyncio.get_running_loop().run_in_executor(None, self._beats.join, 15.0)
         if self._registry is not None:
             try:
                 await self._hand_over()
