@@ -221,7 +221,6 @@ def test_two_models_with_one_name(tmp_path: Path, model_path: Path) -> None:
         (["--max-rows", "0"], "--max-rows must be >= 1"),
         (["--max-tensor-mb", "-1"], "--max-tensor-mb must be > 0"),
         (["--max-dims", "0"], "--max-dims must be >= 1"),
-        (["--max-json-depth", "0"], "--max-json-depth must be >= 1"),
         (["--json-offload-mb", "0"], "--json-offload-mb must be > 0"),
         (["--memory-budget-mb", "0"], "--memory-budget-mb must be > 0"),
         (["--max-header-kb", "0.5"], "--max-header-kb must be >= 1"),

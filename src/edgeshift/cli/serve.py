@@ -129,7 +129,6 @@ def serve_command(
         128.0, "--max-tensor-mb", help="Decoded inputs per request."
     ),
     max_dims: int = typer.Option(16, "--max-dims", help="Rank of one input tensor."),
-    max_json_depth: int = typer.Option(64, "--max-json-depth", help="Nesting of a JSON body."),
     json_offload_mb: float = typer.Option(
         1.0, "--json-offload-mb", help="Larger JSON bodies decode off the event loop."
     ),
@@ -155,7 +154,6 @@ def serve_command(
         max_rows=_at_least_one("--max-rows", max_rows),
         max_tensor_bytes=_mib("--max-tensor-mb", max_tensor_mb),
         max_dims=_at_least_one("--max-dims", max_dims),
-        max_json_depth=_at_least_one("--max-json-depth", max_json_depth),
         json_offload_bytes=_mib("--json-offload-mb", json_offload_mb),
     )
     if not graceful_timeout_s >= 0:

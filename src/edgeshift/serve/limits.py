@@ -26,8 +26,6 @@ class RequestLimits:
     # --max-dims: rank of one input tensor; no served model needs more, and JSON nesting of
     # `data` is checked against it.
     max_dims: int = 16
-    # --max-json-depth: nesting of JSON bodies outside tensor data (orjson stops at 1024).
-    max_json_depth: int = 64
     # --json-offload-mb: JSON bodies larger than this decode in a worker thread, so the
     # event loop keeps answering other clients; smaller ones are faster decoded in place.
     json_offload_bytes: int = 1 * MIB
