@@ -146,6 +146,15 @@ class ClusterServer:
             raise ConfigError(f"no models found in {', '.join(self.paths)}")
         placements = self._placements(models)  # a bad plan fails before Ray is touched
         self._connect()
+        try:
+            self._start(placements)
+        except BaseException:
+            # Nothing half-started stays behind: replicas pending forever, HAProxy running.
+            if self._registry is not None:
+                self.stop()
+            raise
+
+    def _start(self, placements: list[tuple[PoolPlacement, AutoscalePolicy]]) -> None:
         import ray
         from ray import serve
 
