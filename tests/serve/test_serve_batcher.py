@@ -354,3 +354,106 @@ def test_the_first_client_back_may_take_longer_than_the_gap(
         assert runtime.batches == [4, 4, 4]  # not [4, 4, 1, 3]
 
     _run(main())
+
+
+def _affine(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    x = feeds["x"]
+    return {"y": x * 2 + 1, "total": x.sum(axis=1)}
+
+
+def test_a_small_request_runs_between_the_slices_of_a_large_one() -> None:
+    runtime = FakeRuntime()
+    done: list[str] = []
+
+    async def main() -> None:
+        batcher = Batcher("m", runtime, batchable=True, max_batch=8)  # slices of 32 rows
+        large_x = np.arange(1000 * 3, dtype=np.float64).reshape(1000, 3)
+        large = batcher.enqueue({"x": large_x})
+        large.add_done_callback(lambda _: done.append("large"))
+        await _wait_entered(runtime)  # its first slice runs
+        small = batcher.enqueue({"x": np.full((1, 3), 7.0)})
+        small.add_done_callback(lambda _: done.append("small"))
+        runtime.gate.set()
+        large_out, small_out = await asyncio.gather(large, small)
+        await batcher.close()
+        assert done == ["small", "large"]
+        np.testing.assert_array_equal(small_out["y"], np.full((1, 3), 14.0))
+        np.testing.assert_array_equal(large_out["y"], large_x * 2)  # the slices, joined
+        assert batcher.stats.inference_count == 1001
+        assert batcher.stats.execution_count == 2  # one per request, however many slices
+
+    _run(main())
+    # 32 rows, the small request, then the rest of the large one slice by slice
+    assert [c[0] for c in runtime.calls[:3]] == [32, 1, 32]
+    assert sum(c[0] for c in runtime.calls) == 1001 and runtime.calls[-1] == [1000 % 32, 3]
+
+
+def test_a_sliced_request_gets_what_an_unsliced_run_gives() -> None:
+    x = np.random.default_rng(0).normal(size=(1000, 5)).astype(np.float32)
+
+    async def main() -> dict[str, np.ndarray]:
+        batcher = Batcher("m", _affine, batchable=True, max_batch=8)
+        out = await batcher.submit({"x": x})
+        await batcher.close()
+        return out
+
+    sliced, whole = _run(main()), _affine({"x": x})
+    assert sliced.keys() == whole.keys()
+    for name, arr in whole.items():
+        assert sliced[name].dtype == arr.dtype
+        np.testing.assert_array_equal(sliced[name], arr)
+
+
+def test_a_large_request_whose_client_left_stops_after_its_slice() -> None:
+    runtime = FakeRuntime()
+
+    async def main() -> None:
+        batcher = Batcher("m", runtime, batchable=True, max_batch=8)
+        large = batcher.enqueue({"x": np.zeros((1000, 3))})
+        await _wait_entered(runtime)
+        large.cancel()
+        runtime.gate.set()
+        assert (await batcher.submit({"x": np.ones((1, 3))}))["y"].tolist() == [[2.0] * 3]
+        await batcher.close()
+
+    _run(main())
+    assert runtime.calls == [[32, 3], [1, 3]]
+
+
+def test_an_error_in_a_slice_fails_the_large_request_alone() -> None:
+    runtime = FakeRuntime(hold_first=False)
+
+    async def main() -> None:
+        batcher = Batcher("m", runtime, batchable=True, max_batch=8)
+        x = np.zeros((100, 3))
+        x[70] = np.nan  # in the third slice
+        with pytest.raises(DataError, match="NaN"):
+            await batcher.submit({"x": x})
+        assert (await batcher.submit({"x": np.ones((1, 3))}))["y"].tolist() == [[2.0] * 3]
+        await batcher.close()
+
+    _run(main())
+    assert runtime.calls == [[32, 3], [32, 3], [32, 3], [1, 3]]
+
+
+def test_a_second_large_request_waits_its_turn() -> None:
+    runtime = FakeRuntime()
+    done: list[str] = []
+
+    async def main() -> None:
+        batcher = Batcher("m", runtime, batchable=True, max_batch=8)
+        futures = {"a": batcher.enqueue({"x": np.zeros((64, 3))})}
+        await _wait_entered(runtime)
+        futures["b"] = batcher.enqueue({"x": np.zeros((64, 3))})
+        futures["s"] = batcher.enqueue({"x": np.zeros((1, 3))})
+        for key, future in futures.items():
+            future.add_done_callback(lambda _, key=key: done.append(key))
+        runtime.gate.set()
+        await asyncio.gather(*futures.values())
+        await batcher.close()
+
+    _run(main())
+    # b, queued first, starts before s (it is not overtaken while a runs); s then runs after
+    # b's first slice, not after all of it
+    assert [c[0] for c in runtime.calls] == [32, 32, 32, 1, 32]
+    assert done == ["a", "s", "b"]

@@ -52,6 +52,7 @@ ADAPTIVE_WAIT = 0.5  # longest adaptive wait for a batch to refill, in runs of t
 # ... and it ends when no request came for this long: the returning clients have all arrived
 # (they come tens to hundreds of µs apart), one of them is not coming back soon.
 ADAPTIVE_GAP_S = 0.001
+SLICE_BATCHES = 4  # a large request runs in slices of this many max batches (see _call_sliced)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -290,9 +291,12 @@ class Batcher:
         self, loop: asyncio.AbstractEventLoop, run: RunFn, batch: list[_Pending]
     ) -> None:
         started_ns = time.perf_counter_ns()
-        input_ns = 0
+        input_ns = lent_ns = 0
         if len(batch) == 1:
-            results = [await self._call(loop, run, batch[0].feeds)]
+            result, lent_ns = await self._call_sliced(loop, run, batch[0])
+            results = [result]
+            # Time spent on other requests' batches between slices is theirs, not its own.
+            started_ns += lent_ns
             infer_done_ns = time.perf_counter_ns()
         else:
             feeds = {
@@ -311,7 +315,9 @@ class Batcher:
         started_s = started_ns / 1e9
         rows = sum(max(p.rows, 1) for p in batch)
         self._last_done_s = time.perf_counter()
-        self._last_rows, self._last_run_s = rows, self._last_done_s - started_s
+        # Capped: after a sliced request, waiting to refill its row count would never end.
+        self._last_rows = min(rows, self.max_batch)
+        self._last_run_s = self._last_done_s - started_s
         if self._on_batch is not None:
             self._on_batch(rows)
         for pending, result in zip(batch, results, strict=True):
@@ -323,12 +329,66 @@ class Batcher:
                 pending.future.set_result(result)
         done_ns = time.perf_counter_ns()
         self.stats.observe_execution(
-            [started_ns - int(p.enqueued_s * 1e9) for p in batch],
+            [started_ns - lent_ns - int(p.enqueued_s * 1e9) for p in batch],
             rows,
             input_ns,
             infer_done_ns - started_ns - input_ns,
             done_ns - infer_done_ns,
         )
+
+    async def _call_sliced(
+        self, loop: asyncio.AbstractEventLoop, run: RunFn, pending: _Pending
+    ) -> tuple[dict[str, np.ndarray] | BaseException, int]:
+        """(PENDING's outputs, ns spent on other requests meanwhile). A request of more rows
+        than a slice runs slice by slice, and one batch of what was queued meanwhile runs
+        between slices: a large request delays small ones by one slice, not by its whole run."""
+        step = SLICE_BATCHES * self.max_batch
+        if not self.batchable or pending.rows <= step:
+            return await self._call(loop, run, pending.feeds), 0
+        joined: dict[str, np.ndarray] = {}
+        lent_ns = 0
+        for start in range(0, pending.rows, step):
+            part = await self._call(
+                loop, run, {n: a[start : start + step] for n, a in pending.feeds.items()}
+            )
+            if isinstance(part, BaseException):
+                return part, lent_ns
+            for name, arr in part.items():
+                if arr.ndim == 0 or arr.shape[0] != min(step, pending.rows - start):
+                    error = EdgeshiftError(
+                        f"output {name!r} has shape {list(arr.shape)}, not one row per input "
+                        "row: the model's first axis is not a batch axis — serve it with "
+                        "--max-batch 1"
+                    )
+                    return error, lent_ns
+                if name not in joined:
+                    joined[name] = np.empty((pending.rows, *arr.shape[1:]), arr.dtype)
+                joined[name][start : start + len(arr)] = arr
+            if pending.future.done():  # the client went away: stop spending on it
+                return joined, lent_ns
+            if start + step < pending.rows:
+                lent_from_ns = time.perf_counter_ns()
+                await self._serve_queued(loop, run, step)
+                lent_ns += time.perf_counter_ns() - lent_from_ns
+        return joined, lent_ns
+
+    async def _serve_queued(self, loop: asyncio.AbstractEventLoop, run: RunFn, step: int) -> None:
+        """Run one batch of what is queued now, unless it starts with another large request
+        (that one waits its turn: order is kept)."""
+        if self._carry is None and self._queue.empty():
+            return
+        first = await self._next()  # does not wait: something is queued
+        if first.rows > step:
+            self._carry = first
+            return
+        batch, _ = self._take_batch(first)
+        live = [p for p in batch if not p.future.done()]
+        try:
+            if live:
+                await self._execute(loop, run, live)
+        finally:
+            for _ in range(len(batch)):
+                self._queue.task_done()
 
     async def _call(
         self, loop: asyncio.AbstractEventLoop, run: RunFn, feeds: dict[str, np.ndarray]
