@@ -115,7 +115,10 @@ def server_options(endpoint: ReplicaEndpoint, timeouts: IngressTimeouts) -> str:
     return (
         f"{endpoint.address} check inter {t.check_interval_ms}ms "
         f"fastinter {t.check_interval_ms}ms downinter {t.check_interval_ms * 5}ms "
-        f"fall {t.fall} rise {t.rise} on-marked-down shutdown-sessions"
+        f"fall {t.fall} rise {t.rise} on-marked-down shutdown-sessions "
+        # Idle keep-alive connections of a drained server close this soon: HAProxy will not
+        # delete a server that still has some.
+        "pool-purge-delay 500ms"
     )
 
 
@@ -419,10 +422,21 @@ class HaproxyIngress:
 
     def _delete(self, endpoint: ReplicaEndpoint, backends: Mapping[str, str]) -> None:
         name = _server_name(endpoint.replica_id)
-        for model in endpoint.models:
-            self._checked(f"del server {backends[model]}/{name}", "Server deleted")
-        self._checked(f"del server {ANY_BACKEND}/{name}", "Server deleted")
+        for backend in [*(backends[m] for m in endpoint.models), ANY_BACKEND]:
+            self._delete_server(backend, name)
         del self._endpoints[endpoint.replica_id]
+
+    def _delete_server(self, backend: str, name: str) -> None:
+        # HAProxy 2.6 refuses while idle keep-alive connections to the server remain; they
+        # are closed within pool-purge-delay once it is in maintenance.
+        deadline = time.monotonic() + self.drain_timeout_s
+        while True:
+            answer = self.command(f"del server {backend}/{name}").strip()
+            if "Server deleted" in answer:
+                return
+            if "connections attached" not in answer or time.monotonic() > deadline:
+                raise IngressError(f"HAProxy refused to delete {backend}/{name}: {answer[:300]}")
+            time.sleep(0.05)
 
     def _reload(self, endpoints: Sequence[ReplicaEndpoint]) -> None:
         assert self._proc is not None
