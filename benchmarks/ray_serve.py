@@ -1,0 +1,659 @@
+"""edgeshift on Ray against edgeshift in one process and against plain Ray Serve, on the same
+model and the same cores, from one run.
+
+Configurations, each driven by the closed-loop raw-socket load generator of
+``benchmarks/serve.py`` at ``--concurrency`` (default 32) with OIP JSON tensors (what a plain
+Ray Serve user's endpoint would parse) and, for edgeshift, binary tensors too:
+
+- ``single``: ``edgeshift serve MODEL`` as one process;
+- ``ray-1``, ``ray-2``: ``ClusterServer`` on a local Ray cluster (``ray.cluster_utils.Cluster``,
+  a head and logical worker nodes on this machine): HAProxy -> the replicas' own edgeshift
+  servers;
+- ``plain-ray``: a Ray Serve deployment as a Ray user writes it: the default proxy,
+  ``@serve.batch`` with its defaults, an onnxruntime session in the replica, JSON in and out.
+
+Server CPU per request is the CPU time of every process under this one (edgeshift server;
+Ray's GCS, raylets, workers, proxy and controller; HAProxy) over the run, divided by the
+answered requests; the load generator and ClusterServer's own threads in this process are
+not counted. Memory is the RSS of the Ray processes (and HAProxy) after deployment.
+
+Then, on ``ray`` (needs ``ClusterServer``): seconds from a load step to a new replica serving
+(autoscaling from 1 to 2), from a node kill to its replica out of rotation and to capacity back,
+and the failed requests across a rolling model update under load.
+
+Run: ``python benchmarks/ray_serve.py [--model mlp|mlp-wide|PATH] [--seconds 5]
+[--concurrency 32] [--skip ray-failures]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import queue
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+_spec = importlib.util.spec_from_file_location("serve_bench", Path(__file__).with_name("serve.py"))
+assert _spec is not None and _spec.loader is not None
+serve_bench = importlib.util.module_from_spec(_spec)
+sys.modules["serve_bench"] = serve_bench  # dataclasses look their module up there
+_spec.loader.exec_module(serve_bench)
+
+GOALS = {  # from issue #18
+    "cpu_ratio": 1.2,  # server CPU per request, Ray / single process, at most
+    "throughput_ratio": 5.0,  # edgeshift on Ray / plain Ray Serve, at least
+    "out_of_rotation_s": 1.0,
+    "capacity_back_s": 10.0,
+    "new_replica_s": 10.0,
+}
+OBJECT_STORE_BYTES = 80 * 1024 * 1024
+CPUS = len(os.sched_getaffinity(0))
+POOL = "bench/a"
+
+
+def plan_file(directory: Path, model_name: str, replicas: int) -> Path:
+    """A plan.json placing the model's REPLICAS on the worker nodes' pool."""
+    workload = {"workload": model_name, "placed": True, "pool": POOL, "tier": "server"}
+    path = directory / f"plan-{replicas}.json"
+    path.write_text(json.dumps({"workloads": [{**workload, "replicas": replicas}], "pools": []}))
+    return path
+
+
+@dataclass
+class Result:
+    name: str
+    tensors: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    server_cpu_us: float
+    errors: int = 0
+
+
+class Server:
+    """`edgeshift serve MODEL --port 0` (HTTP only, as the Ray configurations serve), its
+    stderr read on a thread so it never blocks on a full pipe."""
+
+    def __init__(self, model: Path, threads: int | None = None) -> None:
+        self.model = model
+        self.extra = ["--threads", str(threads)] if threads else []
+        self.url = ""
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edgeshift",
+                "serve",
+                str(self.model),
+                "--port",
+                "0",
+                "--grpc-port",
+                "off",
+                "--no-access-log",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, args=(lines,), daemon=True).start()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            with suppress(queue.Empty):
+                match = re.search(r"on http://(\S+)", lines.get(timeout=0.5))
+                if match:
+                    self.url = f"http://{match.group(1)}"
+                    return
+        self.stop()
+        raise RuntimeError(f"edgeshift serve did not start within {timeout_s} s")
+
+    def _read(self, lines: queue.Queue[str]) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            lines.put(line)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def server_processes() -> list[psutil.Process]:
+    """Every process under this one: the servers, Ray's, HAProxy."""
+    return psutil.Process().children(recursive=True)
+
+
+def cpu_s(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+        except psutil.Error:
+            pass  # gone: its CPU is lost to the figure (rare: workers that exit mid-run)
+    return total
+
+
+def rss_mib(procs: list[psutil.Process]) -> float:
+    total = 0
+    for proc in procs:
+        with suppress(psutil.Error):
+            total += proc.memory_info().rss
+    return total / (1 << 20)
+
+
+async def drive(
+    url: str, body: bytes, headers: dict[str, str], concurrency: int, seconds: float
+) -> tuple[float, float, float]:
+    """benchmarks/serve.py's raw keep-alive load generator, reading chunked answers too (Ray
+    Serve's proxy sends those): (requests/s, p50 ms, p99 ms)."""
+    host_port, _, path = url.removeprefix("http://").partition("/")
+    host, port = host_port.rsplit(":", 1)
+    head = f"POST /{path} HTTP/1.1\r\nHost: {host_port}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    request = (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    length_re = re.compile(rb"(?im)^content-length: *(\d+)")
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + seconds
+
+    async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+        header = await reader.readuntil(b"\r\n\r\n")
+        match = length_re.search(header)
+        if match is not None:
+            return header, await reader.readexactly(int(match.group(1)))
+        chunks = []
+        while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+            chunks.append(await reader.readexactly(size + 2))
+        await reader.readuntil(b"\r\n")
+        return header, b"".join(c[:-2] for c in chunks)
+
+    async def slot() -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            while time.perf_counter() < stop_at:
+                t0 = time.perf_counter()
+                writer.write(request)
+                header, answer = await read_answer(reader)
+                if not header.startswith(b"HTTP/1.1 200"):
+                    raise RuntimeError(f"{header.splitlines()[0]!r}: {answer[:200]!r}")
+                latencies.append(time.perf_counter() - t0)
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(slot() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return len(latencies) / elapsed, float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def measure(
+    name: str, tensors: str, url: str, body: bytes, headers: dict[str, str], args: Any
+) -> Result:
+    # Warm up: Ray's proxy and replica take a while to reach their steady rate.
+    asyncio.run(drive(url, body, headers, args.concurrency, 2.0 if "ray" in name else 0.5))
+    procs = server_processes()
+    cpu0 = cpu_s(procs)
+    rps, p50, p99 = asyncio.run(drive(url, body, headers, args.concurrency, args.seconds))
+    used_s = cpu_s(procs) - cpu0
+    result = Result(name, tensors, rps, p50, p99, used_s / max(rps * args.seconds, 1) * 1e6)
+    print(
+        f"  {name:10s} {tensors:6s} {rps:8.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
+        f"server CPU {result.server_cpu_us:5.0f} µs/req"
+    )
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- plain Ray Serve, as a Ray user writes it -------------------------------------------------
+
+
+def plain_ray_serve_app(model_path: Path) -> Any:
+    from ray import serve
+    from starlette.requests import Request
+
+    @serve.deployment
+    class OnnxModel:
+        def __init__(self, path: str) -> None:
+            import onnxruntime as ort
+
+            self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+            self.input_name = self.session.get_inputs()[0].name
+
+        @serve.batch
+        async def run(self, rows: list[np.ndarray]) -> list[np.ndarray]:
+            batch = np.concatenate(rows)
+            out = self.session.run(None, {self.input_name: batch})[0]
+            return list(np.split(out, np.cumsum([len(r) for r in rows])[:-1]))
+
+        async def __call__(self, request: Request) -> dict[str, Any]:
+            tensor = (await request.json())["inputs"][0]
+            x = np.asarray(tensor["data"], np.float32).reshape(tensor["shape"])
+            y = await self.run(x)
+            return {
+                "outputs": [
+                    {
+                        "name": "y",
+                        "datatype": "FP32",
+                        "shape": list(y.shape),
+                        "data": y.ravel().tolist(),
+                    }
+                ]
+            }
+
+    return OnnxModel.bind(str(model_path))
+
+
+# --- load with failures counted (for the failure timings) -------------------------------------
+
+
+class CountingLoad:
+    """Closed-loop clients on their own threads that count answers by status; never raise."""
+
+    def __init__(self, url: str, path: str, body: bytes, headers: dict[str, str], clients: int):
+        import http.client
+
+        self._http = http.client
+        self.url, self.path, self.body, self.headers = url, path, body, headers
+        self.statuses: list[int] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self) -> None:
+        host, port = self.url.rsplit(":", 1)
+        conn = self._http.HTTPConnection(host, int(port), timeout=10)
+        while not self._stop.is_set():
+            try:
+                conn.request("POST", self.path, body=self.body, headers=self.headers)
+                response = conn.getresponse()
+                response.read()
+                self.statuses.append(response.status)
+            except (OSError, self._http.HTTPException):
+                self.statuses.append(-1)
+                conn.close()
+
+    def failed(self) -> int:
+        return sum(1 for s in self.statuses if s != 200)
+
+    @contextmanager
+    def running(self) -> Iterator[CountingLoad]:
+        for thread in self._threads:
+            thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            for thread in self._threads:
+                thread.join(15)
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float) -> float | None:
+    """Seconds until CONDITION held, or None after TIMEOUT_S."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        if condition():
+            return time.perf_counter() - started
+        time.sleep(0.01)
+    return None
+
+
+def up_count(cluster_server: Any) -> int:
+    return sum(1 for s in cluster_server.ingress.server_states().values() if s.startswith("UP"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", default="mlp", help="mlp (784-2048-2048-10), mlp-wide, or a path"
+    )
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measured cell")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--skip", action="append", default=[], choices=["plain-ray", "ray", "ray-failures"]
+    )
+    args = parser.parse_args()
+    results: list[Result] = []
+    timings: dict[str, float | None] = {}
+    memory: dict[str, float] = {}
+    rolling_failed: int | None = None
+    with tempfile.TemporaryDirectory() as tmp:
+        model, sample = serve_bench.model_and_sample(args.model, Path(tmp))
+        name = model.stem
+        bodies = {
+            "JSON": serve_bench.encode_request(sample, False),
+            "binary": serve_bench.encode_request(sample, True),
+        }
+        print(f"model {args.model} ({model.name}), {os.cpu_count()} CPUs, conc {args.concurrency}")
+
+        single = Server(model)
+        single.start()
+        try:
+            for tensors, (body, headers) in bodies.items():
+                url = f"{single.url}/v2/models/{name}/infer"
+                results.append(measure("single", tensors, url, body, headers, args))
+            memory["single server RSS"] = rss_mib(server_processes())
+        finally:
+            single.stop()
+        results += run_haproxy_only(model, name, bodies, args)
+
+        import ray
+        from ray.cluster_utils import Cluster
+
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 1,
+                "include_dashboard": False,
+                "object_store_memory": OBJECT_STORE_BYTES,
+                # A dead node noticed in ~1.5 s, not Ray's default ~15 s (docs/scale-out.md).
+                "_system_config": {
+                    "health_check_period_ms": 500,
+                    "health_check_timeout_ms": 500,
+                    "health_check_failure_threshold": 3,
+                },
+            },
+        )
+        workers = [
+            cluster.add_node(
+                num_cpus=1,
+                object_store_memory=OBJECT_STORE_BYTES,
+                resources={f"edgeshift-pool:{POOL}": 1},  # one replica per node, as per machine
+            )
+            for _ in range(3)
+        ]
+        ray.init(address=cluster.address, log_to_driver=False)
+        try:
+            memory["Ray idle (GCS, raylets, workers)"] = rss_mib(server_processes())
+            if "plain-ray" not in args.skip:
+                results += run_plain_ray(model, name, bodies["JSON"], args, memory)
+            if "ray" not in args.skip:
+                r, t, failed = run_edgeshift_on_ray(
+                    model,
+                    name,
+                    bodies,
+                    args,
+                    memory,
+                    cluster,
+                    workers,
+                    "ray-failures" not in args.skip,
+                )
+                results += r
+                timings.update(t)
+                rolling_failed = failed
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+
+    report(results, timings, memory, rolling_failed)
+
+
+def run_haproxy_only(
+    model: Path, name: str, bodies: dict[str, tuple[bytes, dict[str, str]]], args: Any
+) -> list[Result]:
+    """HaproxyIngress in front of 1 and 2 `edgeshift serve` processes, no Ray: what the
+    ingress itself costs per request."""
+    from edgeshift.cluster.ingress import HaproxyIngress, ReplicaEndpoint
+
+    results = []
+    for count in (1, 2):
+        servers = [Server(model, max(1, CPUS // count)) for _ in range(count)]
+        for server in servers:
+            server.start()
+        endpoints = [
+            ReplicaEndpoint(
+                f"r{i}", "local", *s.url.removeprefix("http://").rsplit(":", 1), (name,)
+            )
+            for i, s in enumerate(servers)
+        ]
+        endpoints = [
+            ReplicaEndpoint(e.replica_id, e.node_id, e.host, int(e.port), e.models)
+            for e in endpoints
+        ]
+        ingress = HaproxyIngress()
+        try:
+            ingress.start(endpoints)
+            for tensors, (body, headers) in bodies.items():
+                url = f"http://{ingress.url}/v2/models/{name}/infer"
+                results.append(measure(f"haproxy-{count}", tensors, url, body, headers, args))
+        finally:
+            ingress.stop()
+            for server in servers:
+                server.stop()
+    return results
+
+
+def run_plain_ray(
+    model: Path,
+    name: str,
+    json_body: tuple[bytes, dict[str, str]],
+    args: Any,
+    memory: dict[str, float],
+) -> list[Result]:
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(plain_ray_serve_app(model), name="plain", route_prefix=f"/v2/models/{name}/infer")
+    try:
+        memory["plain Ray Serve (all Ray processes)"] = rss_mib(server_processes())
+        body, headers = json_body
+        return [
+            measure(
+                "plain-ray",
+                "JSON",
+                f"http://127.0.0.1:{port}/v2/models/{name}/infer",
+                body,
+                headers,
+                args,
+            )
+        ]
+    finally:
+        serve.shutdown()
+
+
+def run_edgeshift_on_ray(
+    model: Path,
+    name: str,
+    bodies: dict[str, tuple[bytes, dict[str, str]]],
+    args: Any,
+    memory: dict[str, float],
+    cluster: Any,
+    workers: list[Any],
+    failures: bool,
+) -> tuple[list[Result], dict[str, float | None], int | None]:
+    from edgeshift.cluster.controller import ClusterServer
+    from edgeshift.serve import ServeOptions
+
+    results: list[Result] = []
+    timings: dict[str, float | None] = {}
+    rolling_failed: int | None = None
+    for replicas in (1, 2):
+        server = ClusterServer(
+            [model],
+            address=cluster.address,
+            plan=plan_file(model.parent, name, replicas),
+            # The replicas share the box's cores: ORT threads split, as for haproxy-N.
+            options=ServeOptions(threads=max(1, CPUS // replicas)),
+            host="127.0.0.1",
+            port=0,
+            name=f"bench-{replicas}",
+        )
+        server.start()
+        try:
+            wanted = replicas
+            up = wait_for(lambda s=server, n=wanted: up_count(s) == n, 60)  # type: ignore[misc]
+            assert up is not None, "replicas never up"
+            memory[f"edgeshift on Ray, {replicas} replica(s) (all Ray processes + HAProxy)"] = (
+                rss_mib(server_processes())
+            )
+            url = f"http://{server.url}/v2/models/{name}/infer"
+            for tensors, (body, headers) in bodies.items():
+                results.append(measure(f"ray-{replicas}", tensors, url, body, headers, args))
+            if failures and replicas == 2:
+                timings.update(node_kill(server, cluster, workers, name, bodies["binary"]))
+                rolling_failed = rolling_update(server, model, name, bodies["binary"])
+        finally:
+            server.stop()
+    if failures:
+        timings["load step -> new replica serving, s"] = load_step(
+            model, name, bodies["binary"], cluster
+        )
+    return results, timings, rolling_failed
+
+
+def node_kill(
+    server: Any, cluster: Any, workers: list[Any], name: str, body: tuple[bytes, dict[str, str]]
+) -> dict[str, float | None]:
+    endpoints = server.endpoints()
+    by_node = {w.unique_id: w for w in workers}
+    victim = next((e for e in endpoints if e.node_id in by_node), None)
+    if victim is None:
+        print("  node kill: no replica on a worker node (all on the head); skipped")
+        return {}
+    load = CountingLoad(server.url, f"/v2/models/{name}/infer", *body, clients=8)
+    with load.running():
+        time.sleep(1.0)
+        killed_at = time.perf_counter()
+        cluster.remove_node(by_node[victim.node_id], allow_graceful=False)
+        out = wait_for(lambda: server.ingress.server_states().get(victim.replica_id) != "UP", 10)
+        back = wait_for(lambda: up_count(server) >= len(endpoints), 60)
+        capacity_s = None if back is None else time.perf_counter() - killed_at
+        time.sleep(1.0)
+    print(f"  node kill: {load.failed()} of {len(load.statuses)} requests failed under load")
+    return {"node kill -> out of rotation, s": out, "node kill -> capacity back, s": capacity_s}
+
+
+def rolling_update(server: Any, model: Path, name: str, body: tuple[bytes, dict[str, str]]) -> int:
+    load = CountingLoad(server.url, f"/v2/models/{name}/infer", *body, clients=8)
+    with load.running():
+        time.sleep(0.5)
+        started = time.perf_counter()
+        server.update_model([model])
+        took_s = time.perf_counter() - started
+        time.sleep(0.5)
+    print(f"  rolling update: {took_s:.1f} s, {load.failed()} of {len(load.statuses)} failed")
+    return load.failed()
+
+
+def load_step(
+    model: Path, name: str, body: tuple[bytes, dict[str, str]], cluster: Any
+) -> float | None:
+    from edgeshift.cluster.controller import ClusterServer
+    from edgeshift.serve import ServeOptions
+
+    server = ClusterServer(
+        [model],
+        address=cluster.address,
+        plan=plan_file(model.parent, name, 1),
+        options=ServeOptions(),
+        host="127.0.0.1",
+        port=0,
+        min_replicas=1,
+        max_replicas=2,
+        name="bench-step",
+    )
+    server.start()
+    try:
+        wait_for(lambda: up_count(server) >= 1, 60)
+        load = CountingLoad(server.url, f"/v2/models/{name}/infer", *body, clients=64)
+        with load.running():
+            took = wait_for(lambda: up_count(server) >= 2, 60)
+        return took
+    finally:
+        server.stop()
+
+
+def report(
+    results: list[Result],
+    timings: dict[str, float | None],
+    memory: dict[str, float],
+    rolling_failed: int | None,
+) -> None:
+    print()
+    print("| config | tensors | req/s | p50 ms | p99 ms | server CPU µs/req | CPU vs single |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    single = {r.tensors: r for r in results if r.name == "single"}
+    for r in results:
+        base = single.get(r.tensors)
+        ratio = f"{r.server_cpu_us / base.server_cpu_us:.2f}x" if base else "-"
+        print(
+            f"| {r.name} | {r.tensors} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+            f"{r.server_cpu_us:.0f} | {ratio} |"
+        )
+    print()
+    for what, mib in memory.items():
+        print(f"- RSS, {what}: {mib:.0f} MiB")
+    plain = next((r for r in results if r.name == "plain-ray"), None)
+    for r in results:
+        if r.name.startswith("ray-"):
+            base = single[r.tensors]
+            cpu_ok = r.server_cpu_us / base.server_cpu_us <= GOALS["cpu_ratio"]
+            line = f"- {r.name} {r.tensors}: CPU/request {r.server_cpu_us / base.server_cpu_us:.2f}x single"
+            line += f" (goal <= {GOALS['cpu_ratio']}x: {'met' if cpu_ok else 'NOT met'})"
+            if plain is not None:
+                ratio = r.rps / plain.rps
+                line += f"; throughput {ratio:.1f}x plain Ray Serve (goal >= {GOALS['throughput_ratio']}x: "
+                line += f"{'met' if ratio >= GOALS['throughput_ratio'] else 'NOT met'})"
+            print(line)
+    goals = {
+        "node kill -> out of rotation, s": GOALS["out_of_rotation_s"],
+        "node kill -> capacity back, s": GOALS["capacity_back_s"],
+        "load step -> new replica serving, s": GOALS["new_replica_s"],
+    }
+    for what, seconds in timings.items():
+        goal = goals.get(what)
+        shown = "never (timed out)" if seconds is None else f"{seconds:.2f}"
+        verdict = (
+            ""
+            if goal is None
+            else f" (goal <= {goal}: {'met' if seconds is not None and seconds <= goal else 'NOT met'})"
+        )
+        print(f"- {what}: {shown}{verdict}")
+    if rolling_failed is not None:
+        print(f"- failed requests across a rolling update: {rolling_failed} (goal 0)")
+    print(
+        f"- medians: {statistics.median(r.rps for r in results):.0f} req/s over all cells"
+        if results
+        else ""
+    )
+    print(
+        json.dumps(
+            {"results": [r.__dict__ for r in results], "timings": timings, "memory_mib": memory}
+        )
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
