@@ -194,3 +194,42 @@ def test_a_stream_that_goes_away_counts_its_requests_499(model: Path, monkeypatc
         with tg.InferenceServerClient(url) as client:  # the model still answers, correctly
             y = client.infer("dense", [_x(0.5)]).as_numpy("y")
         np.testing.assert_allclose(y, mlp_reference(np.full((1, 8), 0.5, np.float32)), RTOL, ATOL)
+
+
+class _FailingBackend:
+    """A real backend whose run fails the way a bug would, with a path in its message."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.concurrent_runs = inner.concurrent_runs
+        self.inputs, self.outputs = inner.inputs, inner.outputs
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise RuntimeError("cannot read /srv/secret/weights.bin")
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_server_fault_is_internal_and_discloses_no_path(model: Path, monkeypatch: Any) -> None:
+    import edgeshift.serve.repository as repository_module
+    from edgeshift.runtime import open_backend
+
+    monkeypatch.setattr(
+        repository_module, "open_backend", lambda *a, **k: _FailingBackend(open_backend(*a, **k))
+    )
+    settings = ServerSettings([model], port=0, grpc_port=0, access_log=False)
+    with ServerThread(settings) as server:
+        assert server.grpc_url is not None
+        with grpc.insecure_channel(server.grpc_url) as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            with pytest.raises(grpc.RpcError) as failed:
+                call(_stream_request(1.0, "a"))
+            assert failed.value.code() == grpc.StatusCode.INTERNAL
+            assert failed.value.details() == "internal error (RuntimeError) — see the server log"
+            answers = list(channel.stream_stream(STREAM_INFER)(iter([_stream_request(1.0, "b")])))
+        assert pb.ModelStreamInferResponse.FromString(answers[0]).error_message == (
+            "internal error (RuntimeError) — see the server log"
+        )
+        assert metric(server, "edgeshift_inference_requests_total", status="500") == 2

@@ -74,7 +74,8 @@ def _serving_error(exc: BaseException) -> ProtocolError:
     if isinstance(exc, EdgeshiftError):  # DataError from the runtime: the request was bad
         return ProtocolError(str(exc), 400)
     log.error("gRPC call failed", exc_info=exc)
-    return ProtocolError(f"internal error: {type(exc).__name__}: {exc}", 500)
+    # As on HTTP: the log has the details; the client gets nothing that could hold a path.
+    return ProtocolError(f"internal error ({type(exc).__name__}) — see the server log", 500)
 
 
 class GrpcFrontend:
