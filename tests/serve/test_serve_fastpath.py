@@ -267,3 +267,86 @@ def test_a_chunked_upload_is_answered(server: ServerThread) -> None:
     assert answer.status == 200
     answer.headers = {k.lower(): v for k, v in answer.headers.items()}
     np.testing.assert_allclose(answer.output(), mlp_reference(x), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("expect", [False, True], ids=["fast", "asgi"])
+def test_a_large_json_answer_is_encoded_while_others_are_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, expect: bool
+) -> None:
+    import threading
+
+    import edgeshift.serve.endpoint as endpoint_module
+
+    encoding, release = threading.Event(), threading.Event()
+    encoded_in: list[str] = []
+    real_encode = endpoint_module._encode_or_error
+
+    def held_encode(*args: Any) -> Any:
+        encoded_in.append(threading.current_thread().name)
+        encoding.set()
+        assert release.wait(30)
+        return real_encode(*args)
+
+    monkeypatch.setattr(endpoint_module, "_encode_or_error", held_encode)
+    settings = ServerSettings([save_mlp(tmp_path / "dense.onnx")], port=0, access_log=False)
+    large_x = np.random.default_rng(2).random((8192, 8), dtype=np.float32)  # 128 KiB of output
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": list(large_x.shape),
+                    "parameters": {"binary_data_size": large_x.nbytes},
+                }
+            ]
+        }
+    ).encode()
+    extra = "Expect: 100-continue\r\n" if expect else ""
+    with ServerThread(settings) as server:
+        large, small = Conn(server.url), Conn(server.url)
+        try:
+            if expect:
+                large.sock.sendall(
+                    _post(header + large_x.tobytes(), len(header), extra=extra)[
+                        : -(len(header) + large_x.nbytes)
+                    ]
+                )
+                assert large.read().status == 100
+                large.sock.sendall(header + large_x.tobytes())
+            else:
+                large.sock.sendall(_post(header + large_x.tobytes(), len(header)))
+            assert encoding.wait(30)  # its answer is being encoded, and held there
+            x = np.ones((1, 8), np.float32)
+            small.sock.sendall(_post(*_binary_request(x)))
+            answer = small.read()  # served meanwhile: the event loop is not encoding
+            assert answer.status == 200
+            np.testing.assert_allclose(answer.output(), mlp_reference(x), rtol=RTOL, atol=ATOL)
+            release.set()
+            big = large.read()
+        finally:
+            release.set()
+            large.close()
+            small.close()
+    assert big.status == 200 and big.headers["content-type"] == "application/json"
+    output = json.loads(big.body)["outputs"][0]
+    assert output["shape"] == [8192, 4]
+    got = np.array(output["data"], np.float32).reshape(8192, 4)
+    np.testing.assert_allclose(got, mlp_reference(large_x), rtol=RTOL, atol=ATOL)
+    assert len(encoded_in) == 1 and encoded_in[0].startswith("edgeshift-encode")
+
+
+def test_a_json_answer_encoded_in_pieces_equals_one_piece(monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeshift.serve.protocol as protocol
+
+    y = np.random.default_rng(3).normal(size=(1001, 7)).astype(np.float32)
+    y[5, 2], y[700, 0], y[1000, 6] = np.nan, np.inf, -np.inf  # in different pieces
+    outputs = {"y": y, "n": np.arange(1001 * 3, dtype=np.int64).reshape(1001, 3)}
+    request = protocol.InferRequest({}, {})
+    whole = protocol.encode_infer_response("m", "1", outputs, request).body
+    monkeypatch.setattr(protocol, "JSON_PIECE_VALUES", 1000)
+    pieces = protocol.encode_infer_response("m", "1", outputs, request).body
+    assert pieces == whole
+    data = json.loads(pieces)["outputs"]
+    assert data[0]["data"][5 * 7 + 2] == "NaN" and data[0]["data"][700 * 7] == "Infinity"
+    assert data[1]["data"] == list(range(1001 * 3))

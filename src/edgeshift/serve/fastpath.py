@@ -41,7 +41,7 @@ from edgeshift.serve.endpoint import (
     too_large,
 )
 from edgeshift.serve.memory import release_after_request
-from edgeshift.serve.protocol import error_body
+from edgeshift.serve.protocol import EncodedResponse, error_body
 from edgeshift.serve.security import RequestGuard
 
 log = logging.getLogger("edgeshift.serve")
@@ -318,7 +318,19 @@ def inference_protocol(
             if call.future is None:
                 self._answer(cycle)
             else:
-                call.future.add_done_callback(lambda _: self._answer(cycle))
+                call.future.add_done_callback(lambda _: self._settle(cycle))
+
+        def _settle(self, cycle: _InferCycle) -> None:
+            """Answer now, or once a large JSON answer is encoded off the event loop."""
+            assert cycle.call is not None
+            try:
+                encoding = endpoint.encode_off_loop(cycle.call)
+            except Exception:  # a bug: _answer's finish logs it and answers 500
+                encoding = None
+            if encoding is None:
+                self._answer(cycle)
+            else:
+                encoding.add_done_callback(lambda done: self._answer(cycle, done.result()))
 
         def on_response_complete(self) -> None:
             if self.phase == _ANSWERING:
@@ -331,11 +343,13 @@ def inference_protocol(
             cycle.keep_alive = False
             self._answer(cycle)
 
-        def _answer(self, cycle: _InferCycle) -> None:
+        def _answer(
+            self, cycle: _InferCycle, encoded: EncodedResponse | Exception | None = None
+        ) -> None:
             assert cycle.call is not None
             cycle.response_complete = True
             try:
-                answer = endpoint.finish(cycle.call)
+                answer = endpoint.finish(cycle.call, encoded)
                 if not (cycle.disconnected or self.transport.is_closing()):
                     self.transport.write(self._response(answer, cycle.keep_alive))
             except Exception:  # a bug, not a bad request: never leave the client waiting
