@@ -135,7 +135,7 @@ def test_rolling_update_fails_no_request(served: ClusterServer, tmp_path: Path) 
     assert client.get_model_metadata("mlp")["versions"] == ["3"]
 
 
-def test_scale_up_after_a_load_step(ray_cluster, model_repo) -> None:
+def test_scale_up_after_a_load_step_and_down_after_it(ray_cluster, model_repo) -> None:
     options = ServeOptions(threads=1)
     with ClusterServer(
         [model_repo],
@@ -145,6 +145,7 @@ def test_scale_up_after_a_load_step(ray_cluster, model_repo) -> None:
         min_replicas=1,
         max_replicas=2,
         target_in_flight=2.0,
+        downscale_delay_s=2.0,
         name="t-scale",
     ) as server:
         assert len(server.endpoints()) == 1
@@ -161,7 +162,17 @@ def test_scale_up_after_a_load_step(ray_cluster, model_repo) -> None:
             serving_s = time.monotonic() - step
         print(f"scale-up: a new replica served {serving_s:.1f} s after the load step")
         assert hammer.failed == []
-        assert server.apps() == {"t-scale": 2}
+        # One client is one replica's load: after the delay, back to one, failing nothing.
+        with _Hammer(server.url, clients=1) as light:
+            wait_until(lambda: len(server.endpoints()) == 1, "a scale-down to one replica", 60)
+            ok_after = light.ok
+            wait_until(lambda: light.ok > ok_after + 10, "requests after the scale-down")
+        assert light.failed == []
+        assert server.apps() == {"t-scale": 1}
+        # Scaling kept the running replicas (a redeploy would have replaced them all).
+        assert first in {e.replica_id for e in server.endpoints()} or new.replica_id in {
+            e.replica_id for e in server.endpoints()
+        }
 
 
 def metric_of(endpoint: ReplicaEndpoint, name: str) -> float:

@@ -46,6 +46,7 @@ log = logging.getLogger("edgeshift.cluster")
 # A registered replica whose port refused this many polls in a row is gone (node died).
 _PRUNE_AFTER_FAILURES = 5
 _POLL_S = 0.1
+_DEPLOYMENT = "EdgeshiftReplica"
 
 
 class ClusterError(EdgeshiftError):
@@ -296,7 +297,7 @@ class ClusterServer:
             resources = {p.resource: 1} if p.pool else {}
             deployment: Any = serve.deployment(
                 EdgeshiftReplica,
-                name="EdgeshiftReplica",
+                name=_DEPLOYMENT,
                 num_replicas=app.replicas,
                 # The replica's own server uses the node's cores through its runtime threads;
                 # Ray's CPU count would only cap replicas per node, which the pool resource does.
@@ -305,6 +306,11 @@ class ClusterServer:
                 health_check_period_s=2,
                 max_ongoing_requests=256,
             )
+            # A version per model generation: without one Serve gives every deploy a random
+            # version, and a redeploy that only changes num_replicas would replace every
+            # running replica. (Serve's external-scaler API avoids the redeploy, but with it a
+            # node's death took the survivors out of rotation too; measured, not used.)
+            deployment = deployment.options(version=f"g{self._generation}", _internal=True)
             paths = [str(x) for x in self.paths]
             if p.models:
                 paths = self._model_paths(p.models)
