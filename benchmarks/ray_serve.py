@@ -150,6 +150,25 @@ def server_processes() -> list[psutil.Process]:
     return psutil.Process().children(recursive=True)
 
 
+def role(proc: psutil.Process) -> str:
+    """What a server-side process is, for the CPU breakdown."""
+    with suppress(psutil.Error):
+        cmdline = " ".join(proc.cmdline())
+        if "haproxy" in proc.name():
+            return "haproxy"
+        if "ServeReplica" in cmdline or "edgeshift serve" in cmdline or " serve " in cmdline:
+            return "replica"
+        return "ray"
+    return "gone"
+
+
+def cpu_by_role(procs: list[psutil.Process]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for proc in procs:
+        totals[role(proc)] = totals.get(role(proc), 0.0) + cpu_s([proc])
+    return totals
+
+
 def cpu_s(procs: list[psutil.Process]) -> float:
     total = 0.0
     for proc in procs:
@@ -220,13 +239,16 @@ def measure(
     # Warm up: Ray's proxy and replica take a while to reach their steady rate.
     asyncio.run(drive(url, body, headers, args.concurrency, 2.0 if "ray" in name else 0.5))
     procs = server_processes()
-    cpu0 = cpu_s(procs)
+    before = cpu_by_role(procs)
     rps, p50, p99 = asyncio.run(drive(url, body, headers, args.concurrency, args.seconds))
-    used_s = cpu_s(procs) - cpu0
-    result = Result(name, tensors, rps, p50, p99, used_s / max(rps * args.seconds, 1) * 1e6)
+    after = cpu_by_role(procs)
+    answered = max(rps * args.seconds, 1)
+    used_us = {k: (after[k] - before.get(k, 0.0)) / answered * 1e6 for k in after}
+    result = Result(name, tensors, rps, p50, p99, sum(used_us.values()))
+    parts = ", ".join(f"{k} {v:.0f}" for k, v in sorted(used_us.items()) if k != "gone")
     print(
         f"  {name:10s} {tensors:6s} {rps:8.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
-        f"server CPU {result.server_cpu_us:5.0f} µs/req"
+        f"server CPU {result.server_cpu_us:5.0f} µs/req ({parts})"
     )
     return result
 
@@ -537,7 +559,7 @@ def node_kill(
     server: Any, cluster: Any, workers: list[Any], name: str, body: tuple[bytes, dict[str, str]]
 ) -> dict[str, float | None]:
     endpoints = server.endpoints()
-    by_node = {w.unique_id: w for w in workers}
+    by_node = {w.node_id: w for w in workers}
     victim = next((e for e in endpoints if e.node_id in by_node), None)
     if victim is None:
         print("  node kill: no replica on a worker node (all on the head); skipped")
@@ -547,8 +569,17 @@ def node_kill(
         time.sleep(1.0)
         killed_at = time.perf_counter()
         cluster.remove_node(by_node[victim.node_id], allow_graceful=False)
-        out = wait_for(lambda: server.ingress.server_states().get(victim.replica_id) != "UP", 10)
-        back = wait_for(lambda: up_count(server) >= len(endpoints), 60)
+        # Out: DOWN or MAINT or deleted ("UP 1/2" is one failed check, still in rotation).
+        out = wait_for(
+            lambda: not server.ingress.server_states().get(victim.replica_id, "-").startswith("UP"),
+            10,
+        )
+
+        def others_up() -> int:
+            states = server.ingress.server_states()
+            return sum(s == "UP" for r, s in states.items() if r != victim.replica_id)
+
+        back = wait_for(lambda: others_up() >= len(endpoints), 60)
         capacity_s = None if back is None else time.perf_counter() - killed_at
         time.sleep(1.0)
     print(f"  node kill: {load.failed()} of {len(load.statuses)} requests failed under load")
