@@ -318,7 +318,9 @@ class GrpcFrontend:
                 await call.future
             except asyncio.CancelledError:  # the client went away; the batcher drops it
                 call.future.cancel()
-                self._finish(call)  # counted as 499
+                # 499 even when the answer was ready: the client never got it
+                call.error = ProtocolError("the client went away before its answer", CLIENT_CLOSED)
+                self._finish(call)
                 raise
             except Exception:
                 pass  # _finish turns it into the answer
@@ -414,7 +416,7 @@ class GrpcFrontend:
                 return call.error
             assert call.model is not None and call.request is not None
             assert call.future is not None
-            if call.future.cancelled():
+            if call.future.cancelled():  # a stream's client went away
                 status = CLIENT_CLOSED
                 return ProtocolError("the client went away before its answer", CLIENT_CLOSED)
             outputs = call.model.select(call.request, call.future.result())
