@@ -365,8 +365,11 @@ def interference_table(
     seconds: float = 3.0,
     rounds: int = 3,
     backend: str | None = None,
+    only: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Small-request latency while each disturber runs; medians over ROUNDS."""
+    """Small-request latency while each disturber runs (those whose name contains ONLY, if
+    given); medians over ROUNDS, the best round's max, and an undisturbed run's figures taken
+    just before each disturbed one."""
     limits = limits or RequestLimits()
     with tempfile.TemporaryDirectory() as tmp:
         model = model or default_model(Path(tmp))
@@ -381,31 +384,56 @@ def interference_table(
             Disturber("slow upload (1 KB/s)", _slow_upload),
             Disturber("slow reader (1 KB/s)", _slow_reader(big_json_answer)),
         ]
+        if only:
+            disturbers = [d for d in disturbers if d.name == "none" or only in d.name]
         small = small_request(model)
         figures: dict[str, list[tuple[float, float, float, int]]] = {d.name: [] for d in disturbers}
+        baselines: dict[str, list[tuple[float, float, float, int]]] = {
+            d.name: [] for d in disturbers
+        }
         with ServerProcess(model, memory_budget_bytes, backend) as server:
             _small_latencies_ms(server, small, 0.5)  # warm-up
             for _ in range(rounds):
-                for d in disturbers:
-                    stop = threading.Event()
-                    thread = threading.Thread(target=_quiet(d.run), args=(server, stop))
-                    thread.start()
-                    time.sleep(0.2)  # the disturber is under way
-                    lat = sorted(_small_latencies_ms(server, small, seconds))
-                    stop.set()
-                    p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
-                    figures[d.name].append((statistics.median(lat), p99, lat[-1], len(lat)))
-                    thread.join(30)
+                for d in disturbers[1:]:
+                    # The box is shared: an undisturbed run right before each disturbed one
+                    # shows what the noise alone does to the same figures.
+                    baselines[d.name].append(_measure(server, small, disturbers[0], seconds))
+                    figures[d.name].append(_measure(server, small, d, seconds))
+    figures["none"] = [f for d in disturbers[1:] for f in baselines[d.name]]
+    baselines["none"] = figures["none"]
+
+    def med(rows: list[tuple[float, float, float, int]], i: int) -> float:
+        return statistics.median(f[i] for f in rows)
+
     return [
         {
             "disturber": d.name,
-            "requests": int(statistics.median(f[3] for f in figures[d.name])),
-            "p50_ms": statistics.median(f[0] for f in figures[d.name]),
-            "p99_ms": statistics.median(f[1] for f in figures[d.name]),
-            "max_ms": statistics.median(f[2] for f in figures[d.name]),
+            "requests": int(med(figures[d.name], 3)),
+            "p50_ms": med(figures[d.name], 0),
+            "p99_ms": med(figures[d.name], 1),
+            "max_ms": med(figures[d.name], 2),
+            "best_max_ms": min(f[2] for f in figures[d.name]),
+            "undisturbed_p50/p99/max_ms": "/".join(
+                f"{med(baselines[d.name], i):.2f}" for i in range(3)
+            ),
         }
         for d in disturbers
     ]
+
+
+def _measure(
+    server: ServerProcess, small: bytes, d: Disturber, seconds: float
+) -> tuple[float, float, float, int]:
+    """(p50, p99, max, count) of back-to-back small requests while D runs."""
+    stop = threading.Event()
+    thread = threading.Thread(target=_quiet(d.run), args=(server, stop))
+    thread.start()
+    time.sleep(0.2)  # the disturber is under way
+    lat = sorted(_small_latencies_ms(server, small, seconds))
+    stop.set()
+    thread.join(30)
+    p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+    return statistics.median(lat), p99, lat[-1], len(lat)
 
 
 def _quiet(
@@ -445,14 +473,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--skip-interference", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--only", default=None, help="disturbers whose name contains this")
     args = parser.parse_args()
     budget = int(args.budget_mb * MIB) if args.budget_mb else None
-    print("memory (largest allowed requests, one server):")
-    print(format_table(memory_table(args.model, budget, backend=args.backend)))
+    if not args.skip_memory:
+        print("memory (largest allowed requests, one server):")
+        print(format_table(memory_table(args.model, budget, backend=args.backend)))
     if not args.skip_interference:
         print("\nsmall-request latency while another client disturbs (medians over rounds):")
         table = interference_table(
-            args.model, budget, None, args.seconds, args.rounds, backend=args.backend
+            args.model, budget, None, args.seconds, args.rounds, args.backend, args.only
         )
         print(format_table(table))
 

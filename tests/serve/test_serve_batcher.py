@@ -272,16 +272,17 @@ async def _closed_loop_round(
     [
         (None, 0.0, [4]),  # adaptive: waits for as many rows as the last batch had
         (0.0, 0.0, [1, 3]),  # eager: the first arrival runs alone, the rest queue behind it
-        (None, 0.08, [2, 2]),  # adaptive, but two clients pause: it stops waiting for them
+        (None, 0.25, [2, 2]),  # adaptive, but two clients pause: it stops waiting for them
     ],
 )
 def test_after_a_batch_the_batcher_waits_for_its_clients_to_return(
     monkeypatch: pytest.MonkeyPatch, delay_ms: float | None, pause_s: float, second_round: list[int]
 ) -> None:
-    # The 0.2 s run bounds the adaptive wait at 0.1 s; arrivals come 5 ms apart, well inside
-    # the 30 ms quiet gap (widened from 1 ms so a slow CI box does not end the wait early).
-    monkeypatch.setattr(batcher_module, "ADAPTIVE_GAP_S", 0.03)
-    runtime = SlowRuntime(0.2)
+    # The 0.6 s run bounds the adaptive wait at 0.3 s; arrivals come 5 ms apart, far inside
+    # the 100 ms quiet gap (widened from 1 ms, then 30 ms: on a loaded box a 5 ms sleep can
+    # take tens of ms, which ended the wait early); the pause is longer than the gap.
+    monkeypatch.setattr(batcher_module, "ADAPTIVE_GAP_S", 0.1)
+    runtime = SlowRuntime(0.6)
 
     async def main() -> None:
         batcher = Batcher("m", runtime, batchable=True, max_batch=8, max_delay_ms=delay_ms)
@@ -337,18 +338,19 @@ def test_the_first_client_back_may_take_longer_than_the_gap(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Big answers take a while to encode and write before any client can return: the quiet
-    # gap only counts between arrivals, not until the first one.
-    monkeypatch.setattr(batcher_module, "ADAPTIVE_GAP_S", 0.03)
-    runtime = SlowRuntime(0.2)
+    # gap only counts between arrivals, not until the first one. (Margins as in the test
+    # above: a 0.6 s run, so the wait lasts at most 0.3 s; a 0.1 s gap.)
+    monkeypatch.setattr(batcher_module, "ADAPTIVE_GAP_S", 0.1)
+    runtime = SlowRuntime(0.6)
 
     async def main() -> None:
         batcher = Batcher("m", runtime, batchable=True, max_batch=8)
         await asyncio.gather(*(batcher.submit({"x": np.zeros((1, 2))}) for _ in range(4)))
         running = [asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 2))})) for _ in range(4)]
-        await asyncio.sleep(0.05)  # that batch of 4 runs; one client is already back
+        await asyncio.sleep(0.1)  # that batch of 4 runs; one client is already back
         early = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2))}))
         await asyncio.gather(*running)
-        await asyncio.sleep(0.06)  # the other three come back after twice the gap
+        await asyncio.sleep(0.15)  # the other three come back after 1.5 times the gap
         await asyncio.gather(early, *(batcher.submit({"x": np.ones((1, 2))}) for _ in range(3)))
         await batcher.close()
         assert runtime.batches == [4, 4, 4]  # not [4, 4, 1, 3]
