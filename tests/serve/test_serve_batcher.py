@@ -15,6 +15,7 @@ from edgeshift.errors import DataError
 from edgeshift.model.shapes import TensorSpec
 from edgeshift.serve.batcher import (
     ADAPTIVE_GAP_S,
+    ADAPTIVE_WAIT,
     Batcher,
     BatcherClosedError,
     QueueFullError,
@@ -459,3 +460,21 @@ def test_a_second_large_request_waits_its_turn() -> None:
     # b's first slice, not after all of it
     assert [c[0] for c in runtime.calls] == [32, 32, 32, 1, 32]
     assert done == ["a", "s", "b"]
+
+
+def test_after_a_large_request_a_lone_one_waits_no_longer_than_after_a_max_batch() -> None:
+    runtime = SlowRuntime(0.05)  # per call: a 1,000-row request takes 32 calls of 32 rows
+
+    async def main() -> None:
+        batcher = Batcher("m", runtime, batchable=True, max_batch=8)
+        await batcher.submit({"x": np.zeros((1000, 2))})
+        assert len(runtime.batches) == 32
+        first = _Pending({"x": np.zeros((1, 2))}, asyncio.get_running_loop().create_future(), 1, ())
+        target, deadline, _ = batcher._fill_goal(first, 1)
+        # A max batch's share of the run, not the whole run (>= 1.6 s): the refill that
+        # follows waits well under one call's pause, or not at all once that share is past.
+        waits = deadline - time.perf_counter()
+        assert target == 0 or (target == 8 and waits < ADAPTIVE_WAIT * 0.05)
+        await batcher.close()
+
+    _run(main())

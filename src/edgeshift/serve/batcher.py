@@ -315,9 +315,12 @@ class Batcher:
         started_s = started_ns / 1e9
         rows = sum(max(p.rows, 1) for p in batch)
         self._last_done_s = time.perf_counter()
-        # Capped: after a sliced request, waiting to refill its row count would never end.
+        # After a request of more than max_batch rows, the adaptive refill waits for a max
+        # batch, for at most half of what a max batch of it took: waiting for its row count,
+        # or for half its whole run, would hold the next lone request for 0.1-0.25 s
+        # (measured after a 65,536-row request of the digits CNN).
         self._last_rows = min(rows, self.max_batch)
-        self._last_run_s = self._last_done_s - started_s
+        self._last_run_s = (self._last_done_s - started_s) * self._last_rows / rows
         if self._on_batch is not None:
             self._on_batch(rows)
         for pending, result in zip(batch, results, strict=True):
