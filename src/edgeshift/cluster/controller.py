@@ -37,14 +37,22 @@ from edgeshift.cluster.placement import (
     placements_from_plan,
     read_plan,
 )
+from edgeshift.cluster.quiet import (
+    NODE_HEALTH_SYSTEM_CONFIG,
+    QUIET_SYSTEM_CONFIG,
+    REPLICA_ENV,
+    apply_quiet_env,
+)
 from edgeshift.errors import ConfigError, EdgeshiftError
 from edgeshift.serve import ServeOptions
 from edgeshift.serve.repository import discover
 
 log = logging.getLogger("edgeshift.cluster")
 
-# A registered replica whose port refused this many polls in a row is gone (node died).
-_PRUNE_AFTER_FAILURES = 5
+# A registered replica whose port refused this many polls in a row is gone (node died):
+# 1.5 s, by which time HAProxy's own checks have long taken it out of rotation (0.3 s).
+_PRUNE_AFTER_FAILURES = 3
+_PRUNE_POLL_S = 0.5
 _POLL_S = 0.1
 _DEPLOYMENT = "EdgeshiftReplica"
 
@@ -239,7 +247,13 @@ class ClusterServer:
             )
         try:
             if self.address in (None, "local"):
-                ray.init(include_dashboard=False, log_to_driver=False)
+                # A cluster of our own: its processes inherit this environment.
+                apply_quiet_env()
+                ray.init(
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    _system_config={**QUIET_SYSTEM_CONFIG, **NODE_HEALTH_SYSTEM_CONFIG},
+                )
             else:
                 ray.init(address=self.address, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -301,7 +315,11 @@ class ClusterServer:
                 num_replicas=app.replicas,
                 # The replica's own server uses the node's cores through its runtime threads;
                 # Ray's CPU count would only cap replicas per node, which the pool resource does.
-                ray_actor_options={"num_cpus": 0, "resources": resources},
+                ray_actor_options={
+                    "num_cpus": 0,
+                    "resources": resources,
+                    "runtime_env": {"env_vars": dict(REPLICA_ENV)},
+                },
                 graceful_shutdown_timeout_s=30,
                 health_check_period_s=2,
                 max_ongoing_requests=256,
@@ -359,15 +377,19 @@ class ClusterServer:
                     f"replicas not serving after {self.start_timeout_s:g} s ({short}) — check "
                     "the Ray nodes' resources and the replica logs (ray logs)"
                 )
-            time.sleep(_POLL_S)
+            self._refresh(wait_s=_PRUNE_POLL_S)
 
     # -- loops ----------------------------------------------------------------------------
 
-    def _refresh(self) -> bool:
-        """Read the registry; True when it changed."""
+    def _refresh(self, wait_s: float = 0.0) -> bool:
+        """Read the registry, waiting up to WAIT_S for a change; True when it changed."""
         import ray
 
-        version, entries = ray.get(self._registry.snapshot.remote())
+        if wait_s > 0:
+            call = self._registry.changed.remote(self._version, wait_s)
+        else:
+            call = self._registry.snapshot.remote()
+        version, entries = ray.get(call)
         if version == self._version:
             return False
         self._version, self._registered = version, entries
@@ -376,10 +398,14 @@ class ClusterServer:
         return True
 
     def _watch(self) -> None:
-        while not self._stop.wait(_POLL_S):
+        next_prune_s = 0.0
+        while not self._stop.is_set():
             try:
-                self._refresh()
-                self._prune()
+                # Woken by the registry on a change; at the latest each _PRUNE_POLL_S.
+                self._refresh(wait_s=_PRUNE_POLL_S)
+                if time.monotonic() >= next_prune_s:
+                    next_prune_s = time.monotonic() + _PRUNE_POLL_S
+                    self._prune()
                 # Compared with what HAProxy was last given, not with the last read: the
                 # main thread reads the registry too (waiting for replicas).
                 version = self._version
@@ -388,6 +414,7 @@ class ClusterServer:
                     self._fed_version = version
             except Exception:  # the loop must outlive one failed poll
                 log.exception("cluster watch loop")
+                self._stop.wait(_POLL_S)
 
     def _prune(self) -> None:
         """Forget replicas whose server is gone (their node died: they never unregistered)."""

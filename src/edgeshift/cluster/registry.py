@@ -9,6 +9,8 @@ checks have taken it out of rotation long before.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import ray
@@ -24,31 +26,50 @@ def registry_name(cluster_name: str) -> str:
 
 @ray.remote(num_cpus=0, max_restarts=-1)
 class Registry:
-    """Entries by replica id; ``version`` grows on every change so readers skip no-ops."""
+    """Entries by replica id; ``version`` grows on every change so readers skip no-ops.
+
+    An async actor: ``changed`` long-polls, so the controller learns of a change at once
+    without asking ten times a second (which cost this actor ~24 ms of CPU per second idle).
+    """
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[str, ReplicaEndpoint]] = {}
         self._version = 0
         self._stopping = False
+        self._bumped = asyncio.Event()
 
-    def register(self, app: str, endpoint: ReplicaEndpoint) -> None:
+    def _bump(self) -> None:
+        self._version += 1
+        self._bumped.set()
+        self._bumped = asyncio.Event()
+
+    async def register(self, app: str, endpoint: ReplicaEndpoint) -> None:
         # Replicas repeat this as a heartbeat: only a change is a new version.
         if self._entries.get(endpoint.replica_id) != (app, endpoint):
             self._entries[endpoint.replica_id] = (app, endpoint)
-            self._version += 1
+            self._bump()
 
-    def unregister(self, replica_id: str) -> None:
+    async def unregister(self, replica_id: str) -> None:
         if self._entries.pop(replica_id, None) is not None:
-            self._version += 1
+            self._bump()
 
-    def snapshot(self) -> tuple[int, list[tuple[str, ReplicaEndpoint]]]:
+    async def snapshot(self) -> tuple[int, list[tuple[str, ReplicaEndpoint]]]:
         return self._version, list(self._entries.values())
 
-    def set_stopping(self, stopping: bool) -> None:
+    async def changed(
+        self, version: int, timeout_s: float
+    ) -> tuple[int, list[tuple[str, ReplicaEndpoint]]]:
+        """The snapshot once its version differs from VERSION, or after TIMEOUT_S."""
+        if version == self._version:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._bumped.wait(), timeout_s)
+        return self._version, list(self._entries.values())
+
+    async def set_stopping(self, stopping: bool) -> None:
         # Shutting the whole cluster down: a stopping replica hands over to nobody.
         self._stopping = stopping
 
-    def stopping(self) -> bool:
+    async def stopping(self) -> bool:
         return self._stopping
 
 
