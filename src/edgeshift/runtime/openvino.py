@@ -18,6 +18,9 @@ from edgeshift.runtime.base import Backend
 
 _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 _CAPABILITY = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16"}
+# An input is shared with the infer request (not copied) when sharing keeps at most this many
+# bytes, or twice its own, alive until the request's next call.
+SHARE_KEEPS_BYTES = 1 << 20
 
 
 @lru_cache(maxsize=1)
@@ -47,6 +50,19 @@ def _reason(exc: Exception) -> str:
         lines[0] if lines else "",
     )
     return detail[:300]
+
+
+def _kept_bytes(arr: np.ndarray) -> int:
+    """Bytes that a reference to ARR keeps alive: its base array's or buffer's, for a view."""
+    base: Any = arr
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if isinstance(base, np.ndarray):
+        return int(base.nbytes)
+    try:
+        return memoryview(base).nbytes
+    except TypeError:  # a base without the buffer protocol: assume the worst
+        return 1 << 62
 
 
 class OpenVINOBackend(Backend):
@@ -138,8 +154,14 @@ class OpenVINOBackend(Backend):
     ) -> dict[str, np.ndarray]:
         try:
             with self._lock:
-                # Synchronous infer: sharing the caller's input buffers avoids a copy per call.
-                result = self._request.infer(feeds, share_inputs=True)
+                # Synchronous infer: sharing the caller's input buffers avoids a copy per call,
+                # but the request keeps what it shares until its next call, and a view keeps
+                # its whole base alive: a batcher slice of a large request would hold the
+                # request's body (+16 MiB after the largest binary one, issue 17).
+                share = all(
+                    _kept_bytes(a) <= max(2 * a.nbytes, SHARE_KEEPS_BYTES) for a in feeds.values()
+                )
+                result = self._request.infer(feeds, share_inputs=share)
                 values = {spec.name: np.array(result[i]) for i, spec in enumerate(self.outputs)}
         except Exception as exc:
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
