@@ -162,6 +162,55 @@ def role(proc: psutil.Process) -> str:
     return "gone"
 
 
+def kind(proc: psutil.Process) -> str:
+    """A finer breakdown than role(): which Ray process (by its title) or which server."""
+    with suppress(psutil.Error):
+        cmdline = " ".join(proc.cmdline())
+        for needle, name in (
+            ("haproxy", "haproxy"),
+            ("gcs_server", "Ray GCS"),
+            ("raylet", "raylet"),
+            ("DashboardAgent", "dashboard agent"),
+            ("RuntimeEnvAgent", "runtime-env agent"),
+            ("dashboard", "dashboard head"),
+            ("log_monitor", "log monitor"),
+            ("monitor.py", "autoscaler monitor"),
+            ("ServeController", "Serve controller"),
+            ("ProxyActor", "Serve proxy"),
+            ("Registry", "edgeshift registry"),
+            ("ServeReplica", "replica"),
+            ("ray::IDLE", "idle Ray worker"),
+        ):
+            if needle in cmdline:
+                return name
+        return role(proc)
+    return "gone"
+
+
+def cpu_by_kind(procs: list[psutil.Process]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for proc in procs:
+        totals[kind(proc)] = totals.get(kind(proc), 0.0) + cpu_s([proc])
+    return totals
+
+
+def own_cpu_s() -> float:
+    """This process: ClusterServer's threads and the Ray driver (and the load, if running)."""
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
+
+
+def idle_cpu(seconds: float) -> dict[str, float]:
+    """CPU ms per second of each kind of process over SECONDS with no requests."""
+    procs = server_processes()
+    before, own = cpu_by_kind(procs), own_cpu_s()
+    time.sleep(seconds)
+    after = cpu_by_kind(procs)
+    used = {k: (after[k] - before.get(k, 0.0)) / seconds * 1000 for k in after if k != "gone"}
+    used["ClusterServer (this process)"] = (own_cpu_s() - own) / seconds * 1000
+    return used
+
+
 def cpu_by_role(procs: list[psutil.Process]) -> dict[str, float]:
     totals: dict[str, float] = {}
     for proc in procs:
@@ -240,8 +289,10 @@ def measure(
     asyncio.run(drive(url, body, headers, args.concurrency, 2.0 if "ray" in name else 0.5))
     procs = server_processes()
     before = cpu_by_role(procs)
+    kinds_before = cpu_by_kind(procs)
     rps, p50, p99 = asyncio.run(drive(url, body, headers, args.concurrency, args.seconds))
     after = cpu_by_role(procs)
+    kinds_after = cpu_by_kind(procs)
     answered = max(rps * args.seconds, 1)
     used_us = {k: (after[k] - before.get(k, 0.0)) / answered * 1e6 for k in after}
     result = Result(name, tensors, rps, p50, p99, sum(used_us.values()))
@@ -250,6 +301,13 @@ def measure(
         f"  {name:10s} {tensors:6s} {rps:8.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
         f"server CPU {result.server_cpu_us:5.0f} µs/req ({parts})"
     )
+    if "ray" in name:
+        by_kind = {
+            k: (v - kinds_before.get(k, 0.0)) / answered * 1e6
+            for k, v in kinds_after.items()
+            if k != "gone"
+        }
+        print("    µs/req: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(by_kind.items())))
     return result
 
 
@@ -365,7 +423,16 @@ def main() -> None:
     parser.add_argument(
         "--skip", action="append", default=[], choices=["plain-ray", "ray", "ray-failures"]
     )
+    parser.add_argument(
+        "--idle-seconds", type=float, default=20.0, help="idle CPU window per Ray config"
+    )
+    parser.add_argument(
+        "--ray-defaults",
+        action="store_true",
+        help="Ray's own settings, not edgeshift's quiet ones (edgeshift.cluster.quiet)",
+    )
     args = parser.parse_args()
+    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     results: list[Result] = []
     timings: dict[str, float | None] = {}
     memory: dict[str, float] = {}
@@ -393,18 +460,22 @@ def main() -> None:
         import ray
         from ray.cluster_utils import Cluster
 
+        from edgeshift.cluster import quiet
+
+        # A dead node noticed in ~1.5 s, not Ray's default ~15 s (docs/scale-out.md).
+        head: dict[str, Any] = {"_system_config": dict(quiet.NODE_HEALTH_SYSTEM_CONFIG)}
+        if not args.ray_defaults:
+            # What edgeshift sets on a cluster it starts (--address local).
+            quiet.apply_quiet_env()
+            head["_system_config"].update(quiet.QUIET_SYSTEM_CONFIG)
+            head["include_log_monitor"] = False
         cluster = Cluster(
             initialize_head=True,
             head_node_args={
                 "num_cpus": 1,
                 "include_dashboard": False,
                 "object_store_memory": OBJECT_STORE_BYTES,
-                # A dead node noticed in ~1.5 s, not Ray's default ~15 s (docs/scale-out.md).
-                "_system_config": {
-                    "health_check_period_ms": 500,
-                    "health_check_timeout_ms": 500,
-                    "health_check_failure_threshold": 3,
-                },
+                **head,
             },
         )
         workers = [
@@ -418,6 +489,8 @@ def main() -> None:
         ray.init(address=cluster.address, log_to_driver=False)
         try:
             memory["Ray idle (GCS, raylets, workers)"] = rss_mib(server_processes())
+            if args.idle_seconds > 0:
+                print_idle("Ray alone (head + 3 nodes)", idle_cpu(args.idle_seconds))
             if "plain-ray" not in args.skip:
                 results += run_plain_ray(model, name, bodies["JSON"], args, memory)
             if "ray" not in args.skip:
@@ -439,6 +512,13 @@ def main() -> None:
             cluster.shutdown()
 
     report(results, timings, memory, rolling_failed)
+    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+def print_idle(what: str, used: dict[str, float]) -> None:
+    total = sum(v for k, v in used.items() if not k.startswith("ClusterServer"))
+    print(f"  idle, {what}: server processes {total:.0f} ms CPU per s")
+    print("    " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(used.items(), key=lambda x: -x[1])))
 
 
 def run_haproxy_only(
@@ -540,6 +620,9 @@ def run_edgeshift_on_ray(
             memory[f"edgeshift on Ray, {replicas} replica(s) (all Ray processes + HAProxy)"] = (
                 rss_mib(server_processes())
             )
+            if args.idle_seconds > 0:
+                time.sleep(2.0)  # past the deploy's own work
+                print_idle(f"ray-{replicas}", idle_cpu(args.idle_seconds))
             url = f"http://{server.url}/v2/models/{name}/infer"
             for tensors, (body, headers) in bodies.items():
                 results.append(measure(f"ray-{replicas}", tensors, url, body, headers, args))

@@ -53,6 +53,8 @@ log = logging.getLogger("edgeshift.cluster")
 # 1.5 s, by which time HAProxy's own checks have long taken it out of rotation (0.3 s).
 _PRUNE_AFTER_FAILURES = 3
 _PRUNE_POLL_S = 0.5
+# The registry wakes the watcher on a change; without one it asks again this often.
+_WATCH_WAIT_S = 2.0
 _POLL_S = 0.1
 _DEPLOYMENT = "EdgeshiftReplica"
 
@@ -398,14 +400,9 @@ class ClusterServer:
         return True
 
     def _watch(self) -> None:
-        next_prune_s = 0.0
         while not self._stop.is_set():
             try:
-                # Woken by the registry on a change; at the latest each _PRUNE_POLL_S.
-                self._refresh(wait_s=_PRUNE_POLL_S)
-                if time.monotonic() >= next_prune_s:
-                    next_prune_s = time.monotonic() + _PRUNE_POLL_S
-                    self._prune()
+                self._refresh(wait_s=_WATCH_WAIT_S)
                 # Compared with what HAProxy was last given, not with the last read: the
                 # main thread reads the registry too (waiting for replicas).
                 version = self._version
@@ -430,7 +427,13 @@ class ClusterServer:
                 self._failures.pop(endpoint.replica_id, None)
 
     def _autoscale(self) -> None:
-        while not self._stop.wait(0.5):
+        # Pruning is here, not in the watcher: the watcher sleeps in the registry until a
+        # change, and an unregistered replica is one (it wakes and updates HAProxy).
+        while not self._stop.wait(_PRUNE_POLL_S):
+            try:
+                self._prune()
+            except Exception:
+                log.exception("cluster prune")
             try:
                 self._autoscale_once()
             except Exception:

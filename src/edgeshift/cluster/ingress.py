@@ -64,8 +64,8 @@ class ReplicaEndpoint:
 class IngressTimeouts:
     """How fast HAProxy gives up on a replica. The defaults take a dead replica out of
     rotation in <= ~0.35 s idle (refused connection: a check every 250 ms, then 100 ms
-    apart once one failed) and at once under load (a refused request switches to the fast
-    checks and is replayed on another replica), and a hung one in <= ~1.15 s (2 checks that
+    apart once one failed) and in ~0.1 s under load (a refused request counts as a failed
+    check and is replayed on another replica), and a hung one in <= ~1.15 s (2 checks that
     time out after 400 ms)."""
 
     # Checks cost every replica a request per interval per backend (any + each model):
@@ -122,8 +122,9 @@ def server_options(endpoint: ReplicaEndpoint, timeouts: IngressTimeouts) -> str:
         f"{endpoint.address} check inter {t.check_interval_ms}ms "
         f"fastinter {t.fast_check_interval_ms}ms downinter {t.check_interval_ms * 2}ms "
         f"fall {t.fall} rise {t.rise} on-marked-down shutdown-sessions "
-        # A live request refused or reset is a sign too: check fast from then on.
-        "observe layer4 error-limit 1 on-error fastinter "
+        # A live request refused or reset is a sign too: one failed check (fast, 100 ms
+        # later) after it takes the replica out.
+        "observe layer4 error-limit 1 on-error sudden-death "
         # Idle keep-alive connections of a drained server close this soon: HAProxy will not
         # delete a server that still has some.
         "pool-purge-delay 500ms"
