@@ -28,7 +28,8 @@ log = logging.getLogger("edgeshift.cluster")
 
 # How long a stopping replica waits for a successor before it leaves anyway.
 HANDOFF_TIMEOUT_S = 15.0
-# Time for the controller (polls every 0.1 s) to drain this replica from HAProxy.
+# Time for the controller (woken by the registry when this replica unregisters) to drain it
+# from HAProxy.
 DRAIN_GRACE_S = 1.0
 # Registering again this often brings a replica back after the registry restarted or the
 # controller pruned it by mistake (a port that did not answer for a moment).
