@@ -1,5 +1,5 @@
-"""edgeshift itself on an Arm box: `edgeshift serve` and `inspect` inside the arm64 userland,
-answered over 127.0.0.1 to tritonclient on the x86 side."""
+"""edgeshift itself on an Arm box: `edgeshift serve` (HTTP and gRPC) and `inspect` inside the
+arm64 userland, answered over 127.0.0.1 to tritonclient on the x86 side."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc as tg
 import tritonclient.http as th
 
 from edgeshift import zoo
@@ -22,6 +23,7 @@ from edgeshift.verify.userland import Userland
 
 pytestmark = pytest.mark.slow
 READY_RE = re.compile(r"serving Open Inference Protocol v2 on http://(\S+)")
+GRPC_RE = re.compile(r"serving gRPC on (\S+)")
 
 
 def _guest(userland: Userland, *args: str) -> list[str]:
@@ -38,7 +40,10 @@ def _guest(userland: Userland, *args: str) -> list[str]:
 
 def test_serve_inside_arm64_answers_tritonclient(userland: Userland, tmp_path: Path) -> None:
     model = zoo.get("digits-mlp", tmp_path)
-    argv = _guest(userland, "-m", "edgeshift", "serve", str(model.model_path), "--port", "0")
+    argv = _guest(
+        userland, "-m", "edgeshift", "serve", str(model.model_path), "--port", "0",
+        "--grpc-port", "0",
+    )  # fmt: skip
     proc = subprocess.Popen(
         argv, env={**guest_env(userland), "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -47,13 +52,13 @@ def test_serve_inside_arm64_answers_tritonclient(userland: Userland, tmp_path: P
     assert proc.stderr is not None
     threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
     try:
-        url = None
-        seen: list[str] = []
-        while url is None:
+        url = grpc_url = None
+        while url is None or grpc_url is None:
             line = lines.get(timeout=120)  # ~10 s of emulated imports
-            seen.append(line)
             if match := READY_RE.search(line):
                 url = match.group(1)
+            if match := GRPC_RE.search(line):
+                grpc_url = match.group(1)
         client = th.InferenceServerClient(url, network_timeout=60)
         assert client.is_server_ready()
         x = np.load(model.data_path)["input"][:8]
@@ -65,6 +70,11 @@ def test_serve_inside_arm64_answers_tritonclient(userland: Userland, tmp_path: P
         assert got.shape == expected.shape
         assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
         assert (got.argmax(1) == expected.argmax(1)).all()
+        grpc_input = tg.InferInput("input", list(x.shape), "FP32")
+        grpc_input.set_data_from_numpy(x)
+        with tg.InferenceServerClient(grpc_url) as grpc_client:
+            via_grpc = grpc_client.infer(model.model_path.stem, [grpc_input]).as_numpy("logits")
+        np.testing.assert_array_equal(via_grpc, got)  # one server, one model: the same numbers
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -47,6 +47,10 @@ WHEELS = (
     "uvloop",
     "orjson",
     "prometheus-client",
+    # the gRPC front end (Triton's service protos ship in tritonclient)
+    "grpcio==1.85.3",
+    "protobuf==6.33.6",
+    "tritonclient[grpc]==2.73.0",
 )
 # Debian 12's glibc is 2.36: any manylinux tag up to that runs (OpenVINO's arm64 wheel is 2_35).
 WHEEL_PLATFORMS = (
