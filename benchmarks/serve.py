@@ -31,8 +31,12 @@ from tritonclient.grpc.aio's stream_infer on one stream ("grpc stream") and as p
 bytes on 8 grpc.aio streams of 4 ("grpc stream raw"). ``--grpc-only`` runs just these and HTTP
 binary at concurrency 32.
 
+Then the memory tables of benchmarks/serve_memory.py (the digits CNN): peak and after-request
+RSS for the largest requests the default limits allow, and small requests' latency while
+another client sends large or slow ones (``--skip-memory`` leaves them out).
+
 Run: ``python benchmarks/serve.py [--rounds 3] [--seconds 3] [--model minilm|mlp-wide|mlp|PATH]
-[--seq N] [--client raw|aiohttp] [--grpc-only]``.
+[--seq N] [--client raw|aiohttp] [--grpc-only] [--skip-memory]``.
 """
 
 from __future__ import annotations
@@ -557,6 +561,11 @@ def main() -> None:
         action="store_true",
         help="only HTTP binary and the gRPC cells at concurrency 32, on the batching server",
     )
+    parser.add_argument(
+        "--skip-memory",
+        action="store_true",
+        help="skip the memory and large/slow-client tables (benchmarks/serve_memory.py)",
+    )
     args = parser.parse_args()
     console = Console(width=150)
     load = drive_raw if args.client == "raw" else drive
@@ -700,6 +709,8 @@ def main() -> None:
         "raw: pre-serialized bytes on grpc.aio; the client's CPU counts against the server "
         "on this box)"
     )
+    if not args.skip_memory and not args.grpc_only:
+        print_memory_tables(console, args.rounds, args.seconds)
     if args.grpc_only:
         return
     off32 = med(cells[("off", "binary", 32)].rps)
@@ -714,6 +725,18 @@ def main() -> None:
         f"binary / JSON = {on32 / json32:.2f}x; adaptive wait / eager (--max-delay-ms 0) = "
         f"{on32 / eager32:.2f}x"
     )
+
+
+def print_memory_tables(console: Console, rounds: int, seconds: float) -> None:
+    """The digits CNN's largest allowed requests (peak and after-request RSS against idle), and
+    small requests' latency while another client sends large or slow ones."""
+    # benchmarks/ is not a package: its scripts import each other from their own folder.
+    from serve_memory import format_table, interference_table, memory_table
+
+    console.print("\nmemory: the largest requests the default limits allow, one server")
+    console.print(format_table(memory_table()), markup=False)
+    console.print("\nsmall-request latency while another client disturbs (medians over rounds)")
+    console.print(format_table(interference_table(rounds=rounds, seconds=seconds)), markup=False)
 
 
 if __name__ == "__main__":
