@@ -54,6 +54,20 @@ def test_a_plan_that_is_not_a_plan(tmp_path: Path) -> None:
     assert "not a plan.json" in _error([str(model), "--address", "127.0.0.1:1", "--plan", plan])
 
 
+def test_without_ray_installed_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = save_mlp(tmp_path / "mlp.onnx")
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    line = _error([str(model)])
+    assert "Ray Serve is not installed" in line and "edgeshift[ray]" in line
+
+
+def test_without_haproxy_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = save_mlp(tmp_path / "mlp.onnx")
+    monkeypatch.setattr("edgeshift.cluster.ingress.HAPROXY_BINARY", str(tmp_path / "haproxy"))
+    line = _error([str(model), "--address", "127.0.0.1:1"])
+    assert "HAProxy is not at" in line and "apt-get install haproxy" in line
+
+
 @pytest.mark.ray
 def test_serves_until_sigterm(ray_cluster, tmp_path: Path) -> None:
     model = save_mlp(tmp_path / "mlp.onnx", seed=5)

@@ -73,6 +73,25 @@ class _App:
     scraped_s: float | None = None
 
 
+def _require_tools() -> None:
+    """Ray and HAProxy, checked before anything starts: a missing one is one line, not a
+    traceback or a cluster left half-started."""
+    try:
+        import ray  # noqa: F401
+        from ray import serve  # noqa: F401
+    except ImportError:
+        raise ClusterError(
+            "Ray Serve is not installed — pip install 'edgeshift[ray]' (or ray[serve])"
+        ) from None
+    from edgeshift.cluster import ingress
+
+    if not os.access(ingress.HAPROXY_BINARY, os.X_OK):
+        raise ClusterError(
+            f"HAProxy is not at {ingress.HAPROXY_BINARY} — install it (apt-get install haproxy); "
+            "it fronts the replicas"
+        )
+
+
 class ClusterServer:
     """``start()`` deploys and returns once every replica is serving behind the ingress
     (``url``); ``stop()`` takes it all down. ``address``: a Ray cluster's address, ``"auto"``
@@ -156,6 +175,7 @@ class ClusterServer:
         if not models:
             raise ConfigError(f"no models found in {', '.join(self.paths)}")
         placements = self._placements(models)  # a bad plan fails before Ray is touched
+        _require_tools()
         self._connect()
         try:
             self._start(placements)
