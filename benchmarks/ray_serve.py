@@ -57,6 +57,9 @@ assert _spec is not None and _spec.loader is not None
 serve_bench = importlib.util.module_from_spec(_spec)
 sys.modules["serve_bench"] = serve_bench  # dataclasses look their module up there
 _spec.loader.exec_module(serve_bench)
+# serve.py's raw keep-alive load generator (it reads chunked answers, which Ray Serve's proxy
+# sends, too): (requests/s, p50 ms, p99 ms)
+drive = serve_bench.drive_raw
 
 GOALS = {  # from issue #18
     "cpu_ratio": 1.2,  # server CPU per request, Ray / single process, at most
@@ -235,51 +238,6 @@ def rss_mib(procs: list[psutil.Process]) -> float:
         with suppress(psutil.Error):
             total += proc.memory_info().rss
     return total / (1 << 20)
-
-
-async def drive(
-    url: str, body: bytes, headers: dict[str, str], concurrency: int, seconds: float
-) -> tuple[float, float, float]:
-    """benchmarks/serve.py's raw keep-alive load generator, reading chunked answers too (Ray
-    Serve's proxy sends those): (requests/s, p50 ms, p99 ms)."""
-    host_port, _, path = url.removeprefix("http://").partition("/")
-    host, port = host_port.rsplit(":", 1)
-    head = f"POST /{path} HTTP/1.1\r\nHost: {host_port}\r\n"
-    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    request = (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-    length_re = re.compile(rb"(?im)^content-length: *(\d+)")
-    latencies: list[float] = []
-    stop_at = time.perf_counter() + seconds
-
-    async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
-        header = await reader.readuntil(b"\r\n\r\n")
-        match = length_re.search(header)
-        if match is not None:
-            return header, await reader.readexactly(int(match.group(1)))
-        chunks = []
-        while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
-            chunks.append(await reader.readexactly(size + 2))
-        await reader.readuntil(b"\r\n")
-        return header, b"".join(c[:-2] for c in chunks)
-
-    async def slot() -> None:
-        reader, writer = await asyncio.open_connection(host, int(port))
-        try:
-            while time.perf_counter() < stop_at:
-                t0 = time.perf_counter()
-                writer.write(request)
-                header, answer = await read_answer(reader)
-                if not header.startswith(b"HTTP/1.1 200"):
-                    raise RuntimeError(f"{header.splitlines()[0]!r}: {answer[:200]!r}")
-                latencies.append(time.perf_counter() - t0)
-        finally:
-            writer.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(slot() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    ms = np.array(latencies) * 1000
-    return len(latencies) / elapsed, float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
 def measure(

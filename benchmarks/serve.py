@@ -268,6 +268,22 @@ async def drive(
     return len(latencies) / elapsed, float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
+_CONTENT_LENGTH = re.compile(rb"(?im)^content-length: *(\d+)")
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 answer's head and body, Content-Length or chunked (Ray Serve's proxy)."""
+    header = await reader.readuntil(b"\r\n\r\n")
+    match = _CONTENT_LENGTH.search(header)
+    if match is not None:
+        return header, await reader.readexactly(int(match.group(1)))
+    chunks = []
+    while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+        chunks.append(await reader.readexactly(size + 2))
+    await reader.readuntil(b"\r\n")
+    return header, b"".join(c[:-2] for c in chunks)
+
+
 async def drive_raw(
     url: str, body: bytes, headers: dict[str, str], concurrency: int, seconds: float
 ) -> tuple[float, float, float]:
@@ -278,7 +294,6 @@ async def drive_raw(
     head = f"POST /{path} HTTP/1.1\r\nHost: {host_port}\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     request = (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-    length_re = re.compile(rb"(?im)^content-length: *(\d+)")
     latencies: list[float] = []
     stop_at = time.perf_counter() + seconds
 
@@ -288,10 +303,7 @@ async def drive_raw(
             while time.perf_counter() < stop_at:
                 t0 = time.perf_counter()
                 writer.write(request)
-                header = await reader.readuntil(b"\r\n\r\n")
-                match = length_re.search(header)
-                assert match is not None, header
-                answer = await reader.readexactly(int(match.group(1)))
+                header, answer = await read_answer(reader)
                 if not header.startswith(b"HTTP/1.1 200"):
                     raise RuntimeError(f"{header.splitlines()[0]!r}: {answer[:200]!r}")
                 latencies.append(time.perf_counter() - t0)
