@@ -20,7 +20,8 @@ from tests.conftest import mlp_reference as reference
 from edgeshift.serve import ServerThread
 
 
-def _save(graph: onnx.GraphProto, path: Path) -> Path:
+def save_graph(graph: onnx.GraphProto, path: Path) -> Path:
+    """GRAPH as an opset 17 model file at PATH (checked)."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     onnx.checker.check_model(model)
@@ -50,7 +51,7 @@ def save_fixed(path: Path) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
         [numpy_helper.from_array(np.array(2.0, np.float32), "two")],
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def save_multi(path: Path) -> Path:
@@ -71,7 +72,7 @@ def save_multi(path: Path) -> Path:
             helper.make_tensor_value_info("twice", TensorProto.INT64, ["n", 3]),
         ],
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def save_strings(path: Path) -> Path:
@@ -82,7 +83,7 @@ def save_strings(path: Path) -> Path:
         [helper.make_tensor_value_info("text", TensorProto.STRING, ["n"])],
         [helper.make_tensor_value_info("same", TensorProto.STRING, ["n"])],
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def make_repository(root: Path) -> Path:

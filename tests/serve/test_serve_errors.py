@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
 import tritonclient.http as th
 from onnx import TensorProto, helper, numpy_helper
-from serve_models import exchange, mlp_reference, save_mlp
+from serve_models import exchange, mlp_reference, save_graph, save_mlp
 
 from edgeshift.errors import ModelError
 from edgeshift.serve import ServeOptions, ServerSettings, ServerThread
@@ -34,15 +33,6 @@ LIMITS = RequestLimits(
 )
 
 
-def _save(graph: onnx.GraphProto, path: Path) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
-    return path
-
-
 def save_embedding(path: Path) -> Path:
     """ids [n, 3] int64 -> Cast -> Gather(TABLE [VOCAB, 4]) -> vectors [n, 3, 4]."""
     graph = helper.make_graph(
@@ -55,7 +45,7 @@ def save_embedding(path: Path) -> Path:
         [helper.make_tensor_value_info("vectors", TensorProto.FLOAT, ["n", 3, 4])],
         [numpy_helper.from_array(TABLE, "table")],
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def save_log(path: Path) -> Path:
@@ -66,7 +56,7 @@ def save_log(path: Path) -> Path:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 @pytest.fixture(scope="module")
@@ -366,7 +356,7 @@ def save_row_sums(path: Path) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])],
         [axes],
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def test_a_large_json_body_is_parsed_in_pieces_and_answers_right(tmp_path: Path) -> None:
