@@ -7,11 +7,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import queue
-import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as th
-from tests.serve.serve_models import exchange, mlp_reference, save_mlp
+from tests.serve.serve_models import ServeProcess, exchange, mlp_reference, save_mlp
 
 from edgeshift.cluster.ingress import (
     HAPROXY_BINARY,
@@ -36,34 +33,16 @@ pytestmark = pytest.mark.skipif(
     not os.access(HAPROXY_BINARY, os.X_OK), reason="needs HAProxy (apt-get install haproxy)"
 )
 
-READY_RE = re.compile(r"serving Open Inference Protocol v2 on http://(\S+)")
-
 
 class Replica:
     """`python -m edgeshift serve PATHS --port 0`: a replica that can be killed for real."""
 
     def __init__(self, replica_id: str, *paths: Path) -> None:
-        command = [sys.executable, "-m", "edgeshift", "serve", *map(str, paths), "--port", "0"]
-        self.proc = subprocess.Popen(
-            [*command, "--grpc-port", "off", "--no-access-log"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, args=(lines,), daemon=True).start()
-        deadline = time.monotonic() + 60
-        while (match := READY_RE.search(lines.get(timeout=60))) is None:
-            assert time.monotonic() < deadline and self.proc.poll() is None, "replica died"
-        host, port = match.group(1).rsplit(":", 1)
+        server = ServeProcess(*map(str, paths), "--no-access-log")
+        self.proc = server.proc
+        host, port = server.url.rsplit(":", 1)
         models = tuple(p.stem for p in paths)
         self.endpoint = ReplicaEndpoint(replica_id, "node-1", host, int(port), models)
-
-    def _read(self, lines: queue.Queue[str]) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            lines.put(line)
 
     def requests_answered(self) -> float:
         status, _, body = exchange(self.endpoint.address, "GET", "/metrics")

@@ -4,7 +4,11 @@ and a model repository laid out as REPO/NAME/VERSION/model.onnx."""
 from __future__ import annotations
 
 import http.client
+import os
+import queue
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -165,3 +169,42 @@ def gate_backends(monkeypatch: Any) -> list[GatedBackend]:
 
     monkeypatch.setattr(repository_module, "open_backend", open_gated)
     return gated
+
+
+READY_RE = re.compile(r"serving Open Inference Protocol v2 on http://(\S+)")
+
+
+class ServeProcess:
+    """``python -m edgeshift serve ARGS --port 0 --grpc-port off`` as a real process (to kill,
+    signal or limit for real), started once it announces its address. Its stderr is drained
+    on a thread, so a chatty server never blocks on a full pipe."""
+
+    def __init__(
+        self, *args: str, preexec_fn: Callable[[], None] | None = None, timeout_s: float = 60.0
+    ) -> None:
+        command = [sys.executable, "-m", "edgeshift", "serve", *args, "--port", "0"]
+        self.proc = subprocess.Popen(
+            [*command, "--grpc-port", "off"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=preexec_fn,
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, args=(lines,), daemon=True).start()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                self.proc.kill()
+                raise AssertionError("the server did not start") from None
+            if match := READY_RE.search(line):
+                self.url: str = match.group(1)  # host:port
+                return
+
+    def _read(self, lines: queue.Queue[str]) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            lines.put(line)

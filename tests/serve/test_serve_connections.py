@@ -6,19 +6,17 @@ connection limit (an idle connection makes room, else 503), 1,100 idle connectio
 from __future__ import annotations
 
 import json
-import os
 import resource
 import select
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serve_models import exchange, save_mlp
+from serve_models import ServeProcess, exchange, save_mlp
 
 from edgeshift.serve import ServerSettings, ServerThread
 from edgeshift.serve.connections import ConnectionSettings
@@ -184,32 +182,8 @@ def _serve_process(
         if nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
 
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edgeshift",
-            "serve",
-            *args,
-            "--port",
-            "0",
-            "--threads",
-            "1",
-            "--grpc-port",
-            "off",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        preexec_fn=limit,
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if "serving Open Inference Protocol v2 on http://" in line:
-            return proc, line.rsplit("http://", 1)[1].strip()
-    proc.kill()
-    raise AssertionError("the server did not start")
+    server = ServeProcess(*args, "--threads", "1", preexec_fn=limit)
+    return server.proc, server.url
 
 
 def _soft_nofile(pid: int) -> int:
