@@ -15,7 +15,9 @@ turns it into a 4xx answer. Anything else that escapes is a bug in edgeshift.
     ├── BudgetError       no candidate meets the accuracy budget and --require was given
     ├── PlanError         a scenario cannot be planned (unknown ids, infeasible constraints)
     ├── MismatchError     compiled or verified outputs disagree with the reference (exit 3)
-    └── ProtocolError     a request the server refuses, with its HTTP status (400, 404, 413, 503)
+    ├── ProtocolError     a request the server refuses, with its HTTP status (400, 404, 413, 503)
+    └── FleetError        the fleet control plane or an agent refuses an operation
+        └── ArtifactVerificationError  an artifact or its TUF metadata fails verification
 """
 
 from __future__ import annotations
@@ -78,3 +80,20 @@ class ProtocolError(EdgeshiftError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+class FleetError(EdgeshiftError):
+    """The fleet refuses an operation: a bad enrolment token, an unknown device or rollout, a
+    rollout spec that cannot run, a control plane that cannot be reached. ``status`` is the
+    HTTP status the control plane answers with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ArtifactVerificationError(FleetError):
+    """An artifact, its manifest of file hashes or its TUF metadata fails verification
+    (tampered, unsigned, expired, rolled back); the device keeps serving its last-good model."""
+
+    exit_code = 3
