@@ -15,7 +15,7 @@ from edgeshift.errors import EdgeshiftError
 # One module per verb (or family of verbs), each with ``register(app)``.
 _COMMAND_MODULES = (
     "inspect", "bench", "zoo", "optimize", "targets", "plan", "serve", "export", "compile", "verify",
-    "cluster",
+    "cluster", "fleet", "agent",
 )  # fmt: skip
 
 
