@@ -1,0 +1,349 @@
+"""An in-memory Store with the methods the rollout engine calls, and simulated agents that
+answer their desired state with a chosen behaviour (for the engine's tests until the real
+Store lands; the same seeding calls work on both)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from collections.abc import Mapping, Sequence
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from edgeshift.errors import FleetError
+from edgeshift.fleet.rollouts import RolloutEngine
+from edgeshift.fleet.schema import (
+    ArtifactInfo,
+    ArtifactRef,
+    DesiredState,
+    DeviceReport,
+    EnrolmentToken,
+    EnrolmentTokenSpec,
+    EnrolRequest,
+    EnrolResponse,
+    GroupInfo,
+    GroupSpec,
+    Phase,
+    RolloutInfo,
+    RolloutSpec,
+    RolloutState,
+    ServingStats,
+)
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.tokens: dict[str, EnrolmentTokenSpec] = {}
+        self.labels: dict[str, dict[str, str]] = {}
+        self.device_groups: dict[str, set[str]] = {}
+        self.groups: dict[str, dict[str, str]] = {}
+        self.artifacts: dict[str, ArtifactInfo] = {}
+        self._desired: dict[str, DesiredState] = {}
+        self.previous: dict[tuple[str, str], ArtifactRef | None] = {}
+        self._reports: dict[str, DeviceReport] = {}
+        self.rollouts: dict[str, RolloutInfo] = {}
+        self.assigned: dict[str, dict[str, int]] = {}
+        self.set_desired_calls = 0
+
+    def close(self) -> None:
+        pass
+
+    def create_enrolment_token(self, spec: EnrolmentTokenSpec, now: float) -> EnrolmentToken:
+        token = secrets.token_hex(16)
+        self.tokens[token] = spec
+        return EnrolmentToken(token=token, expires_at=now + spec.ttl_s)
+
+    def enrol(self, request: EnrolRequest, now: float) -> EnrolResponse:
+        spec = self.tokens.pop(request.token)
+        self.labels[request.name] = {**spec.labels, **request.labels}
+        self.device_groups[request.name] = {spec.group} if spec.group else set()
+        self._desired[request.name] = DesiredState(generation=0)
+        return EnrolResponse(device_id=request.name, server_time=now)
+
+    def put_group(self, spec: GroupSpec) -> GroupInfo:
+        self.groups[spec.name] = dict(spec.selector)
+        return GroupInfo(name=spec.name, selector=dict(spec.selector), devices=0)
+
+    def matching_devices(self, group: str | None, selector: Mapping[str, str] | None) -> list[str]:
+        out = []
+        for device_id, labels in self.labels.items():
+            if group is not None:
+                group_selector = self.groups.get(group)
+                explicit = group in self.device_groups[device_id]
+                by_labels = bool(group_selector) and all(
+                    labels.get(k) == v for k, v in (group_selector or {}).items()
+                )
+                if not (explicit or by_labels):
+                    continue
+            if all(labels.get(k) == v for k, v in (selector or {}).items()):
+                out.append(device_id)
+        return sorted(out)
+
+    def add_artifact(self, info: ArtifactInfo) -> None:
+        self.artifacts[info.ref.artifact_id] = info
+
+    def get_artifact(self, artifact_id: str) -> ArtifactInfo:
+        if artifact_id not in self.artifacts:
+            raise FleetError(f"no artifact {artifact_id}; publish it first", 404)
+        return self.artifacts[artifact_id]
+
+    def desired(self, device_id: str) -> DesiredState:
+        return self._desired[device_id]
+
+    def set_desired(
+        self,
+        device_ids: Sequence[str],
+        artifact: ArtifactRef | None,
+        rollout_id: str | None,
+        *,
+        shadow_s: float,
+        shadow_min_requests: int,
+        trial_s: float,
+        now: float,
+    ) -> dict[str, int]:
+        self.set_desired_calls += 1
+        out = {}
+        for device_id in device_ids:
+            old = self._desired[device_id]
+            if rollout_id is not None:
+                self.previous.setdefault((device_id, rollout_id), old.artifact)
+            new = DesiredState(
+                generation=old.generation + 1,
+                artifact=artifact,
+                rollout_id=rollout_id,
+                shadow_s=shadow_s,
+                shadow_min_requests=shadow_min_requests,
+                trial_s=trial_s,
+                server_time=now,
+            )
+            self._desired[device_id] = new
+            out[device_id] = new.generation
+        return out
+
+    def previous_artifact(self, device_id: str, rollout_id: str) -> ArtifactRef | None:
+        return self.previous.get((device_id, rollout_id))
+
+    def record_report(self, device_id: str, report: DeviceReport, now: float) -> None:
+        kept = self._reports.get(device_id)
+        if kept is None or report.generation >= kept.generation:
+            self._reports[device_id] = report
+
+    def reports(self, device_ids: Sequence[str]) -> dict[str, DeviceReport | None]:
+        return {d: self._reports.get(d) for d in device_ids}
+
+    def add_rollout(self, info: RolloutInfo) -> None:
+        if info.rollout_id in self.rollouts:
+            raise FleetError(f"rollout {info.rollout_id} exists", 409)
+        self.rollouts[info.rollout_id] = info
+        self.assigned[info.rollout_id] = {}
+
+    def save_rollout(self, info: RolloutInfo) -> None:
+        self.get_rollout(info.rollout_id)
+        self.rollouts[info.rollout_id] = info
+
+    def get_rollout(self, rollout_id: str) -> RolloutInfo:
+        if rollout_id not in self.rollouts:
+            raise FleetError(f"no rollout {rollout_id}", 404)
+        return self.rollouts[rollout_id]
+
+    def list_rollouts(self, active_only: bool = False) -> list[RolloutInfo]:
+        active = {"pending", "running", "paused"}
+        return [
+            r
+            for r in sorted(self.rollouts.values(), key=lambda r: r.created_at)
+            if not active_only or r.state.value in active
+        ]
+
+    def rollout_devices(self, rollout_id: str) -> dict[str, int]:
+        return dict(self.assigned.get(rollout_id, {}))
+
+    def assign_wave(self, rollout_id: str, device_ids: Sequence[str], wave: int) -> None:
+        for device_id in device_ids:
+            self.assigned[rollout_id][device_id] = wave
+
+
+# --- seeding and simulated agents (work on the fake and on the real Store) ----------------
+
+
+def artifact(name: str, version: int) -> ArtifactInfo:
+    digest = hashlib.sha256(f"{name}{version}".encode()).hexdigest()
+    ref = ArtifactRef(
+        artifact_id=f"{name}-v{version}",
+        name=name,
+        version=version,
+        target_path=f"{name}/{version}.tar",
+        length=5,
+        sha256=digest,
+    )
+    return ArtifactInfo(ref=ref, created_at=0.0, files={"model.onnx": digest})
+
+
+def enrol_devices(
+    store: object,
+    n: int,
+    group: str | None = "gw",
+    labels: Mapping[str, str] | None = None,
+    prefix: str = "dev",
+) -> list[str]:
+    ids = []
+    for i in range(n):
+        token = store.create_enrolment_token(  # type: ignore[attr-defined]
+            EnrolmentTokenSpec(group=group, labels=dict(labels or {})), 0.0
+        )
+        raw = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        answer = store.enrol(  # type: ignore[attr-defined]
+            EnrolRequest(
+                token=token.token,
+                name=f"{prefix}-{i:04d}",
+                public_key=base64.b64encode(raw).decode(),
+            ),
+            0.0,
+        )
+        ids.append(answer.device_id)
+    return ids
+
+
+# What a simulated agent reports about an installed artifact.
+GOOD = ServingStats(
+    requests=1000, errors=0, p95_ms=10.0, baseline_p95_ms=10.0, shadow_samples=50,
+    shadow_agreement=1.0, shadow_drift=0.001,
+)  # fmt: skip
+BEHAVIOURS: dict[str, tuple[Phase, ServingStats]] = {
+    "good": (Phase.COMMITTED, GOOD),
+    "slow": (Phase.COMMITTED, GOOD.model_copy(update={"p95_ms": 21.0})),
+    "errors": (Phase.COMMITTED, GOOD.model_copy(update={"errors": 50})),
+    "disagrees": (Phase.COMMITTED, GOOD.model_copy(update={"shadow_agreement": 0.9})),
+    "fails": (Phase.FAILED, GOOD),
+}
+
+
+def agents_report(
+    store: object, device_ids: Sequence[str], behaviour: Mapping[str, str] | str, now: float
+) -> int:
+    """Every device whose desired state is newer than its report installs and reports it;
+    BEHAVIOUR (per artifact id, or one for all) says how the new artifact behaves."""
+    reports = store.reports(device_ids)  # type: ignore[attr-defined]
+    answered = 0
+    for device_id in device_ids:
+        desired = store.desired(device_id)  # type: ignore[attr-defined]
+        kept = reports.get(device_id)
+        if kept is not None and kept.generation >= desired.generation:
+            continue
+        target = desired.artifact.artifact_id if desired.artifact else None
+        kind = behaviour if isinstance(behaviour, str) else behaviour.get(target or "", "good")
+        phase, stats = BEHAVIOURS[kind]
+        previous = kept.active if kept is not None else None
+        active = target if phase == Phase.COMMITTED else previous
+        report = DeviceReport(
+            generation=desired.generation,
+            phase=phase if target else Phase.IDLE,
+            active=active,
+            last_good=active,
+            target=target,
+            error="install failed" if phase == Phase.FAILED else "",
+            stats=stats,
+            sent_at=now,
+        )
+        store.record_report(device_id, report, now)  # type: ignore[attr-defined]
+        answered += 1
+    return answered
+
+
+# --- tests ---------------------------------------------------------------------------------
+
+
+SOAK_S = 30.0
+TIMEOUT_S = 600.0
+
+
+@pytest.fixture
+def store() -> FakeStore:
+    return FakeStore()
+
+
+def _fleet(store: object, n: int = 100) -> list[str]:
+    store.put_group(GroupSpec(name="gw"))  # type: ignore[attr-defined]
+    store.add_artifact(artifact("det", 1))  # type: ignore[attr-defined]
+    store.add_artifact(artifact("det", 2))  # type: ignore[attr-defined]
+    devices = enrol_devices(store, n)
+    store.set_desired(  # type: ignore[attr-defined]
+        devices,
+        artifact("det", 1).ref,
+        None,
+        shadow_s=0,
+        shadow_min_requests=0,
+        trial_s=0,
+        now=0.0,
+    )
+    agents_report(store, devices, "good", 0.0)
+    return devices
+
+
+def _spec(**kw: object) -> RolloutSpec:
+    base: dict[str, object] = dict(
+        artifact_id="det-v2", group="gw", soak_s=SOAK_S, install_timeout_s=TIMEOUT_S
+    )
+    return RolloutSpec.model_validate({**base, **kw})
+
+
+def _drive(
+    engine: RolloutEngine,
+    store: object,
+    devices: list[str],
+    behaviour: str,
+    rid: str,
+    start: float = 1.0,
+    steps: int = 40,
+    step_s: float = 10.0,
+) -> tuple[RolloutInfo, float]:
+    now = start
+    for _ in range(steps):
+        engine.tick(now)
+        info = store.get_rollout(rid)  # type: ignore[attr-defined]
+        if info.state not in (RolloutState.PENDING, RolloutState.RUNNING):
+            return info, now
+        now += step_s
+        agents_report(store, devices, {"det-v2": behaviour}, now)
+    return store.get_rollout(rid), now  # type: ignore[attr-defined]
+
+
+def test_good_release_walks_four_waves_to_completed(store: FakeStore) -> None:
+    devices = _fleet(store)
+    engine = RolloutEngine(store)
+    info = engine.create(_spec(), 0.0)
+    assert info.state == RolloutState.PENDING and info.rollout_id.startswith("r-")
+    assert [w.devices for w in info.waves] == [1, 9, 40, 50]
+    final, _ = _drive(engine, store, devices, "good", info.rollout_id)
+    assert final.state == RolloutState.COMPLETED, final.reason
+    assert [g.passed for g in final.gates] == [True] * 4
+    assert [w.devices for w in final.waves] == [1, 9, 40, 50]
+    assert all(w.finished_at is not None for w in final.waves)
+    assert {store.desired(d).artifact.artifact_id for d in devices} == {"det-v2"}  # type: ignore[union-attr]
+    assert sorted(store.rollout_devices(info.rollout_id).values()).count(3) == 50
+
+
+@pytest.mark.parametrize("behaviour", ["slow", "errors", "disagrees", "fails"])
+def test_bad_release_aborts_in_first_wave_and_sets_touched_devices_back(
+    store: FakeStore, behaviour: str
+) -> None:
+    devices = _fleet(store)
+    engine = RolloutEngine(store)
+    info = engine.create(_spec(), 0.0)
+    final, _ = _drive(engine, store, devices, behaviour, info.rollout_id)
+    assert final.state == RolloutState.ABORTED
+    assert final.wave == 0 and len(final.gates) == 1 and not final.gates[0].passed
+    expected = {
+        "slow": "p95 ratio 2.10 > 1.50 (max_p95_ratio)",
+        "errors": "error rate 0.0500 > 0.0100 (max_error_rate)",
+        "disagrees": "shadow agreement 0.900 < 0.990 (min_shadow_agreement)",
+        "fails": "install success",
+    }[behaviour]
+    assert any(f.startswith(expected) for f in final.gates[0].failures), final.gates
+    touched = store.rollout_devices(info.rollout_id)
+    assert len(touched) == 1
+    for device_id in devices:
+        ref = store.desired(device_id).artifact
+        assert ref is not None and ref.artifact_id == "det-v1"
