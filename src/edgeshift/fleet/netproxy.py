@@ -274,3 +274,53 @@ class NetProxy:
             reading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reading
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"give HOST:PORT, e.g. 127.0.0.1:8000 (got {text!r})")
+    return host, int(port)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m edgeshift.fleet.netproxy --listen H:P --upstream H:P [--delay-s S]``: a
+    proxy as its own process (e.g. inside a network namespace). It prints ``listening PORT``
+    once bound; SIGUSR1 cuts every open connection; SIGTERM stops it."""
+    import argparse
+    import signal
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m edgeshift.fleet.netproxy")
+    parser.add_argument("--listen", default="127.0.0.1:0")
+    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--delay-s", type=float, default=0.0)
+    parser.add_argument("--mode", default="pass", choices=["pass", "refuse", "blackhole"])
+    args = parser.parse_args(argv)
+    listen_host, listen_port = _host_port(args.listen)
+    upstream_host, upstream_port = _host_port(args.upstream)
+    try:
+        config = ProxyConfig(
+            upstream_host, upstream_port, listen_host, listen_port, args.delay_s, args.mode
+        )
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+
+    async def serve() -> None:
+        proxy = NetProxy(config)
+        await proxy.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGUSR1, proxy.cut)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        print(f"listening {proxy.port}", flush=True)
+        await stop.wait()
+        await proxy.close()
+
+    asyncio.run(serve())
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
