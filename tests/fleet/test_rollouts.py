@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from edgeshift.errors import FleetError
+from edgeshift.fleet import policy
 from edgeshift.fleet.rollouts import RolloutEngine
 from edgeshift.fleet.schema import (
     ArtifactInfo,
@@ -24,6 +25,7 @@ from edgeshift.fleet.schema import (
     EnrolmentTokenSpec,
     EnrolRequest,
     EnrolResponse,
+    Gates,
     GroupInfo,
     GroupSpec,
     Phase,
@@ -347,3 +349,182 @@ def test_bad_release_aborts_in_first_wave_and_sets_touched_devices_back(
     for device_id in devices:
         ref = store.desired(device_id).artifact
         assert ref is not None and ref.artifact_id == "det-v1"
+
+
+def test_create_refuses_unknown_artifact_no_devices_and_a_busy_device(store: FakeStore) -> None:
+    _fleet(store, 5)
+    engine = RolloutEngine(store)
+    with pytest.raises(FleetError) as err:
+        engine.create(_spec(artifact_id="det-v9"), 0.0)
+    assert err.value.status == 404
+    with pytest.raises(FleetError, match="no device in group 'gw' with labels") as err:
+        engine.create(_spec(selector={"site": "mars"}), 0.0)
+    assert err.value.status == 400
+    first = engine.create(_spec(), 0.0)
+    with pytest.raises(
+        FleetError, match=f"dev-0000 is already in active rollout {first.rollout_id}"
+    ) as err:
+        engine.create(_spec(), 0.0)
+    assert err.value.status == 409
+    engine.cancel(first.rollout_id, 1.0)
+    assert engine.create(_spec(), 2.0).rollout_id != first.rollout_id
+
+
+def _reach(store: FakeStore, where: str) -> tuple[RolloutEngine, str, list[str]]:
+    """A rollout (waves 50/100) brought to WHERE with a good release."""
+    devices = _fleet(store, 10)
+    engine = RolloutEngine(store)
+    behaviour = "slow" if where == "aborted" else "good"
+    rid = engine.create(_spec(waves=[50, 100]), 0.0).rollout_id
+    if where == "pending":
+        return engine, rid, devices
+    engine.tick(1.0)  # wave 0 assigned: deploying
+    if where == "deploying":
+        return engine, rid, devices
+    agents_report(store, devices, {"det-v2": behaviour}, 2.0)
+    engine.tick(2.0)  # soaking (or aborted)
+    if where in ("soaking", "aborted"):
+        return engine, rid, devices
+    if where == "paused":
+        engine.pause(rid, 3.0)
+        return engine, rid, devices
+    if where == "cancelled":
+        engine.cancel(rid, 3.0)
+        return engine, rid, devices
+    if where == "rolled_back":
+        engine.rollback(rid, 3.0)
+        return engine, rid, devices
+    final, _ = _drive(engine, store, devices, "good", rid, start=3.0)
+    assert final.state == RolloutState.COMPLETED
+    return engine, rid, devices
+
+
+STAGES = ["pending", "deploying", "soaking", "paused", "completed", "aborted", "cancelled",
+          "rolled_back"]  # fmt: skip
+
+
+@pytest.mark.parametrize("where", STAGES)
+@pytest.mark.parametrize("action", policy.OPERATOR_ACTIONS)
+def test_operator_actions_at_every_stage(store: FakeStore, where: str, action: str) -> None:
+    engine, rid, devices = _reach(store, where)
+    before = store.get_rollout(rid)
+    target = policy.action_target(before.state, action)
+    if target is None:
+        with pytest.raises(FleetError, match=f"cannot {action}") as err:
+            getattr(engine, action)(rid, 100.0)
+        assert err.value.status == 409
+        assert store.get_rollout(rid) == before
+        return
+    result = getattr(engine, action)(rid, 100.0)
+    after = store.get_rollout(rid)
+    assert result.state == after.state
+    if action == "resume" and before.wave < 0:
+        assert after.state == RolloutState.PENDING
+    else:
+        assert after.state == target
+    if action == "rollback":
+        for device_id in devices:
+            ref = store.desired(device_id).artifact
+            assert ref is not None and ref.artifact_id == "det-v1", (where, device_id)
+    # Whatever happened, later ticks leave stopped rollouts alone and finish resumed ones.
+    final, _ = _drive(engine, store, devices, "good", rid, start=200.0)
+    if after.state in (RolloutState.PENDING, RolloutState.RUNNING):
+        assert final.state == RolloutState.COMPLETED
+    else:
+        assert final.state == after.state
+
+
+def test_paused_rollout_assigns_nothing_and_gives_no_verdict(store: FakeStore) -> None:
+    engine, rid, _ = _reach(store, "soaking")
+    engine.pause(rid, 3.0)
+    before = store.get_rollout(rid)
+    assigned = store.rollout_devices(rid)
+    assert engine.tick(10_000.0) == []
+    assert store.get_rollout(rid) == before and store.rollout_devices(rid) == assigned
+    engine.resume(rid, 10_001.0)
+    engine.tick(10_002.0)
+    after = store.get_rollout(rid)
+    assert after.gates[-1].passed and after.wave == 1
+
+
+def test_a_new_engine_over_the_same_store_continues(store: FakeStore) -> None:
+    devices = _fleet(store, 20)
+    rid = RolloutEngine(store).create(_spec(), 0.0).rollout_id
+    now = 1.0
+    for now in (1.0, 11.0, 21.0, 31.0, 41.0):  # first engine: into wave 1
+        RolloutEngine(store).tick(now)
+        agents_report(store, devices, "good", now + 5)
+    assert store.get_rollout(rid).wave >= 1
+    final, _ = _drive(RolloutEngine(store), store, devices, "good", rid, start=now + 10)
+    assert final.state == RolloutState.COMPLETED and len(final.gates) == 4
+
+
+class _CrashOnSave(FakeStore):
+    """Dies (once) between assigning a wave and saving the rollout's record."""
+
+    crash = False
+
+    def save_rollout(self, info: RolloutInfo) -> None:
+        if self.crash and info.wave == 1:
+            self.crash = False
+            raise RuntimeError("power cut")
+        super().save_rollout(info)
+
+
+def test_crash_between_assigning_and_saving_repeats_the_step_harmlessly() -> None:
+    store = _CrashOnSave()
+    devices = _fleet(store, 20)
+    engine = RolloutEngine(store)
+    rid = engine.create(_spec(soak_s=0), 0.0).rollout_id
+    engine.tick(1.0)
+    agents_report(store, devices, "good", 2.0)
+    store.crash = True
+    with pytest.raises(RuntimeError):
+        engine.tick(3.0)
+    assigned = {d for d, w in store.rollout_devices(rid).items() if w == 1}
+    generations = {d: store.desired(d).generation for d in assigned}
+    assert store.get_rollout(rid).wave == 0 and assigned
+    RolloutEngine(store).tick(4.0)
+    info = store.get_rollout(rid)
+    assert info.wave == 1 and info.waves[1].devices == len(assigned)
+    assert {d: store.desired(d).generation for d in assigned} == generations
+    final, _ = _drive(engine, store, devices, "good", rid, start=5.0)
+    assert final.state == RolloutState.COMPLETED
+
+
+def test_tick_is_idempotent(store: FakeStore) -> None:
+    devices = _fleet(store, 10)
+    engine = RolloutEngine(store)
+    rid = engine.create(_spec(), 0.0).rollout_id
+    assert engine.tick(1.0) == [f"{rid}: started", f"{rid}: wave 0 started"]
+    snapshot = (store.get_rollout(rid), store.rollout_devices(rid), store.set_desired_calls)
+    assert engine.tick(1.0) == [] and engine.tick(2.0) == []
+    assert (store.get_rollout(rid), store.rollout_devices(rid), store.set_desired_calls) == snapshot
+    assert devices
+
+
+def test_rollback_after_completed_leaves_devices_a_later_rollout_moved(store: FakeStore) -> None:
+    engine, rid, devices = _reach(store, "completed")
+    store.add_artifact(artifact("det", 3))
+    later = engine.create(_spec(artifact_id="det-v3", selector={}), 500.0)
+    _drive(engine, store, devices, "good", later.rollout_id, start=501.0)
+    result = engine.rollback(rid, 2000.0)
+    assert "rolled back 0 device(s)" in result.message and "10 left alone" in result.message
+    assert {store.desired(d).artifact.artifact_id for d in devices} == {"det-v3"}  # type: ignore[union-attr]
+    result = engine.rollback(later.rollout_id, 2001.0)
+    assert {store.desired(d).artifact.artifact_id for d in devices} == {"det-v2"}  # type: ignore[union-attr]
+
+
+def test_silent_devices_fail_the_wave_at_the_install_timeout(store: FakeStore) -> None:
+    devices = _fleet(store, 10)
+    engine = RolloutEngine(store)
+    rid = engine.create(_spec(gates=Gates(min_install_success=None)), 0.0).rollout_id
+    engine.tick(1.0)  # wave 0 assigned; its device never answers
+    engine.tick(1.0 + TIMEOUT_S - 1)
+    assert store.get_rollout(rid).state == RolloutState.RUNNING
+    engine.tick(1.0 + TIMEOUT_S)  # timed out: the wave soaks, then its gates fail
+    engine.tick(1.0 + TIMEOUT_S + SOAK_S)
+    info = store.get_rollout(rid)
+    assert info.state == RolloutState.ABORTED
+    assert info.gates[-1].failures == ["only 0 of 1 devices reported (min_reporting 0.90)"]
+    assert all(store.desired(d).artifact.artifact_id == "det-v1" for d in devices)  # type: ignore[union-attr]

@@ -95,7 +95,13 @@ WAVE_STAGES: tuple[tuple[str, str, EdgeKind, str], ...] = (
     ("running/passed", "it was the last wave", EdgeKind.TICK, "completed"),
     *(
         (node, action, EdgeKind.OPERATOR, target)
-        for node in ("pending", "running/deploying", "running/soaking", "running/gate")
+        for node in (
+            "pending",
+            "running/deploying",
+            "running/soaking",
+            "running/gate",
+            "running/passed",
+        )
         for action, target in (
             ("pause", "paused"),
             ("cancel", "cancelled"),
