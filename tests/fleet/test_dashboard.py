@@ -225,6 +225,31 @@ def _fleet() -> dict[str, Any]:
     return {"devices": devices, "rollouts": [running, aborted]}
 
 
+def _summarize(devices: list[DeviceInfo], rollouts: list[RolloutInfo]) -> dict[str, Any]:
+    """/v1/summary's shape (fleet/api.py summarize)."""
+    by_version: dict[str, dict[str, int]] = {}
+    phases: dict[str, int] = {}
+    for d in devices:
+        version = (d.reported.active if d.reported else None) or "none"
+        counts = by_version.setdefault(version, {"online": 0, "offline": 0})
+        counts["online" if d.online else "offline"] += 1
+        phase = d.reported.phase.value if d.reported else "unreported"
+        phases[phase] = phases.get(phase, 0) + 1
+    online = sum(d.online for d in devices)
+    return {
+        "devices": {
+            "total": len(devices),
+            "online": online,
+            "offline": len(devices) - online,
+            "revoked": 0,
+        },
+        "by_version": by_version,
+        "by_phase": phases,
+        "rollouts": {r.state.value: 1 for r in rollouts},
+        "active_rollouts": [r.rollout_id for r in rollouts if r.state == RolloutState.RUNNING],
+    }
+
+
 class Fleet:
     """What the fixture server answers; tests change it to watch the page follow."""
 
@@ -241,7 +266,7 @@ class Fleet:
         async def summary(request: Request) -> JSONResponse:
             if not authorised(request):
                 return refuse()
-            return JSONResponse({"devices": {"online": 2, "offline": 1}})
+            return JSONResponse(_summarize(self.data["devices"], self.data["rollouts"]))
 
         async def devices(request: Request) -> JSONResponse:
             if not authorised(request):
@@ -441,6 +466,13 @@ def test_devices_render_with_status_version_phase_and_health(
     assert rows["gw-02"][1:4] == ["online", "minilm-v1", "shadow"]
     assert rows["gw-03"][1:6] == ["offline", "minilm-v1", "downloading", "30.0", "10.00 %"]
     assert page.eval("document.getElementById('error-line').hidden") is True
+    summary = page.eval(
+        "Object.fromEntries([...document.querySelectorAll('#summary div')]"
+        ".map(d => [d.dataset.key, d.querySelector('dd').textContent]))"
+    )
+    assert summary["devices.online"] == "2" and summary["devices.offline"] == "1"
+    assert summary["version.minilm-v1"] == "1 online, 1 offline"
+    assert summary["phase.shadow"] == "1" and summary["rollouts.active"] == "1"
     # The token lives in this tab's sessionStorage, not in localStorage.
     assert page.eval("sessionStorage.getItem('edgeshift.fleet.token')") == GOOD_TOKEN
     assert page.eval("localStorage.length") == 0

@@ -82,26 +82,34 @@ function ago(ts) {
 function renderSummary(summary, devices, rollouts) {
   const dl = $("summary");
   dl.replaceChildren();
-  const add = (name, value) => {
+  const add = (name, value, key) => {
     const div = el("div");
+    if (key) div.dataset.key = key;
     div.append(el("dt", name), el("dd", value));
     dl.append(div);
   };
-  const online = devices.filter((d) => d.online && !d.revoked).length;
-  add("devices", devices.length);
-  add("online", online);
-  add("offline", devices.length - online);
-  add("active rollouts", rollouts.filter((r) => ACTIVE_STATES.has(r.state)).length);
-  // /v1/summary's own counts (by version, by phase), shown as they come: flat or one level deep.
+  const obj = (v) => (v && typeof v === "object" && !Array.isArray(v) ? v : {});
   if (summary && typeof summary === "object") {
-    for (const [key, value] of Object.entries(summary)) {
-      if (value && typeof value === "object" && !Array.isArray(value)) {
-        for (const [sub, n] of Object.entries(value)) {
-          if (typeof n === "number" || typeof n === "string") add(key + " " + sub, n);
-        }
-      }
+    // /v1/summary (fleet/api.py summarize): device counts, by version, by phase, rollouts.
+    const d = obj(summary.devices);
+    for (const k of ["total", "online", "offline", "revoked"]) {
+      if (typeof d[k] === "number") add("devices " + k, d[k], "devices." + k);
     }
+    for (const [version, c] of Object.entries(obj(summary.by_version))) {
+      add(version, (obj(c).online || 0) + " online, " + (obj(c).offline || 0) + " offline", "version." + version);
+    }
+    for (const [phase, n] of Object.entries(obj(summary.by_phase))) add(phase, n, "phase." + phase);
+    const active = Array.isArray(summary.active_rollouts) ? summary.active_rollouts.length : null;
+    if (active !== null) add("active rollouts", active, "rollouts.active");
+    return;
   }
+  // Without /v1/summary, the same headline counts from the lists.
+  const live = devices.filter((d) => !d.revoked);
+  const online = live.filter((d) => d.online).length;
+  add("devices total", live.length, "devices.total");
+  add("devices online", online, "devices.online");
+  add("devices offline", live.length - online, "devices.offline");
+  add("active rollouts", rollouts.filter((r) => ACTIVE_STATES.has(r.state)).length, "rollouts.active");
 }
 
 // --- devices -------------------------------------------------------------------------------
