@@ -1,0 +1,574 @@
+"""The control plane's HTTP routes (docs/fleet.md): thin Starlette handlers over the Store, the
+rollout engine and the TUF repository, which FleetServer (fleet/server.py) puts together.
+
+Every store, engine and TUF call is synchronous and runs in a worker thread; the event loop
+only parses, checks limits and waits (a long poll costs a coroutine and an asyncio.Event, no
+thread). Every error is ``{"error": "one line"}`` with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import anyio.to_thread
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from edgeshift.errors import FleetError
+from edgeshift.fleet.guard import OperatorAuth, check_device
+from edgeshift.fleet.schema import (
+    ActionResult,
+    ArtifactInfo,
+    DeviceInfo,
+    DeviceReport,
+    EnrolmentTokenSpec,
+    EnrolRequest,
+    GroupSpec,
+    Labels,
+    RolloutInfo,
+    RolloutSpec,
+    TelemetryBatch,
+    is_name,
+)
+from edgeshift.fleet.store import Store
+
+log = logging.getLogger("edgeshift.fleet")
+
+MAX_BODY_BYTES = 1 << 20
+MAX_ARTIFACT_BYTES = 4 << 30
+MAX_WAIT_S = 60.0
+ROLLOUT_ACTIONS = ("pause", "resume", "cancel", "rollback")
+DASHBOARD_DIR = Path(__file__).parent / "dashboard"
+_WRITE_CHUNK_BYTES = 1 << 20
+_METADATA_NAME = re.compile(r"^(?:[1-9][0-9]{0,9}\.)?(?:root|timestamp|snapshot|targets)\.json$")
+_TARGET_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_LABELS: TypeAdapter[dict[str, str]] = TypeAdapter(Labels)
+_M = TypeVar("_M", bound=BaseModel)
+_T = TypeVar("_T")
+
+
+class Engine(Protocol):
+    """fleet/rollouts.py's RolloutEngine, as the routes use it."""
+
+    def create(self, spec: RolloutSpec, now: float) -> RolloutInfo: ...
+    def pause(self, rollout_id: str, now: float) -> ActionResult: ...
+    def resume(self, rollout_id: str, now: float) -> ActionResult: ...
+    def cancel(self, rollout_id: str, now: float) -> ActionResult: ...
+    def rollback(self, rollout_id: str, now: float) -> ActionResult: ...
+
+
+class Repository(Protocol):
+    """fleet/tuf_repo.py's TufRepository, as the routes use it."""
+
+    def publish(
+        self,
+        bundle: Path,
+        name: str,
+        version: int,
+        now: float,
+        manifest: dict[str, Any] | None = None,
+    ) -> ArtifactInfo: ...
+    def metadata_file(self, name: str) -> Path | None: ...
+    def target_file(self, path: str) -> Path | None: ...
+    def root_json(self) -> Any: ...
+
+
+class DesiredWaiters:
+    """One asyncio.Event per long-polling device, set when its desired state changes in this
+    process. ``notify`` may be called from any thread (the engine runs in worker threads)."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def wait(self, device_id: str, timeout_s: float) -> bool:
+        self._loop = asyncio.get_running_loop()
+        event = self._events.get(device_id)
+        if event is None:
+            event = self._events[device_id] = asyncio.Event()
+        try:
+            await asyncio.wait_for(event.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def notify(self, device_ids: Iterable[str]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return  # nobody has waited yet
+        ids = list(device_ids)
+        # RuntimeError: the loop stopped between the check and the call; nobody is waiting.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._set, ids)
+
+    def _set(self, device_ids: list[str]) -> None:
+        for device_id in device_ids:
+            event = self._events.pop(device_id, None)
+            if event is not None:
+                event.set()
+
+
+@dataclass
+class FleetContext:
+    """What the routes work on (FleetServer builds it)."""
+
+    store: Store
+    engine: Engine
+    tuf: Repository
+    data_dir: Path
+    auth: OperatorAuth = field(default_factory=OperatorAuth)
+    waiters: DesiredWaiters = field(default_factory=DesiredWaiters)
+    clock: Callable[[], float] = time.time
+    recheck_s: float = 2.0  # a long poll re-reads the store this often (other processes write)
+    engine_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+async def _run(fn: Callable[..., _T], *args: Any) -> _T:
+    return await anyio.to_thread.run_sync(fn, *args)
+
+
+def _json(value: BaseModel | list[Any] | dict[str, Any], status: int = 200) -> JSONResponse:
+    if isinstance(value, BaseModel):
+        return JSONResponse(value.model_dump(mode="json"), status)
+    if isinstance(value, list):
+        return JSONResponse(
+            [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value], status
+        )
+    return JSONResponse(value, status)
+
+
+def validation_line(model_name: str, exc: ValidationError) -> str:
+    """One line naming the first bad field (and how many more there are)."""
+    errors = exc.errors()
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    line = f"bad {model_name}: {where}: {first['msg']}"
+    if len(errors) > 1:
+        line += f" (and {len(errors) - 1} more)"
+    return line[:500]
+
+
+def parse_body(model: type[_M], body: bytes) -> _M:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise FleetError(validation_line(model.__name__, exc), 400) from None
+
+
+async def read_body(request: Request, limit_bytes: int = MAX_BODY_BYTES) -> bytes:
+    _check_length(request, limit_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit_bytes:
+            raise FleetError(f"body over {limit_bytes} bytes — send less", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check_length(request: Request, limit_bytes: int) -> None:
+    length = request.headers.get("content-length")
+    if length is None:
+        return
+    if not length.isdigit():
+        raise FleetError("Content-Length is not a number", 400)
+    if int(length) > limit_bytes:
+        raise FleetError(f"body over {limit_bytes} bytes — send less", 413)
+
+
+def _path_and_query(request: Request) -> str:
+    # Exactly the request target the device signed: the raw path and the raw query.
+    raw = request.scope.get("raw_path") or request.scope["path"].encode()
+    query = request.scope.get("query_string", b"")
+    target = raw.decode("latin-1")
+    return f"{target}?{query.decode('latin-1')}" if query else target
+
+
+def _path_name(request: Request, key: str, what: str) -> str:
+    value = str(request.path_params[key])
+    if not is_name(value):
+        raise FleetError(f"no {what} {value[:80]!r} (not a valid name)", 404)
+    return value
+
+
+def _query_float(request: Request, key: str, default: float) -> float:
+    text = request.query_params.get(key)
+    if text is None or text == "":
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise FleetError(f"query {key}={text[:40]!r} is not a number", 400) from None
+    if not value >= 0 or value == float("inf"):
+        raise FleetError(f"query {key} must be a finite number >= 0", 400)
+    return value
+
+
+def _query_int(request: Request, key: str, default: int, minimum: int) -> int:
+    text = request.query_params.get(key)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise FleetError(f"query {key}={text[:40]!r} is not an integer", 400) from None
+    if value < minimum or value > 2**62:
+        raise FleetError(f"query {key} must be an integer >= {minimum}", 400)
+    return value
+
+
+def selector_from_query(values: Iterable[str]) -> dict[str, str]:
+    """``label=k=v`` query values -> {k: v}, each checked like a label."""
+    selector: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise FleetError(f"label {item[:80]!r} must be k=v", 400)
+        selector[key] = value
+    try:
+        return _LABELS.validate_python(selector)
+    except ValidationError as exc:
+        raise FleetError(validation_line("label selector", exc), 400) from None
+
+
+def check_public_key(text: str) -> None:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise FleetError(
+            "bad EnrolRequest: public_key must be a raw Ed25519 public key in base64 (32 bytes)",
+            400,
+        )
+
+
+def check_target_path(path: str) -> str:
+    """A TUF target path from a URL, refused unless every segment is a plain name: nothing
+    from a request reaches the file system unless it could never leave the targets folder."""
+    segments = path.split("/")
+    if len(path) > 512 or len(segments) > 4 or not all(_TARGET_SEGMENT.match(s) for s in segments):
+        raise FleetError(f"no target {path[:80]!r}", 404)
+    return path
+
+
+def summarize(devices: list[DeviceInfo], rollouts: list[RolloutInfo]) -> dict[str, Any]:
+    """The dashboard's counts: devices online/offline by serving version and by phase, and the
+    active rollouts."""
+    live = [d for d in devices if not d.revoked]
+    by_version: dict[str, dict[str, int]] = {}
+    for device in live:
+        version = (device.reported.active if device.reported else None) or "none"
+        counts = by_version.setdefault(version, {"online": 0, "offline": 0})
+        counts["online" if device.online else "offline"] += 1
+    phases = Counter(d.reported.phase.value if d.reported else "unreported" for d in live)
+    active = [r for r in rollouts if r.state.value in ("pending", "running", "paused")]
+    return {
+        "devices": {
+            "total": len(live),
+            "online": sum(d.online for d in live),
+            "offline": sum(not d.online for d in live),
+            "revoked": len(devices) - len(live),
+        },
+        "by_version": by_version,
+        "by_phase": dict(phases),
+        "rollouts": dict(Counter(r.state.value for r in rollouts)),
+        "active_rollouts": [r.rollout_id for r in active],
+    }
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def create_app(ctx: FleetContext) -> Starlette:
+    """The control plane's ASGI app over CTX."""
+
+    def operator(handler: Handler) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            await _run(ctx.auth.operator, request.headers.get("authorization"), ctx.store)
+            return await handler(request)
+
+        return endpoint
+
+    async def device_request(request: Request) -> tuple[str, bytes, float]:
+        body = await read_body(request)
+        now = ctx.clock()
+
+        def check() -> str:
+            device_id = check_device(
+                ctx.store, request.headers, request.method, _path_and_query(request), body, now
+            )
+            ctx.store.touch(device_id, now)
+            return device_id
+
+        return await _run(check), body, now
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def enrol(request: Request) -> Response:
+        enrol_request = parse_body(EnrolRequest, await read_body(request, 64 << 10))
+        check_public_key(enrol_request.public_key)
+        return _json(await _run(ctx.store.enrol, enrol_request, ctx.clock()))
+
+    async def device_desired(request: Request) -> Response:
+        device_id, _, now = await device_request(request)
+        seen = _query_int(request, "generation", -1, -1)
+        wait_s = min(_query_float(request, "wait", 0.0), MAX_WAIT_S)
+        deadline = now + wait_s
+        while True:
+            desired = await _run(ctx.store.desired, device_id)
+            now = ctx.clock()
+            left_s = deadline - now
+            if desired.generation > seen or left_s <= 0:
+                return _json(desired.model_copy(update={"server_time": now}))
+            await ctx.waiters.wait(device_id, min(ctx.recheck_s, left_s))
+
+    async def device_report(request: Request) -> Response:
+        device_id, body, now = await device_request(request)
+        report = parse_body(DeviceReport, body)
+        await _run(ctx.store.record_report, device_id, report, now)
+        return JSONResponse({"ok": True})
+
+    async def device_telemetry(request: Request) -> Response:
+        device_id, body, now = await device_request(request)
+        batch = parse_body(TelemetryBatch, body)
+        return JSONResponse({"kept": await _run(ctx.store.record_telemetry, device_id, batch, now)})
+
+    async def tuf_metadata(request: Request) -> Response:
+        await device_request(request)
+        name = str(request.path_params["file"])
+        if not _METADATA_NAME.match(name):
+            raise FleetError(f"no TUF metadata {name[:80]!r}", 404)
+        path = await _run(ctx.tuf.metadata_file, name)
+        if path is None:
+            raise FleetError(f"no TUF metadata {name!r}", 404)
+        return FileResponse(path, media_type="application/json", headers=_NO_STORE)
+
+    async def tuf_target(request: Request) -> Response:
+        await device_request(request)
+        target = check_target_path(str(request.path_params["path"]))
+        path = await _run(ctx.tuf.target_file, target)
+        if path is None:
+            raise FleetError(f"no target {target!r}", 404)
+        # FileResponse answers Range with 206 (resumed downloads) and a bad one with 416.
+        return FileResponse(path, media_type="application/octet-stream")
+
+    async def root_json(request: Request) -> Response:
+        root = await _run(ctx.tuf.root_json)
+        if isinstance(root, (bytes, str)):
+            return Response(root, media_type="application/json", headers=_NO_STORE)
+        return JSONResponse(root, headers=_NO_STORE)
+
+    async def enrolment_tokens(request: Request) -> Response:
+        spec = parse_body(EnrolmentTokenSpec, await read_body(request))
+        return _json(await _run(ctx.store.create_enrolment_token, spec, ctx.clock()), 201)
+
+    async def devices(request: Request) -> Response:
+        group = request.query_params.get("group") or None
+        if group is not None and not is_name(group):
+            raise FleetError(f"group {group[:80]!r} is not a valid name", 400)
+        selector = selector_from_query(request.query_params.getlist("label"))
+        found = await _run(ctx.store.list_devices, ctx.clock(), group, selector)
+        return _json(found)
+
+    async def device(request: Request) -> Response:
+        device_id = _path_name(request, "device_id", "device")
+        if request.method == "DELETE":
+            await _run(ctx.store.revoke_device, device_id)
+        return _json(await _run(ctx.store.get_device, device_id, ctx.clock()))
+
+    async def device_labels(request: Request) -> Response:
+        device_id = _path_name(request, "device_id", "device")
+        try:
+            labels = _LABELS.validate_json(await read_body(request))
+        except ValidationError as exc:
+            raise FleetError(validation_line("labels", exc), 400) from None
+        await _run(ctx.store.set_labels, device_id, labels)
+        return _json(await _run(ctx.store.get_device, device_id, ctx.clock()))
+
+    async def groups(request: Request) -> Response:
+        return _json(await _run(ctx.store.list_groups))
+
+    async def group(request: Request) -> Response:
+        name = _path_name(request, "name", "group")
+        body = await read_body(request)
+        try:
+            given = json.loads(body)
+        except ValueError:
+            raise FleetError("bad GroupSpec: body is not JSON", 400) from None
+        if isinstance(given, dict):
+            given.setdefault("name", name)
+            if given["name"] != name:
+                raise FleetError(f"bad GroupSpec: name {given['name']!r} is not {name!r}", 400)
+        spec = parse_body(GroupSpec, json.dumps(given).encode())
+        return _json(await _run(ctx.store.put_group, spec))
+
+    async def artifacts(request: Request) -> Response:
+        if request.method == "GET":
+            return _json(await _run(ctx.store.list_artifacts))
+        return await publish(request)
+
+    async def publish(request: Request) -> Response:
+        name = request.query_params.get("name", "")
+        if not is_name(name):
+            raise FleetError("query name= must be a name (letters, digits, '.', '_', '-')", 400)
+        version = _query_int(request, "version", 0, 1)
+        if version < 1:
+            raise FleetError("query version= must be an integer >= 1", 400)
+        _check_length(request, MAX_ARTIFACT_BYTES)
+        uploads = ctx.data_dir / "uploads"
+        uploads.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=uploads, suffix=".tar")
+        tmp = Path(tmp_name)
+        try:
+            await _receive_to_file(request, fd)
+            if tmp.stat().st_size == 0:
+                raise FleetError("empty upload — send the bundle tar as the body", 400)
+
+            def publish_and_record() -> ArtifactInfo:
+                # publish checks the tar as a device's unpack would, and reads its manifest.
+                info = ctx.tuf.publish(tmp, name, version, ctx.clock(), None)
+                try:
+                    ctx.store.add_artifact(info)
+                except FleetError as exc:
+                    if exc.status != 409:
+                        raise
+                    return ctx.store.get_artifact(info.ref.artifact_id)  # the same bytes again
+                return info
+
+            return _json(await _run(publish_and_record), 201)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    async def artifact(request: Request) -> Response:
+        artifact_id = _path_name(request, "artifact_id", "artifact")
+        return _json(await _run(ctx.store.get_artifact, artifact_id))
+
+    def engine_call(fn: Callable[..., _T], *args: Any) -> Callable[[], _T]:
+        def call() -> _T:
+            with ctx.engine_lock:
+                return fn(*args)
+
+        return call
+
+    async def rollouts(request: Request) -> Response:
+        if request.method == "GET":
+            active = request.query_params.get("active", "") in ("1", "true", "yes")
+            return _json(await _run(ctx.store.list_rollouts, active))
+        spec = parse_body(RolloutSpec, await read_body(request))
+        info = await _run(engine_call(ctx.engine.create, spec, ctx.clock()))
+        return _json(info, 201)
+
+    async def rollout(request: Request) -> Response:
+        rollout_id = _path_name(request, "rollout_id", "rollout")
+        return _json(await _run(ctx.store.get_rollout, rollout_id))
+
+    async def rollout_action(request: Request) -> Response:
+        rollout_id = _path_name(request, "rollout_id", "rollout")
+        action = str(request.path_params["action"])
+        if action not in ROLLOUT_ACTIONS:
+            raise FleetError(f"no action {action[:40]!r}; use {', '.join(ROLLOUT_ACTIONS)}", 404)
+        method = getattr(ctx.engine, action)
+        return _json(await _run(engine_call(method, rollout_id, ctx.clock())))
+
+    async def summary(request: Request) -> Response:
+        def gather() -> dict[str, Any]:
+            return summarize(ctx.store.list_devices(ctx.clock()), ctx.store.list_rollouts())
+
+        return _json(await _run(gather))
+
+    async def _receive_to_file(request: Request, fd: int) -> None:
+        # Streamed to disk a megabyte at a time (writes in a worker thread): an artifact of
+        # gigabytes never sits in memory.
+        size = 0
+        pending: list[bytes] = []
+        pending_bytes = 0
+        with os.fdopen(fd, "wb") as out:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_ARTIFACT_BYTES:
+                    raise FleetError(f"artifact over {MAX_ARTIFACT_BYTES} bytes", 413)
+                pending.append(chunk)
+                pending_bytes += len(chunk)
+                if pending_bytes >= _WRITE_CHUNK_BYTES:
+                    await _run(out.write, b"".join(pending))
+                    pending, pending_bytes = [], 0
+            if pending:
+                await _run(out.write, b"".join(pending))
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz),
+        Route("/v1/enrol", enrol, methods=["POST"]),
+        Route("/v1/device/desired", device_desired),
+        Route("/v1/device/report", device_report, methods=["POST"]),
+        Route("/v1/device/telemetry", device_telemetry, methods=["POST"]),
+        Route("/v1/device/tuf/metadata/{file}", tuf_metadata),
+        Route("/v1/device/tuf/targets/{path:path}", tuf_target),
+        Route("/v1/root.json", operator(root_json)),
+        Route("/v1/enrolment-tokens", operator(enrolment_tokens), methods=["POST"]),
+        Route("/v1/devices", operator(devices)),
+        Route("/v1/devices/{device_id}", operator(device), methods=["GET", "DELETE"]),
+        Route("/v1/devices/{device_id}/labels", operator(device_labels), methods=["PUT"]),
+        Route("/v1/groups", operator(groups)),
+        Route("/v1/groups/{name}", operator(group), methods=["PUT"]),
+        Route("/v1/artifacts", operator(artifacts), methods=["GET", "POST"]),
+        Route("/v1/artifacts/{artifact_id}", operator(artifact)),
+        Route("/v1/rollouts", operator(rollouts), methods=["GET", "POST"]),
+        Route("/v1/rollouts/{rollout_id}", operator(rollout)),
+        Route("/v1/rollouts/{rollout_id}/{action}", operator(rollout_action), methods=["POST"]),
+        Route("/v1/summary", operator(summary)),
+    ]
+    if DASHBOARD_DIR.is_dir():
+        static = StaticFiles(directory=DASHBOARD_DIR, html=True)
+        routes += [Mount("/dashboard", static), Mount("/", static)]
+    return Starlette(
+        routes=routes,
+        exception_handlers={
+            FleetError: _fleet_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+    )
+
+
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+async def _fleet_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, FleetError)
+    return JSONResponse({"error": str(exc)}, exc.status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+    if exc.status_code == 404:
+        detail = f"no route {request.url.path[:120]} — see docs/fleet.md for the routes"
+    return JSONResponse({"error": detail}, exc.status_code, headers=exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"error": "internal error — see the control plane's log"}, 500)
