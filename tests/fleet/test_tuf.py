@@ -242,3 +242,59 @@ def test_publish_from_threads_loses_nothing(tmp_path: Path, repo: TufRepository)
     verifier.refresh()
     for info in repo.artifacts():
         verifier.target(info.ref)
+
+
+def test_rotating_the_targets_key_as_documented(tmp_path: Path) -> None:
+    from securesystemslib.signer import CryptoSigner
+    from tuf.api.metadata import Metadata, Root
+    from tuf.api.serialization.json import JSONSerializer
+
+    now = time.time()
+    repo = TufRepository.open(tmp_path / "tuf", now)
+    verifier = device(tmp_path, repo, BASE_URL, RepositoryFetcher(repo))
+    _tar, info1 = publish(repo, tmp_path, 1, now)
+    verifier.refresh()
+    # The operator's steps: a new root (version + 1) naming the new targets key, signed by the
+    # current root key; the new private key in keys/targets.pem; reopen and force a re-sign.
+    root_md = Metadata[Root].from_bytes(repo.root_json())
+    old_keyid = root_md.signed.roles["targets"].keyids[0]
+    new_key = CryptoSigner.generate_ed25519()
+    root_md.signed.revoke_key(old_keyid, "targets")
+    root_md.signed.add_key(new_key.public_key, "targets")
+    root_md.signed.version += 1
+    root_md.signatures.clear()
+    root_md.sign(repo.signer("root"))
+    metadata_dir = repo.directory / "metadata"
+    (metadata_dir / f"{root_md.signed.version}.root.json").write_bytes(
+        root_md.to_bytes(JSONSerializer())
+    )
+    (repo.directory / "keys" / "targets.pem").write_bytes(new_key.private_bytes)
+    reopened = TufRepository.open(repo.directory, now)
+    verifier = device(tmp_path, reopened, BASE_URL, RepositoryFetcher(reopened))
+    # Between the new root and the first re-sign, targets still carry the old key's signature.
+    with pytest.raises(ArtifactVerificationError, match="not signed"):
+        verifier.refresh()
+    assert reopened.refresh(now, force=True) is True
+    verifier.refresh()
+    _tar2, info2 = publish(reopened, tmp_path, 2, now + 1)
+    verifier.refresh()
+    assert verifier.target(info1.ref).version == 1
+    assert verifier.target(info2.ref).version == 2
+
+
+def test_root_key_kept_offline(tmp_path: Path) -> None:
+    now = time.time()
+    repo = TufRepository.open(tmp_path / "tuf", now)
+    (repo.directory / "keys" / "root.pem").unlink()
+    reopened = TufRepository.open(repo.directory, now)
+    assert not (repo.directory / "keys" / "root.pem").exists()  # no stray new root key
+    verifier = device(tmp_path, reopened, BASE_URL, RepositoryFetcher(reopened))
+    _tar, info = publish(reopened, tmp_path, 1, now)
+    # Far on, the online roles are re-signed; root is left for the operator.
+    assert reopened.refresh(now + 200 * DAY_S) is True
+    assert reopened.metadata_file("2.root.json") is None
+    verifier.refresh()
+    assert verifier.target(info.ref).version == 1
+    (repo.directory / "keys" / "targets.pem").unlink()
+    with pytest.raises(FleetError, match=r"targets.pem is missing"):
+        TufRepository.open(repo.directory, now)

@@ -124,13 +124,21 @@ class TufRepository:
         keys_dir.mkdir(mode=0o700, exist_ok=True)
         repo = cls(directory, expiry or TufExpiry(), {})
         with repo._locked():
+            new = repo._latest_root_version() == 0
             for role in ROLES:
                 key_path = keys_dir / f"{role}.pem"
-                if not key_path.exists():
+                if new and not key_path.exists():
                     signer = CryptoSigner.generate_ed25519()
                     _atomic_write(key_path, signer.private_bytes, mode=0o600)
-                repo._signers[role] = _load_signer(key_path)
-            if repo._latest_root_version() == 0:
+                if key_path.exists():
+                    repo._signers[role] = _load_signer(key_path)
+                elif role != Root.type:
+                    # A fresh key here would sign metadata no device trusts.
+                    raise FleetError(
+                        f"{key_path} is missing; restore it, or rotate the {role} key with a new root",
+                        500,
+                    )
+            if new:
                 repo._create(now)
         return repo
 
@@ -299,19 +307,23 @@ class TufRepository:
 
     # --- keeping metadata fresh ----------------------------------------------------------
 
-    def refresh(self, now: float) -> bool:
+    def refresh(self, now: float, *, force: bool = False) -> bool:
         """Re-sign any role within half its lifetime of expiry (the control plane calls this
-        every minute). Returns True when something was re-signed."""
+        every minute). ``force`` re-signs targets, snapshot and timestamp regardless (after a
+        key rotation). Returns True when something was re-signed."""
         with self._locked():
             root_md, targets_md, snapshot_md, timestamp_md = self._current()
 
             def stale(signed: Signed) -> bool:
+                if force and signed.type != Root.type:
+                    return True
                 left_s = signed.expires.timestamp() - now
                 return left_s < self.expiry.for_role(signed.type) / 2
 
             changed = False
-            if stale(root_md.signed):
-                # Same keys, new expiry. With root kept offline this is an operator step instead.
+            # Root kept offline (no keys/root.pem): a new root is the operator's step.
+            if Root.type in self._signers and stale(root_md.signed):
+                # Same keys, new expiry.
                 root_md.signed.version += 1
                 root_md.signed.expires = _expires(now, self.expiry.root_s)
                 self._write(root_md.signed)
@@ -366,4 +378,8 @@ class TufRepository:
 
     def signer(self, role: str) -> CryptoSigner:
         """The role's signer (tests and key rotation use it; never serve it)."""
+        if role not in self._signers:
+            raise FleetError(
+                f"no {role} key on this control plane (kept offline); sign with it there", 500
+            )
         return self._signers[role]
