@@ -1,0 +1,133 @@
+"""The agent's traffic with the control plane, as background tasks that never block serving
+or the update: the desired-state long poll (backoff with jitter on errors), reports (latest
+phase wins; sent on each phase and every report interval), and telemetry through the on-disk
+spool (flushed whenever the link works)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from typing import TYPE_CHECKING
+
+from edgeshift.errors import FleetError
+from edgeshift.fleet.agent.spool import Spool
+from edgeshift.fleet.agent.states import UPDATE_PHASES
+from edgeshift.fleet.schema import DeviceReport, TelemetryRecord
+
+if TYPE_CHECKING:
+    from edgeshift.fleet.agent.agent import Agent
+
+log = logging.getLogger("edgeshift.agent")
+FAST_ANSWER_S = 0.2  # a long poll answered sooner than this without news: pause before the next
+
+
+class Links:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.spool = Spool(agent.data_dir / "spool")
+        self.online = False
+        self.reports_sent = 0
+        self.reports_failed = 0
+        self._report_due = asyncio.Event()
+        self._random = random.Random()
+        self._last_phase_spooled: tuple[object, ...] | None = None
+
+    def jitter(self, seconds: float) -> float:
+        return seconds * self._random.uniform(0.5, 1.5)
+
+    def report_soon(self) -> None:
+        self._report_due.set()
+        j = self.agent.journal
+        key = (j.phase, j.generation, j.error)
+        if key != self._last_phase_spooled:
+            self._last_phase_spooled = key
+            event = f"phase {j.phase.value} generation {j.generation}"
+            self.spool.append(
+                TelemetryRecord(
+                    at=self.agent.wall(),
+                    kind="event",
+                    stats=None,
+                    event=(event + (f": {j.error}" if j.error else ""))[:500],
+                )
+            )
+
+    def start(self, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+        return [
+            asyncio.create_task(self._poll(stop), name="agent-poll"),
+            asyncio.create_task(self._report(stop), name="agent-report"),
+        ]
+
+    def build_report(self) -> DeviceReport:
+        a, j = self.agent, self.agent.journal
+        target = j.desired.artifact if j.desired is not None else None
+        return DeviceReport(
+            generation=j.generation,
+            phase=j.phase,
+            active=a.active.artifact_id if a.active else None,
+            last_good=j.last_good_ref.artifact_id if j.last_good_ref else None,
+            target=target.artifact_id if target and j.phase in UPDATE_PHASES else None,
+            error=j.error[:1000],
+            stats=a.serving_stats(),
+            agent_version=a.options.agent_version,
+            sent_at=a.wall(),
+        )
+
+    async def _poll(self, stop: asyncio.Event) -> None:
+        o = self.agent.options
+        backoff_s = o.backoff_min_s
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            latest = self.agent._latest
+            seen = max(self.agent.journal.generation, latest.generation if latest else 0)
+            started = loop.time()
+            try:
+                desired = await self.agent.transport.desired(seen, o.poll_wait_s)
+            except FleetError as exc:
+                if self.online:
+                    log.warning("%s", exc)
+                self.online = False
+                await asyncio.sleep(self.jitter(backoff_s))
+                backoff_s = min(backoff_s * 2, o.backoff_max_s)
+                continue
+            was_offline, self.online, backoff_s = not self.online, True, o.backoff_min_s
+            if desired is not None:
+                self.agent.offer(desired)
+            if was_offline:
+                self._report_due.set()  # what happened offline, now
+            if (desired is None or desired.generation <= seen) and (
+                loop.time() - started < FAST_ANSWER_S
+            ):
+                await asyncio.sleep(self.jitter(1.0))
+
+    async def _report(self, stop: asyncio.Event) -> None:
+        interval_s = self.agent.options.report_interval_s
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._report_due.wait(), timeout=interval_s)
+            self._report_due.clear()
+            report = self.build_report()
+            self.spool.append(
+                TelemetryRecord(at=report.sent_at, kind="serving", stats=report.stats, event="")
+            )
+            try:
+                await self.agent.transport.report(report)
+            except FleetError as exc:
+                self.reports_failed += 1
+                log.debug("report not sent (%s); spooled", exc)
+                continue
+            self.reports_sent += 1
+            self.agent.host.stats().reset()
+            await self.flush()
+
+    async def flush(self) -> int:
+        """Send the spool; False-y when the link is down (the records wait)."""
+        try:
+            sent = await self.spool.flush(self.agent.transport.telemetry)
+        except FleetError as exc:
+            log.debug("telemetry kept in the spool (%s)", exc)
+            return 0
+        if self.spool.dropped:
+            log.warning("the telemetry spool dropped %d records while offline", self.spool.dropped)
+        return sent

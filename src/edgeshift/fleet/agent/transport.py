@@ -1,0 +1,254 @@
+"""The agent's link to the control plane: every device request signed (fleet/auth.py) over
+the exact path and query it is sent with; errors become FleetError with one line."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import BaseModel, ValidationError
+from tuf.api import exceptions as tuf_exceptions
+from tuf.ngclient import FetcherInterface
+
+from edgeshift.errors import FleetError
+from edgeshift.fleet.auth import sign_headers
+from edgeshift.fleet.schema import (
+    DesiredState,
+    DeviceReport,
+    EnrolRequest,
+    EnrolResponse,
+    TelemetryBatch,
+)
+
+CHUNK_BYTES = 64 << 10
+# Every request but the long poll: a control plane that does not answer in this long is
+# treated as unreachable (the agent backs off and retries).
+TIMEOUT_S = 15.0
+MAX_ANSWER_BYTES = 1 << 20  # a JSON answer larger than this is refused
+
+
+def _path_and_query(url: httpx.URL) -> str:
+    raw = url.raw_path.decode("ascii")  # path and query exactly as they go on the wire
+    return raw or "/"
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            return str(body["error"])[:300]
+    except ValueError:
+        pass
+    return response.text[:300] or response.reason_phrase
+
+
+class DeviceTransport:
+    """Signed requests of one device. CLIENT is shared by many agents in one process (the
+    benchmark); without one, the transport opens and closes its own."""
+
+    def __init__(
+        self,
+        server_url: str,
+        device_id: str,
+        private_key: Ed25519PrivateKey,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.server_url = server_url.rstrip("/")
+        self.device_id = device_id
+        self.private_key = private_key
+        self._own_client = client is None
+        self.client = client or httpx.AsyncClient(timeout=TIMEOUT_S)
+
+    async def aclose(self) -> None:
+        if self._own_client:
+            await self.client.aclose()
+
+    def _url(self, path: str) -> str:
+        return self.server_url + path
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: BaseModel | None = None,
+        params: dict[str, str] | None = None,
+        timeout_s: float = TIMEOUT_S,
+        signed: bool = True,
+    ) -> httpx.Response:
+        content = body.model_dump_json().encode() if body is not None else b""
+        request = self.client.build_request(
+            method,
+            self._url(path),
+            params=params,
+            content=content or None,
+            headers={"content-type": "application/json"} if content else None,
+            timeout=timeout_s,
+        )
+        if signed:
+            request.headers.update(
+                sign_headers(
+                    self.private_key, self.device_id, method, _path_and_query(request.url), content
+                )
+            )
+        try:
+            response = await self.client.send(request)
+        except httpx.HTTPError as exc:
+            raise FleetError(
+                f"control plane {self.server_url} unreachable ({type(exc).__name__}) — "
+                "the agent keeps serving and retries",
+                503,
+            ) from None
+        if response.status_code >= 400:
+            raise FleetError(
+                f"control plane refused {method} {path}: {_error_text(response)}",
+                response.status_code,
+            )
+        if len(response.content) > MAX_ANSWER_BYTES:
+            raise FleetError(f"control plane answer to {path} is too large", 502)
+        return response
+
+    async def enrol(self, request: EnrolRequest) -> EnrolResponse:
+        """Join the fleet with a one-time token (the only unsigned device request)."""
+        response = await self._send("POST", "/v1/enrol", body=request, signed=False)
+        answer = _parse(EnrolResponse, response)
+        self.device_id = answer.device_id
+        return answer
+
+    async def desired(self, generation: int, wait_s: float) -> DesiredState | None:
+        """Long poll: the desired state once its generation is above GENERATION, or whatever
+        the control plane answers after WAIT_S (None for an empty answer)."""
+        response = await self._send(
+            "GET",
+            "/v1/device/desired",
+            params={"generation": str(generation), "wait": f"{wait_s:g}"},
+            timeout_s=wait_s + TIMEOUT_S,
+        )
+        if response.status_code == 204 or not response.content:
+            return None
+        return _parse(DesiredState, response)
+
+    async def report(self, report: DeviceReport) -> None:
+        await self._send("POST", "/v1/device/report", body=report)
+
+    async def telemetry(self, batch: TelemetryBatch) -> int:
+        response = await self._send("POST", "/v1/device/telemetry", body=batch)
+        kept = response.json().get("kept", 0) if response.content else 0
+        return int(kept)
+
+    async def download(self, target_path: str, part_file: Path, expected_length: int) -> Path:
+        """Fetch the TUF target TARGET_PATH into PART_FILE, resuming from its size with an HTTP
+        Range request. Refuses more than EXPECTED_LENGTH bytes. OSError (ENOSPC) propagates."""
+        have = part_file.stat().st_size if part_file.exists() else 0
+        if have > expected_length:
+            part_file.unlink()
+            have = 0
+        if have == expected_length:
+            return part_file
+        path = "/v1/device/tuf/targets/" + target_path.lstrip("/")
+        request = self.client.build_request("GET", self._url(path), timeout=TIMEOUT_S)
+        if have:
+            request.headers["Range"] = f"bytes={have}-"
+        request.headers.update(
+            sign_headers(self.private_key, self.device_id, "GET", _path_and_query(request.url))
+        )
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise FleetError(
+                f"download of {target_path} failed ({type(exc).__name__}); it resumes later", 503
+            ) from None
+        try:
+            if response.status_code >= 400:
+                await response.aread()
+                raise FleetError(
+                    f"control plane refused {target_path}: {_error_text(response)}",
+                    response.status_code,
+                )
+            if response.status_code != 206:
+                have = 0  # the server sent the whole file: start over
+            with part_file.open("r+b" if have else "wb") as f:
+                f.seek(have)
+                f.truncate()
+                async for chunk in response.aiter_bytes(CHUNK_BYTES):
+                    have += len(chunk)
+                    if have > expected_length:
+                        raise FleetError(
+                            f"{target_path} is longer than its signed length "
+                            f"{expected_length} bytes — refused",
+                            502,
+                        )
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+        except httpx.HTTPError as exc:
+            raise FleetError(
+                f"download of {target_path} broke off at {have} bytes "
+                f"({type(exc).__name__}); it resumes later",
+                503,
+            ) from None
+        finally:
+            await response.aclose()
+        if have != expected_length:
+            raise FleetError(
+                f"download of {target_path} stopped at {have} of {expected_length} bytes; "
+                "it resumes later",
+                503,
+            )
+        return part_file
+
+    def fetcher(self) -> SignedFetcher:
+        return SignedFetcher(self.server_url, self.device_id, self.private_key)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _parse(model: type[M], response: httpx.Response) -> M:
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise FleetError(
+            f"control plane sent a malformed {model.__name__}: {exc.errors()[0]['msg']}", 502
+        ) from None
+
+
+class SignedFetcher(FetcherInterface):
+    """python-tuf's fetcher, signing each metadata and target request as this device.
+    Synchronous, as ngclient is: the agent runs TUF refreshes on a worker thread."""
+
+    def __init__(
+        self,
+        server_url: str,
+        device_id: str,
+        private_key: Ed25519PrivateKey,
+        timeout_s: float = TIMEOUT_S,
+    ) -> None:
+        self.server_url = server_url.rstrip("/")
+        self.device_id = device_id
+        self.private_key = private_key
+        self.timeout_s = timeout_s
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        if not url.startswith(self.server_url + "/"):
+            # TUF builds URLs from the bases it was given; anything else is not ours to sign.
+            raise tuf_exceptions.DownloadError(f"refusing to fetch {url}: not the control plane")
+        split = urlsplit(url)
+        path_and_query = split.path + (f"?{split.query}" if split.query else "")
+        headers = sign_headers(self.private_key, self.device_id, "GET", path_and_query)
+        with (
+            httpx.Client(timeout=self.timeout_s) as client,
+            client.stream("GET", url, headers=headers) as response,
+        ):
+            if response.status_code >= 400:
+                raise tuf_exceptions.DownloadHTTPError(
+                    f"{url}: {response.status_code}", response.status_code
+                )
+            # Buffered: TUF bounds each file's length itself as it reads.
+            chunks = list(response.iter_bytes(CHUNK_BYTES))
+        return iter(chunks)
