@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +163,12 @@ def discover(paths: Sequence[str | Path]) -> dict[str, ModelSource]:
     return sources
 
 
+# Told of every request a model ran once its outputs are ready: (feeds, outputs or None when
+# the run failed, seconds from enqueue to answer). Called on the event loop: it must be quick
+# (the fleet agent samples requests for shadow comparison and keeps latency statistics).
+RequestObserver = Callable[[dict[str, np.ndarray], dict[str, np.ndarray] | None, float], None]
+
+
 class ServedModel:
     """One loaded version: its backend, its batcher and its OIP metadata."""
 
@@ -184,6 +191,7 @@ class ServedModel:
         self._string_inputs = [i.name for i in self.inputs if i.dtype == "object"]
         # input -> N for ids that index a Gather (token ids): valid ids are [-N, N)
         self.index_bounds = dict(index_bounds or {})
+        self.observer: RequestObserver | None = None  # None costs one attribute check
 
     @property
     def platform(self) -> str:
@@ -220,7 +228,17 @@ class ServedModel:
                 )
             except UnicodeDecodeError:
                 raise ProtocolError(f"input {name!r}: string tensors must be UTF-8", 400) from None
-        return self.batcher.enqueue(feeds)
+        future = self.batcher.enqueue(feeds)
+        observer = self.observer
+        if observer is not None:
+            started_s = time.perf_counter()
+
+            def notify(done: asyncio.Future[dict[str, np.ndarray]]) -> None:
+                failed = done.cancelled() or done.exception() is not None
+                observer(feeds, None if failed else done.result(), time.perf_counter() - started_s)
+
+            future.add_done_callback(notify)
+        return future
 
     def select(self, request: InferRequest, result: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The outputs REQUEST asked for, in its order."""
@@ -257,6 +275,8 @@ class ModelRepository:
         self._loaded: dict[str, dict[str, ServedModel]] = {}
         self._reasons: dict[str, str] = {}  # why a model is not loaded
         self._lock = asyncio.Lock()
+        # name -> observer given to every version of that model as it loads (see ServedModel)
+        self.observers: dict[str, RequestObserver] = {}
 
     # --- queries (called on every request: cheap, no I/O) ---
 
@@ -373,6 +393,8 @@ class ModelRepository:
                 reason = self._redact(str(exc), source)
                 self._reasons[name] = reason
                 raise ProtocolError(f"cannot load model {name!r}: {reason}", 400) from exc
+            for served in fresh.values():
+                served.observer = self.observers.get(name)
             old = self._loaded.get(name, {})
             self._loaded[name] = fresh
             self._reasons.pop(name, None)
