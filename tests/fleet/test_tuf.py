@@ -95,8 +95,16 @@ def test_round_trip_over_real_http(tmp_path: Path, repo: TufRepository, http_bas
     assert verifier.target(info2.ref).version == 2
 
 
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def test_unreachable_control_plane_is_503(tmp_path: Path, repo: TufRepository) -> None:
-    verifier = device(tmp_path, repo, "http://127.0.0.1:9/v1/device/tuf")
+    verifier = device(tmp_path, repo, f"http://127.0.0.1:{closed_port()}/v1/device/tuf")
     with pytest.raises(FleetError) as err:
         verifier.refresh()
     assert err.value.status == 503
@@ -208,7 +216,9 @@ def test_expired_metadata_blocks_new_installs_but_not_the_last_good(tmp_path: Pa
     slot = tmp_path / "slot"
     bundle.unpack(tar, slot, target.files, max_bytes=1 << 30)
     # Offline, with metadata that cannot be refreshed: the installed slot still checks out.
-    offline = ArtifactVerifier(verifier.metadata_dir, "http://127.0.0.1:9/v1/device/tuf")
+    offline = ArtifactVerifier(
+        verifier.metadata_dir, f"http://127.0.0.1:{closed_port()}/v1/device/tuf"
+    )
     with pytest.raises(FleetError):
         offline.refresh()
     remembered = offline.last_verified(info.ref)
