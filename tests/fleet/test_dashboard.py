@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from starlette.applications import Starlette
@@ -28,6 +29,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 import edgeshift.fleet
+from edgeshift.fleet.api import summarize
+from edgeshift.fleet.client import OperatorClient
 from edgeshift.fleet.schema import (
     ArtifactRef,
     DesiredState,
@@ -41,6 +44,8 @@ from edgeshift.fleet.schema import (
     ServingStats,
     WaveInfo,
 )
+from edgeshift.fleet.server import FleetServerThread, FleetSettings
+from tests.fleet.test_api import enrol_device, publish, signed
 
 DASHBOARD = Path(edgeshift.fleet.__file__).parent / "dashboard"
 CHROMIUM = next(
@@ -225,31 +230,6 @@ def _fleet() -> dict[str, Any]:
     return {"devices": devices, "rollouts": [running, aborted]}
 
 
-def _summarize(devices: list[DeviceInfo], rollouts: list[RolloutInfo]) -> dict[str, Any]:
-    """/v1/summary's shape (fleet/api.py summarize)."""
-    by_version: dict[str, dict[str, int]] = {}
-    phases: dict[str, int] = {}
-    for d in devices:
-        version = (d.reported.active if d.reported else None) or "none"
-        counts = by_version.setdefault(version, {"online": 0, "offline": 0})
-        counts["online" if d.online else "offline"] += 1
-        phase = d.reported.phase.value if d.reported else "unreported"
-        phases[phase] = phases.get(phase, 0) + 1
-    online = sum(d.online for d in devices)
-    return {
-        "devices": {
-            "total": len(devices),
-            "online": online,
-            "offline": len(devices) - online,
-            "revoked": 0,
-        },
-        "by_version": by_version,
-        "by_phase": phases,
-        "rollouts": {r.state.value: 1 for r in rollouts},
-        "active_rollouts": [r.rollout_id for r in rollouts if r.state == RolloutState.RUNNING],
-    }
-
-
 class Fleet:
     """What the fixture server answers; tests change it to watch the page follow."""
 
@@ -266,7 +246,7 @@ class Fleet:
         async def summary(request: Request) -> JSONResponse:
             if not authorised(request):
                 return refuse()
-            return JSONResponse(_summarize(self.data["devices"], self.data["rollouts"]))
+            return JSONResponse(summarize(self.data["devices"], self.data["rollouts"]))
 
         async def devices(request: Request) -> JSONResponse:
             if not authorised(request):
@@ -594,3 +574,67 @@ def test_a_server_that_goes_away_shows_the_error_line(page: Page) -> None:
     assert "control plane unreachable" in line
     # What was last seen stays on screen under the error line.
     assert page.eval("document.querySelectorAll('#devices tbody tr').length") == 3
+
+
+# --- against the real control plane ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def control_plane(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[FleetServerThread, str]]:
+
+    root = tmp_path_factory.mktemp("fleet")
+    settings = FleetSettings(data_dir=root / "data", port=0, tick_s=0.2, recheck_s=0.2)
+    with FleetServerThread(settings) as fleet:
+        reporting = enrol_device(fleet, "edge-a", {"site": "plant-a"})
+        enrol_device(fleet, "edge-b", {"site": EVIL})
+        with OperatorClient(fleet.url, fleet.operator_token) as operator:
+            info = publish(operator, root, "tiny", 1)
+            rollout = operator.create_rollout(
+                RolloutSpec(artifact_id=info.ref.artifact_id, waves=[50, 100], soak_s=600)
+            )
+        report = DeviceReport(
+            generation=0,
+            phase=Phase.IDLE,
+            active="tiny-v0",
+            stats=ServingStats(requests=200, errors=1, p95_ms=8.25),
+            sent_at=time.time(),
+        )
+
+        with httpx.Client(base_url=fleet.url) as http:
+            answer = signed(
+                http, reporting, "POST", "/v1/device/report", json=report.model_dump(mode="json")
+            )
+            assert answer.status_code == 200, answer.text
+        yield fleet, rollout.rollout_id
+
+
+def test_served_by_the_control_plane_with_its_real_answers(
+    page: Page, control_plane: tuple[FleetServerThread, str]
+) -> None:
+    fleet, rollout_id = control_plane
+    page.open(fleet.url + "/dashboard/")
+    page.enter_token(fleet.operator_token)
+    page.wait_for("document.querySelectorAll('#devices tbody tr').length === 2")
+    rows = {r[0]: r for r in _rows(page)}
+    assert rows["edge-a"][1:6] == ["online", "tiny-v0", "idle", "8.3", "0.50 %"]
+    assert rows["edge-b"][6] == f"site={EVIL}"
+    assert page.eval("window.__pwned === undefined") is True
+    page.wait_for(f"document.getElementById('rollout-detail').dataset.rollout === '{rollout_id}'")
+    assert page.eval("document.querySelectorAll('#plots figure').length") == 4
+    assert page.eval("document.getElementById('error-line').hidden") is True
+
+
+def test_the_control_plane_refuses_a_wrong_token_and_the_page_says_so(
+    page: Page, control_plane: tuple[FleetServerThread, str]
+) -> None:
+    fleet, _ = control_plane
+    page.open(fleet.url + "/")
+    page.enter_token("not-the-operator-token")
+    line = page.wait_for(
+        "!document.getElementById('error-line').hidden &&"
+        " document.getElementById('error-line').textContent"
+    )
+    assert line.startswith("token refused (401")
+    assert page.eval("document.querySelectorAll('#devices tbody tr').length") == 0
