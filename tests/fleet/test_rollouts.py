@@ -1,12 +1,10 @@
-"""An in-memory Store with the methods the rollout engine calls, and simulated agents that
-answer their desired state with a chosen behaviour (for the engine's tests until the real
-Store lands; the same seeding calls work on both)."""
+"""The rollout engine end to end over the real Store (SQLite and PostgreSQL) with a fake
+clock and simulated agents that answer their desired state with a chosen behaviour."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import secrets
 from collections.abc import Mapping, Sequence
 
 import pytest
@@ -19,14 +17,10 @@ from edgeshift.fleet.rollouts import RolloutEngine
 from edgeshift.fleet.schema import (
     ArtifactInfo,
     ArtifactRef,
-    DesiredState,
     DeviceReport,
-    EnrolmentToken,
     EnrolmentTokenSpec,
     EnrolRequest,
-    EnrolResponse,
     Gates,
-    GroupInfo,
     GroupSpec,
     Phase,
     RolloutInfo,
@@ -34,138 +28,7 @@ from edgeshift.fleet.schema import (
     RolloutState,
     ServingStats,
 )
-
-
-class FakeStore:
-    def __init__(self) -> None:
-        self.tokens: dict[str, EnrolmentTokenSpec] = {}
-        self.labels: dict[str, dict[str, str]] = {}
-        self.device_groups: dict[str, set[str]] = {}
-        self.groups: dict[str, dict[str, str]] = {}
-        self.artifacts: dict[str, ArtifactInfo] = {}
-        self._desired: dict[str, DesiredState] = {}
-        self.previous: dict[tuple[str, str], ArtifactRef | None] = {}
-        self._reports: dict[str, DeviceReport] = {}
-        self.rollouts: dict[str, RolloutInfo] = {}
-        self.assigned: dict[str, dict[str, int]] = {}
-        self.set_desired_calls = 0
-
-    def close(self) -> None:
-        pass
-
-    def create_enrolment_token(self, spec: EnrolmentTokenSpec, now: float) -> EnrolmentToken:
-        token = secrets.token_hex(16)
-        self.tokens[token] = spec
-        return EnrolmentToken(token=token, expires_at=now + spec.ttl_s)
-
-    def enrol(self, request: EnrolRequest, now: float) -> EnrolResponse:
-        spec = self.tokens.pop(request.token)
-        self.labels[request.name] = {**spec.labels, **request.labels}
-        self.device_groups[request.name] = {spec.group} if spec.group else set()
-        self._desired[request.name] = DesiredState(generation=0)
-        return EnrolResponse(device_id=request.name, server_time=now)
-
-    def put_group(self, spec: GroupSpec) -> GroupInfo:
-        self.groups[spec.name] = dict(spec.selector)
-        return GroupInfo(name=spec.name, selector=dict(spec.selector), devices=0)
-
-    def matching_devices(self, group: str | None, selector: Mapping[str, str] | None) -> list[str]:
-        out = []
-        for device_id, labels in self.labels.items():
-            if group is not None:
-                group_selector = self.groups.get(group)
-                explicit = group in self.device_groups[device_id]
-                by_labels = bool(group_selector) and all(
-                    labels.get(k) == v for k, v in (group_selector or {}).items()
-                )
-                if not (explicit or by_labels):
-                    continue
-            if all(labels.get(k) == v for k, v in (selector or {}).items()):
-                out.append(device_id)
-        return sorted(out)
-
-    def add_artifact(self, info: ArtifactInfo) -> None:
-        self.artifacts[info.ref.artifact_id] = info
-
-    def get_artifact(self, artifact_id: str) -> ArtifactInfo:
-        if artifact_id not in self.artifacts:
-            raise FleetError(f"no artifact {artifact_id}; publish it first", 404)
-        return self.artifacts[artifact_id]
-
-    def desired(self, device_id: str) -> DesiredState:
-        return self._desired[device_id]
-
-    def set_desired(
-        self,
-        device_ids: Sequence[str],
-        artifact: ArtifactRef | None,
-        rollout_id: str | None,
-        *,
-        shadow_s: float,
-        shadow_min_requests: int,
-        trial_s: float,
-        now: float,
-    ) -> dict[str, int]:
-        self.set_desired_calls += 1
-        out = {}
-        for device_id in device_ids:
-            old = self._desired[device_id]
-            if rollout_id is not None:
-                self.previous.setdefault((device_id, rollout_id), old.artifact)
-            new = DesiredState(
-                generation=old.generation + 1,
-                artifact=artifact,
-                rollout_id=rollout_id,
-                shadow_s=shadow_s,
-                shadow_min_requests=shadow_min_requests,
-                trial_s=trial_s,
-                server_time=now,
-            )
-            self._desired[device_id] = new
-            out[device_id] = new.generation
-        return out
-
-    def previous_artifact(self, device_id: str, rollout_id: str) -> ArtifactRef | None:
-        return self.previous.get((device_id, rollout_id))
-
-    def record_report(self, device_id: str, report: DeviceReport, now: float) -> None:
-        kept = self._reports.get(device_id)
-        if kept is None or report.generation >= kept.generation:
-            self._reports[device_id] = report
-
-    def reports(self, device_ids: Sequence[str]) -> dict[str, DeviceReport | None]:
-        return {d: self._reports.get(d) for d in device_ids}
-
-    def add_rollout(self, info: RolloutInfo) -> None:
-        if info.rollout_id in self.rollouts:
-            raise FleetError(f"rollout {info.rollout_id} exists", 409)
-        self.rollouts[info.rollout_id] = info
-        self.assigned[info.rollout_id] = {}
-
-    def save_rollout(self, info: RolloutInfo) -> None:
-        self.get_rollout(info.rollout_id)
-        self.rollouts[info.rollout_id] = info
-
-    def get_rollout(self, rollout_id: str) -> RolloutInfo:
-        if rollout_id not in self.rollouts:
-            raise FleetError(f"no rollout {rollout_id}", 404)
-        return self.rollouts[rollout_id]
-
-    def list_rollouts(self, active_only: bool = False) -> list[RolloutInfo]:
-        active = {"pending", "running", "paused"}
-        return [
-            r
-            for r in sorted(self.rollouts.values(), key=lambda r: r.created_at)
-            if not active_only or r.state.value in active
-        ]
-
-    def rollout_devices(self, rollout_id: str) -> dict[str, int]:
-        return dict(self.assigned.get(rollout_id, {}))
-
-    def assign_wave(self, rollout_id: str, device_ids: Sequence[str], wave: int) -> None:
-        for device_id in device_ids:
-            self.assigned[rollout_id][device_id] = wave
-
+from edgeshift.fleet.store import Store
 
 # --- seeding and simulated agents (work on the fake and on the real Store) ----------------
 
@@ -261,11 +124,6 @@ SOAK_S = 30.0
 TIMEOUT_S = 600.0
 
 
-@pytest.fixture
-def store() -> FakeStore:
-    return FakeStore()
-
-
 def _fleet(store: object, n: int = 100) -> list[str]:
     store.put_group(GroupSpec(name="gw"))  # type: ignore[attr-defined]
     store.add_artifact(artifact("det", 1))  # type: ignore[attr-defined]
@@ -312,26 +170,26 @@ def _drive(
     return store.get_rollout(rid), now  # type: ignore[attr-defined]
 
 
-def test_good_release_walks_four_waves_to_completed(store: FakeStore) -> None:
-    devices = _fleet(store)
+def test_good_release_walks_four_waves_to_completed(store: Store) -> None:
+    devices = _fleet(store, 40)
     engine = RolloutEngine(store)
     info = engine.create(_spec(), 0.0)
     assert info.state == RolloutState.PENDING and info.rollout_id.startswith("r-")
-    assert [w.devices for w in info.waves] == [1, 9, 40, 50]
+    assert [w.devices for w in info.waves] == [1, 3, 16, 20]
     final, _ = _drive(engine, store, devices, "good", info.rollout_id)
     assert final.state == RolloutState.COMPLETED, final.reason
     assert [g.passed for g in final.gates] == [True] * 4
-    assert [w.devices for w in final.waves] == [1, 9, 40, 50]
+    assert [w.devices for w in final.waves] == [1, 3, 16, 20]
     assert all(w.finished_at is not None for w in final.waves)
     assert {store.desired(d).artifact.artifact_id for d in devices} == {"det-v2"}  # type: ignore[union-attr]
-    assert sorted(store.rollout_devices(info.rollout_id).values()).count(3) == 50
+    assert sorted(store.rollout_devices(info.rollout_id).values()).count(3) == 20
 
 
 @pytest.mark.parametrize("behaviour", ["slow", "errors", "disagrees", "fails"])
 def test_bad_release_aborts_in_first_wave_and_sets_touched_devices_back(
-    store: FakeStore, behaviour: str
+    store: Store, behaviour: str
 ) -> None:
-    devices = _fleet(store)
+    devices = _fleet(store, 10)
     engine = RolloutEngine(store)
     info = engine.create(_spec(), 0.0)
     final, _ = _drive(engine, store, devices, behaviour, info.rollout_id)
@@ -351,7 +209,8 @@ def test_bad_release_aborts_in_first_wave_and_sets_touched_devices_back(
         assert ref is not None and ref.artifact_id == "det-v1"
 
 
-def test_create_refuses_unknown_artifact_no_devices_and_a_busy_device(store: FakeStore) -> None:
+def test_create_refuses_unknown_artifact_no_devices_and_a_busy_device(sqlite_store: Store) -> None:
+    store = sqlite_store
     _fleet(store, 5)
     engine = RolloutEngine(store)
     with pytest.raises(FleetError) as err:
@@ -370,7 +229,7 @@ def test_create_refuses_unknown_artifact_no_devices_and_a_busy_device(store: Fak
     assert engine.create(_spec(), 2.0).rollout_id != first.rollout_id
 
 
-def _reach(store: FakeStore, where: str) -> tuple[RolloutEngine, str, list[str]]:
+def _reach(store: Store, where: str) -> tuple[RolloutEngine, str, list[str]]:
     """A rollout (waves 50/100) brought to WHERE with a good release."""
     devices = _fleet(store, 10)
     engine = RolloutEngine(store)
@@ -405,7 +264,8 @@ STAGES = ["pending", "deploying", "soaking", "paused", "completed", "aborted", "
 
 @pytest.mark.parametrize("where", STAGES)
 @pytest.mark.parametrize("action", policy.OPERATOR_ACTIONS)
-def test_operator_actions_at_every_stage(store: FakeStore, where: str, action: str) -> None:
+def test_operator_actions_at_every_stage(sqlite_store: Store, where: str, action: str) -> None:
+    store = sqlite_store  # the subject is the engine, not the database
     engine, rid, devices = _reach(store, where)
     before = store.get_rollout(rid)
     target = policy.action_target(before.state, action)
@@ -434,7 +294,8 @@ def test_operator_actions_at_every_stage(store: FakeStore, where: str, action: s
         assert final.state == after.state
 
 
-def test_paused_rollout_assigns_nothing_and_gives_no_verdict(store: FakeStore) -> None:
+def test_paused_rollout_assigns_nothing_and_gives_no_verdict(sqlite_store: Store) -> None:
+    store = sqlite_store
     engine, rid, _ = _reach(store, "soaking")
     engine.pause(rid, 3.0)
     before = store.get_rollout(rid)
@@ -447,7 +308,7 @@ def test_paused_rollout_assigns_nothing_and_gives_no_verdict(store: FakeStore) -
     assert after.gates[-1].passed and after.wave == 1
 
 
-def test_a_new_engine_over_the_same_store_continues(store: FakeStore) -> None:
+def test_a_new_engine_over_the_same_store_continues(store: Store) -> None:
     devices = _fleet(store, 20)
     rid = RolloutEngine(store).create(_spec(), 0.0).rollout_id
     now = 1.0
@@ -459,20 +320,26 @@ def test_a_new_engine_over_the_same_store_continues(store: FakeStore) -> None:
     assert final.state == RolloutState.COMPLETED and len(final.gates) == 4
 
 
-class _CrashOnSave(FakeStore):
-    """Dies (once) between assigning a wave and saving the rollout's record."""
+class _CrashOnSave:
+    """The real Store, dying (once) between assigning a wave and saving the rollout."""
 
     crash = False
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
 
     def save_rollout(self, info: RolloutInfo) -> None:
         if self.crash and info.wave == 1:
             self.crash = False
             raise RuntimeError("power cut")
-        super().save_rollout(info)
+        self.store.save_rollout(info)
 
 
-def test_crash_between_assigning_and_saving_repeats_the_step_harmlessly() -> None:
-    store = _CrashOnSave()
+def test_crash_between_assigning_and_saving_repeats_the_step_harmlessly(store: Store) -> None:
+    store = _CrashOnSave(store)  # type: ignore[assignment]
     devices = _fleet(store, 20)
     engine = RolloutEngine(store)
     rid = engine.create(_spec(soak_s=0), 0.0).rollout_id
@@ -492,18 +359,24 @@ def test_crash_between_assigning_and_saving_repeats_the_step_harmlessly() -> Non
     assert final.state == RolloutState.COMPLETED
 
 
-def test_tick_is_idempotent(store: FakeStore) -> None:
+def test_tick_is_idempotent(sqlite_store: Store) -> None:
+    store = sqlite_store
     devices = _fleet(store, 10)
     engine = RolloutEngine(store)
     rid = engine.create(_spec(), 0.0).rollout_id
     assert engine.tick(1.0) == [f"{rid}: started", f"{rid}: wave 0 started"]
-    snapshot = (store.get_rollout(rid), store.rollout_devices(rid), store.set_desired_calls)
+
+    def snapshot() -> object:
+        generations = {d: store.desired(d).generation for d in devices}
+        return store.get_rollout(rid), store.rollout_devices(rid), generations
+
+    before = snapshot()
     assert engine.tick(1.0) == [] and engine.tick(2.0) == []
-    assert (store.get_rollout(rid), store.rollout_devices(rid), store.set_desired_calls) == snapshot
-    assert devices
+    assert snapshot() == before
 
 
-def test_rollback_after_completed_leaves_devices_a_later_rollout_moved(store: FakeStore) -> None:
+def test_rollback_after_completed_leaves_devices_a_later_rollout_moved(sqlite_store: Store) -> None:
+    store = sqlite_store
     engine, rid, devices = _reach(store, "completed")
     store.add_artifact(artifact("det", 3))
     later = engine.create(_spec(artifact_id="det-v3", selector={}), 500.0)
@@ -515,7 +388,8 @@ def test_rollback_after_completed_leaves_devices_a_later_rollout_moved(store: Fa
     assert {store.desired(d).artifact.artifact_id for d in devices} == {"det-v2"}  # type: ignore[union-attr]
 
 
-def test_silent_devices_fail_the_wave_at_the_install_timeout(store: FakeStore) -> None:
+def test_silent_devices_fail_the_wave_at_the_install_timeout(sqlite_store: Store) -> None:
+    store = sqlite_store
     devices = _fleet(store, 10)
     engine = RolloutEngine(store)
     rid = engine.create(_spec(gates=Gates(min_install_success=None)), 0.0).rollout_id
