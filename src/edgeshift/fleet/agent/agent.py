@@ -38,7 +38,14 @@ from edgeshift.fleet.agent.links import Links
 from edgeshift.fleet.agent.shadow import Comparator
 from edgeshift.fleet.agent.slots import Installer
 from edgeshift.fleet.agent.states import MAX_TRIAL_BOOTS, ON_RESTART, Resume, check_transition
-from edgeshift.fleet.schema import ArtifactRef, DesiredState, Phase, ServingStats
+from edgeshift.fleet.schema import (
+    ArtifactRef,
+    DesiredState,
+    DeviceReport,
+    Phase,
+    ServingStats,
+    TelemetryBatch,
+)
 
 log = logging.getLogger("edgeshift.agent")
 
@@ -52,8 +59,8 @@ class Transport(Protocol):
     """The signed requests the agent makes (DeviceTransport, or a fake in tests)."""
 
     async def desired(self, generation: int, wait_s: float) -> DesiredState | None: ...
-    async def report(self, report: object) -> None: ...
-    async def telemetry(self, batch: object) -> int: ...
+    async def report(self, report: DeviceReport) -> None: ...
+    async def telemetry(self, batch: TelemetryBatch) -> int: ...
     async def download(self, target_path: str, part_file: Path, expected_length: int) -> Path: ...
 
 
