@@ -21,6 +21,7 @@ from edgeshift.fleet.bundle import pack
 from edgeshift.fleet.client import OperatorClient
 from edgeshift.fleet.schema import EnrolmentTokenSpec, RolloutSpec
 from edgeshift.fleet.server import FleetServerThread, FleetSettings
+from edgeshift.fleet.store import Store
 
 
 @dataclass(frozen=True)
@@ -150,31 +151,63 @@ def test_upload_refuses_what_is_not_a_bundle(fleet: FleetServerThread, http: htt
     assert not list((fleet.server.settings.data_dir / "uploads").iterdir())
 
 
-def test_long_poll_returns_when_a_rollout_moves_the_device(
-    fleet: FleetServerThread, operator: OperatorClient, http: httpx.Client, tmp_path: Path
-) -> None:
-    info = publish(operator, tmp_path, "lp", 1)
-    device = enrol_device(fleet, "poller")
-    first = signed(http, device, "GET", "/v1/device/desired?generation=-1&wait=30").json()
-    assert first["artifact"] is None
-    generation = first["generation"]
+def _poll_in_thread(fleet: FleetServerThread, device: Device, generation: int) -> Any:
     answers: list[dict[str, Any]] = []
 
     def poll() -> None:
-        path = f"/v1/device/desired?generation={generation}&wait=30"
-        answers.append(signed(http, device, "GET", path).json())
+        with httpx.Client(base_url=fleet.url, timeout=90) as http:
+            path = f"/v1/device/desired?generation={generation}&wait=60"
+            answers.append(signed(http, device, "GET", path).json())
 
-    waiter = threading.Thread(target=poll)
+    waiter = threading.Thread(target=poll, daemon=True)
     waiter.start()
-    operator.create_rollout(RolloutSpec(artifact_id=info.ref.artifact_id, waves=[100], soak_s=0))
+    return waiter, answers
+
+
+def test_long_poll_wakes_on_the_engines_change_not_its_recheck(tmp_path: Path) -> None:
+    # recheck_s 60: within the 30 s joined below only the in-process event can answer.
+    settings = FleetSettings(data_dir=tmp_path / "data", port=0, tick_s=0.05, recheck_s=60)
+    with (
+        FleetServerThread(settings) as fleet,
+        OperatorClient(fleet.url, fleet.operator_token) as operator,
+    ):
+        info = publish(operator, tmp_path, "lp", 1)
+        device = enrol_device(fleet, "poller")
+        with httpx.Client(base_url=fleet.url, timeout=30) as http:
+            first = signed(http, device, "GET", "/v1/device/desired?generation=-1&wait=30")
+        assert first.json()["artifact"] is None
+        generation = first.json()["generation"]
+        waiter, answers = _poll_in_thread(fleet, device, generation)
+        operator.create_rollout(
+            RolloutSpec(artifact_id=info.ref.artifact_id, waves=[100], soak_s=0)
+        )
+        waiter.join(30)
+        assert answers and answers[0]["generation"] > generation
+        assert answers[0]["artifact"]["artifact_id"] == "lp-v1"
+        # Nothing new: the poll answers with the same generation once its wait is over.
+        with httpx.Client(base_url=fleet.url, timeout=30) as http:
+            path = f"/v1/device/desired?generation={answers[0]['generation']}&wait=0.3"
+            again = signed(http, device, "GET", path)
+        assert again.json()["generation"] == answers[0]["generation"]
+
+
+def test_long_poll_sees_a_change_made_by_another_process(
+    fleet: FleetServerThread, operator: OperatorClient, tmp_path: Path
+) -> None:
+    info = publish(operator, tmp_path, "other", 1)
+    device = enrol_device(fleet, "poller-2")
+    waiter, answers = _poll_in_thread(fleet, device, 0)
+    # Another control plane process writes the database directly: no event, only the recheck.
+    other = Store.open(fleet.server.settings.database_url())
+    try:
+        other.set_desired(
+            [device.device_id], info.ref, None, shadow_s=0, shadow_min_requests=0, trial_s=0,
+            now=time.time(),
+        )  # fmt: skip
+    finally:
+        other.close()
     waiter.join(30)
-    assert answers and answers[0]["generation"] > generation
-    assert answers[0]["artifact"]["artifact_id"] == "lp-v1"
-    # Nothing new: the poll answers with the same generation after its wait.
-    again = signed(
-        http, device, "GET", f"/v1/device/desired?generation={answers[0]['generation']}&wait=0.3"
-    )
-    assert again.json()["generation"] == answers[0]["generation"]
+    assert answers and answers[0]["artifact"]["artifact_id"] == "other-v1"
 
 
 @pytest.mark.parametrize(
