@@ -12,15 +12,21 @@ the fixtures call it from a finalizer even after a failed test.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import os
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
+CLONE_NEWNET = 0x40000000
 
 SUBNET = "10.77.0"
 PREFIX = "esnl"  # edgeshift net lab
@@ -72,6 +78,18 @@ def sweep_stale() -> list[str]:
             _kill_namespace(ns)
             swept.append(ns)
     return swept
+
+
+def enter_namespace(ns: str) -> None:
+    """Move the calling thread into network namespace NS (setns(2); os.setns is 3.12+)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into {ns}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -147,6 +165,28 @@ class NetLab:
             timeout=timeout_s,
             check=False,
         )
+
+    def call(self, name: str, fn: Callable[..., _T], *args: Any, timeout_s: float = 60.0) -> _T:
+        """FN(*ARGS) on a fresh thread that has joined NAME's network namespace: the test's
+        own clients (httpx, OperatorClient) talk from inside the lab without a process.
+        A network namespace is per thread, so the rest of the test process is untouched."""
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                enter_namespace(self.nodes[name].ns)
+                box["value"] = fn(*args)
+            except BaseException as exc:
+                box["error"] = exc
+
+        thread = threading.Thread(target=run, name=f"netns-{name}", daemon=True)
+        thread.start()
+        thread.join(timeout_s)
+        if thread.is_alive():
+            raise TimeoutError(f"{getattr(fn, '__name__', fn)} in {name} ran past {timeout_s} s")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]  # type: ignore[no-any-return]
 
     # --- faults ---
     def link_down(self, name: str) -> None:

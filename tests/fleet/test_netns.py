@@ -5,6 +5,7 @@ leaves nothing behind."""
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -73,6 +74,19 @@ def test_nodes_talk_over_veth_with_their_own_addresses(lab: NetLab) -> None:
     assert _reaches(lab, "d2", "cp")
     addr = lab.run("d1", ["ip", "-4", "-o", "addr", "show", "dev", "eth0"]).stdout
     assert "10.77.0.2/24" in addr
+
+
+def _round_trip(host: str, port: int) -> bytes:
+    with socket.create_connection((host, port), timeout=2.0) as sock:
+        sock.sendall(b"hello")
+        return sock.recv(5)
+
+
+def test_the_test_process_can_talk_from_inside_a_node(lab: NetLab) -> None:
+    assert lab.call("d1", _round_trip, lab.nodes["cp"].ip, ECHO_PORT) == b"hello"
+    # Only that thread moved: from the root namespace the lab's addresses do not exist.
+    with pytest.raises(OSError):
+        _round_trip(lab.nodes["cp"].ip, ECHO_PORT)
 
 
 def test_link_down_partitions_one_node_and_link_up_heals_it(lab: NetLab) -> None:
