@@ -1,0 +1,271 @@
+"""Simulated devices for the fleet benchmark and tests: the REAL agent core (``Agent``, its
+journal, A/B slots, ``DeviceTransport`` signing, ``TufInstaller`` verification, downloads) with
+a light simulated ModelHost, many of them in one event loop.
+
+Only the model is simulated: ``SimHost`` answers local requests from a behaviour read out of the
+artifact's ``manifest.json`` (key ``"sim"``: ``outputs`` "good"/"wrong", ``latency_ms``,
+``fail``), so a bad release is caught by the agent's real shadow and trial checks and the
+control plane's real gates. Local traffic is driven by ``SimFleet.traffic``: every request is
+counted as sent, and as answered when a model served it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from edgeshift.errors import EdgeshiftError, FleetError
+from edgeshift.fleet.agent.agent import Agent, AgentOptions
+from edgeshift.fleet.agent.host import ServingWindow
+from edgeshift.fleet.agent.shadow import Outputs, ShadowComparator
+from edgeshift.fleet.agent.transport import DeviceTransport
+from edgeshift.fleet.agent.trust import TufInstaller
+from edgeshift.fleet.auth import new_private_key, public_key_b64
+from edgeshift.fleet.schema import EnrolRequest, Phase
+
+SIM_KEY = "sim"  # manifest.json key that tells SimHost how the model behaves
+_FEEDS: Outputs = {"x": np.ones((1, 4), np.float32)}
+_GOOD: Outputs = {"scores": np.array([[3.0, 1.0, 0.5]], np.float32)}
+_WRONG: Outputs = {"scores": np.array([[0.5, 1.0, 3.0]], np.float32)}
+
+
+@dataclass(frozen=True)
+class SimModel:
+    name: str
+    outputs: str = "good"  # "wrong": a different top-1 than last-good (shadow disagrees)
+    latency_ms: float = 1.0
+    fail: bool = False  # every request errors
+
+    @classmethod
+    def from_dir(cls, slot_dir: Path, name: str) -> SimModel:
+        try:
+            manifest = json.loads((slot_dir / "manifest.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise FleetError(f"{slot_dir}: no readable manifest.json ({exc})", 400) from None
+        sim = manifest.get(SIM_KEY) or {}
+        if sim.get("load_error"):
+            raise FleetError(f"{name}: the model does not load (simulated)", 400)
+        return cls(
+            name,
+            str(sim.get("outputs", "good")),
+            float(sim.get("latency_ms", 1.0)),
+            bool(sim.get("fail", False)),
+        )
+
+    def answer(self) -> Outputs | None:
+        if self.fail:
+            return None
+        return _WRONG if self.outputs == "wrong" else _GOOD
+
+
+class SimHost:
+    """A ModelHost whose model is a SimModel; activation is atomic (no request is dropped)."""
+
+    def __init__(self) -> None:
+        self.active: SimModel | None = None
+        self.sent = 0
+        self.answered = 0
+        self._report = ServingWindow()
+        self._watchers: list[ServingWindow] = []
+        self._shadow: ShadowComparator | None = None
+        self._shadow_model: SimModel | None = None
+
+    async def activate(self, slot_dir: Path, name: str) -> None:
+        self.active = await asyncio.to_thread(SimModel.from_dir, slot_dir, name)
+
+    async def start_shadow(self, slot_dir: Path) -> ShadowComparator:
+        await self.stop_shadow()
+        candidate = await asyncio.to_thread(SimModel.from_dir, slot_dir, "candidate")
+        loop = asyncio.get_running_loop()
+
+        def run(feeds: Outputs) -> asyncio.Future[Outputs]:
+            future: asyncio.Future[Outputs] = loop.create_future()
+            out = candidate.answer()
+            if out is None:
+                future.set_exception(EdgeshiftError("candidate failed (simulated)"))
+            else:
+                future.set_result(out)
+            return future
+
+        self._shadow_model = candidate
+        self._shadow = ShadowComparator(run)
+        return self._shadow
+
+    async def stop_shadow(self) -> None:
+        shadow, self._shadow = self._shadow, None
+        if shadow is not None:
+            await shadow.close()
+
+    def request(self, rng: random.Random) -> bool:
+        """One local request: answered when a model serves it (what a client would see)."""
+        self.sent += 1
+        model = self.active
+        if model is None:
+            return False
+        outputs = model.answer()
+        latency_s = model.latency_ms * rng.uniform(0.8, 1.2) / 1000.0
+        ok = outputs is not None
+        self._report.observe(ok, latency_s)
+        for window in self._watchers:
+            window.observe(ok, latency_s)
+        if self._shadow is not None and outputs is not None:
+            self._shadow.observe(_FEEDS, outputs, latency_s)
+        self.answered += ok
+        return ok
+
+    def stats(self) -> ServingWindow:
+        return self._report
+
+    def watch(self) -> ServingWindow:
+        window = ServingWindow()
+        self._watchers.append(window)
+        return window
+
+    def unwatch(self, window: ServingWindow) -> None:
+        with contextlib.suppress(ValueError):
+            self._watchers.remove(window)
+
+    async def close(self) -> None:
+        await self.stop_shadow()
+
+
+@dataclass
+class SimDevice:
+    name: str
+    data_dir: Path
+    host: SimHost
+    transport: DeviceTransport
+    agent: Agent | None = None
+    task: asyncio.Task[None] | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class SimFleet:
+    """N simulated devices against the control plane at SERVER_URL, in this event loop."""
+
+    def __init__(
+        self,
+        server_url: str,
+        operator_token: str,
+        root: Path,
+        directory: Path,
+        *,
+        options: AgentOptions | None = None,
+        max_connections: int = 200,
+    ) -> None:
+        self.server_url = server_url.rstrip("/")
+        self.operator_token = operator_token
+        self.root = root
+        self.directory = directory
+        self.options = options or AgentOptions()
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=100)
+        self.client = httpx.AsyncClient(timeout=60.0, limits=limits)
+        self.devices: list[SimDevice] = []
+
+    async def _token(self, labels: dict[str, str]) -> str:
+        answer = await self.client.post(
+            f"{self.server_url}/v1/enrolment-tokens",
+            json={"labels": labels},
+            headers={"Authorization": f"Bearer {self.operator_token}"},
+        )
+        if answer.status_code >= 300:
+            raise FleetError(f"enrolment token: {answer.status_code} {answer.text[:200]}", 502)
+        return str(answer.json()["token"])
+
+    async def enrol(
+        self, count: int, prefix: str = "sim", labels: dict[str, str] | None = None
+    ) -> None:
+        """Enrol COUNT devices (each its own key, data dir and trusted root), concurrently."""
+        sem = asyncio.Semaphore(32)
+        start = len(self.devices)
+
+        async def one(i: int) -> SimDevice:
+            async with sem:
+                name = f"{prefix}-{i:05d}"
+                data_dir = self.directory / name
+                (data_dir / "tuf").mkdir(parents=True, exist_ok=True)
+                (data_dir / "tuf" / "root.json").write_bytes(self.root.read_bytes())
+                key = new_private_key()
+                transport = DeviceTransport(self.server_url, "", key, client=self.client)
+                token = await self._token(labels or {})
+                await transport.enrol(
+                    EnrolRequest(token=token, name=name, public_key=public_key_b64(key))
+                )
+                return SimDevice(name, data_dir, SimHost(), transport)
+
+        self.devices += await asyncio.gather(*(one(start + i) for i in range(count)))
+
+    def start(self, devices: list[SimDevice] | None = None) -> None:
+        for device in devices or self.devices:
+            t = device.transport
+            installer = TufInstaller(device.data_dir / "tuf", t.server_url, t.fetcher())
+            device.stop = asyncio.Event()
+            device.agent = Agent(device.data_dir, t, device.host, installer, options=self.options)
+            device.task = asyncio.create_task(device.agent.run(device.stop), name=device.name)
+
+    async def stop_all(self) -> None:
+        for device in self.devices:
+            device.stop.set()
+        tasks = [d.task for d in self.devices if d.task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for device in self.devices:
+            await device.host.close()
+
+    async def aclose(self) -> None:
+        await self.stop_all()
+        await self.client.aclose()
+
+    async def traffic(self, stop: asyncio.Event, rate_hz: float = 20.0, seed: int = 0) -> None:
+        """Each device gets about RATE_HZ local requests a second until STOP."""
+        rng = random.Random(seed)
+        period_s = 0.1
+        per_tick = rate_hz * period_s
+        carry = 0.0
+        while not stop.is_set():
+            carry += per_tick
+            n, carry = int(carry), carry - int(carry)
+            for device in self.devices:
+                for _ in range(n):
+                    device.host.request(rng)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), period_s)
+
+    def totals(self) -> tuple[int, int]:
+        """(answered, sent) local requests over every device."""
+        return (
+            sum(d.host.answered for d in self.devices),
+            sum(d.host.sent for d in self.devices),
+        )
+
+    def reset_counts(self) -> None:
+        for d in self.devices:
+            d.host.answered = d.host.sent = 0
+
+    def serving(self) -> dict[str | None, int]:
+        """How many devices serve which model name (None: nothing serves)."""
+        out: dict[str | None, int] = {}
+        for d in self.devices:
+            key = d.agent.active.artifact_id if d.agent and d.agent.active else None
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    def phases(self) -> dict[Phase, int]:
+        out: dict[Phase, int] = {}
+        for d in self.devices:
+            if d.agent is not None:
+                out[d.agent.journal.phase] = out.get(d.agent.journal.phase, 0) + 1
+        return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
