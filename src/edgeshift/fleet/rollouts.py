@@ -181,11 +181,21 @@ class RolloutEngine:
         members = sorted(
             d for d, w in self.store.rollout_devices(info.rollout_id).items() if w == k
         )
-        desired = self._desired(members)
-        generations = {d: s.generation for d, s in desired.items()}
+        # One read of the group's devices (desired and reported together) instead of one per
+        # device; members that left the group since are read one by one.
+        spec = info.spec
+        known = {
+            d.device_id: d
+            for d in self.store.list_devices(now, group=spec.group, selector=dict(spec.selector))
+        }
+        missing = [d for d in members if d not in known]
+        generations = {d: known[d].desired.generation for d in members if d in known}
+        generations.update({d: s.generation for d, s in self._desired(missing).items()})
+        reports = {d: known[d].reported for d in members if d in known}
+        reports.update(self.store.reports(missing) if missing else {})
         started = info.waves[k].started_at
         return policy.wave_stats(
-            self.store.reports(members),
+            reports,
             members,
             info.spec.artifact_id,
             generations,
@@ -236,7 +246,8 @@ class RolloutEngine:
         a later rollout has moved since are left alone."""
         rid = info.rollout_id
         devices = sorted(self.store.rollout_devices(rid))
-        desired = self._desired(devices)
+        everyone = {d.device_id: d.desired for d in self.store.list_devices(now)}
+        desired = {d: everyone[d] if d in everyone else self.store.desired(d) for d in devices}
         ours = [d for d in devices if desired[d].rollout_id == rid]
         by_previous: dict[str | None, tuple[ArtifactRef | None, list[str]]] = {}
         for device_id in ours:
