@@ -54,6 +54,7 @@ class Links:
             )
 
     def start(self, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+        self._report_due.set()  # say where it is right after a (re)start
         return [
             asyncio.create_task(self._poll(stop), name="agent-poll"),
             asyncio.create_task(self._report(stop), name="agent-report"),
