@@ -148,6 +148,7 @@ def serve_command(
         raise ConfigError("give --tls-cert and --tls-key together")
     tls = TlsSettings(tls_cert, tls_key) if tls_cert and tls_key else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter on every start
     settings = FleetSettings(
         data_dir=data_dir, db_url=db, host=host, port=port, token_file=token_file, tls=tls
     )

@@ -95,22 +95,39 @@ class Repository(Protocol):
 
 class DesiredWaiters:
     """One asyncio.Event per long-polling device, set when its desired state changes in this
-    process. ``notify`` may be called from any thread (the engine runs in worker threads)."""
+    process (``notify``, callable from any thread: the engine runs in worker threads) or when
+    the shared re-check (``recheck_desired``) finds a newer generation in the store."""
 
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
+        self._seen: dict[str, int] = {}  # device -> the lowest generation a waiting poll holds
+        self._polls: Counter[str] = Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def wait(self, device_id: str, timeout_s: float) -> bool:
+    async def wait(self, device_id: str, seen: int, timeout_s: float) -> bool:
+        """Until DEVICE_ID's desired state may have changed past SEEN, or TIMEOUT_S."""
         self._loop = asyncio.get_running_loop()
         event = self._events.get(device_id)
         if event is None:
             event = self._events[device_id] = asyncio.Event()
+        self._polls[device_id] += 1
+        self._seen[device_id] = min(seen, self._seen.get(device_id, seen))
         try:
             await asyncio.wait_for(event.wait(), timeout_s)
         except TimeoutError:
             return False
+        finally:
+            self._polls[device_id] -= 1
+            if self._polls[device_id] <= 0:
+                del self._polls[device_id]
+                self._seen.pop(device_id, None)
+                if self._events.get(device_id) is event:
+                    del self._events[device_id]
         return True
+
+    def waiting(self) -> dict[str, int]:
+        """Device id -> the generation its polls wait to pass."""
+        return dict(self._seen)
 
     def notify(self, device_ids: Iterable[str]) -> None:
         loop = self._loop
@@ -119,13 +136,39 @@ class DesiredWaiters:
         ids = list(device_ids)
         # RuntimeError: the loop stopped between the check and the call; nobody is waiting.
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._set, ids)
+            loop.call_soon_threadsafe(self.wake, ids)
 
-    def _set(self, device_ids: list[str]) -> None:
+    def wake(self, device_ids: Iterable[str]) -> None:
+        """Wake DEVICE_IDS' polls (call on the event loop)."""
         for device_id in device_ids:
             event = self._events.pop(device_id, None)
             if event is not None:
                 event.set()
+
+
+def _generations(store: Store, device_ids: list[str]) -> dict[str, int]:
+    bulk = getattr(store, "desired_generations", None)  # one query, when the store has it
+    if bulk is not None:
+        return dict(bulk(device_ids))
+    return {device_id: store.desired(device_id).generation for device_id in device_ids}
+
+
+async def recheck_desired(ctx: FleetContext) -> None:
+    """Every ``ctx.recheck_s``, read the generations of every long-polling device in one worker
+    call and wake those that moved: another process (a second control plane, an operator's
+    script) may have written the store, which no in-process event reports. One pass for all
+    polls, so 1,000 waiting devices cost one thread hop per interval, not 1,000."""
+    while True:
+        await asyncio.sleep(ctx.recheck_s)
+        waiting = ctx.waiters.waiting()
+        if not waiting:
+            continue
+        try:
+            generations = await _run(_generations, ctx.store, list(waiting))
+        except Exception:
+            log.exception("re-checking the desired state of %d polls failed", len(waiting))
+            continue
+        ctx.waiters.wake(d for d, g in generations.items() if g > waiting.get(d, g))
 
 
 @dataclass
@@ -343,7 +386,7 @@ def create_app(ctx: FleetContext) -> Starlette:
             left_s = deadline - now
             if desired.generation > seen or left_s <= 0:
                 return _json(desired.model_copy(update={"server_time": now}))
-            await ctx.waiters.wait(device_id, min(ctx.recheck_s, left_s))
+            await ctx.waiters.wait(device_id, seen, left_s)
 
     async def device_report(request: Request) -> Response:
         device_id, body, now = await device_request(request)

@@ -25,7 +25,7 @@ import anyio.to_thread
 import uvicorn
 
 from edgeshift.errors import ConfigError
-from edgeshift.fleet.api import DesiredWaiters, FleetContext, create_app
+from edgeshift.fleet.api import DesiredWaiters, FleetContext, create_app, recheck_desired
 from edgeshift.fleet.guard import OperatorAuth, parse_token_file
 from edgeshift.fleet.store import Store
 from edgeshift.serve.security import TlsSettings, is_loopback
@@ -208,10 +208,12 @@ class FleetServer:
         if self._uvicorn is None:
             await self.start()
         assert self._uvicorn is not None and self._socket is not None
+        assert self.context is not None
         anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
         loops = [
             asyncio.create_task(self._every(self.settings.tick_s, self._tick)),
             asyncio.create_task(self._every(self.settings.tuf_refresh_s, self._refresh_tuf)),
+            asyncio.create_task(recheck_desired(self.context)),
             asyncio.create_task(self._announce()),
         ]
         try:
