@@ -196,6 +196,44 @@ class NetLab:
     def link_up(self, name: str) -> None:
         self._in_lan("link", "set", self.nodes[name].lan_if, "up")
 
+    def rate_limit(self, name: str, rate: str | None) -> None:
+        """Pace what the bridge sends to NAME (its downloads) to RATE, e.g. "4mbit", with a
+        tbf qdisc (tc tbf works in these kernels; netem does not). None removes it."""
+        lan_if = self.nodes[name].lan_if
+        if rate is None:
+            subprocess.run(
+                ["ip", "netns", "exec", self._lan, "tc", "qdisc", "del", "dev", lan_if, "root"],
+                capture_output=True,
+                check=False,
+            )
+            return
+        proc = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self._lan,
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                lan_if,
+                "root",
+                "tbf",
+                "rate",
+                rate,
+                "burst",
+                "32kb",
+                "latency",
+                "2s",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"tc tbf on {lan_if}: {proc.stderr.strip()}")
+
     def drop(self, name: str, peer: str) -> None:
         """iptables DROP, in NAME's namespace, of everything to and from PEER."""
         self._iptables(name, "-I", peer)
