@@ -153,3 +153,26 @@ def test_fleet_serve_runs_as_a_process_and_stops_cleanly_on_sigterm(tmp_path: Pa
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_apply_turns_plan_placements_into_rollouts(
+    fleet: FleetServerThread, env: dict[str, str], tmp_path: Path
+) -> None:
+    cli(env, "artifact", "publish", str(make_model_dir(tmp_path / "cam")), "--name", "cam",
+        "--version", "1")  # fmt: skip
+    enrol_device(fleet, "gw-1", {"line": "1"})
+    cli(env, "group", "create", "factory.gateway", "--label", "line=1")
+    placement = {"workload": "cam", "placed": True, "site_kind": "edge", "tier": "cpu",
+                 "pool": "factory/gateway", "precision": "int8"}  # fmt: skip
+    cloud = {**placement, "workload": "llm", "site_kind": "cloud", "pool": "aws/g5"}
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"workloads": [placement, cloud]}))
+    planned = cli(env, "apply", str(plan), "--dry-run", "--waves", "100", "--soak", "0")
+    assert [(s["artifact_id"], s["group"]) for s in planned] == [("cam-v1", "factory.gateway")]
+    assert not [r for r in cli(env, "rollout", "list") if r["spec"]["artifact_id"] == "cam-v1"]
+    started = cli(env, "apply", str(plan), "--waves", "100", "--soak", "0")
+    assert [r["spec"]["group"] for r in started] == ["factory.gateway"]
+    plan.write_text(json.dumps({"workloads": [{**placement, "workload": "nothing"}]}))
+    assert "nothing" in refused(env, "apply", str(plan))
+    plan.write_text("[]")
+    assert "plan" in refused(env, "apply", str(plan))

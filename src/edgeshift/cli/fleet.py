@@ -501,3 +501,53 @@ def _action(action: str) -> Callable[..., None]:
 
 for _action_name in ("pause", "resume", "cancel", "rollback"):
     rollout_app.command(_action_name)(_action(_action_name))
+
+
+def _spec_lines(specs: list[Any]) -> str:
+    lines = [f"{s.artifact_id} -> group {s.group}" for s in specs]
+    return "\n".join(lines) or "(no fleet placements)"
+
+
+@fleet_app.command("apply")
+def apply_command(
+    plan_file: Path = typer.Argument(..., help="plan.json from edgeshift plan."),
+    waves: str | None = typer.Option(None, "--waves", help="1,10,50,100 or exp:1:10."),
+    soak: float | None = typer.Option(None, "--soak", help="Seconds each wave soaks."),
+    gate: list[str] = typer.Option([], "--gate", help="k=v, e.g. max_error_rate=0.02 (repeat)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the rollouts; start none."),
+    server: str = SERVER,
+    token_file: Path | None = TOKEN_FILE,
+    json_output: bool = JSON,
+) -> None:
+    """Start one rollout per plan placement on an edge pool (to the pool's device group)."""
+    from edgeshift.fleet.apply import plan_to_rollouts
+
+    try:
+        plan = json.loads(plan_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FleetError(
+            f"cannot read plan {plan_file}: {exc} — give edgeshift plan's plan.json", 400
+        ) from None
+    if not isinstance(plan, dict):
+        raise FleetError(
+            f"{plan_file} is not a plan (a JSON object) — give edgeshift plan's plan.json", 400
+        )
+    defaults: dict[str, Any] = {}
+    if waves is not None:
+        defaults["waves"] = parse_waves(waves)
+    if soak is not None:
+        defaults["soak_s"] = soak
+    if gate:
+        defaults["gates"] = parse_gates(gate)
+    with _client(server, token_file) as client:
+        artifacts = {a.ref.artifact_id: a for a in client.list_artifacts()}
+        specs = plan_to_rollouts(plan, artifacts, defaults)
+        if dry_run:
+            _emit(specs, json_output, _spec_lines)
+            return
+        started = [client.create_rollout(spec) for spec in specs]
+    _emit(
+        started,
+        json_output,
+        lambda rs: "\n".join(map(_rollout_line, rs)) or "(no fleet placements)",
+    )
