@@ -288,8 +288,11 @@ def test_devices_groups_labels_and_summary(
     assert summary["devices"]["total"] == 2 and summary["active_rollouts"] == []
 
 
-def test_restart_mid_rollout_continues_it(tmp_path: Path) -> None:
-    settings = FleetSettings(data_dir=tmp_path / "data", port=0, tick_s=0.05, recheck_s=0.2)
+def test_restart_mid_rollout_continues_it(tmp_path: Path, store_url: str) -> None:
+    # On SQLite and PostgreSQL (store_url): the rollout lives in the database, not the process.
+    settings = FleetSettings(
+        data_dir=tmp_path / "data", db_url=store_url, port=0, tick_s=0.05, recheck_s=0.2
+    )
     with (
         FleetServerThread(settings) as fleet,
         OperatorClient(fleet.url, fleet.operator_token) as operator,
