@@ -4,6 +4,7 @@ update from download to commit, rollback, failure and recovery."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -333,5 +334,52 @@ def test_a_crash_in_trial_counts_as_a_failed_boot_and_the_third_rolls_back(
         await last.resume()
         assert last.journal.phase is Phase.ROLLED_BACK and g2 in last.journal.refused_generations
         assert "3 times" in last.journal.error and rig.host.active_slot == "a"
+
+    asyncio.run(scenario())
+
+
+def test_enospc_mid_download_fails_keeps_serving_and_a_new_desired_state_supersedes(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path)
+    v1, v2, v3 = rig.artifact(1, seed=1), rig.artifact(2, seed=2), rig.artifact(3, seed=3)
+    real_download = rig.transport.download
+
+    async def full_disk(target_path: str, part_file: Path, expected_length: int) -> Path:
+        part_file.write_bytes(b"x" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async def scenario() -> None:
+        agent = rig.agent()
+        await rig.until(agent, _settled(agent, rig.want(v1), Phase.COMMITTED))
+        rig.transport.download = full_disk  # type: ignore[method-assign]
+        g2 = rig.want(v2)
+        await rig.until(agent, _settled(agent, g2, Phase.FAILED))
+        assert agent.journal.error.startswith("disk full while downloading clf-v2")
+        assert rig.host.active_slot == "a"
+        rig.transport.download = real_download  # type: ignore[method-assign]
+        # v2 would now shadow for long; the control plane changes its mind to v3 meanwhile
+        g3 = rig.want(v3, shadow_s=0.05)
+        await rig.until(agent, _settled(agent, g3, Phase.COMMITTED))
+        assert agent.journal.last_good_ref == v3
+
+    asyncio.run(scenario())
+
+
+def test_a_new_desired_state_mid_shadow_abandons_the_candidate(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    v1, v2 = rig.artifact(1, seed=1), rig.artifact(2, seed=2)
+
+    async def scenario() -> None:
+        agent = rig.agent()
+        await rig.until(agent, _settled(agent, rig.want(v1), Phase.COMMITTED))
+        rig.want(v2, shadow_s=60.0)
+        await rig.until(agent, lambda: agent.journal.phase is Phase.SHADOW)
+        g3 = rig.want(v1)  # roll back before it got anywhere
+        await rig.until(agent, _settled(agent, g3, Phase.COMMITTED))
+        assert rig.host.active_slot == "a" and rig.host.shadow is None
+        assert agent.journal.last_good == "a" and len(rig.transport.downloads) == 2
+        events = [r.event for b in rig.transport.telemetry_batches for r in b.records]
+        assert any(e.startswith("phase idle") for e in events)  # the abandoned update
 
     asyncio.run(scenario())

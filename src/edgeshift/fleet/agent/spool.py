@@ -5,7 +5,6 @@ segment is dropped and its records counted, so the spool never fills the disk.""
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -119,8 +118,3 @@ def _read(path: Path) -> list[TelemetryRecord]:
         except ValidationError:
             log.debug("skipping a torn telemetry record in %s", path)
     return records
-
-
-def remove_tmp(directory: Path) -> None:
-    for path in directory.glob("*.tmp"):
-        os.unlink(path)
