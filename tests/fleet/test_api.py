@@ -80,8 +80,19 @@ def publish(client: OperatorClient, tmp_path: Path, name: str, version: int) -> 
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[FleetServerThread]:
-    settings = FleetSettings(data_dir=tmp_path / "data", port=0, tick_s=0.05, recheck_s=0.2)
+def fleet(tmp_path: Path, sqlite_store_url: str) -> Iterator[FleetServerThread]:
+    # sqlite_store_url: a copy of a migrated database, so each server skips the migration.
+    settings = FleetSettings(
+        data_dir=tmp_path / "data", db_url=sqlite_store_url, port=0, tick_s=0.05, recheck_s=0.2
+    )
+    with FleetServerThread(settings) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def shared_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetServerThread]:
+    """One control plane for the tests that only send it bad input."""
+    settings = FleetSettings(data_dir=tmp_path_factory.mktemp("shared") / "data", port=0)
     with FleetServerThread(settings) as server:
         yield server
 
@@ -223,10 +234,12 @@ def test_long_poll_sees_a_change_made_by_another_process(
     ],
 )
 def test_malformed_rollout_spec_is_400_naming_the_field(
-    fleet: FleetServerThread, http: httpx.Client, body: Any, field: str
+    shared_fleet: FleetServerThread, body: Any, field: str
 ) -> None:
-    headers = {"Authorization": f"Bearer {fleet.operator_token}"}
-    answer = http.post("/v1/rollouts", content=_json_bytes(body), headers=headers)
+    headers = {"Authorization": f"Bearer {shared_fleet.operator_token}"}
+    answer = httpx.post(
+        f"{shared_fleet.url}/v1/rollouts", content=_json_bytes(body), headers=headers
+    )
     assert answer.status_code == 400
     line = answer.json()["error"]
     assert "\n" not in line and field in line

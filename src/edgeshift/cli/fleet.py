@@ -104,7 +104,7 @@ def _labels(items: Sequence[str], flag: str = "--label") -> dict[str, str]:
 
 
 def _model(model: type[Any], data: dict[str, Any], what: str) -> Any:
-    from edgeshift.fleet.api import validation_line
+    from edgeshift.fleet.guard import validation_line
 
     try:
         return model.model_validate(data)

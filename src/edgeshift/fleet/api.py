@@ -9,13 +9,10 @@ thread). Every error is ``{"error": "one line"}`` with a 4xx status.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import json
 import logging
 import os
-import re
 import tempfile
 import threading
 import time
@@ -26,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -35,7 +32,17 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from edgeshift.errors import FleetError
-from edgeshift.fleet.guard import OperatorAuth, check_device
+from edgeshift.fleet.guard import (
+    LABELS,
+    OperatorAuth,
+    check_device,
+    check_metadata_name,
+    check_public_key,
+    check_target_path,
+    parse_body,
+    selector_from_query,
+    validation_line,
+)
 from edgeshift.fleet.schema import (
     ActionResult,
     ArtifactInfo,
@@ -44,7 +51,6 @@ from edgeshift.fleet.schema import (
     EnrolmentTokenSpec,
     EnrolRequest,
     GroupSpec,
-    Labels,
     RolloutInfo,
     RolloutSpec,
     TelemetryBatch,
@@ -60,9 +66,6 @@ MAX_WAIT_S = 60.0
 ROLLOUT_ACTIONS = ("pause", "resume", "cancel", "rollback")
 DASHBOARD_DIR = Path(__file__).parent / "dashboard"
 _WRITE_CHUNK_BYTES = 1 << 20
-_METADATA_NAME = re.compile(r"^(?:[1-9][0-9]{0,9}\.)?(?:root|timestamp|snapshot|targets)\.json$")
-_TARGET_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-_LABELS: TypeAdapter[dict[str, str]] = TypeAdapter(Labels)
 _M = TypeVar("_M", bound=BaseModel)
 _T = TypeVar("_T")
 
@@ -200,24 +203,6 @@ def _json(value: BaseModel | list[Any] | dict[str, Any], status: int = 200) -> J
     return JSONResponse(value, status)
 
 
-def validation_line(model_name: str, exc: ValidationError) -> str:
-    """One line naming the first bad field (and how many more there are)."""
-    errors = exc.errors()
-    first = errors[0]
-    where = ".".join(str(part) for part in first["loc"]) or "body"
-    line = f"bad {model_name}: {where}: {first['msg']}"
-    if len(errors) > 1:
-        line += f" (and {len(errors) - 1} more)"
-    return line[:500]
-
-
-def parse_body(model: type[_M], body: bytes) -> _M:
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        raise FleetError(validation_line(model.__name__, exc), 400) from None
-
-
 async def read_body(request: Request, limit_bytes: int = MAX_BODY_BYTES) -> bytes:
     _check_length(request, limit_bytes)
     chunks: list[bytes] = []
@@ -279,41 +264,6 @@ def _query_int(request: Request, key: str, default: int, minimum: int) -> int:
     if value < minimum or value > 2**62:
         raise FleetError(f"query {key} must be an integer >= {minimum}", 400)
     return value
-
-
-def selector_from_query(values: Iterable[str]) -> dict[str, str]:
-    """``label=k=v`` query values -> {k: v}, each checked like a label."""
-    selector: dict[str, str] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise FleetError(f"label {item[:80]!r} must be k=v", 400)
-        selector[key] = value
-    try:
-        return _LABELS.validate_python(selector)
-    except ValidationError as exc:
-        raise FleetError(validation_line("label selector", exc), 400) from None
-
-
-def check_public_key(text: str) -> None:
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) != 32:
-        raise FleetError(
-            "bad EnrolRequest: public_key must be a raw Ed25519 public key in base64 (32 bytes)",
-            400,
-        )
-
-
-def check_target_path(path: str) -> str:
-    """A TUF target path from a URL, refused unless every segment is a plain name: nothing
-    from a request reaches the file system unless it could never leave the targets folder."""
-    segments = path.split("/")
-    if len(path) > 512 or len(segments) > 4 or not all(_TARGET_SEGMENT.match(s) for s in segments):
-        raise FleetError(f"no target {path[:80]!r}", 404)
-    return path
 
 
 def summarize(devices: list[DeviceInfo], rollouts: list[RolloutInfo]) -> dict[str, Any]:
@@ -401,9 +351,7 @@ def create_app(ctx: FleetContext) -> Starlette:
 
     async def tuf_metadata(request: Request) -> Response:
         await device_request(request)
-        name = str(request.path_params["file"])
-        if not _METADATA_NAME.match(name):
-            raise FleetError(f"no TUF metadata {name[:80]!r}", 404)
+        name = check_metadata_name(str(request.path_params["file"]))
         path = await _run(ctx.tuf.metadata_file, name)
         if path is None:
             raise FleetError(f"no TUF metadata {name!r}", 404)
@@ -445,7 +393,7 @@ def create_app(ctx: FleetContext) -> Starlette:
     async def device_labels(request: Request) -> Response:
         device_id = _path_name(request, "device_id", "device")
         try:
-            labels = _LABELS.validate_json(await read_body(request))
+            labels = LABELS.validate_json(await read_body(request))
         except ValidationError as exc:
             raise FleetError(validation_line("labels", exc), 400) from None
         await _run(ctx.store.set_labels, device_id, labels)

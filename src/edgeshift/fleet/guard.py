@@ -1,4 +1,5 @@
-"""Who may call the control plane: operators with a bearer token, devices with a signed request.
+"""Who may call the control plane (operators with a bearer token, devices with a signed
+request) and what a request may carry (bodies, label selectors, keys, TUF file names).
 
 Plain functions over header values and the Store, no ASGI: the routes (fleet/api.py) call
 them, tests call them directly. Every refusal is FleetError(…, 401) with one line; a device
@@ -7,13 +8,18 @@ refusal never says whether the device id exists (unknown, revoked and forged rea
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from edgeshift.errors import ConfigError, FleetError
 from edgeshift.fleet.auth import new_private_key, public_key_b64, verify_signature
@@ -23,10 +29,15 @@ from edgeshift.fleet.schema import (
     NONCE_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    Labels,
     is_name,
 )
 
 MIN_TOKEN_CHARS = 16
+LABELS: TypeAdapter[dict[str, str]] = TypeAdapter(Labels)
+_METADATA_NAME = re.compile(r"^(?:[1-9][0-9]{0,9}\.)?(?:root|timestamp|snapshot|targets)\.json$")
+_TARGET_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_M = TypeVar("_M", bound=BaseModel)
 MAX_HEADER_CHARS = 256  # device headers are short; a longer one is garbage, refused unparsed
 _UNKNOWN_DEVICE_KEY = public_key_b64(new_private_key())
 _DEVICE_REFUSED = (
@@ -189,3 +200,66 @@ def check_device(
             401,
         )
     return device_id
+
+
+# --- what a request carries ----------------------------------------------------------------
+
+
+def validation_line(model_name: str, exc: ValidationError) -> str:
+    """One line naming the first bad field (and how many more there are)."""
+    errors = exc.errors()
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    line = f"bad {model_name}: {where}: {first['msg']}"
+    if len(errors) > 1:
+        line += f" (and {len(errors) - 1} more)"
+    return line[:500]
+
+
+def parse_body(model: type[_M], body: bytes) -> _M:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise FleetError(validation_line(model.__name__, exc), 400) from None
+
+
+def selector_from_query(values: Iterable[str]) -> dict[str, str]:
+    """``label=k=v`` query values -> {k: v}, each checked like a label."""
+    selector: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise FleetError(f"label {item[:80]!r} must be k=v", 400)
+        selector[key] = value
+    try:
+        return LABELS.validate_python(selector)
+    except ValidationError as exc:
+        raise FleetError(validation_line("label selector", exc), 400) from None
+
+
+def check_public_key(text: str) -> None:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise FleetError(
+            "bad EnrolRequest: public_key must be a raw Ed25519 public key in base64 (32 bytes)",
+            400,
+        )
+
+
+def check_target_path(path: str) -> str:
+    """A TUF target path from a URL, refused unless every segment is a plain name: nothing
+    from a request reaches the file system unless it could never leave the targets folder."""
+    segments = path.split("/")
+    if len(path) > 512 or len(segments) > 4 or not all(_TARGET_SEGMENT.match(s) for s in segments):
+        raise FleetError(f"no target {path[:80]!r}", 404)
+    return path
+
+
+def check_metadata_name(name: str) -> str:
+    """A TUF metadata file name from a URL: ``[N.]root|timestamp|snapshot|targets.json``."""
+    if not _METADATA_NAME.match(name):
+        raise FleetError(f"no TUF metadata {name[:80]!r}", 404)
+    return name
