@@ -1,0 +1,425 @@
+"""Fleet benchmark (issue #16, "Done means"): a 5 MB artifact rolled out to 1,000 simulated
+agents in one process (the real agent core; edgeshift.fleet.sim) in 4 waves, against the control
+plane run as its own ``edgeshift fleet serve`` process, beside 3 real ``edgeshift agent``
+processes serving the real model under a load generator. ``--faults`` adds the fault campaign
+(benchmarks/fleet_faults.py).
+
+    python benchmarks/fleet.py [--agents 1000] [--soak 30] [--quick] [--faults] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper, save_model
+
+from edgeshift.fleet.agent.agent import AgentOptions
+from edgeshift.fleet.bundle import pack
+from edgeshift.fleet.client import OperatorClient
+from edgeshift.fleet.schema import EnrolmentTokenSpec, RolloutInfo, RolloutSpec, RolloutState
+from edgeshift.fleet.sim import SimFleet
+
+EDGESHIFT = str(Path(sys.executable).with_name("edgeshift"))
+IN_FEATURES = 1024
+SIM_OPTIONS = AgentOptions(poll_wait_s=30.0, report_interval_s=5.0, backoff_min_s=0.5)
+
+
+# --- artifacts --------------------------------------------------------------------------------
+
+
+def make_mlp(directory: Path, hidden: int, seed: int, sim: dict[str, Any] | None = None) -> Path:
+    """x [n, 1024] -> relu(x W1) W2 -> scores [n, 10]; W1 is 1024 x HIDDEN float32 (the bulk)."""
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((IN_FEATURES, hidden)) / 32).astype(np.float32)
+    w2 = (rng.standard_normal((hidden, 10)) / 32).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["hr"]),
+            helper.make_node("MatMul", ["hr", "w2"], ["scores"]),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", IN_FEATURES])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", 10])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    directory.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(directory / "model.onnx"))
+    manifest = {"model_file": "model.onnx", "backend": "onnxruntime", "seed": seed}
+    if sim is not None:
+        manifest["sim"] = sim
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return directory
+
+
+def publish(op: OperatorClient, work: Path, name: str, version: int, src: Path) -> str:
+    bundle = work / f"{name}-{version}.tar"
+    pack(src, bundle)
+    return op.publish_artifact(bundle, name, version).ref.artifact_id
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def start_control_plane(data_dir: Path) -> tuple[subprocess.Popen[str], str, str]:
+    proc = subprocess.Popen(
+        [EDGESHIFT, "fleet", "serve", "--port", "0", "--data-dir", str(data_dir), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    ready = json.loads(proc.stdout.readline())
+    token = Path(ready["token_file"]).read_text().strip().split(":", 1)[1]
+    return proc, str(ready["url"]), token
+
+
+def start_real_agent(
+    url: str, op: OperatorClient, root: Path, data_dir: Path, name: str
+) -> tuple[subprocess.Popen[str], str]:
+    token = op.create_enrolment_token(EnrolmentTokenSpec(labels={"kind": "real"})).token
+    proc = subprocess.Popen(
+        [EDGESHIFT, "agent", "--server", url, "--data-dir", str(data_dir), "--enrol-token",
+         token, "--root", str(root), "--name", name, "--port", "0", "--threads", "1", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    ready = json.loads(proc.stdout.readline())
+    return proc, str(ready["serving"])
+
+
+class LoadGen:
+    """Requests to a real agent's local server at RATE_HZ; answered/sent and latencies."""
+
+    def __init__(self, base_url: str, model: str, rate_hz: float = 20.0) -> None:
+        self.url = f"{base_url}/v2/models/{model}/infer"
+        self.rate_hz = rate_hz
+        x = np.random.default_rng(0).standard_normal((1, IN_FEATURES)).astype(np.float32)
+        self.body = {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [1, IN_FEATURES],
+                    "datatype": "FP32",
+                    "data": x.ravel().tolist(),
+                }
+            ]
+        }
+        self.sent = 0
+        self.answered = 0
+        self.latencies_ms: list[float] = []
+
+    def reset(self) -> None:
+        self.sent = self.answered = 0
+        self.latencies_ms = []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post(self.url, json=self.body)
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                # Counted when it ends, so a reset between windows never splits a request.
+                self.sent += 1
+                if ok:
+                    self.answered += 1
+                    self.latencies_ms.append((time.perf_counter() - t0) * 1000)
+                await asyncio.sleep(max(0.0, 1 / self.rate_hz - (time.perf_counter() - t0)))
+
+    def p95_ms(self) -> float | None:
+        return float(np.percentile(self.latencies_ms, 95)) if self.latencies_ms else None
+
+
+# --- the rollout ------------------------------------------------------------------------------
+
+
+async def wait_rollout(op: OperatorClient, rollout_id: str, timeout_s: float) -> RolloutInfo:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        info = await asyncio.to_thread(op.get_rollout, rollout_id)
+        if info.state not in (RolloutState.PENDING, RolloutState.RUNNING, RolloutState.PAUSED):
+            return info
+        if time.monotonic() > deadline:
+            return info
+        await asyncio.sleep(0.5)
+
+
+def spec(artifact_id: str, waves: list[float], soak_s: float, quick: bool) -> RolloutSpec:
+    return RolloutSpec(
+        artifact_id=artifact_id,
+        waves=waves,
+        soak_s=soak_s,
+        install_timeout_s=300,
+        shadow_s=1.0 if quick else 2.0,
+        shadow_min_requests=5,
+        trial_s=1.0 if quick else 2.0,
+    )
+
+
+def rss_kb() -> int:
+    return proc_kb(os.getpid(), "VmRSS")
+
+
+def imports_kb() -> int:
+    """RSS of a bare process that imported what the agent imports (no model, no server)."""
+    code = (
+        "import edgeshift.fleet.agent.process, edgeshift.fleet.agent.trust, onnxruntime\n"
+        "print([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return int(out.stdout.strip() or 0)
+
+
+def model_share_kb(model_dir: Path) -> int:
+    """RSS of a bare process after loading and running the model, minus before."""
+    code = (
+        "import sys, numpy as np, onnxruntime as ort\n"
+        "def rss():\n"
+        "    return int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])\n"
+        "before = rss()\n"
+        "o = ort.SessionOptions(); o.intra_op_num_threads = 1\n"
+        "s = ort.InferenceSession(sys.argv[1] + '/model.onnx', o, providers=['CPUExecutionProvider'])\n"
+        f"s.run(None, {{'x': np.zeros((1, {IN_FEATURES}), np.float32)}})\n"
+        "print(rss() - before)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(model_dir)], capture_output=True, text=True
+    )
+    return int(out.stdout.strip() or 0)
+
+
+async def rollout_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    cp, url, token = start_control_plane(work / "cp")
+    cp_cpu0, cp_t0 = proc_cpu_s(cp.pid), time.monotonic()
+    op = OperatorClient(url, token, timeout_s=120)
+    root = work / "root.json"
+    root.write_bytes(op.root_json())
+    quick = args.quick
+    v1_dir = make_mlp(work / "v1", hidden=1280, seed=1, sim={"latency_ms": 1.0})
+    v2_dir = make_mlp(work / "v2", hidden=1280, seed=2, sim={"latency_ms": 1.0})
+    v1 = publish(op, work, "mlp", 1, v1_dir)
+    v2 = publish(op, work, "mlp", 2, v2_dir)
+    artifact_bytes = (work / "mlp-2.tar").stat().st_size
+
+    real: list[tuple[subprocess.Popen[str], str]] = []
+    for i in range(args.real_agents):
+        real.append(start_real_agent(url, op, root, work / f"real-{i}", f"real-{i}"))
+    rss0 = rss_kb()
+    sims = SimFleet(url, token, root, work / "sim", options=SIM_OPTIONS)
+    stop = asyncio.Event()
+    t_enrol = time.monotonic()
+    await sims.enrol(args.agents)
+    sims.start()
+    enrol_s = time.monotonic() - t_enrol
+    traffic = asyncio.create_task(sims.traffic(stop, rate_hz=args.rate))
+    loads = [LoadGen(base, "mlp") for _, base in real]
+    load_tasks = [asyncio.create_task(g.run(stop)) for g in loads]
+    result: dict[str, Any] = {"agents": args.agents, "artifact_bytes": artifact_bytes}
+    try:
+        # Setup (not measured): every device gets v1, so each has a model to keep serving.
+        first = await asyncio.to_thread(op.create_rollout, spec(v1, [100], 0, True))
+        info1 = await wait_rollout(op, first.rollout_id, 600)
+        result["setup"] = {"state": info1.state.value, "enrol_s": round(enrol_s, 1)}
+        await asyncio.sleep(3)  # the real agents' baseline latency
+        sims.reset_counts()
+        for g in loads:
+            g.reset()
+        await asyncio.sleep(5)
+        before_p95 = [g.p95_ms() for g in loads]
+        for g in loads:
+            g.reset()
+        cp_cpu1, cp_t1 = proc_cpu_s(cp.pid), time.monotonic()
+        t0 = time.time()
+        second = await asyncio.to_thread(
+            op.create_rollout, spec(v2, [1, 10, 50, 100], args.soak, quick)
+        )
+        info = await wait_rollout(op, second.rollout_id, 1800)
+        all_in_s = max((w.finished_at or time.time()) for w in info.waves) - t0
+        cp_cpu2, cp_t2 = proc_cpu_s(cp.pid), time.monotonic()
+        answered, sent = sims.totals()
+        serving = sims.serving()
+        waves = []
+        for w in info.waves:
+            soak_start = (w.soak_until - args.soak) if w.soak_until else None
+            waves.append(
+                {
+                    "percent": w.percent,
+                    "devices": w.devices,
+                    "install_s": round(soak_start - w.started_at, 1)
+                    if soak_start and w.started_at
+                    else None,
+                    "soak_s": round(w.finished_at - soak_start, 1)
+                    if soak_start and w.finished_at
+                    else None,
+                }
+            )
+        real_ans = sum(g.answered for g in loads)
+        real_sent = sum(g.sent for g in loads)
+        real_rss = [proc_kb(p.pid, "VmRSS") for p, _ in real]
+        share = model_share_kb(v2_dir)
+        result.update(
+            {
+                "state": info.state.value,
+                "reason": info.reason,
+                "all_in_s": round(all_in_s, 1),
+                "waves": waves,
+                "sim_answered": answered,
+                "sim_sent": sent,
+                "without_model": serving.get(None, 0),
+                "serving": {str(k): v for k, v in serving.items()},
+                "real_answered": real_ans,
+                "real_sent": real_sent,
+                "real_p95_before_ms": before_p95,
+                "real_p95_during_ms": [g.p95_ms() for g in loads],
+                "cp_cpu_per_wall": round((cp_cpu2 - cp_cpu1) / (cp_t2 - cp_t1), 3),
+                "cp_cpu_s": round(cp_cpu2 - cp_cpu0, 1),
+                "cp_wall_s": round(cp_t2 - cp_t0, 1),
+                "cp_peak_rss_mb": round(proc_kb(cp.pid, "VmHWM") / 1024, 1),
+                "real_agent_rss_mb": [round(r / 1024, 1) for r in real_rss],
+                "model_share_mb": round(share / 1024, 1),
+                "agent_imports_mb": round(imports_kb() / 1024, 1),
+                "agent_besides_model_mb": round((max(real_rss) - share) / 1024, 1)
+                if real_rss
+                else None,
+                "sim_per_agent_kb": round((rss_kb() - rss0) / max(args.agents, 1), 1),
+                "bench_peak_rss_mb": round(
+                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+                ),
+            }
+        )
+    finally:
+        stop.set()
+        await traffic
+        await asyncio.gather(*load_tasks, return_exceptions=True)
+        await sims.aclose()
+        for p, _ in real:
+            p.terminate()
+        for p, _ in real:
+            p.wait(30)
+        cp.terminate()
+        cp.wait(30)
+        op.close()
+    return result
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "NOT MET"
+
+
+def pct(a: int, b: int) -> str:
+    return f"{100 * a / b:.3f}% ({a}/{b})" if b else "n/a"
+
+
+def print_rollout(r: dict[str, Any], soak_s: float) -> None:
+    print(f"\n## Rollout: {r['artifact_bytes'] / 1e6:.1f} MB artifact to {r['agents']} simulated agents "
+          f"(+ real agents), waves 1/10/50/100 %, soak {soak_s:g} s — state {r['state']} {r['reason']}")  # fmt: skip
+    print(f"{'figure':<44} {'value':>28}  {'goal':<18} result")
+    print(f"{'wave':<10} {'devices':>8} {'install s':>10} {'soak s':>8}")
+    for i, w in enumerate(r["waves"]):
+        print(
+            f"{i + 1} ({w['percent']:g}%){'':<3} {w['devices']:>8} {w['install_s']!s:>10} {w['soak_s']!s:>8}"
+        )
+    rows = [
+        ("all in (s)", f"{r['all_in_s']}", "<= 180 s (30 s soaks)", met(r["all_in_s"] <= 180) if soak_s >= 30 else "n/a (soak < 30)"),
+        ("sim local requests answered", pct(r["sim_answered"], r["sim_sent"]), ">= 99.9%",
+         met(r["sim_sent"] > 0 and r["sim_answered"] / r["sim_sent"] >= 0.999)),
+        ("real agents: requests answered", pct(r["real_answered"], r["real_sent"]), ">= 99.9%",
+         met(r["real_sent"] > 0 and r["real_answered"] / r["real_sent"] >= 0.999) if r["real_sent"] else "n/a"),
+        ("real agents: p95 before -> during (ms)",
+         " ".join(f"{b or 0:.1f}->{d or 0:.1f}" for b, d in zip(r["real_p95_before_ms"], r["real_p95_during_ms"], strict=True)), "", ""),
+        ("devices without a serving model", str(r["without_model"]), "0", met(r["without_model"] == 0)),
+        ("control plane CPU s / wall s (rollout)", f"{r['cp_cpu_per_wall']}", "", ""),
+        ("control plane peak RSS (MB)", f"{r['cp_peak_rss_mb']}", "", ""),
+        ("real agent RSS (MB)", " ".join(map(str, r["real_agent_rss_mb"])), "", ""),
+        ("model's own share (MB)", f"{r['model_share_mb']}", "", ""),
+        ("agent memory besides the model (MB)", f"{r['agent_besides_model_mb']}", "<= 60 MB",
+         met(r["agent_besides_model_mb"] is not None and r["agent_besides_model_mb"] <= 60)),
+        ("of which: interpreter + imports (MB)", f"{r['agent_imports_mb']}", "", ""),
+        ("simulator RSS per agent (KB)", f"{r['sim_per_agent_kb']}", "", ""),
+    ]  # fmt: skip
+    for name, value, goal, result in rows:
+        print(f"{name:<44} {value:>28}  {goal:<18} {result}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--soak", type=float, default=30.0)
+    parser.add_argument("--quick", action="store_true", help="100 agents, 3 s soaks")
+    parser.add_argument("--real-agents", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=5.0, help="local requests/s per sim agent")
+    parser.add_argument("--faults", action="store_true")
+    parser.add_argument("--kills", type=int, default=200)
+    parser.add_argument("--partitions", type=int, default=50)
+    parser.add_argument("--bad", type=int, default=20)
+    parser.add_argument("--good", type=int, default=20)
+    parser.add_argument("--fleet-size", type=int, default=10, help="sim devices per fault rollout")
+    parser.add_argument("--release-soak", type=float, default=1.0)
+    parser.add_argument("--kill-parallel", type=int, default=4)
+    parser.add_argument("--no-rollout", action="store_true", help="only the fault campaign")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    if args.quick:
+        args.agents, args.soak = min(args.agents, 100), 3.0
+    random.seed(0)
+    logging.getLogger("edgeshift").setLevel(
+        logging.ERROR
+    )  # 1,000 agents' warnings drown the tables
+    out: dict[str, Any] = {"load_avg": os.getloadavg()}
+    with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
+        work = Path(tmp)
+        if not args.no_rollout:
+            out["rollout"] = asyncio.run(rollout_bench(args, work / "rollout"))
+            print_rollout(out["rollout"], args.soak)
+        if args.faults:
+            sys.path.insert(0, str(Path(__file__).parent))
+            from fleet_faults import print_faults, run_faults
+
+            out["faults"] = run_faults(args, work / "faults")
+            print_faults(out["faults"])
+    out["load_avg_end"] = os.getloadavg()
+    print(f"\nload average at start {out['load_avg']}, at end {out['load_avg_end']}")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
