@@ -274,3 +274,34 @@ def test_token_file_replaces_the_generated_token(tmp_path: Path) -> None:
         assert not (tmp_path / "data" / "operator.token").exists()
         ok = http.get("/v1/devices", headers={"Authorization": "Bearer " + "t" * 32})
         assert ok.status_code == 200 and ok.json() == []
+
+
+def test_tls_serves_operators_over_https(tmp_path: Path, sqlite_store_url: str) -> None:
+    from edgeshift.fleet.client import OperatorClient
+    from edgeshift.serve.security import TlsSettings
+    from tests.serve.certs import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    settings = FleetSettings(
+        data_dir=tmp_path / "data",
+        db_url=sqlite_store_url,
+        port=0,
+        tls=TlsSettings(certs.server_cert, certs.server_key),
+    )
+    with FleetServerThread(settings) as server:
+        assert server.url.startswith("https://")
+        with OperatorClient(server.url, server.operator_token, verify=str(certs.ca)) as client:
+            assert client.list_devices() == []
+        with pytest.raises(FleetError, match="cannot reach"):  # an unknown CA: refused
+            OperatorClient(server.url, server.operator_token).list_devices()
+
+
+def test_binding_beyond_loopback_without_tls_warns(
+    tmp_path: Path, sqlite_store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = FleetSettings(
+        data_dir=tmp_path / "data", db_url=sqlite_store_url, host="0.0.0.0", port=0
+    )
+    with caplog.at_level("WARNING", logger="edgeshift.fleet"), FleetServerThread(settings):
+        pass
+    assert any("without TLS" in r.getMessage() for r in caplog.records)

@@ -75,7 +75,8 @@ def _token(token_file: Path | None) -> str:
 def _client(server: str, token_file: Path | None) -> Any:
     from edgeshift.fleet.client import OperatorClient
 
-    return OperatorClient(server, _token(token_file))
+    ca = os.environ.get("EDGESHIFT_FLEET_CA")  # a PEM CA for a control plane's own certificate
+    return OperatorClient(server, _token(token_file), verify=ca or True)
 
 
 def _dump(value: Any) -> Any:

@@ -3,6 +3,7 @@ over httpx. Every refusal is a FleetError carrying the server's one line and sta
 
 from __future__ import annotations
 
+import ssl
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -38,10 +39,17 @@ class OperatorClient:
         token: str,
         *,
         timeout_s: float = 30.0,
-        verify: bool | str = True,
+        verify: bool | str | ssl.SSLContext = True,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        if isinstance(verify, str):  # a CA bundle (PEM) to trust, e.g. a self-signed server's
+            try:
+                verify = ssl.create_default_context(cafile=verify)
+            except (OSError, ssl.SSLError) as exc:
+                raise FleetError(
+                    f"cannot use the CA file {verify} ({exc}) — give a PEM file", 400
+                ) from None
         self._http = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {token}"},
