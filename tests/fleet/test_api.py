@@ -377,3 +377,22 @@ def _report_committed(fleet: FleetServerThread, devices: list[tuple[Device, int]
             }
             answer = signed(http, device, "POST", "/v1/device/report", json=report)
             assert answer.json() == {"ok": True}, answer.text
+
+
+def test_stopping_answers_waiting_long_polls(tmp_path: Path, sqlite_store_url: str) -> None:
+    settings = FleetSettings(
+        data_dir=tmp_path / "data", db_url=sqlite_store_url, port=0, recheck_s=60
+    )
+    fleet = FleetServerThread(settings).start()
+    try:
+        device = enrol_device(fleet, "stopper")
+        with httpx.Client(base_url=fleet.url, timeout=30) as http:
+            generation = signed(http, device, "GET", "/v1/device/desired?wait=0").json()
+        waiter, answers = _poll_in_thread(fleet, device, generation["generation"])
+        while not fleet.server.context or not fleet.server.context.waiters.waiting():
+            time.sleep(0.01)
+    finally:
+        fleet.stop()
+    waiter.join(30)
+    # Answered with what it had (not cut off): the agent polls again after the restart.
+    assert answers == [{**generation, "server_time": answers[0]["server_time"]}]

@@ -106,9 +106,19 @@ class DesiredWaiters:
         self._seen: dict[str, int] = {}  # device -> the lowest generation a waiting poll holds
         self._polls: Counter[str] = Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False
+
+    def close(self) -> None:
+        """Answer every waiting poll now (call on the event loop): a stopping server should
+        not hold its shutdown for a minute of long polls; the agents simply poll again."""
+        self.closed = True
+        self.wake(list(self._events))
 
     async def wait(self, device_id: str, seen: int, timeout_s: float) -> bool:
-        """Until DEVICE_ID's desired state may have changed past SEEN, or TIMEOUT_S."""
+        """Until DEVICE_ID's desired state may have changed past SEEN, or TIMEOUT_S, or the
+        server stops (``close``)."""
+        if self.closed:
+            return True
         self._loop = asyncio.get_running_loop()
         event = self._events.get(device_id)
         if event is None:
@@ -334,7 +344,7 @@ def create_app(ctx: FleetContext) -> Starlette:
             desired = await _run(ctx.store.desired, device_id)
             now = ctx.clock()
             left_s = deadline - now
-            if desired.generation > seen or left_s <= 0:
+            if desired.generation > seen or left_s <= 0 or ctx.waiters.closed:
                 return _json(desired.model_copy(update={"server_time": now}))
             await ctx.waiters.wait(device_id, seen, left_s)
 

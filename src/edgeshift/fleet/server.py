@@ -78,6 +78,8 @@ class _NotifyingStore:
 
 
 class _Uvicorn(uvicorn.Server):
+    on_shutdown_started: Callable[[], None] | None = None
+
     # SIGTERM/SIGINT only ask for a graceful exit; uvicorn's own handling re-raises the
     # signal after shutdown, which turns a clean stop into a death by signal.
     @contextlib.contextmanager
@@ -98,6 +100,11 @@ class _Uvicorn(uvicorn.Server):
         if self.should_exit:
             self.force_exit = True
         self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.on_shutdown_started is not None:
+            self.on_shutdown_started()
+        await super().shutdown(sockets)
 
 
 def ensure_operator_token(store: Store, data_dir: Path, now: float) -> Path | None:
@@ -178,6 +185,7 @@ class FleetServer:
         config.load()
         config.ssl = ssl_context
         self._uvicorn = _Uvicorn(config)
+        self._uvicorn.on_shutdown_started = self.context.waiters.close
 
     def _open_parts(self, file_tokens: dict[str, str]) -> None:
         from edgeshift.fleet.rollouts import RolloutEngine
