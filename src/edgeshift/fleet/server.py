@@ -160,12 +160,15 @@ class FleetServer:
             raise ConfigError(
                 f"cannot create --data-dir {s.data_dir} ({exc.strerror}) — give a writable folder"
             ) from None
-        self.store = await anyio.to_thread.run_sync(Store.open, s.database_url())
+        # The port first: a busy one is refused before a database or a token file is made.
+        self._socket = bind_socket(s.host, s.port)
         try:
+            self.store = await anyio.to_thread.run_sync(Store.open, s.database_url())
             await anyio.to_thread.run_sync(self._open_parts, file_tokens)
-            self._socket = bind_socket(s.host, s.port)
         except BaseException:
-            self.store.close()
+            self._socket.close()
+            if self.store is not None:
+                self.store.close()
             raise
         if not is_loopback(s.host) and s.tls is None:
             log.warning(
