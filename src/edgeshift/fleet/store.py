@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from edgeshift.errors import FleetError
 from edgeshift.fleet import migrations
@@ -118,12 +118,16 @@ class Store:
                         f", not {head}: open it with migrations on (edgeshift fleet serve does)"
                     )
                 migrations.upgrade(engine)
-        except OperationalError as err:
+        except DBAPIError as err:
             engine.dispose()
+            fix = (
+                "check the path (its directory must exist and be writable) and that it is a "
+                "fleet database, or fix --db"
+                if engine.dialect.name == "sqlite"
+                else "start the database server, create the database, or fix --db"
+            )
             raise FleetError(
-                f"cannot use the fleet database {shown}: {one_line(err, url)}; start the "
-                "database server or fix the URL (--db)",
-                503,
+                f"cannot use the fleet database {shown}: {one_line(err, url)}; {fix}", 503
             ) from None
         except BaseException:
             engine.dispose()

@@ -5,6 +5,9 @@ The revisions live in versions/; env.py is Alembic's entry point."""
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from edgeshift.errors import FleetError
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 # Any fixed number: PostgreSQL sessions migrating the same database take turns on it.
 _PG_LOCK_KEY = 0x6564676573686966
+_ALEMBIC_LOCK = threading.Lock()
 
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -67,7 +71,7 @@ def _sqlite_engine(url: URL) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _set_wal(cursor)
         # WAL + NORMAL: a crash of the process loses nothing; a power cut may lose the last
         # commits but never corrupts the file.
         cursor.execute("PRAGMA synchronous = NORMAL")
@@ -82,6 +86,20 @@ def _sqlite_engine(url: URL) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+def _set_wal(cursor: Any) -> None:
+    # Switching a new file to WAL needs it to itself and does not wait on busy_timeout: a
+    # second connection opening the same new file at that moment is told "locked". Retry.
+    deadline_s = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline_s:
+                raise
+            time.sleep(0.01)
 
 
 def one_line(err: BaseException, url: str = "") -> str:
@@ -117,7 +135,9 @@ def current_revision(connection: Connection) -> str | None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    with engine.connect() as connection:
+    # Alembic keeps its running context in a module global: two threads of one process must
+    # not migrate at once. (Processes take turns on the database's own lock, below.)
+    with _ALEMBIC_LOCK, engine.connect() as connection:
         connection.execution_options(edgeshift_write=True)
         if connection.dialect.name == "postgresql":
             # Released at the end of the transaction the migration runs in.
@@ -127,6 +147,6 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 def downgrade(engine: Engine, revision: str = "base") -> None:
-    with engine.connect() as connection:
+    with _ALEMBIC_LOCK, engine.connect() as connection:
         command.downgrade(alembic_config(connection), revision)
         connection.commit()
