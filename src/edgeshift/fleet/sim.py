@@ -159,16 +159,26 @@ class SimFleet:
         directory: Path,
         *,
         options: AgentOptions | None = None,
-        max_connections: int = 200,
+        devices_per_client: int = 8,
     ) -> None:
         self.server_url = server_url.rstrip("/")
         self.operator_token = operator_token
         self.root = root
         self.directory = directory
         self.options = options or AgentOptions()
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=100)
-        self.client = httpx.AsyncClient(timeout=60.0, limits=limits)
+        # Devices share clients in small groups: one pool for 1,000 devices holding long polls
+        # spends most of the process' CPU scanning its queue (httpcore assigns each request by
+        # a scan over every queued request and connection).
+        self.devices_per_client = devices_per_client
+        self.client = httpx.AsyncClient(timeout=60.0)
+        self._clients: list[httpx.AsyncClient] = []
         self.devices: list[SimDevice] = []
+
+    def _client_for(self, index: int) -> httpx.AsyncClient:
+        while len(self._clients) <= index // self.devices_per_client:
+            limits = httpx.Limits(max_connections=4 * self.devices_per_client)
+            self._clients.append(httpx.AsyncClient(timeout=60.0, limits=limits))
+        return self._clients[index // self.devices_per_client]
 
     async def _token(self, labels: dict[str, str]) -> str:
         answer = await self.client.post(
@@ -194,7 +204,7 @@ class SimFleet:
                 (data_dir / "tuf").mkdir(parents=True, exist_ok=True)
                 (data_dir / "tuf" / "root.json").write_bytes(self.root.read_bytes())
                 key = new_private_key()
-                transport = DeviceTransport(self.server_url, "", key, client=self.client)
+                transport = DeviceTransport(self.server_url, "", key, client=self._client_for(i))
                 token = await self._token(labels or {})
                 await transport.enrol(
                     EnrolRequest(token=token, name=name, public_key=public_key_b64(key))
@@ -215,13 +225,18 @@ class SimFleet:
         for device in self.devices:
             device.stop.set()
         tasks = [d.task for d in self.devices if d.task is not None]
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=30.0)
+            for task in late:  # the journal says where each was, as after a crash
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         for device in self.devices:
             await device.host.close()
 
     async def aclose(self) -> None:
         await self.stop_all()
-        await self.client.aclose()
+        for client in [self.client, *self._clients]:
+            await client.aclose()
 
     async def traffic(self, stop: asyncio.Event, rate_hz: float = 20.0, seed: int = 0) -> None:
         """Each device gets about RATE_HZ local requests a second until STOP."""
