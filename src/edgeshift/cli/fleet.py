@@ -155,7 +155,7 @@ def serve_command(
     )
 
     def started(server: FleetServer) -> None:
-        token_path = server.token_path or (None if token_file else data_dir / "operator.token")
+        token_path = token_file or data_dir / "operator.token"
         if json_output:
             line = {"url": server.url, "data_dir": str(data_dir), "token_file": str(token_path)}
             typer.echo(json.dumps(line))
