@@ -16,19 +16,23 @@ import contextlib
 import json
 import random
 import socket
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+from tuf.api import exceptions as tuf_exceptions
 
 from edgeshift.errors import EdgeshiftError, FleetError
 from edgeshift.fleet.agent.agent import Agent, AgentOptions
 from edgeshift.fleet.agent.host import ServingWindow
 from edgeshift.fleet.agent.shadow import Outputs, ShadowComparator
-from edgeshift.fleet.agent.transport import DeviceTransport
+from edgeshift.fleet.agent.transport import CHUNK_BYTES, DeviceTransport, SignedFetcher
 from edgeshift.fleet.agent.trust import TufInstaller
-from edgeshift.fleet.auth import new_private_key, public_key_b64
+from edgeshift.fleet.auth import new_private_key, public_key_b64, sign_headers
 from edgeshift.fleet.schema import EnrolRequest, Phase
 
 SIM_KEY = "sim"  # manifest.json key that tells SimHost how the model behaves
@@ -137,6 +141,33 @@ class SimHost:
         await self.stop_shadow()
 
 
+_SHARED = threading.local()
+
+
+class SharedClientFetcher(SignedFetcher):
+    """SignedFetcher's requests, signed the same way, over one kept-alive client per worker
+    thread. The agent's fetcher opens a client per metadata file, and building its SSL context
+    (CA bundle) is ~70% of a 1,000-device simulator's CPU: one real device pays it 4 times an
+    install, the simulator 4,000 times a wave."""
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        if not url.startswith(self.server_url + "/"):
+            raise tuf_exceptions.DownloadError(f"refusing to fetch {url}: not the control plane")
+        split = urlsplit(url)
+        path_and_query = split.path + (f"?{split.query}" if split.query else "")
+        headers = sign_headers(self.private_key, self.device_id, "GET", path_and_query)
+        client = getattr(_SHARED, "client", None)
+        if client is None:
+            client = _SHARED.client = httpx.Client(timeout=self.timeout_s)
+        with client.stream("GET", url, headers=headers) as response:
+            if response.status_code >= 400:
+                raise tuf_exceptions.DownloadHTTPError(
+                    f"{url}: {response.status_code}", response.status_code
+                )
+            chunks = list(response.iter_bytes(CHUNK_BYTES))
+        return iter(chunks)
+
+
 @dataclass
 class SimDevice:
     name: str
@@ -216,7 +247,8 @@ class SimFleet:
     def start(self, devices: list[SimDevice] | None = None) -> None:
         for device in devices or self.devices:
             t = device.transport
-            installer = TufInstaller(device.data_dir / "tuf", t.server_url, t.fetcher())
+            fetcher = SharedClientFetcher(t.server_url, t.device_id, t.private_key)
+            installer = TufInstaller(device.data_dir / "tuf", t.server_url, fetcher)
             device.stop = asyncio.Event()
             device.agent = Agent(device.data_dir, t, device.host, installer, options=self.options)
             device.task = asyncio.create_task(device.agent.run(device.stop), name=device.name)
