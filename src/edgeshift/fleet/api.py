@@ -510,18 +510,25 @@ def create_app(ctx: FleetContext) -> Starlette:
         size = 0
         pending: list[bytes] = []
         pending_bytes = 0
-        with os.fdopen(fd, "wb") as out:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > MAX_ARTIFACT_BYTES:
-                    raise FleetError(f"artifact over {MAX_ARTIFACT_BYTES} bytes", 413)
-                pending.append(chunk)
-                pending_bytes += len(chunk)
-                if pending_bytes >= _WRITE_CHUNK_BYTES:
+        try:
+            with os.fdopen(fd, "wb") as out:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > MAX_ARTIFACT_BYTES:
+                        raise FleetError(f"artifact over {MAX_ARTIFACT_BYTES} bytes", 413)
+                    pending.append(chunk)
+                    pending_bytes += len(chunk)
+                    if pending_bytes >= _WRITE_CHUNK_BYTES:
+                        await _run(out.write, b"".join(pending))
+                        pending, pending_bytes = [], 0
+                if pending:
                     await _run(out.write, b"".join(pending))
-                    pending, pending_bytes = [], 0
-            if pending:
-                await _run(out.write, b"".join(pending))
+        except OSError as exc:
+            raise FleetError(
+                f"cannot store the upload ({exc.strerror or exc}) — free space in the control"
+                " plane's data dir",
+                507,
+            ) from None
 
     routes: list[BaseRoute] = [
         Route("/healthz", healthz),
