@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from edgeshift.errors import FleetError
@@ -98,6 +98,21 @@ class Store:
         self._postgres = engine.dialect.name == "postgresql"
         self._nonces_pruned_at = float("-inf")
         self._history_pruned_at = float("-inf")
+        # The hot calls' statements, built once: building one costs more than running it.
+        nonce = self._insert(Nonce)
+        self._remember_nonce = nonce.on_conflict_do_nothing(
+            index_elements=[Nonce.device_id, Nonce.nonce]
+        ).returning(Nonce.at)  # rowcount is not reliable for an INSERT on every driver
+        latest = self._insert(LatestReport)
+        self._upsert_report = latest.on_conflict_do_update(
+            index_elements=[LatestReport.device_id],
+            set_={
+                "generation": latest.excluded.generation,
+                "report": latest.excluded.report,
+                "received_at": latest.excluded.received_at,
+            },
+            where=LatestReport.generation <= latest.excluded.generation,
+        )
 
     @classmethod
     def open(cls, url: str = DEFAULT_URL, *, migrate: bool = True) -> Store:
@@ -271,26 +286,17 @@ class Store:
     def device_public_key(self, device_id: str) -> str | None:
         """The device's base64 Ed25519 public key; None when unknown or revoked."""
         with self._tx() as db:
-            return db.execute(
-                select(Device.public_key).where(
-                    Device.device_id == device_id, Device.revoked.is_(False)
-                )
-            ).scalar()
+            return db.execute(_PUBLIC_KEY, {"device_id": device_id}).scalar()
 
     def remember_nonce(self, device_id: str, nonce: str, now: float) -> bool:
         """False when NONCE was already used by DEVICE_ID (a replay); forgets nonces older than
         schema.MAX_CLOCK_SKEW_S * 2."""
         if not nonce or len(nonce) > NONCE_LEN:
             raise FleetError(f"nonce: give 1 to {NONCE_LEN} characters", 400)
-        stmt = (
-            self._insert(Nonce)
-            .values(device_id=device_id, nonce=nonce, at=now)
-            .on_conflict_do_nothing(index_elements=[Nonce.device_id, Nonce.nonce])
-            .returning(Nonce.at)  # rowcount is not reliable for an INSERT on every driver
-        )
         try:
             with self._tx(write=True) as db:
-                fresh = db.execute(stmt).first() is not None
+                row = {"device_id": device_id, "nonce": nonce, "at": now}
+                fresh = db.execute(self._remember_nonce, row).first() is not None
                 if now - self._nonces_pruned_at >= PRUNE_EVERY_S:
                     self._nonces_pruned_at = now
                     db.execute(delete(Nonce).where(Nonce.at < now - NONCE_KEEP_S))
@@ -392,9 +398,7 @@ class Store:
     # --- desired and reported state ---
     def desired(self, device_id: str) -> DesiredState:
         with self._tx() as db:
-            row = db.execute(
-                select(*_DESIRED_COLUMNS).where(Desired.device_id == device_id)
-            ).first()
+            row = db.execute(_DESIRED, {"device_id": device_id}).first()
         if row is None:
             raise _unknown_device(device_id)
         return _desired_state(row)
@@ -470,27 +474,16 @@ class Store:
     def record_report(self, device_id: str, report: DeviceReport, now: float) -> None:
         """Keep the latest report per device (and touch it); a report for an older
         generation than the latest one kept is kept only in the history."""
-        body = report.model_dump(mode="json")
-        latest = self._insert(LatestReport).values(
-            device_id=device_id, generation=report.generation, report=body, received_at=now
-        )
-        latest = latest.on_conflict_do_update(
-            index_elements=[LatestReport.device_id],
-            set_={
-                "generation": latest.excluded.generation,
-                "report": latest.excluded.report,
-                "received_at": latest.excluded.received_at,
-            },
-            where=LatestReport.generation <= latest.excluded.generation,
-        )
+        row = {
+            "device_id": device_id,
+            "generation": report.generation,
+            "report": report.model_dump(mode="json"),
+            "received_at": now,
+        }
         with self._tx(write=True) as db:
             _touch(db, device_id, now)
-            db.execute(
-                insert(ReportHistory).values(
-                    device_id=device_id, generation=report.generation, report=body, received_at=now
-                )
-            )
-            db.execute(latest)
+            db.execute(_INSERT_HISTORY, row)
+            db.execute(self._upsert_report, row)
             if now - self._history_pruned_at >= PRUNE_EVERY_S:
                 self._history_pruned_at = now
                 ranked = select(
@@ -512,11 +505,7 @@ class Store:
         if not found:
             return found
         with self._tx() as db:
-            rows = db.execute(
-                select(LatestReport.device_id, LatestReport.report).where(
-                    LatestReport.device_id.in_(list(found))
-                )
-            ).all()
+            rows = db.execute(_REPORTS, {"device_ids": list(found)}).all()
         for device_id, body in rows:
             found[device_id] = DeviceReport.model_validate(body)
         return found
@@ -712,8 +701,23 @@ def _desired_state(row: Any) -> DesiredState:
     )
 
 
+_PUBLIC_KEY = select(Device.public_key).where(
+    Device.device_id == bindparam("device_id"), Device.revoked.is_(False)
+)
+_DESIRED = select(*_DESIRED_COLUMNS).where(Desired.device_id == bindparam("device_id"))
+_TOUCH = (
+    update(Device)
+    .where(Device.device_id == bindparam("b_device_id"))
+    .values(last_seen=bindparam("b_now"))
+)
+_INSERT_HISTORY = insert(ReportHistory)
+_REPORTS = select(LatestReport.device_id, LatestReport.report).where(
+    LatestReport.device_id.in_(bindparam("device_ids", expanding=True))
+)
+
+
 def _touch(db: Connection, device_id: str, now: float) -> None:
-    done = db.execute(update(Device).where(Device.device_id == device_id).values(last_seen=now))
+    done = db.execute(_TOUCH, {"b_device_id": device_id, "b_now": now})
     if done.rowcount == 0:
         raise _unknown_device(device_id)
 
