@@ -89,7 +89,8 @@ def artifact_for(placement: Mapping[str, Any], artifacts: Mapping[str, ArtifactI
     raise FleetError(
         f"plan workload {placement['workload']!r} on pool {placement.get('pool')!r}: no "
         f"published {precision} artifact named {tried}; publish its `edgeshift optimize` "
-        f"output with `edgeshift fleet artifact create --name {names[0]} …` and apply again",
+        f"output with `edgeshift fleet artifact publish DIR --name {names[0]} --version V` "
+        "and apply again",
         404,
     )
 

@@ -6,6 +6,7 @@ Pure data (pydantic). Every request body is validated against one of these; a ba
 
 from __future__ import annotations
 
+import itertools
 import re
 from enum import Enum
 from typing import Annotated, Literal
@@ -132,8 +133,10 @@ class RolloutSpec(_Strict):
         if isinstance(waves, list):
             if not waves:
                 raise ValueError("give at least one wave, e.g. [1, 10, 50, 100]")
-            if any(b <= a for a, b in zip(waves, waves[1:])):
-                raise ValueError("waves are cumulative percentages and must rise, e.g. [1, 10, 50, 100]")
+            if any(b <= a for a, b in itertools.pairwise(waves)):
+                raise ValueError(
+                    "waves are cumulative percentages and must rise, e.g. [1, 10, 50, 100]"
+                )
             if waves[-1] != 100:
                 raise ValueError("the last wave must be 100 (percent of the matching devices)")
         return waves
