@@ -198,7 +198,7 @@ def _fleet() -> dict[str, Any]:
                 soak_until=NOW - 240,
                 finished_at=NOW - 100,
             ),
-            WaveInfo(index=2, percent=100, devices=1, started_at=NOW - 30, soak_until=NOW + 30),
+            WaveInfo(index=2, percent=100, devices=1, started_at=NOW - 600, soak_until=NOW + 3000),
         ],
         gates=gates,
         created_at=NOW - 400,
@@ -479,7 +479,7 @@ def test_rollout_waves_and_one_plot_point_per_gate_evaluation(
     _, url = fleet
     page.open(url + "/")
     page.enter_token(GOOD_TOKEN)
-    # The active rollout is shown by default.
+    # The active rollout is shown by default (its last wave soaks for an hour from import).
     page.wait_for("document.getElementById('rollout-detail').dataset.rollout === 'r-minilm-2'")
     waves = page.eval(
         "[...document.querySelectorAll('#waves li')].map(li => [li.dataset.state,"

@@ -189,6 +189,8 @@ def test_sweep_removes_labs_of_dead_processes() -> None:
 
 EDGESHIFT = str(Path(PY).parent / "edgeshift")
 CP_PORT = 8600
+PROXY_PORT = 8601  # d4 reaches the control plane only through a netproxy (delay, cuts)
+PROXY_DELAY_S = 0.05
 MODEL = "clf"
 # The agent process as `edgeshift agent` runs it, with the loop's intervals shortened so a
 # partition plays out in seconds (the CLI has no flags for them).
@@ -229,6 +231,8 @@ class Fleet:
     agents: dict[str, Path]  # device -> its data dir
     v1: str = ""
     v2: str = ""
+    proxy: subprocess.Popen[bytes] | None = None
+    logs: Path = Path()
 
     @property
     def url(self) -> str:
@@ -298,6 +302,10 @@ def _journal_phase(data_dir: Path) -> str:
     return str(json.loads((data_dir / "journal.json").read_text())["phase"])
 
 
+def _part_bytes(data_dir: Path) -> int:
+    return sum(p.stat().st_size for p in (data_dir / "downloads").glob("*.part"))
+
+
 def _spooled(data_dir: Path) -> int:
     return sum(p.read_bytes().count(b"\n") for p in (data_dir / "spool").glob("*.jsonl"))
 
@@ -319,7 +327,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     root = tmp_path_factory.mktemp("netns-fleet")
     lab = NetLab()
     try:
-        for name in ("cp", "d1", "d2", "d3"):
+        for name in ("cp", "d1", "d2", "d3", "d4"):
             lab.add(name)
         logs = root / "logs"
         logs.mkdir()
@@ -344,14 +352,32 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         ready = json.loads(cp.stdout.readline() or b"{}")
         assert "url" in ready, (logs / "cp.log").read_text()[-2000:]
         token = (root / "cp" / "operator.token").read_text().strip().partition(":")[2]
-        fleet = Fleet(lab, root, token, {})
+        fleet = Fleet(lab, root, token, {}, logs=logs)
         (root / "root.json").write_bytes(fleet.operator(lambda c: c.root_json()))
+        fleet.proxy = lab.spawn(
+            "cp",
+            [
+                PY,
+                "-m",
+                "edgeshift.fleet.netproxy",
+                "--listen",
+                f"0.0.0.0:{PROXY_PORT}",
+                "--upstream",
+                f"127.0.0.1:{CP_PORT}",
+                "--delay-s",
+                str(PROXY_DELAY_S),
+            ],
+            stdout=subprocess.PIPE,
+        )
+        assert fleet.proxy.stdout is not None and fleet.proxy.stdout.readline().startswith(
+            b"listening"
+        )
+        proxied = f"http://{lab.nodes['cp'].ip}:{PROXY_PORT}"
         agents = []
-        for name in ("d1", "d2", "d3"):
+        for name, pool in (("d1", "a"), ("d2", "b"), ("d3", "b"), ("d4", "c")):
             enrol = fleet.operator(lambda c: c.create_enrolment_token(EnrolmentTokenSpec()))
             data_dir = root / name
             fleet.agents[name] = data_dir
-            pool = "a" if name == "d1" else "b"
             agents.append(
                 lab.spawn(
                     name,
@@ -359,7 +385,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                         PY,
                         "-c",
                         AGENT,
-                        fleet.url,
+                        proxied if name == "d4" else fleet.url,
                         str(data_dir),
                         enrol.token,
                         str(root / "root.json"),
@@ -370,7 +396,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                     stderr=(logs / f"{name}.log").open("wb"),
                 )
             )
-        for name, agent in zip(("d1", "d2", "d3"), agents, strict=True):
+        for name, agent in zip(("d1", "d2", "d3", "d4"), agents, strict=True):
             assert agent.stdout is not None
             line = agent.stdout.readline()
             assert line, (logs / f"{name}.log").read_text()[-2000:]
@@ -398,7 +424,7 @@ def test_a_device_cut_off_mid_download_serves_last_good_then_finishes(fleet: Fle
     lab.rate_limit("d1", "4mbit")  # 3 MB takes ~6 s: time to cut it mid-way
     try:
         rollout_id = fleet.roll_out(fleet.v2, selector={"pool": "a"})
-        _until("d1 downloading", lambda: _journal_phase(d1) == "downloading", 15)
+        _until("d1 part-way", lambda: _part_bytes(d1) > 200_000, 15)
         lab.link_down("d1")
         cut_at = time.monotonic()
         answers = 0
@@ -407,8 +433,7 @@ def test_a_device_cut_off_mid_download_serves_last_good_then_finishes(fleet: Fle
             answers += 1
             time.sleep(0.1)
         assert _journal_phase(d1) == "downloading"  # still cut off mid-way
-        parts = list((d1 / "downloads").glob("*.part"))
-        assert parts and 0 < parts[0].stat().st_size < 3_000_000
+        assert 200_000 < _part_bytes(d1) < 3_000_000
         lab.link_up("d1")
         _until("d1 on v2", lambda: fleet.serving("d1", fleet.v2))
     finally:
@@ -472,3 +497,34 @@ def test_telemetry_spooled_while_the_control_plane_is_dropped_is_sent_after(
         lab.accept("cp", "d2")
     _until("d2's spool sent", lambda: _telemetry_rows(fleet, "d2") >= rows + spooled, 25)
     _until("d2's spool empty", lambda: _spooled(d2) == 0 or None, 10)
+
+
+@pytest.mark.slow
+def test_a_connection_cut_mid_download_resumes_with_a_range_request(fleet: Fleet) -> None:
+    # d4 talks to the control plane through the proxy (PROXY_DELAY_S each way); the proxy
+    # resets every connection mid-download, as a flaky uplink does.
+    lab, d4, log = fleet.lab, fleet.agents["d4"], fleet.logs / "d4.log"
+    assert fleet.proxy is not None
+    lab.rate_limit("d4", "4mbit")
+    try:
+        rollout_id = fleet.roll_out(fleet.v2, selector={"pool": "c"})
+        part = _until(
+            "d4 part-way",
+            lambda: next(
+                (p for p in (d4 / "downloads").glob("*.part") if p.stat().st_size > 500_000), None
+            ),
+            15,
+        )
+        assert _journal_phase(d4) == "downloading"
+        fleet.proxy.send_signal(signal.SIGUSR1)  # cut
+        assert _close(fleet.infer("d4", X), _expected(0, X))  # last-good, meanwhile
+        _until("d4 on v2", lambda: fleet.serving("d4", fleet.v2))
+    finally:
+        lab.rate_limit("d4", None)
+    assert not part.exists()  # verified and unpacked: the partial file is gone
+    # The retry asked for the rest only, and got it.
+    assert "206 Partial Content" in log.read_text()
+    assert _close(fleet.infer("d4", X), _expected(1, X))
+    _until(
+        "the rollout completed", lambda: fleet.rollout(rollout_id).state == RolloutState.COMPLETED
+    )

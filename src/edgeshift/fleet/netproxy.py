@@ -257,11 +257,12 @@ class NetProxy:
                     await asyncio.sleep(wait_s)
                 if writer.is_closing():
                     return
-                writer.write(data)
+                # Counted before the write: the peer can hold the bytes before write() returns.
                 if up:
                     self.stats.bytes_up += len(data)
                 else:
                     self.stats.bytes_down += len(data)
+                writer.write(data)
                 try:
                     await writer.drain()
                 except OSError:
