@@ -278,6 +278,21 @@ def test_set_desired_bumps_generations_and_remembers_the_rollback_point(store: S
     assert status_of(lambda: store.desired("zz")) == 404
 
 
+def test_desired_and_generations_for_many_devices_at_once(store: Store) -> None:
+    for name in ("d1", "d2", "d3"):
+        enrol(store, name)
+    kw: dict[str, Any] = {"shadow_s": 0.0, "shadow_min_requests": 0, "trial_s": 0.0, "now": NOW}
+    store.set_desired(["d1", "d2"], ref(1), "r1", **kw)
+    store.set_desired(["d2"], ref(2), "r2", **kw)
+    assert store.generations() == {"d1": 1, "d2": 2, "d3": 0}
+    assert store.generations(["d2", "d3", "ghost"]) == {"d2": 2, "d3": 0}
+    assert store.generations([]) == {}
+    many = store.desired_many(["d1", "d2", "ghost"])
+    assert many == {"d1": store.desired("d1"), "d2": store.desired("d2")}
+    assert many["d2"].artifact == ref(2) and many["d2"].rollout_id == "r2"
+    assert set(store.desired_many()) == {"d1", "d2", "d3"}
+
+
 def test_concurrent_set_desired_never_loses_a_generation(store: Store) -> None:
     enrol(store, "d1")
     kw: dict[str, Any] = {"shadow_s": 0.0, "shadow_min_requests": 0, "trial_s": 0.0, "now": NOW}

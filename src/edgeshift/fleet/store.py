@@ -403,6 +403,25 @@ class Store:
             raise _unknown_device(device_id)
         return _desired_state(row)
 
+    def desired_many(self, device_ids: Sequence[str] | None = None) -> dict[str, DesiredState]:
+        """Device id -> desired state for DEVICE_IDS (None: every device), in one query;
+        unknown ids are left out."""
+        query = select(Desired.device_id, *_DESIRED_COLUMNS)
+        if device_ids is not None:
+            query = query.where(Desired.device_id.in_(list(device_ids)))
+        with self._tx() as db:
+            rows = db.execute(query).all()
+        return {row.device_id: _desired_state(row) for row in rows}
+
+    def generations(self, device_ids: Sequence[str] | None = None) -> dict[str, int]:
+        """Device id -> desired generation for DEVICE_IDS (None: every device), in one small
+        query (no JSON decoded): for a long poll re-checking many waiting devices."""
+        query = select(Desired.device_id, Desired.generation)
+        if device_ids is not None:
+            query = query.where(Desired.device_id.in_(list(device_ids)))
+        with self._tx() as db:
+            return {device_id: generation for device_id, generation in db.execute(query)}
+
     def set_desired(
         self,
         device_ids: Sequence[str],
