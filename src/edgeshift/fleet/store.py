@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, literal, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from edgeshift.errors import FleetError
@@ -45,7 +45,13 @@ from edgeshift.fleet.schema import (
     is_name,
 )
 from edgeshift.fleet.tables import (
+    DESIRED_COLUMNS,
+    DESIRED_ONE,
+    INSERT_HISTORY,
     NONCE_LEN,
+    PUBLIC_KEY,
+    REPORTS_FOR,
+    TOUCH,
     Artifact,
     Desired,
     DesiredPrevious,
@@ -59,6 +65,12 @@ from edgeshift.fleet.tables import (
     Rollout,
     RolloutDevice,
     Telemetry,
+    desired_state,
+    device_info,
+    device_query,
+    initial_desired,
+    member_of,
+    rollout_row,
 )
 
 DEFAULT_URL = "sqlite:///fleet.db"
@@ -278,7 +290,7 @@ class Store:
                         revoked=False,
                     )
                 )
-                db.execute(insert(Desired).values(_initial_desired(name, now)))
+                db.execute(insert(Desired).values(initial_desired(name, now)))
         except IntegrityError:
             raise _name_taken(name) from None
         return EnrolResponse(device_id=name, server_time=now)
@@ -286,7 +298,7 @@ class Store:
     def device_public_key(self, device_id: str) -> str | None:
         """The device's base64 Ed25519 public key; None when unknown or revoked."""
         with self._tx() as db:
-            return db.execute(_PUBLIC_KEY, {"device_id": device_id}).scalar()
+            return db.execute(PUBLIC_KEY, {"device_id": device_id}).scalar()
 
     def remember_nonce(self, device_id: str, nonce: str, now: float) -> bool:
         """False when NONCE was already used by DEVICE_ID (a replay); forgets nonces older than
@@ -317,8 +329,8 @@ class Store:
             groups = _groups(db)
             if group is not None and group not in groups:
                 raise _unknown_group(group)
-            rows = db.execute(_device_query()).all()
-        infos = [_device_info(row, groups, now) for row in rows]
+            rows = db.execute(device_query()).all()
+        infos = [device_info(row, groups, now, ONLINE_WINDOW_S) for row in rows]
         return [
             info
             for info in infos
@@ -329,10 +341,10 @@ class Store:
     def get_device(self, device_id: str, now: float) -> DeviceInfo:
         with self._tx() as db:
             groups = _groups(db)
-            row = db.execute(_device_query().where(Device.device_id == device_id)).first()
+            row = db.execute(device_query().where(Device.device_id == device_id)).first()
         if row is None:
             raise _unknown_device(device_id)
-        return _device_info(row, groups, now)
+        return device_info(row, groups, now, ONLINE_WINDOW_S)
 
     def set_labels(self, device_id: str, labels: Mapping[str, str]) -> None:
         checked = _check_labels(labels)
@@ -368,7 +380,7 @@ class Store:
             ).all()
         counts = dict.fromkeys(groups, 0)
         for labels, group_name in members:
-            for name in _member_of(labels, group_name, groups):
+            for name in member_of(labels, group_name, groups):
                 counts[name] += 1
         return [
             GroupInfo(name=name, selector=selector, devices=counts[name])
@@ -391,27 +403,27 @@ class Store:
         return sorted(
             device_id
             for device_id, labels, group_name in rows
-            if (group is None or group in _member_of(labels, group_name, groups))
+            if (group is None or group in member_of(labels, group_name, groups))
             and all(labels.get(k) == v for k, v in wanted.items())
         )
 
     # --- desired and reported state ---
     def desired(self, device_id: str) -> DesiredState:
         with self._tx() as db:
-            row = db.execute(_DESIRED, {"device_id": device_id}).first()
+            row = db.execute(DESIRED_ONE, {"device_id": device_id}).first()
         if row is None:
             raise _unknown_device(device_id)
-        return _desired_state(row)
+        return desired_state(row)
 
     def desired_many(self, device_ids: Sequence[str] | None = None) -> dict[str, DesiredState]:
         """Device id -> desired state for DEVICE_IDS (None: every device), in one query;
         unknown ids are left out."""
-        query = select(Desired.device_id, *_DESIRED_COLUMNS)
+        query = select(Desired.device_id, *DESIRED_COLUMNS)
         if device_ids is not None:
             query = query.where(Desired.device_id.in_(list(device_ids)))
         with self._tx() as db:
             rows = db.execute(query).all()
-        return {row.device_id: _desired_state(row) for row in rows}
+        return {row.device_id: desired_state(row) for row in rows}
 
     def generations(self, device_ids: Sequence[str] | None = None) -> dict[str, int]:
         """Device id -> desired generation for DEVICE_IDS (None: every device), in one small
@@ -455,7 +467,7 @@ class Store:
                     self._insert(DesiredPrevious)
                     .from_select(
                         ["device_id", "rollout_id", "artifact"],
-                        select(Desired.device_id, _literal(rollout_id), Desired.artifact).where(
+                        select(Desired.device_id, literal(rollout_id), Desired.artifact).where(
                             Desired.device_id.in_(ids)
                         ),
                     )
@@ -501,7 +513,7 @@ class Store:
         }
         with self._tx(write=True) as db:
             _touch(db, device_id, now)
-            db.execute(_INSERT_HISTORY, row)
+            db.execute(INSERT_HISTORY, row)
             db.execute(self._upsert_report, row)
             if now - self._history_pruned_at >= PRUNE_EVERY_S:
                 self._history_pruned_at = now
@@ -524,7 +536,7 @@ class Store:
         if not found:
             return found
         with self._tx() as db:
-            rows = db.execute(_REPORTS, {"device_ids": list(found)}).all()
+            rows = db.execute(REPORTS_FOR, {"device_ids": list(found)}).all()
         for device_id, body in rows:
             found[device_id] = DeviceReport.model_validate(body)
         return found
@@ -616,7 +628,7 @@ class Store:
     def add_rollout(self, info: RolloutInfo) -> None:
         try:
             with self._tx(write=True) as db:
-                db.execute(insert(Rollout).values(_rollout_row(info)))
+                db.execute(insert(Rollout).values(rollout_row(info)))
         except IntegrityError:
             raise FleetError(
                 f"rollout {info.rollout_id} exists: give the new one another id", 409
@@ -624,7 +636,7 @@ class Store:
 
     def save_rollout(self, info: RolloutInfo) -> None:
         """Replace the stored rollout (state, waves, gate results, reason)."""
-        row = _rollout_row(info)
+        row = rollout_row(info)
         del row["created_at"]
         with self._tx(write=True) as db:
             done = db.execute(
@@ -679,126 +691,15 @@ class Store:
 
 # --- helpers (pure, or one statement on a connection) ---------------------------------------
 
-_DESIRED_COLUMNS = (
-    Desired.generation,
-    Desired.artifact,
-    Desired.rollout_id,
-    Desired.shadow_s,
-    Desired.shadow_min_requests,
-    Desired.trial_s,
-)
-
-
-def _literal(value: str) -> Any:
-    from sqlalchemy import literal
-
-    return literal(value)
-
-
-def _initial_desired(device_id: str, now: float) -> dict[str, Any]:
-    defaults = DesiredState(generation=0)
-    return {
-        "device_id": device_id,
-        "generation": 0,
-        "artifact": None,
-        "rollout_id": None,
-        "shadow_s": defaults.shadow_s,
-        "shadow_min_requests": defaults.shadow_min_requests,
-        "trial_s": defaults.trial_s,
-        "updated_at": now,
-    }
-
-
-def _desired_state(row: Any) -> DesiredState:
-    return DesiredState(
-        generation=row.generation,
-        artifact=None if row.artifact is None else ArtifactRef.model_validate(row.artifact),
-        rollout_id=row.rollout_id,
-        shadow_s=row.shadow_s,
-        shadow_min_requests=row.shadow_min_requests,
-        trial_s=row.trial_s,
-    )
-
-
-_PUBLIC_KEY = select(Device.public_key).where(
-    Device.device_id == bindparam("device_id"), Device.revoked.is_(False)
-)
-_DESIRED = select(*_DESIRED_COLUMNS).where(Desired.device_id == bindparam("device_id"))
-_TOUCH = (
-    update(Device)
-    .where(Device.device_id == bindparam("b_device_id"))
-    .values(last_seen=bindparam("b_now"))
-)
-_INSERT_HISTORY = insert(ReportHistory)
-_REPORTS = select(LatestReport.device_id, LatestReport.report).where(
-    LatestReport.device_id.in_(bindparam("device_ids", expanding=True))
-)
-
 
 def _touch(db: Connection, device_id: str, now: float) -> None:
-    done = db.execute(_TOUCH, {"b_device_id": device_id, "b_now": now})
+    done = db.execute(TOUCH, {"b_device_id": device_id, "b_now": now})
     if done.rowcount == 0:
         raise _unknown_device(device_id)
 
 
 def _groups(db: Connection) -> dict[str, dict[str, str]]:
     return {name: selector for name, selector in db.execute(select(Group.name, Group.selector))}
-
-
-def _member_of(
-    labels: Mapping[str, str], group_name: str | None, groups: Mapping[str, Mapping[str, str]]
-) -> list[str]:
-    """A device belongs to the group its token named, and to every group whose (non-empty)
-    selector its labels include."""
-    return [
-        name
-        for name, selector in groups.items()
-        if name == group_name or (selector and all(labels.get(k) == v for k, v in selector.items()))
-    ]
-
-
-def _device_query() -> Any:
-    return (
-        select(
-            Device.device_id,
-            Device.labels,
-            Device.group_name,
-            Device.hardware,
-            Device.enrolled_at,
-            Device.last_seen,
-            Device.revoked,
-            *_DESIRED_COLUMNS,
-            LatestReport.report,
-        )
-        .join(Desired, Desired.device_id == Device.device_id)
-        .outerjoin(LatestReport, LatestReport.device_id == Device.device_id)
-        .order_by(Device.device_id)
-    )
-
-
-def _device_info(row: Any, groups: Mapping[str, Mapping[str, str]], now: float) -> DeviceInfo:
-    return DeviceInfo(
-        device_id=row.device_id,
-        labels=row.labels,
-        groups=sorted(_member_of(row.labels, row.group_name, groups)),
-        hardware=row.hardware,
-        enrolled_at=row.enrolled_at,
-        last_seen=row.last_seen,
-        online=row.last_seen is not None and now - row.last_seen <= ONLINE_WINDOW_S,
-        revoked=row.revoked,
-        desired=_desired_state(row),
-        reported=None if row.report is None else DeviceReport.model_validate(row.report),
-    )
-
-
-def _rollout_row(info: RolloutInfo) -> dict[str, Any]:
-    return {
-        "rollout_id": info.rollout_id,
-        "state": info.state.value,
-        "info": info.model_dump(mode="json"),
-        "created_at": info.created_at,
-        "updated_at": info.updated_at,
-    }
 
 
 def _require_rollout(db: Connection, rollout_id: str) -> None:

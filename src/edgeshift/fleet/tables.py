@@ -3,11 +3,13 @@ Alembic migrations in fleet/migrations, and a test checks the two agree).
 
 Pydantic wire types are kept whole in JSON columns (``model_dump(mode="json")`` in,
 ``model_validate`` out); only what a query filters, joins or orders on gets its own column.
-Times are UNIX seconds (double precision).
+Times are UNIX seconds (double precision). Below the tables: how rows become wire types,
+and the hot calls' statements, built once (building one costs more than running it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -19,8 +21,14 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    bindparam,
+    insert,
+    select,
+    update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from edgeshift.fleet.schema import ArtifactRef, DesiredState, DeviceInfo, DeviceReport, RolloutInfo
 
 # Fixed constraint names, so a migration written today can drop or alter them tomorrow on
 # both SQLite and PostgreSQL.
@@ -167,3 +175,113 @@ class RolloutDevice(Base):
     )
     device_id: Mapped[str] = mapped_column(String(NAME_LEN), _device_fk(), primary_key=True)
     wave: Mapped[int] = mapped_column(Integer)
+
+
+# --- rows <-> wire types, and the hot calls' statements (built once) ---------------------
+
+DESIRED_COLUMNS = (
+    Desired.generation,
+    Desired.artifact,
+    Desired.rollout_id,
+    Desired.shadow_s,
+    Desired.shadow_min_requests,
+    Desired.trial_s,
+)
+
+
+def initial_desired(device_id: str, now: float) -> dict[str, Any]:
+    defaults = DesiredState(generation=0)
+    return {
+        "device_id": device_id,
+        "generation": 0,
+        "artifact": None,
+        "rollout_id": None,
+        "shadow_s": defaults.shadow_s,
+        "shadow_min_requests": defaults.shadow_min_requests,
+        "trial_s": defaults.trial_s,
+        "updated_at": now,
+    }
+
+
+def desired_state(row: Any) -> DesiredState:
+    return DesiredState(
+        generation=row.generation,
+        artifact=None if row.artifact is None else ArtifactRef.model_validate(row.artifact),
+        rollout_id=row.rollout_id,
+        shadow_s=row.shadow_s,
+        shadow_min_requests=row.shadow_min_requests,
+        trial_s=row.trial_s,
+    )
+
+
+PUBLIC_KEY = select(Device.public_key).where(
+    Device.device_id == bindparam("device_id"), Device.revoked.is_(False)
+)
+DESIRED_ONE = select(*DESIRED_COLUMNS).where(Desired.device_id == bindparam("device_id"))
+TOUCH = (
+    update(Device)
+    .where(Device.device_id == bindparam("b_device_id"))
+    .values(last_seen=bindparam("b_now"))
+)
+INSERT_HISTORY = insert(ReportHistory)
+REPORTS_FOR = select(LatestReport.device_id, LatestReport.report).where(
+    LatestReport.device_id.in_(bindparam("device_ids", expanding=True))
+)
+
+
+def member_of(
+    labels: Mapping[str, str], group_name: str | None, groups: Mapping[str, Mapping[str, str]]
+) -> list[str]:
+    """A device belongs to the group its token named, and to every group whose (non-empty)
+    selector its labels include."""
+    return [
+        name
+        for name, selector in groups.items()
+        if name == group_name or (selector and all(labels.get(k) == v for k, v in selector.items()))
+    ]
+
+
+def device_query() -> Any:
+    return (
+        select(
+            Device.device_id,
+            Device.labels,
+            Device.group_name,
+            Device.hardware,
+            Device.enrolled_at,
+            Device.last_seen,
+            Device.revoked,
+            *DESIRED_COLUMNS,
+            LatestReport.report,
+        )
+        .join(Desired, Desired.device_id == Device.device_id)
+        .outerjoin(LatestReport, LatestReport.device_id == Device.device_id)
+        .order_by(Device.device_id)
+    )
+
+
+def device_info(
+    row: Any, groups: Mapping[str, Mapping[str, str]], now: float, online_window_s: float
+) -> DeviceInfo:
+    return DeviceInfo(
+        device_id=row.device_id,
+        labels=row.labels,
+        groups=sorted(member_of(row.labels, row.group_name, groups)),
+        hardware=row.hardware,
+        enrolled_at=row.enrolled_at,
+        last_seen=row.last_seen,
+        online=row.last_seen is not None and now - row.last_seen <= online_window_s,
+        revoked=row.revoked,
+        desired=desired_state(row),
+        reported=None if row.report is None else DeviceReport.model_validate(row.report),
+    )
+
+
+def rollout_row(info: RolloutInfo) -> dict[str, Any]:
+    return {
+        "rollout_id": info.rollout_id,
+        "state": info.state.value,
+        "info": info.model_dump(mode="json"),
+        "created_at": info.created_at,
+        "updated_at": info.updated_at,
+    }
