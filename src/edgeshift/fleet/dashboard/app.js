@@ -214,7 +214,7 @@ function renderDetail(r) {
     const li = el("li");
     li.dataset.wave = String(w.index);
     li.dataset.state = s.text;
-    li.append(el("span", fmt(w.percent, 0) + " % · " + w.devices + " devices · " + s.text, "wave-label"),
+    li.append(el("span", fmt(w.percent, 0) + " % · " + w.devices + (w.devices === 1 ? " device · " : " devices · ") + s.text, "wave-label"),
       bar(s.fraction, s.cls));
     if (s.gate) {
       const text = s.gate.passed ? "gate passed (" + s.gate.reporting + "/" + s.gate.devices + " reporting)"
