@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,6 +69,10 @@ def _postgres_template() -> Iterator[str]:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
         Store.open(_database_url(name)).close()
+        # No one connects to it from now on (autovacuum would skip it too): a copy is refused
+        # while anyone is connected to its source.
+        with _connect_admin() as admin:
+            admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
         yield name
     finally:
         with _connect_admin() as admin:
@@ -84,9 +89,18 @@ def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _new_postgres_database(template: str | None) -> str:
     name = f"edgeshift_t_{uuid.uuid4().hex[:12]}"
+    suffix = f' TEMPLATE "{template}"' if template else ""
     with _connect_admin() as admin:
-        suffix = f' TEMPLATE "{template}"' if template else ""
-        admin.execute(f'CREATE DATABASE "{name}"{suffix}')
+        for attempt in range(50):
+            try:
+                admin.execute(f'CREATE DATABASE "{name}"{suffix}')
+                return name
+            except psycopg.errors.ObjectInUse:
+                # "source database is being accessed by other users": a background worker
+                # (autovacuum) looked in for a moment.
+                if attempt == 49:
+                    raise
+                time.sleep(0.1)
     return name
 
 
