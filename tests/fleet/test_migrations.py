@@ -103,6 +103,8 @@ def test_migrate_false_refuses_an_unmigrated_database(empty_store_url: str) -> N
         ("not a url", "cannot parse"),
         ("postgresql+psycopg://fleet:s3cr3tpw@127.0.0.1:1/fleet", "cannot use the fleet database"),
         ("sqlite:////nonexistent-dir/sub/fleet.db", "directory must exist"),
+        ("sqlite://", "in memory"),
+        ("sqlite:///:memory:", "in memory"),
     ],
 )
 def test_urls_the_store_cannot_use(url: str, expected: str) -> None:

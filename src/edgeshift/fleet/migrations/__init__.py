@@ -45,6 +45,11 @@ def make_engine(url: str) -> tuple[Engine, str]:
         parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is what we ship with
     elif (backend, driver) not in {("sqlite", "pysqlite"), ("postgresql", "psycopg")}:
         raise FleetError(f"the fleet database {shown} uses an unsupported driver: {_URL_HELP}")
+    if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise FleetError(
+            f"the fleet database {shown} is in memory, which each of the control plane's "
+            "connections would see empty: give sqlite:///PATH"
+        )
     try:
         if backend == "sqlite":
             engine = _sqlite_engine(parsed)
