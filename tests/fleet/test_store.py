@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -190,6 +192,27 @@ def test_a_nonce_is_refused_the_second_time_even_from_another_store(store_url: s
     finally:
         first.close()
         second.close()
+
+
+def test_a_replay_loses_across_two_processes(store_url: str) -> None:
+    first = Store.open(store_url)
+    try:
+        enrol(first, "gw-1")
+        assert first.remember_nonce("gw-1", "seen", NOW) is True
+    finally:
+        first.close()
+    other_process = (
+        "import sys; from edgeshift.fleet.store import Store; s = Store.open(sys.argv[1]); "
+        "print(s.remember_nonce('gw-1', 'seen', 1.0), s.remember_nonce('gw-1', 'new', 1.0))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", other_process, store_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]
 
 
 def test_old_nonces_are_pruned_at_most_once_a_minute(store: Store) -> None:
