@@ -53,7 +53,8 @@ def _connect_admin() -> psycopg.Connection[Any]:
         )
     except psycopg.OperationalError as err:
         shown = url.render_as_string(hide_password=True)
-        pytest.fail(f"PostgreSQL at {shown} cannot be reached ({err}); {_HOW_TO_START}")
+        reason = str(err).strip().splitlines()[0]
+        pytest.fail(f"PostgreSQL at {shown} cannot be reached ({reason}); {_HOW_TO_START}")
 
 
 def _database_url(name: str) -> str:
