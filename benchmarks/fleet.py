@@ -35,17 +35,31 @@ from edgeshift.fleet.sim import SimFleet
 
 EDGESHIFT = str(Path(sys.executable).with_name("edgeshift"))
 IN_FEATURES = 1024
-SIM_OPTIONS = AgentOptions(poll_wait_s=30.0, report_interval_s=5.0, backoff_min_s=0.5)
+SIM_OPTIONS = AgentOptions(backoff_min_s=0.5)  # the agent's defaults: 30 s polls, 15 s reports
 
 
 # --- artifacts --------------------------------------------------------------------------------
 
 
-def make_mlp(directory: Path, hidden: int, seed: int, sim: dict[str, Any] | None = None) -> Path:
-    """x [n, 1024] -> relu(x W1) W2 -> scores [n, 10]; W1 is 1024 x HIDDEN float32 (the bulk)."""
+def make_mlp(
+    directory: Path,
+    hidden: int,
+    seed: int,
+    sim: dict[str, Any] | None = None,
+    live: int | None = None,
+) -> Path:
+    """x [n, 1024] -> relu(x W1) W2 -> scores [n, 10]; W1 is 1024 x HIDDEN float32 (the bulk).
+    With LIVE, only the first LIVE hidden units reach the output (W2's other rows are 0): the
+    same function as ``make_mlp(hidden=LIVE, seed=SEED)`` in a bigger artifact, as a
+    re-optimized release of the same model is (its shadow agrees with last-good)."""
+    live = hidden if live is None else live
     rng = np.random.default_rng(seed)
-    w1 = (rng.standard_normal((IN_FEATURES, hidden)) / 32).astype(np.float32)
-    w2 = (rng.standard_normal((hidden, 10)) / 32).astype(np.float32)
+    w1 = (rng.standard_normal((IN_FEATURES, live)) / 32).astype(np.float32)
+    w2 = (rng.standard_normal((live, 10)) / 32).astype(np.float32)
+    if hidden > live:
+        pad = np.random.default_rng(seed + 10_000).standard_normal((IN_FEATURES, hidden - live))
+        w1 = np.concatenate([w1, (pad / 32).astype(np.float32)], axis=1)
+        w2 = np.concatenate([w2, np.zeros((hidden - live, 10), np.float32)], axis=0)
     graph = helper.make_graph(
         [
             helper.make_node("MatMul", ["x", "w1"], ["h"]),
@@ -233,7 +247,7 @@ async def rollout_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     # v1 is only the model each device serves before the measured rollout: small, so the setup
     # (not measured) takes less of the run.
     v1_dir = make_mlp(work / "v1", hidden=128, seed=1, sim={"latency_ms": 1.0})
-    v2_dir = make_mlp(work / "v2", hidden=1280, seed=2, sim={"latency_ms": 1.0})
+    v2_dir = make_mlp(work / "v2", hidden=1280, seed=1, sim={"latency_ms": 1.0}, live=128)
     v1 = publish(op, work, "mlp", 1, v1_dir)
     v2 = publish(op, work, "mlp", 2, v2_dir)
     artifact_bytes = (work / "mlp-2.tar").stat().st_size
@@ -360,7 +374,8 @@ def print_rollout(r: dict[str, Any], soak_s: float) -> None:
             f"{i + 1} ({w['percent']:g}%){'':<3} {w['devices']:>8} {w['install_s']!s:>10} {w['soak_s']!s:>8}"
         )
     rows = [
-        ("all in (s)", f"{r['all_in_s']}", "<= 180 s (30 s soaks)", met(r["all_in_s"] <= 180) if soak_s >= 30 else "n/a (soak < 30)"),
+        ("all in (s)", f"{r['all_in_s']}", "<= 180 s (30 s soaks)",
+         met(r["state"] == "completed" and r["all_in_s"] <= 180) if soak_s >= 30 else "n/a (soak < 30)"),
         ("sim local requests answered", pct(r["sim_answered"], r["sim_sent"]), ">= 99.9%",
          met(r["sim_sent"] > 0 and r["sim_answered"] / r["sim_sent"] >= 0.999)),
         ("real agents: requests answered", pct(r["real_answered"], r["real_sent"]), ">= 99.9%",

@@ -259,7 +259,8 @@ def kills(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         def release() -> str:
             nonlocal version
             version += 1
-            src = make_mlp(work / f"src-{version}", hidden=64, seed=version)
+            # Every release the same function (shadow agrees): a distinct, good artifact.
+            src = make_mlp(work / f"src-{version}", hidden=64 + version, seed=1, live=64)
             return publish(op, work, "clf", version, src)
 
         first = op.create_rollout(short_spec(release(), [100], 0))
