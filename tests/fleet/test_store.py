@@ -349,11 +349,13 @@ def test_report_history_is_bounded_per_device(
 ) -> None:
     monkeypatch.setattr(store_module, "REPORT_HISTORY_PER_DEVICE", 3)
     enrol(store, "d1")
+    enrol(store, "d2")
+    store.record_report("d2", report(0), NOW)
     for generation in range(6):
-        store.record_report("d1", report(generation), NOW + generation)  # prunes at the first
-    assert len(store.report_history("d1")) == 6
-    store.record_report("d1", report(6), NOW + 100)  # a minute later: prunes
-    assert [r.generation for r in store.report_history("d1")] == [4, 5, 6]
+        store.record_report("d1", report(generation), NOW + generation)
+    assert [r.generation for r in store.report_history("d1")] == [3, 4, 5]
+    assert [r.generation for r in store.report_history("d2")] == [0]
+    assert [r.generation for r in store.report_history("d1", limit=2)] == [4, 5]
 
 
 def test_telemetry_keeps_the_newest_records_per_device(

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, literal, select, update
+from sqlalchemy import Connection, delete, insert, literal, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from edgeshift.errors import FleetError
@@ -52,6 +52,8 @@ from edgeshift.fleet.tables import (
     PUBLIC_KEY,
     REPORTS_FOR,
     TOUCH,
+    TRIM_HISTORY,
+    TRIM_TELEMETRY,
     Artifact,
     Desired,
     DesiredPrevious,
@@ -78,7 +80,8 @@ DEFAULT_URL = "sqlite:///fleet.db"
 ONLINE_WINDOW_S = 90.0
 TELEMETRY_PER_DEVICE = 10_000
 REPORT_HISTORY_PER_DEVICE = 100
-# Pruning scans a table; once a minute keeps it off the hot path of 1,000 reporting devices.
+# Forgetting old nonces is a range delete over every device: once a minute keeps it off the
+# hot path of 1,000 signed requests a second.
 PRUNE_EVERY_S = 60.0
 NONCE_KEEP_S = MAX_CLOCK_SKEW_S * 2
 _ACTIVE = (RolloutState.PENDING.value, RolloutState.RUNNING.value, RolloutState.PAUSED.value)
@@ -109,7 +112,6 @@ class Store:
         self.url = url_shown  # the password hidden; for messages and logs
         self._postgres = engine.dialect.name == "postgresql"
         self._nonces_pruned_at = float("-inf")
-        self._history_pruned_at = float("-inf")
         # The hot calls' statements, built once: building one costs more than running it.
         nonce = self._insert(Nonce)
         self._remember_nonce = nonce.on_conflict_do_nothing(
@@ -169,8 +171,8 @@ class Store:
         try:
             with self._engine.connect() as connection:
                 if write:
-                    # SQLite: BEGIN IMMEDIATE (see migrations.make_engine), so writers queue on busy_timeout
-                    # instead of failing when a read turns into a write.
+                    # SQLite: BEGIN IMMEDIATE (migrations.make_engine), so writers queue on
+                    # busy_timeout instead of failing when a read turns into a write.
                     connection.execution_options(edgeshift_write=True)
                 with connection.begin():
                     yield connection
@@ -515,21 +517,11 @@ class Store:
             _touch(db, device_id, now)
             db.execute(INSERT_HISTORY, row)
             db.execute(self._upsert_report, row)
-            if now - self._history_pruned_at >= PRUNE_EVERY_S:
-                self._history_pruned_at = now
-                ranked = select(
-                    ReportHistory.id,
-                    func.row_number()
-                    .over(partition_by=ReportHistory.device_id, order_by=ReportHistory.id.desc())
-                    .label("rank"),
-                ).subquery()
-                db.execute(
-                    delete(ReportHistory).where(
-                        ReportHistory.id.in_(
-                            select(ranked.c.id).where(ranked.c.rank > REPORT_HISTORY_PER_DEVICE)
-                        )
-                    )
-                )
+            # Trimmed per device on each report: one index seek, where a table-wide trim once
+            # a minute held SQLite's write lock for ~0.4 s at 1,000 devices.
+            db.execute(
+                TRIM_HISTORY, {"b_device_id": device_id, "b_keep": REPORT_HISTORY_PER_DEVICE}
+            )
 
     def reports(self, device_ids: Sequence[str]) -> dict[str, DeviceReport | None]:
         found: dict[str, DeviceReport | None] = dict.fromkeys(device_ids)
@@ -565,17 +557,7 @@ class Store:
             _touch(db, device_id, now)
             if rows:
                 db.execute(insert(Telemetry), rows)
-            cutoff = (
-                select(Telemetry.id)
-                .where(Telemetry.device_id == device_id)
-                .order_by(Telemetry.id.desc())
-                .offset(TELEMETRY_PER_DEVICE)
-                .limit(1)
-                .scalar_subquery()
-            )
-            db.execute(
-                delete(Telemetry).where(Telemetry.device_id == device_id, Telemetry.id <= cutoff)
-            )
+            db.execute(TRIM_TELEMETRY, {"b_device_id": device_id, "b_keep": TELEMETRY_PER_DEVICE})
         return min(len(rows), TELEMETRY_PER_DEVICE)
 
     def telemetry(self, device_id: str, limit: int = 1000) -> list[TelemetryRecord]:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     MetaData,
     String,
     bindparam,
+    delete,
     insert,
     select,
     update,
@@ -285,3 +286,20 @@ def rollout_row(info: RolloutInfo) -> dict[str, Any]:
         "created_at": info.created_at,
         "updated_at": info.updated_at,
     }
+
+
+def _trim(table: Any) -> Any:
+    """DELETE a device's rows older than its newest :b_keep (by id)."""
+    cutoff = (
+        select(table.id)
+        .where(table.device_id == bindparam("b_device_id"))
+        .order_by(table.id.desc())
+        .limit(1)
+        .offset(bindparam("b_keep"))
+        .scalar_subquery()
+    )
+    return delete(table).where(table.device_id == bindparam("b_device_id"), table.id <= cutoff)
+
+
+TRIM_HISTORY = _trim(ReportHistory)
+TRIM_TELEMETRY = _trim(Telemetry)
