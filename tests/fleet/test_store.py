@@ -319,8 +319,13 @@ def test_desired_and_generations_for_many_devices_at_once(store: Store) -> None:
 def test_concurrent_set_desired_never_loses_a_generation(store: Store) -> None:
     enrol(store, "d1")
     kw: dict[str, Any] = {"shadow_s": 0.0, "shadow_min_requests": 0, "trial_s": 0.0, "now": NOW}
-    results = race(6, lambda i: store.set_desired(["d1"], ref(i + 1), f"r{i}", **kw))
+    enrol(store, "d2")
+    # Overlapping moves, ids given in different orders.
+    results = race(
+        6, lambda i: store.set_desired(["d1", "d2"][:: (-1) ** i], ref(i + 1), f"r{i}", **kw)
+    )
     assert sorted(r["d1"] for r in results) == [1, 2, 3, 4, 5, 6]
+    assert sorted(r["d2"] for r in results) == [1, 2, 3, 4, 5, 6]
     assert store.desired("d1").generation == 6
 
 

@@ -456,9 +456,13 @@ class Store:
         artifact_json = None if artifact is None else artifact.model_dump(mode="json")
         with self._tx(write=True) as db:
             # Lock the rows first (PostgreSQL; SQLite holds the write lock already) so the
-            # "previous" kept below is what this very update replaces.
+            # "previous" kept below is what this very update replaces. In id order: two
+            # overlapping moves then queue instead of deadlocking.
             locked = db.execute(
-                select(Desired.device_id).where(Desired.device_id.in_(ids)).with_for_update()
+                select(Desired.device_id)
+                .where(Desired.device_id.in_(ids))
+                .order_by(Desired.device_id)
+                .with_for_update()
             ).all()
             if len(locked) != len(ids):
                 missing = sorted(set(ids) - {row[0] for row in locked})
