@@ -76,8 +76,7 @@ def _postgres_template() -> Iterator[str]:
             admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
         yield name
     finally:
-        with _connect_admin() as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _drop_postgres_database(name)
 
 
 @pytest.fixture(scope="session")
@@ -106,8 +105,21 @@ def _new_postgres_database(template: str | None) -> str:
 
 
 def _drop_postgres_database(name: str) -> None:
+    # FORCE ends what a test left connected; it may not end autovacuum (another role's
+    # process), which a plain DROP waits out instead.
     with _connect_admin() as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for attempt in range(50):
+            try:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                return
+            except psycopg.errors.InsufficientPrivilege:
+                try:
+                    admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                    return
+                except psycopg.errors.ObjectInUse:
+                    if attempt == 49:
+                        raise
+                    time.sleep(0.1)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
