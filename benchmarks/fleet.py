@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper, save_model
 
@@ -134,49 +133,64 @@ def start_real_agent(
     return proc, str(ready["serving"])
 
 
-class LoadGen:
-    """Requests to a real agent's local server at RATE_HZ; answered/sent and latencies."""
+_LOADGEN = """
+import sys, time, httpx
+url, out, rate_hz, n = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+body = {"inputs": [{"name": "x", "shape": [1, n], "datatype": "FP32", "data": [0.5] * n}]}
+with httpx.Client(timeout=10.0) as client, open(out, "a") as log:
+    while True:
+        t0 = time.perf_counter()
+        try:
+            ok = client.post(url, json=body).status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        elapsed = time.perf_counter() - t0
+        log.write(f"{time.time():.4f} {int(ok)} {elapsed * 1000:.3f}\\n")
+        log.flush()
+        time.sleep(max(0.0, 1 / rate_hz - elapsed))
+"""
 
-    def __init__(self, base_url: str, model: str, rate_hz: float = 20.0) -> None:
-        self.url = f"{base_url}/v2/models/{model}/infer"
-        self.rate_hz = rate_hz
-        x = np.random.default_rng(0).standard_normal((1, IN_FEATURES)).astype(np.float32)
-        self.body = {
-            "inputs": [
-                {
-                    "name": "x",
-                    "shape": [1, IN_FEATURES],
-                    "datatype": "FP32",
-                    "data": x.ravel().tolist(),
-                }
-            ]
-        }
-        self.sent = 0
-        self.answered = 0
-        self.latencies_ms: list[float] = []
+
+class LoadGen:
+    """Requests to a real agent's local server at RATE_HZ, one at a time, from a process of
+    its own (in the benchmark's event loop, busy with 1,000 agents, a latency would be that
+    loop's lag). Each request is logged when it ends; windows are read back by time."""
+
+    def __init__(self, base_url: str, model: str, log: Path, rate_hz: float = 20.0) -> None:
+        self.argv = [sys.executable, "-c", _LOADGEN, f"{base_url}/v2/models/{model}/infer",
+                     str(log), str(rate_hz), str(IN_FEATURES)]  # fmt: skip
+        self.log = log
+        self.since = 0.0
 
     def reset(self) -> None:
-        self.sent = self.answered = 0
-        self.latencies_ms = []
+        self.since = time.time()
 
-    async def run(self, stop: asyncio.Event) -> None:
-        async with httpx.AsyncClient(timeout=10.0) as client:
-            while not stop.is_set():
-                t0 = time.perf_counter()
-                try:
-                    r = await client.post(self.url, json=self.body)
-                    ok = r.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                # Counted when it ends, so a reset between windows never splits a request.
-                self.sent += 1
-                if ok:
-                    self.answered += 1
-                    self.latencies_ms.append((time.perf_counter() - t0) * 1000)
-                await asyncio.sleep(max(0.0, 1 / self.rate_hz - (time.perf_counter() - t0)))
+    def _rows(self) -> list[tuple[bool, float]]:
+        rows = []
+        for line in self.log.read_text().splitlines():
+            t, ok, ms = line.split()
+            if float(t) >= self.since:
+                rows.append((ok == "1", float(ms)))
+        return rows
+
+    @property
+    def sent(self) -> int:
+        return len(self._rows())
+
+    @property
+    def answered(self) -> int:
+        return sum(ok for ok, _ in self._rows())
 
     def p95_ms(self) -> float | None:
-        return float(np.percentile(self.latencies_ms, 95)) if self.latencies_ms else None
+        lat = [ms for ok, ms in self._rows() if ok]
+        return float(np.percentile(lat, 95)) if lat else None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.log.touch()
+        proc = await asyncio.create_subprocess_exec(*self.argv)
+        await stop.wait()
+        proc.terminate()
+        await proc.wait()
 
 
 # --- the rollout ------------------------------------------------------------------------------
@@ -263,7 +277,7 @@ async def rollout_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     sims.start()
     enrol_s = time.monotonic() - t_enrol
     traffic = asyncio.create_task(sims.traffic(stop, rate_hz=args.rate))
-    loads = [LoadGen(base, "mlp") for _, base in real]
+    loads = [LoadGen(base, "mlp", work / f"load-{i}.log") for i, (_, base) in enumerate(real)]
     load_tasks = [asyncio.create_task(g.run(stop)) for g in loads]
     result: dict[str, Any] = {"agents": args.agents, "artifact_bytes": artifact_bytes}
     try:
