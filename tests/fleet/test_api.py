@@ -398,13 +398,13 @@ def test_stopping_answers_waiting_long_polls(tmp_path: Path, sqlite_store_url: s
     assert answers == [{**generation, "server_time": answers[0]["server_time"]}]
 
 
-def test_recheck_reads_generations_one_by_one_or_in_bulk_alike(sqlite_store: Store) -> None:
-    from edgeshift.fleet.api import _BULK_RECHECK_DEVICES, _generations
+def test_recheck_reads_the_generations_of_the_waiting_devices(sqlite_store: Store) -> None:
+    from edgeshift.fleet.api import _generations
     from edgeshift.fleet.schema import EnrolRequest
 
     now = time.time()
     ids = []
-    for i in range(_BULK_RECHECK_DEVICES + 2):
+    for i in range(6):
         token = sqlite_store.create_enrolment_token(EnrolmentTokenSpec(), now).token
         request = EnrolRequest(
             token=token, name=f"g-{i}", public_key=public_key_b64(new_private_key())
@@ -413,7 +413,10 @@ def test_recheck_reads_generations_one_by_one_or_in_bulk_alike(sqlite_store: Sto
     moved = sqlite_store.set_desired(
         ids[::2], None, None, shadow_s=0, shadow_min_requests=0, trial_s=0, now=now
     )
-    bulk = _generations(sqlite_store, ids, now)
-    assert bulk == _generations(sqlite_store, ids[:2], now) | {i: bulk[i] for i in ids[2:]}
-    assert {i: bulk[i] for i in moved} == moved
-    assert {bulk[i] for i in ids[1::2]} != {bulk[i] for i in ids[::2]}
+    asked = ids[:4]
+    generations = _generations(sqlite_store, asked, now)
+    assert set(generations) == set(asked)  # only the devices asked about
+    assert generations == {i: sqlite_store.desired(i).generation for i in asked}
+    assert {i: generations[i] for i in asked if i in moved} == {
+        i: g for i, g in moved.items() if i in asked
+    }

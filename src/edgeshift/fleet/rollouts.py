@@ -246,9 +246,8 @@ class RolloutEngine:
         a later rollout has moved since are left alone."""
         rid = info.rollout_id
         devices = sorted(self.store.rollout_devices(rid))
-        everyone = {d.device_id: d.desired for d in self.store.list_devices(now)}
-        desired = {d: everyone[d] if d in everyone else self.store.desired(d) for d in devices}
-        ours = [d for d in devices if desired[d].rollout_id == rid]
+        desired = self.store.desired_many(devices)
+        ours = [d for d in devices if d in desired and desired[d].rollout_id == rid]
         by_previous: dict[str | None, tuple[ArtifactRef | None, list[str]]] = {}
         for device_id in ours:
             previous = self.store.previous_artifact(device_id, rid)

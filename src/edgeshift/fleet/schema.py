@@ -47,7 +47,7 @@ class EnrolmentTokenSpec(_Strict):
 
     group: Name | None = None
     labels: Labels = {}
-    ttl_s: float = Field(24 * 3600.0, gt=0, le=30 * 24 * 3600.0)
+    ttl_s: float = Field(default=24 * 3600.0, gt=0, le=30 * 24 * 3600.0)
 
 
 class EnrolmentToken(_Strict):
@@ -97,17 +97,19 @@ class Gates(_Strict):
     """A wave passes when every gate holds over the devices of that wave (hawkBit-style
     thresholds; Greengrass' abort criteria). None switches a gate off."""
 
-    min_install_success: float | None = Field(0.95, ge=0, le=1)
-    max_p95_ratio: float | None = Field(1.5, gt=0)  # candidate p95 / last-good p95, per device
-    max_error_rate: float | None = Field(0.01, ge=0, le=1)
-    min_shadow_agreement: float | None = Field(0.99, ge=0, le=1)
-    max_output_drift: float | None = Field(None, ge=0)  # mean |candidate - last-good|
-    min_reporting: float = Field(0.9, gt=0, le=1)  # of the wave, to evaluate at all
+    min_install_success: float | None = Field(default=0.95, ge=0, le=1)
+    max_p95_ratio: float | None = Field(
+        default=1.5, gt=0
+    )  # candidate p95 / last-good p95, per device
+    max_error_rate: float | None = Field(default=0.01, ge=0, le=1)
+    min_shadow_agreement: float | None = Field(default=0.99, ge=0, le=1)
+    max_output_drift: float | None = Field(default=None, ge=0)  # mean |candidate - last-good|
+    min_reporting: float = Field(default=0.9, gt=0, le=1)  # of the wave, to evaluate at all
 
 
 class ExponentialWaves(_Strict):
-    start_percent: float = Field(1.0, gt=0, le=100)
-    factor: float = Field(10.0, gt=1)
+    start_percent: float = Field(default=1.0, gt=0, le=100)
+    factor: float = Field(default=10.0, gt=1)
 
 
 class RolloutSpec(_Strict):
@@ -115,13 +117,13 @@ class RolloutSpec(_Strict):
     group: Name | None = None  # a device group; None with no selector = every device
     selector: Labels = {}  # label equality, ANDed with the group's
     waves: list[Annotated[float, Field(gt=0, le=100)]] | ExponentialWaves = [1, 10, 50, 100]
-    soak_s: float = Field(300.0, ge=0, le=7 * 24 * 3600.0)
+    soak_s: float = Field(default=300.0, ge=0, le=7 * 24 * 3600.0)
     # How long a wave's devices get to install and report before their silence counts as a
     # failed install.
-    install_timeout_s: float = Field(600.0, gt=0, le=7 * 24 * 3600.0)
-    shadow_s: float = Field(30.0, ge=0, le=24 * 3600.0)
-    shadow_min_requests: int = Field(20, ge=0, le=1_000_000)
-    trial_s: float = Field(30.0, ge=0, le=24 * 3600.0)
+    install_timeout_s: float = Field(default=600.0, gt=0, le=7 * 24 * 3600.0)
+    shadow_s: float = Field(default=30.0, ge=0, le=24 * 3600.0)
+    shadow_min_requests: int = Field(default=20, ge=0, le=1_000_000)
+    trial_s: float = Field(default=30.0, ge=0, le=24 * 3600.0)
     gates: Gates = Gates()
     auto_rollback: bool = True
 
@@ -215,14 +217,14 @@ class DesiredState(_Strict):
 class ServingStats(_Strict):
     """Counts over the report interval (a device resets them after each accepted report)."""
 
-    requests: int = Field(0, ge=0)
-    errors: int = Field(0, ge=0)
+    requests: int = Field(default=0, ge=0)
+    errors: int = Field(default=0, ge=0)
     p50_ms: float | None = None
     p95_ms: float | None = None
     baseline_p95_ms: float | None = None  # last-good's p95 before the update began
-    shadow_samples: int = Field(0, ge=0)
-    shadow_agreement: float | None = Field(None, ge=0, le=1)  # outputs that match last-good
-    shadow_drift: float | None = Field(None, ge=0)  # mean |candidate - last-good|
+    shadow_samples: int = Field(default=0, ge=0)
+    shadow_agreement: float | None = Field(default=None, ge=0, le=1)  # outputs that match last-good
+    shadow_drift: float | None = Field(default=None, ge=0)  # mean |candidate - last-good|
 
 
 class DeviceReport(_Strict):
