@@ -86,7 +86,12 @@ def test_operator_commands_end_to_end(
     assert cli(env, "rollout", "cancel", rid)["state"] == "cancelled"
     assert rid not in [r["rollout_id"] for r in cli(env, "rollout", "list", "--active")]
 
-    second = cli(env, "rollout", "create", "cli-v1", "--waves", "100", "--soak", "0")
+    # A spec file's values stand unless a flag is given: defaults do not override it.
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps({"waves": [100], "soak_s": 7, "trial_s": 9}))
+    second = cli(env, "rollout", "create", "cli-v1", "--spec", str(spec_file), "--shadow", "4")
+    assert (second["spec"]["waves"], second["spec"]["soak_s"]) == ([100], 7)
+    assert (second["spec"]["trial_s"], second["spec"]["shadow_s"]) == (9, 4)
     assert cli(env, "rollout", "rollback", second["rollout_id"])["state"] == "rolled_back"
 
     assert cli(env, "device", "revoke", "cli-a")["revoked"] is True

@@ -423,8 +423,23 @@ def rollout_create_command(
     artifact: str = typer.Argument(..., help="The artifact id, e.g. minilm-v3."),
     group: str | None = typer.Option(None, "--group"),
     selector: list[str] = typer.Option([], "--selector", help="k=v label equality (repeat)."),
-    waves: str = typer.Option("1,10,50,100", "--waves", help="1,10,50,100 or exp:1:10."),
-    soak: float = typer.Option(300.0, "--soak", help="Seconds each wave soaks."),
+    waves: str | None = typer.Option(
+        None, "--waves", help="1,10,50,100 (the default) or exp:1:10."
+    ),
+    soak: float | None = typer.Option(
+        None, "--soak", help="Seconds each wave soaks after it installed (default 300)."
+    ),
+    shadow: float | None = typer.Option(
+        None, "--shadow", help="Seconds a device runs the new model in shadow (default 30)."
+    ),
+    trial: float | None = typer.Option(
+        None, "--trial", help="Seconds a device serves it on trial before it commits (default 30)."
+    ),
+    install_timeout: float | None = typer.Option(
+        None,
+        "--install-timeout",
+        help="Seconds a wave's devices get to install before silence is a failure (default 600).",
+    ),
     gate: list[str] = typer.Option([], "--gate", help="k=v, e.g. max_error_rate=0.02 (repeat)."),
     no_auto_rollback: bool = typer.Option(False, "--no-auto-rollback"),
     spec_file: Path | None = typer.Option(
@@ -446,7 +461,16 @@ def rollout_create_command(
         if not isinstance(loaded, dict):
             raise FleetError(f"--spec {spec_file} must hold a JSON object", 400)
         data = loaded
-    data.update(artifact_id=artifact, waves=parse_waves(waves), soak_s=soak)
+    data["artifact_id"] = artifact
+    if waves is not None:
+        data["waves"] = parse_waves(waves)
+    given = {
+        "soak_s": soak,
+        "shadow_s": shadow,
+        "trial_s": trial,
+        "install_timeout_s": install_timeout,
+    }
+    data.update({key: value for key, value in given.items() if value is not None})
     if group is not None:
         data["group"] = group
     if selector:
