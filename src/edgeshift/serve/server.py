@@ -173,7 +173,7 @@ class InferenceServer:
             await self.repository.close()
             raise
         rss_bytes = psutil.Process().memory_info().rss
-        names = ", ".join(f"{m.name}:{m.version}" for m in self.repository.models())
+        names = ", ".join(f"{m.name}:{m.version}" for m in self.repository.models()) or "no model"
         log.info("loaded %s; RSS %.1f MiB", names, rss_bytes / (1 << 20))
         certified = s.tls is not None and s.tls.client_ca is not None
         if not is_loopback(s.host) and not s.auth.inference_tokens and not certified:
