@@ -29,7 +29,7 @@ from edgeshift.fleet.api import DesiredWaiters, FleetContext, create_app, rechec
 from edgeshift.fleet.guard import OperatorAuth, parse_token_file
 from edgeshift.fleet.store import Store
 from edgeshift.serve.security import TlsSettings, is_loopback
-from edgeshift.serve.server import bind_socket
+from edgeshift.serve.server import OnThread, bind_socket
 
 log = logging.getLogger("edgeshift.fleet")
 
@@ -268,18 +268,16 @@ class FleetServer:
         cast(Any, ctx.tuf).refresh(self.settings.clock())
 
 
-class FleetServerThread:
+class FleetServerThread(OnThread[FleetServer]):
     """A control plane on its own thread and event loop, for tests and benchmarks.
 
     ``with FleetServerThread(FleetSettings(data_dir=d, port=0)) as fleet:`` then talk to
     ``fleet.url`` with ``fleet.operator_token``; leaving the block stops it."""
 
+    name = "control plane"
+
     def __init__(self, settings: FleetSettings) -> None:
-        self.server = FleetServer(settings)
-        self._thread = threading.Thread(target=self._run, name="edgeshift-fleet", daemon=True)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
+        super().__init__(FleetServer(settings), start_timeout_s=60.0, stop_timeout_s=30.0)
 
     @property
     def url(self) -> str:
@@ -291,48 +289,6 @@ class FleetServerThread:
         s = self.server.settings
         path = s.token_file or s.data_dir / OPERATOR_TOKEN_FILE
         return next(iter(parse_token_file(path).values()))
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            try:
-                await self.server.start()
-            except BaseException as exc:
-                self._error = exc
-                self._ready.set()
-                return
-            watcher = asyncio.create_task(self._signal_ready())
-            try:
-                await self.server.serve()
-            finally:
-                watcher.cancel()
-                self._ready.set()
-
-        asyncio.run(main())
-
-    async def _signal_ready(self) -> None:
-        while not self.server.started:
-            await asyncio.sleep(0.005)
-        self._ready.set()
-
-    def start(self, timeout_s: float = 60.0) -> FleetServerThread:
-        self._thread.start()
-        if not self._ready.wait(timeout_s):
-            raise TimeoutError(f"the control plane did not start within {timeout_s} s")
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        if self._loop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self.server.request_exit)
-        self._thread.join(timeout_s)
-
-    def __enter__(self) -> FleetServerThread:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def run_fleet_server(settings: FleetSettings, on_started: Callable[[FleetServer], None]) -> None:

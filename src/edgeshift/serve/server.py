@@ -16,10 +16,11 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import psutil
 import uvicorn
+from typing_extensions import Self
 
 from edgeshift.errors import ConfigError
 from edgeshift.serve.app import create_app
@@ -291,31 +292,38 @@ def run_server(settings: ServerSettings) -> None:
         asyncio.run(main())
 
 
-class ServerThread:
-    """A server on its own thread and event loop, for tests, benchmarks and notebooks.
+class LoopServer(Protocol):
+    """What OnThread runs: a server with async start/serve and a thread-safe-on-loop exit."""
 
-    ``with ServerThread(ServerSettings([path], port=0)) as server:`` then talk to
-    ``server.url``; leaving the block drains and stops it.
-    """
+    @property
+    def started(self) -> bool: ...
 
-    def __init__(self, settings: ServerSettings) -> None:
-        self.server = InferenceServer(settings)
-        self._thread = threading.Thread(target=self._run, name="edgeshift-serve", daemon=True)
+    async def start(self) -> None: ...
+
+    async def serve(self) -> None: ...
+
+    def request_exit(self) -> None: ...
+
+
+ServerT = TypeVar("ServerT", bound=LoopServer)
+
+
+class OnThread(Generic[ServerT]):
+    """SERVER on its own thread and event loop: ``start()`` returns once it serves (or raises
+    what its start raised), ``stop()`` asks it to exit and joins. A context manager."""
+
+    name = "server"
+
+    def __init__(self, server: ServerT, start_timeout_s: float, stop_timeout_s: float) -> None:
+        self.server = server
+        self._thread = threading.Thread(
+            target=self._run, name=f"edgeshift-{self.name}", daemon=True
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    @property
-    def grpc_url(self) -> str | None:
-        return self.server.grpc_url
+        self._start_timeout_s = start_timeout_s
+        self._stop_timeout_s = stop_timeout_s
 
     def _run(self) -> None:
         async def main() -> None:
@@ -340,21 +348,47 @@ class ServerThread:
             await asyncio.sleep(0.005)
         self._ready.set()
 
-    def start(self, timeout_s: float = 120.0) -> ServerThread:
+    def start(self, timeout_s: float | None = None) -> Self:
+        timeout_s = self._start_timeout_s if timeout_s is None else timeout_s
         self._thread.start()
         if not self._ready.wait(timeout_s):
-            raise TimeoutError(f"the server did not start within {timeout_s} s")
+            raise TimeoutError(f"the {self.name} did not start within {timeout_s} s")
         if self._error is not None:
             raise self._error
         return self
 
-    def stop(self, timeout_s: float = 60.0) -> None:
+    def stop(self, timeout_s: float | None = None) -> None:
         if self._loop is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self.server.request_exit)
-        self._thread.join(timeout_s)
+        self._thread.join(self._stop_timeout_s if timeout_s is None else timeout_s)
 
-    def __enter__(self) -> ServerThread:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ServerThread(OnThread[InferenceServer]):
+    """A server on its own thread and event loop, for tests, benchmarks and notebooks.
+
+    ``with ServerThread(ServerSettings([path], port=0)) as server:`` then talk to
+    ``server.url``; leaving the block drains and stops it.
+    """
+
+    name = "server"
+
+    def __init__(self, settings: ServerSettings) -> None:
+        super().__init__(InferenceServer(settings), start_timeout_s=120.0, stop_timeout_s=60.0)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def grpc_url(self) -> str | None:
+        return self.server.grpc_url
