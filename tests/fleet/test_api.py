@@ -384,18 +384,29 @@ def test_stopping_answers_waiting_long_polls(tmp_path: Path, sqlite_store_url: s
         data_dir=tmp_path / "data", db_url=sqlite_store_url, port=0, recheck_s=60
     )
     fleet = FleetServerThread(settings).start()
+    answers: list[httpx.Response] = []
     try:
         device = enrol_device(fleet, "stopper")
         with httpx.Client(base_url=fleet.url, timeout=30) as http:
             generation = signed(http, device, "GET", "/v1/device/desired?wait=0").json()
-        waiter, answers = _poll_in_thread(fleet, device, generation["generation"])
+
+        def poll() -> None:
+            with httpx.Client(base_url=fleet.url, timeout=90) as http:
+                path = f"/v1/device/desired?generation={generation['generation']}&wait=60"
+                answers.append(signed(http, device, "GET", path))
+
+        waiter = threading.Thread(target=poll, daemon=True)
+        waiter.start()
         while not fleet.server.context or not fleet.server.context.waiters.waiting():
             time.sleep(0.01)
     finally:
         fleet.stop()
     waiter.join(30)
-    # Answered with what it had (not cut off): the agent polls again after the restart.
-    assert answers == [{**generation, "server_time": answers[0]["server_time"]}]
+    # Answered at once (not cut off, not held for its minute) with a 503 that closes the
+    # connection: the agent backs off and polls the restarted control plane.
+    [answer] = answers
+    assert answer.status_code == 503 and answer.headers["connection"] == "close"
+    assert "restarting" in answer.json()["error"]
 
 
 def test_recheck_reads_the_generations_of_the_waiting_devices(sqlite_store: Store) -> None:

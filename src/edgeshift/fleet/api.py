@@ -202,6 +202,17 @@ async def _run(fn: Callable[..., _T], *args: Any) -> _T:
     return await anyio.to_thread.run_sync(fn, *args)
 
 
+def _stopping() -> JSONResponse:
+    # A stopping control plane answers its long polls at once and closes their connections:
+    # agents back off (with jitter) and poll the next one, instead of re-polling this one on
+    # the same keep-alive connection and holding its shutdown open.
+    return JSONResponse(
+        {"error": "the control plane is restarting; poll again shortly"},
+        503,
+        headers={"Connection": "close", "Retry-After": "2"},
+    )
+
+
 def _json(value: BaseModel | list[Any] | dict[str, Any], status: int = 200) -> JSONResponse:
     if isinstance(value, BaseModel):
         return JSONResponse(value.model_dump(mode="json"), status)
@@ -340,10 +351,12 @@ def create_app(ctx: FleetContext) -> Starlette:
         wait_s = min(_query_float(request, "wait", 0.0), MAX_WAIT_S)
         deadline = now + wait_s
         while True:
+            if ctx.waiters.closed:
+                return _stopping()
             desired = await _run(ctx.store.desired, device_id)
             now = ctx.clock()
             left_s = deadline - now
-            if desired.generation > seen or left_s <= 0 or ctx.waiters.closed:
+            if desired.generation > seen or left_s <= 0:
                 return _json(desired.model_copy(update={"server_time": now}))
             await ctx.waiters.wait(device_id, seen, left_s)
 
