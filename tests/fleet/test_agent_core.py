@@ -379,7 +379,11 @@ def test_a_new_desired_state_mid_shadow_abandons_the_candidate(tmp_path: Path) -
         await rig.until(agent, _settled(agent, g3, Phase.COMMITTED))
         assert rig.host.active_slot == "a" and rig.host.shadow is None
         assert agent.journal.last_good == "a" and len(rig.transport.downloads) == 2
-        events = [r.event for b in rig.transport.telemetry_batches for r in b.records]
-        assert any(e.startswith("phase idle") for e in events)  # the abandoned update
+
+        def events() -> list[str]:
+            return [r.event for b in rig.transport.telemetry_batches for r in b.records]
+
+        # the abandoned update, in the telemetry sent at the next report interval
+        await rig.until(agent, lambda: any(e.startswith("phase idle") for e in events()))
 
     asyncio.run(scenario())

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from edgeshift.errors import EdgeshiftError, FleetError
+from edgeshift.errors import ArtifactVerificationError, EdgeshiftError, FleetError
 from edgeshift.fleet.agent import journal as journal_io
 from edgeshift.fleet.agent import slots
 from edgeshift.fleet.agent.download import (
@@ -115,6 +115,9 @@ class Agent:
         self._retry_at: float | None = None
         self._baseline: ServingWindow | None = None
         self._shadow_stats: tuple[int, float | None, float | None] = (0, None, None)
+        # The slot this process just unpacked (every file hashed against the signed manifest
+        # as it was written): SHADOW re-reads a slot only after a restart.
+        self._fresh: tuple[Slot, ArtifactRef] | None = None
         for sub in ("downloads", "slots", "spool"):
             (data_dir / sub).mkdir(parents=True, exist_ok=True)
 
@@ -376,19 +379,42 @@ class Agent:
         held[slot] = None  # the slot is being overwritten: it holds nothing trustworthy
         self._enter(Phase.VERIFYING, slots=held)
         part = part_path(self.data_dir, ref)
+        backoff_s = self.options.backoff_min_s
+        while True:
+            self._check_superseded()
+            try:
+                await asyncio.to_thread(self.installer.verify_bundle, ref, part)
+                break
+            except FleetError as exc:
+                if isinstance(exc, ArtifactVerificationError) or exc.status not in (503, 504):
+                    await self._fail_verify(slot, ref, part, exc)
+                    return self.journal.phase
+                # The link (TUF refresh), not the bundle: a partition delays the install, it
+                # never fails it. Same backoff as the download's; the phase stays VERIFYING.
+                log.info("verifying %s waits for the link: %s", ref.artifact_id, exc)
+                await asyncio.sleep(self.links.jitter(backoff_s))
+                backoff_s = min(backoff_s * 2, self.options.backoff_max_s)
+            except (EdgeshiftError, OSError) as exc:
+                await self._fail_verify(slot, ref, part, exc)
+                return self.journal.phase
         try:
-            await asyncio.to_thread(self.installer.verify_bundle, ref, part)
             await asyncio.to_thread(slots.install, self.installer, self.data_dir, slot, ref, part)
         except (EdgeshiftError, OSError) as exc:
-            part.unlink(missing_ok=True)  # a bad bundle is fetched afresh next time
-            await asyncio.to_thread(slots.clear, self.data_dir, slot)
-            reason = str(exc) if isinstance(exc, EdgeshiftError) else f"cannot unpack: {exc}"
-            await self._finish(Phase.FAILED, f"{ref.artifact_id}: {reason}")
+            await self._fail_verify(slot, ref, part, exc)
             return self.journal.phase
         part.unlink(missing_ok=True)
         held[slot] = ref
         self._persist(slots=held)
+        self._fresh = (slot, ref)
         return Phase.SHADOW
+
+    async def _fail_verify(
+        self, slot: Slot, ref: ArtifactRef, part: Path, exc: EdgeshiftError | OSError
+    ) -> None:
+        part.unlink(missing_ok=True)  # a bad bundle is fetched afresh next time
+        await asyncio.to_thread(slots.clear, self.data_dir, slot)
+        reason = str(exc) if isinstance(exc, EdgeshiftError) else f"cannot unpack: {exc}"
+        await self._finish(Phase.FAILED, f"{ref.artifact_id}: {reason}")
 
     async def _stop_shadow(self) -> None:
         stop = getattr(self.host, "stop_shadow", None)
@@ -398,7 +424,10 @@ class Agent:
     async def _shadow(self) -> Phase:
         slot, ref = self._candidate()
         self._enter(Phase.SHADOW)
-        if not await asyncio.to_thread(slots.verifies, self.installer, self.data_dir, slot, ref):
+        fresh, self._fresh = self._fresh == (slot, ref), None
+        if not fresh and not await asyncio.to_thread(
+            slots.verifies, self.installer, self.data_dir, slot, ref
+        ):
             await self._finish(
                 Phase.FAILED, f"{ref.artifact_id}: the unpacked slot fails verification"
             )

@@ -33,6 +33,7 @@ class Links:
         self._report_due = asyncio.Event()
         self._random = random.Random()
         self._last_phase_spooled: tuple[object, ...] | None = None
+        self._flushed_at = float("-inf")
 
     def jitter(self, seconds: float) -> float:
         return seconds * self._random.uniform(0.5, 1.5)
@@ -120,7 +121,13 @@ class Links:
                 continue
             self.reports_sent += 1
             self.agent.host.stats().reset()
-            await self.flush()
+            # Telemetry (the phase events and serving stats spooled) once per report interval,
+            # not after every phase's report: the report carries the phase the gates need, and
+            # a telemetry POST per phase doubled an install's requests.
+            now = asyncio.get_running_loop().time()
+            if now - self._flushed_at >= interval_s:
+                self._flushed_at = now
+                await self.flush()
 
     async def flush(self) -> int:
         """Send the spool; False-y when the link is down (the records wait)."""

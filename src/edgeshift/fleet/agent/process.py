@@ -135,7 +135,8 @@ async def run(settings: AgentSettings, on_ready: Callable[[dict[str, object]], N
         shutil.copyfile(s.root, s.data_dir / "tuf" / "root.json")
     key = load_private_key(base64.b64decode(identity.private_key))
     transport = DeviceTransport(s.server_url or identity.server_url, identity.device_id, key)
-    installer = TufInstaller(s.data_dir / "tuf", transport.server_url, transport.fetcher())
+    fetcher = transport.fetcher()
+    installer = TufInstaller(s.data_dir / "tuf", transport.server_url, fetcher)
     host = ServerHost(s.host, s.port, s.serve_options)
     options = s.options
     if options.crash_at is None and (crash := crash_phase_from_env()) is not None:
@@ -167,3 +168,4 @@ async def run(settings: AgentSettings, on_ready: Callable[[dict[str, object]], N
         stop.set()
         await host.close()
         await transport.aclose()
+        fetcher.close()

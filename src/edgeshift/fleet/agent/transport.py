@@ -4,6 +4,7 @@ the exact path and query it is sent with; errors become FleetError with one line
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -175,7 +176,8 @@ class DeviceTransport:
             with part_file.open("r+b" if have else "wb") as f:
                 f.seek(have)
                 f.truncate()
-                async for chunk in response.aiter_bytes(CHUNK_BYTES):
+                # As the socket hands them over: re-chunking to a fixed size copies each byte.
+                async for chunk in response.aiter_bytes():
                     have += len(chunk)
                     if have > expected_length:
                         raise FleetError(
@@ -233,6 +235,22 @@ class SignedFetcher(FetcherInterface):
         self.device_id = device_id
         self.private_key = private_key
         self.timeout_s = timeout_s
+        # One kept-alive client for every metadata file: a new httpx.Client builds an SSL
+        # context (the CA bundle) each time, which was most of a TUF refresh's CPU.
+        self._client: httpx.Client | None = None
+        self._lock = threading.Lock()
+
+    def _http(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(timeout=self.timeout_s)
+            return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         if not url.startswith(self.server_url + "/"):
@@ -241,10 +259,7 @@ class SignedFetcher(FetcherInterface):
         split = urlsplit(url)
         path_and_query = split.path + (f"?{split.query}" if split.query else "")
         headers = sign_headers(self.private_key, self.device_id, "GET", path_and_query)
-        with (
-            httpx.Client(timeout=self.timeout_s) as client,
-            client.stream("GET", url, headers=headers) as response,
-        ):
+        with self._http().stream("GET", url, headers=headers) as response:
             if response.status_code >= 400:
                 raise tuf_exceptions.DownloadHTTPError(
                     f"{url}: {response.status_code}", response.status_code
