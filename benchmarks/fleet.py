@@ -30,7 +30,7 @@ from edgeshift.fleet.agent.agent import AgentOptions
 from edgeshift.fleet.bundle import pack
 from edgeshift.fleet.client import OperatorClient
 from edgeshift.fleet.schema import EnrolmentTokenSpec, RolloutInfo, RolloutSpec, RolloutState
-from edgeshift.fleet.sim import SimFleet
+from edgeshift.fleet.sim import ShardedSimFleet
 
 EDGESHIFT = str(Path(sys.executable).with_name("edgeshift"))
 IN_FEATURES = 1024
@@ -269,24 +269,29 @@ async def rollout_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     real: list[tuple[subprocess.Popen[str], str]] = []
     for i in range(args.real_agents):
         real.append(start_real_agent(url, op, root, work / f"real-{i}", f"real-{i}"))
-    rss0 = rss_kb()
-    sims = SimFleet(url, token, root, work / "sim", options=SIM_OPTIONS)
+    sims = ShardedSimFleet(
+        url, token, root, work / "sim", options=SIM_OPTIONS, procs=args.sim_procs
+    )
     stop = asyncio.Event()
     t_enrol = time.monotonic()
     await sims.enrol(args.agents)
-    sims.start()
+    await sims.start()
     enrol_s = time.monotonic() - t_enrol
     traffic = asyncio.create_task(sims.traffic(stop, rate_hz=args.rate))
     loads = [LoadGen(base, "mlp", work / f"load-{i}.log") for i, (_, base) in enumerate(real)]
     load_tasks = [asyncio.create_task(g.run(stop)) for g in loads]
-    result: dict[str, Any] = {"agents": args.agents, "artifact_bytes": artifact_bytes}
+    result: dict[str, Any] = {
+        "agents": args.agents,
+        "sim_procs": args.sim_procs,
+        "artifact_bytes": artifact_bytes,
+    }
     try:
         # Setup (not measured): every device gets v1, so each has a model to keep serving.
         first = await asyncio.to_thread(op.create_rollout, spec(v1, [100], 0, True))
         info1 = await wait_rollout(op, first.rollout_id, 600)
         result["setup"] = {"state": info1.state.value, "enrol_s": round(enrol_s, 1)}
         await asyncio.sleep(3)  # the real agents' baseline latency
-        sims.reset_counts()
+        await sims.reset_counts()
         for g in loads:
             g.reset()
         await asyncio.sleep(5)
@@ -301,8 +306,9 @@ async def rollout_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         info = await wait_rollout(op, second.rollout_id, 1800)
         all_in_s = max((w.finished_at or time.time()) for w in info.waves) - t0
         cp_cpu2, cp_t2 = proc_cpu_s(cp.pid), time.monotonic()
-        answered, sent = sims.totals()
-        serving = sims.serving()
+        answered, sent = await sims.totals()
+        serving = await sims.serving()
+        sim_rss_kb = await sims.rss_kb()
         waves = []
         for w in info.waves:
             soak_start = (w.soak_until - args.soak) if w.soak_until else None
@@ -346,7 +352,9 @@ async def rollout_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "agent_besides_model_mb": round((max(real_rss) - share) / 1024, 1)
                 if real_rss
                 else None,
-                "sim_per_agent_kb": round((rss_kb() - rss0) / max(args.agents, 1), 1),
+                "sim_per_agent_kb": round(
+                    (sum(sim_rss_kb) - sum(sims.base_rss_kb)) / max(args.agents, 1), 1
+                ),
                 "bench_peak_rss_mb": round(
                     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
                 ),
@@ -427,6 +435,9 @@ def main() -> None:
     parser.add_argument("--kill-parallel", type=int, default=4)
     parser.add_argument("--no-rollout", action="store_true", help="only the fault campaign")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--sim-procs", type=int, default=2, help="simulator worker processes (one event loop each)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.agents, args.soak = min(args.agents, 100), 3.0

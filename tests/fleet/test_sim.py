@@ -13,7 +13,7 @@ from edgeshift.fleet.bundle import pack
 from edgeshift.fleet.client import OperatorClient
 from edgeshift.fleet.schema import Phase, RolloutInfo, RolloutSpec, RolloutState
 from edgeshift.fleet.server import FleetServerThread, FleetSettings
-from edgeshift.fleet.sim import SimFleet
+from edgeshift.fleet.sim import ShardedSimFleet, SimFleet
 
 OPTIONS = AgentOptions(
     poll_wait_s=5.0,
@@ -95,6 +95,50 @@ def test_twenty_simulated_agents_complete_a_two_wave_rollout(tmp_path: Path) -> 
             finally:
                 stop.set()
                 await traffic
+                await sims.aclose()
+
+        asyncio.run(scenario())
+
+
+def test_a_sharded_fleet_runs_its_devices_in_worker_processes(tmp_path: Path) -> None:
+    settings = FleetSettings(data_dir=tmp_path / "cp", port=0, tick_s=0.1, recheck_s=0.5)
+    with (
+        FleetServerThread(settings) as fleet,
+        OperatorClient(fleet.url, fleet.operator_token) as op,
+    ):
+        root = tmp_path / "root.json"
+        root.write_bytes(op.root_json())
+        v1 = _publish(op, tmp_path, 1, {"latency_ms": 1.0})
+
+        async def scenario() -> None:
+            sims = ShardedSimFleet(
+                fleet.url,
+                fleet.operator_token,
+                root,
+                tmp_path / "devices",
+                options=OPTIONS,
+                procs=2,
+            )
+            stop = asyncio.Event()
+            try:
+                await sims.enrol(5)
+                assert len(sims.base_rss_kb) == 2
+                await sims.start()
+                traffic = asyncio.create_task(sims.traffic(stop, rate_hz=50))
+                first = await asyncio.to_thread(op.create_rollout, _spec(v1, [100]))
+                info = await _until_done(op, first.rollout_id, 60)
+                assert info.state is RolloutState.COMPLETED, info.reason
+                assert await sims.serving() == {v1: 5}
+                assert await sims.phases() == {Phase.COMMITTED: 5}
+                stop.set()
+                await traffic
+                answered, sent = await sims.totals()
+                assert sent > 0 and answered <= sent
+                assert len(await asyncio.to_thread(op.list_devices)) == 5
+                names = sorted(p.name for p in (tmp_path / "devices").iterdir())
+                assert names == [f"sim-{i:05d}" for i in range(5)]  # one numbering, two shards
+            finally:
+                stop.set()
                 await sims.aclose()
 
         asyncio.run(scenario())

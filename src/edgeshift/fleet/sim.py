@@ -14,25 +14,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import random
 import socket
 import threading
-from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Any
 
 import httpx
 import numpy as np
-from tuf.api import exceptions as tuf_exceptions
 
 from edgeshift.errors import EdgeshiftError, FleetError
 from edgeshift.fleet.agent.agent import Agent, AgentOptions
 from edgeshift.fleet.agent.host import ServingWindow
 from edgeshift.fleet.agent.shadow import Outputs, ShadowComparator
-from edgeshift.fleet.agent.transport import CHUNK_BYTES, DeviceTransport, SignedFetcher
+from edgeshift.fleet.agent.transport import DeviceTransport, SignedFetcher
 from edgeshift.fleet.agent.trust import TufInstaller
-from edgeshift.fleet.auth import new_private_key, public_key_b64, sign_headers
+from edgeshift.fleet.auth import new_private_key, public_key_b64
 from edgeshift.fleet.schema import EnrolRequest, Phase
 
 SIM_KEY = "sim"  # manifest.json key that tells SimHost how the model behaves
@@ -141,31 +143,24 @@ class SimHost:
         await self.stop_shadow()
 
 
-_SHARED = threading.local()
+_SHARED: dict[str, httpx.Client] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 class SharedClientFetcher(SignedFetcher):
-    """SignedFetcher's requests, signed the same way, over one kept-alive client per worker
-    thread. The agent's fetcher opens a client per metadata file, and building its SSL context
-    (CA bundle) is ~70% of a 1,000-device simulator's CPU: one real device pays it 4 times an
-    install, the simulator 4,000 times a wave."""
+    """SignedFetcher's requests, signed the same way, over one kept-alive client for the whole
+    process (httpx.Client is thread-safe). A client per device would build 1,000 SSL contexts
+    (the CA bundle, ~20 ms of CPU each); one real device builds one."""
 
-    def _fetch(self, url: str) -> Iterator[bytes]:
-        if not url.startswith(self.server_url + "/"):
-            raise tuf_exceptions.DownloadError(f"refusing to fetch {url}: not the control plane")
-        split = urlsplit(url)
-        path_and_query = split.path + (f"?{split.query}" if split.query else "")
-        headers = sign_headers(self.private_key, self.device_id, "GET", path_and_query)
-        client = getattr(_SHARED, "client", None)
-        if client is None:
-            client = _SHARED.client = httpx.Client(timeout=self.timeout_s)
-        with client.stream("GET", url, headers=headers) as response:
-            if response.status_code >= 400:
-                raise tuf_exceptions.DownloadHTTPError(
-                    f"{url}: {response.status_code}", response.status_code
-                )
-            chunks = list(response.iter_bytes(CHUNK_BYTES))
-        return iter(chunks)
+    def _http(self) -> httpx.Client:
+        with _SHARED_LOCK:
+            client = _SHARED.get(self.server_url)
+            if client is None:
+                client = _SHARED[self.server_url] = httpx.Client(timeout=self.timeout_s)
+            return client
+
+    def close(self) -> None:
+        pass  # shared: lives as long as the process
 
 
 @dataclass
@@ -204,6 +199,7 @@ class SimFleet:
         self.client = httpx.AsyncClient(timeout=60.0)
         self._clients: list[httpx.AsyncClient] = []
         self.devices: list[SimDevice] = []
+        self.first_index = 0  # device names count from here (a shard of a ShardedSimFleet)
 
     def _client_for(self, index: int) -> httpx.AsyncClient:
         while len(self._clients) <= index // self.devices_per_client:
@@ -226,7 +222,7 @@ class SimFleet:
     ) -> None:
         """Enrol COUNT devices (each its own key, data dir and trusted root), concurrently."""
         sem = asyncio.Semaphore(32)
-        start = len(self.devices)
+        start = self.first_index + len(self.devices)
 
         async def one(i: int) -> SimDevice:
             async with sem:
@@ -235,7 +231,8 @@ class SimFleet:
                 (data_dir / "tuf").mkdir(parents=True, exist_ok=True)
                 (data_dir / "tuf" / "root.json").write_bytes(self.root.read_bytes())
                 key = new_private_key()
-                transport = DeviceTransport(self.server_url, "", key, client=self._client_for(i))
+                client = self._client_for(i - self.first_index)
+                transport = DeviceTransport(self.server_url, "", key, client=client)
                 token = await self._token(labels or {})
                 await transport.enrol(
                     EnrolRequest(token=token, name=name, public_key=public_key_b64(key))
@@ -310,6 +307,179 @@ class SimFleet:
             if d.agent is not None:
                 out[d.agent.journal.phase] = out.get(d.agent.journal.phase, 0) + 1
         return out
+
+
+# --- several processes ------------------------------------------------------------------------
+
+
+def _rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def _shard(conn: Connection, fleet_args: dict[str, Any], first_index: int) -> None:
+    """One worker: a SimFleet in this process' own event loop, driven by commands on CONN."""
+    fleet = SimFleet(**fleet_args)
+    fleet.first_index = first_index
+    loop = asyncio.get_running_loop()
+    pipe = ThreadPoolExecutor(1, thread_name_prefix="shard-pipe")  # recv blocks: not the loop's
+    stop_traffic = asyncio.Event()
+    traffic: asyncio.Task[None] | None = None
+    conn.send(("ok", _rss_kb()))
+    while True:
+        command, arg = await loop.run_in_executor(pipe, conn.recv)
+        try:
+            answer: object = None
+            if command == "enrol":
+                await fleet.enrol(*arg)
+            elif command == "start":
+                fleet.start()
+            elif command == "traffic":
+                stop_traffic = asyncio.Event()
+                traffic = asyncio.create_task(fleet.traffic(stop_traffic, *arg))
+            elif command == "traffic_stop":
+                stop_traffic.set()
+                if traffic is not None:
+                    await traffic
+            elif command == "totals":
+                answer = fleet.totals()
+            elif command == "serving":
+                answer = fleet.serving()
+            elif command == "phases":
+                answer = fleet.phases()
+            elif command == "reset_counts":
+                fleet.reset_counts()
+            elif command == "rss_kb":
+                answer = _rss_kb()
+            elif command == "close":
+                stop_traffic.set()
+                if traffic is not None:
+                    await traffic
+                await fleet.aclose()
+                conn.send(("ok", None))
+                return
+            conn.send(("ok", answer))
+        except Exception as exc:  # sent to the parent, which raises it
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _shard_main(conn: Connection, fleet_args: dict[str, Any], first_index: int) -> None:
+    asyncio.run(_shard(conn, fleet_args, first_index))
+
+
+class ShardedSimFleet:
+    """SimFleet's devices spread over PROCS worker processes (spawned, each its own event loop),
+    so that the simulator uses more than one core; totals are summed over the shards. Same
+    arguments as SimFleet; every method is a coroutine."""
+
+    def __init__(
+        self,
+        server_url: str,
+        operator_token: str,
+        root: Path,
+        directory: Path,
+        *,
+        options: AgentOptions | None = None,
+        devices_per_client: int = 8,
+        procs: int = 2,
+    ) -> None:
+        self._fleet_args: dict[str, Any] = {
+            "server_url": server_url,
+            "operator_token": operator_token,
+            "root": root,
+            "directory": directory,
+            "options": options,
+            "devices_per_client": devices_per_client,
+        }
+        self.procs = max(1, procs)
+        self._conns: list[Connection] = []
+        self._workers: list[BaseProcess] = []
+        self._locks: list[threading.Lock] = []
+        self.base_rss_kb: list[int] = []
+        self.count = 0
+
+    def _call(self, shard: int, command: str, arg: object = None) -> Any:
+        with self._locks[shard]:
+            self._conns[shard].send((command, arg))
+            status, answer = self._conns[shard].recv()
+        if status != "ok":
+            raise FleetError(f"simulator shard {shard}: {answer}", 500)
+        return answer
+
+    async def _all(self, command: str, args: list[object] | None = None) -> list[Any]:
+        args = args if args is not None else [None] * len(self._conns)
+        return list(
+            await asyncio.gather(
+                *(asyncio.to_thread(self._call, i, command, a) for i, a in enumerate(args))
+            )
+        )
+
+    async def enrol(self, count: int, prefix: str = "sim") -> None:
+        """Start the workers and enrol COUNT devices, split evenly over them."""
+        ctx = multiprocessing.get_context("spawn")
+        shares = [count // self.procs + (i < count % self.procs) for i in range(self.procs)]
+        first = 0
+        for share in shares:
+            parent, child = ctx.Pipe()
+            worker = ctx.Process(
+                target=_shard_main, args=(child, self._fleet_args, first), daemon=True
+            )
+            worker.start()
+            child.close()
+            self._conns.append(parent)
+            self._workers.append(worker)
+            self._locks.append(threading.Lock())
+            first += share
+        self.base_rss_kb = [(await asyncio.to_thread(conn.recv))[1] for conn in self._conns]
+        await self._all("enrol", [(share, prefix) for share in shares])
+        self.count = count
+
+    async def start(self) -> None:
+        await self._all("start")
+
+    async def traffic(self, stop: asyncio.Event, rate_hz: float = 20.0) -> None:
+        """Local traffic in every worker (SimFleet.traffic, its own seed each) until STOP."""
+        await self._all("traffic", [(rate_hz, seed) for seed in range(len(self._conns))])
+        await stop.wait()
+        await self._all("traffic_stop")
+
+    async def totals(self) -> tuple[int, int]:
+        parts = await self._all("totals")
+        return sum(a for a, _ in parts), sum(s for _, s in parts)
+
+    async def serving(self) -> dict[str | None, int]:
+        out: dict[str | None, int] = {}
+        for part in await self._all("serving"):
+            for key, n in part.items():
+                out[key] = out.get(key, 0) + n
+        return out
+
+    async def phases(self) -> dict[Phase, int]:
+        out: dict[Phase, int] = {}
+        for part in await self._all("phases"):
+            for key, n in part.items():
+                out[key] = out.get(key, 0) + n
+        return out
+
+    async def reset_counts(self) -> None:
+        await self._all("reset_counts")
+
+    async def rss_kb(self) -> list[int]:
+        """Each worker's RSS now (the workers' interpreters and imports included)."""
+        return await self._all("rss_kb")
+
+    async def aclose(self) -> None:
+        if self._conns:
+            await self._all("close")
+        for worker in self._workers:
+            await asyncio.to_thread(worker.join, 30)
+            if worker.is_alive():
+                worker.kill()
+        for conn in self._conns:
+            conn.close()
+        self._conns, self._workers = [], []
 
 
 def free_port() -> int:
