@@ -299,6 +299,7 @@ async def rollout_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for g in loads:
             g.reset()
         cp_cpu1, cp_t1 = proc_cpu_s(cp.pid), time.monotonic()
+        sim_cpu1 = await sims.cpu_s()
         t0 = time.time()
         second = await asyncio.to_thread(
             op.create_rollout, spec(v2, [1, 10, 50, 100], args.soak, quick)
@@ -306,6 +307,7 @@ async def rollout_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         info = await wait_rollout(op, second.rollout_id, 1800)
         all_in_s = max((w.finished_at or time.time()) for w in info.waves) - t0
         cp_cpu2, cp_t2 = proc_cpu_s(cp.pid), time.monotonic()
+        sim_cpu_s = await sims.cpu_s() - sim_cpu1
         answered, sent = await sims.totals()
         serving = await sims.serving()
         sim_rss_kb = await sims.rss_kb()
@@ -344,6 +346,9 @@ async def rollout_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "real_p95_during_ms": [g.p95_ms() for g in loads],
                 "cp_cpu_per_wall": round((cp_cpu2 - cp_cpu1) / (cp_t2 - cp_t1), 3),
                 "cp_cpu_s": round(cp_cpu2 - cp_cpu0, 1),
+                "sim_cpu_s": round(sim_cpu_s, 1),
+                "sim_cpu_per_install_s": round(sim_cpu_s / max(args.agents, 1), 3),
+                "cp_cpu_per_install_s": round((cp_cpu2 - cp_cpu1) / max(args.agents, 1), 3),
                 "cp_wall_s": round(cp_t2 - cp_t0, 1),
                 "cp_peak_rss_mb": round(proc_kb(cp.pid, "VmHWM") / 1024, 1),
                 "real_agent_rss_mb": [round(r / 1024, 1) for r in real_rss],
@@ -413,6 +418,8 @@ def print_rollout(r: dict[str, Any], soak_s: float) -> None:
          met(r["agent_besides_model_mb"] is not None and r["agent_besides_model_mb"] <= 60)),
         ("of which: interpreter + imports (MB)", f"{r['agent_imports_mb']}", "", ""),
         ("simulator RSS per agent (KB)", f"{r['sim_per_agent_kb']}", "", ""),
+        (f"CPU s per device: sim ({r['sim_procs']} procs) / c.plane",
+         f"{r['sim_cpu_per_install_s']} / {r['cp_cpu_per_install_s']}", "", ""),
     ]  # fmt: skip
     for name, value, goal, result in rows:
         print(f"{name:<44} {value:>28}  {goal:<18} {result}")

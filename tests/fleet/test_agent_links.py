@@ -4,6 +4,7 @@ verification failure (ArtifactVerificationError) does."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from edgeshift.fleet.agent.agent import Agent
 from edgeshift.fleet.agent.transport import SignedFetcher
 from edgeshift.fleet.agent.trust import TufInstaller
 from edgeshift.fleet.auth import new_private_key
-from edgeshift.fleet.schema import ArtifactRef, Phase
+from edgeshift.fleet.schema import ArtifactRef, DeviceReport, Phase
 from edgeshift.fleet.tuf_repo import TufRepository
 
 from .agent_helpers import LocalInstaller
@@ -113,3 +114,33 @@ def test_the_real_installer_reports_an_unreachable_refresh_as_the_link(tmp_path:
         fetcher.close()
     assert err.value.status == 503
     assert not isinstance(err.value, ArtifactVerificationError)
+
+
+def test_a_report_the_link_dropped_is_sent_again_after_backoff_not_an_interval(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, dataclasses.replace(FAST, report_interval_s=30.0))
+    v1 = rig.artifact(1, seed=1)
+    send = rig.transport.report
+    dropped: list[object] = []
+
+    async def drop_first_committed(report: object) -> None:
+        assert isinstance(report, DeviceReport)
+        if report.phase is Phase.COMMITTED and not dropped:
+            dropped.append(report)  # a keep-alive connection the server had just closed
+            raise FleetError("control plane unreachable (RemoteProtocolError)", 503)
+        await send(report)
+
+    rig.transport.report = drop_first_committed  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        agent = rig.agent()
+        g1 = rig.want(v1)
+        await rig.until(agent, _settled(agent, g1, Phase.COMMITTED))
+        # well inside the 30 s report interval
+        await rig.until(
+            agent, lambda: rig.transport.reports[-1].phase is Phase.COMMITTED, timeout_s=5
+        )
+
+    asyncio.run(scenario())
+    assert dropped

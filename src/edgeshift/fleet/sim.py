@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import multiprocessing
 import random
+import resource
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -353,6 +355,9 @@ async def _shard(conn: Connection, fleet_args: dict[str, Any], first_index: int)
                 fleet.reset_counts()
             elif command == "rss_kb":
                 answer = _rss_kb()
+            elif command == "cpu_s":
+                usage = resource.getrusage(resource.RUSAGE_SELF)
+                answer = usage.ru_utime + usage.ru_stime
             elif command == "close":
                 stop_traffic.set()
                 if traffic is not None:
@@ -365,7 +370,10 @@ async def _shard(conn: Connection, fleet_args: dict[str, Any], first_index: int)
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def _shard_main(conn: Connection, fleet_args: dict[str, Any], first_index: int) -> None:
+def _shard_main(
+    conn: Connection, fleet_args: dict[str, Any], first_index: int, log_level: int
+) -> None:
+    logging.getLogger("edgeshift").setLevel(log_level)  # as quiet as the parent
     asyncio.run(_shard(conn, fleet_args, first_index))
 
 
@@ -421,10 +429,13 @@ class ShardedSimFleet:
         ctx = multiprocessing.get_context("spawn")
         shares = [count // self.procs + (i < count % self.procs) for i in range(self.procs)]
         first = 0
+        level = logging.getLogger("edgeshift").getEffectiveLevel()
         for share in shares:
             parent, child = ctx.Pipe()
             worker = ctx.Process(
-                target=_shard_main, args=(child, self._fleet_args, first), daemon=True
+                target=_shard_main,
+                args=(child, self._fleet_args, first, level),
+                daemon=True,
             )
             worker.start()
             child.close()
@@ -469,6 +480,10 @@ class ShardedSimFleet:
     async def rss_kb(self) -> list[int]:
         """Each worker's RSS now (the workers' interpreters and imports included)."""
         return await self._all("rss_kb")
+
+    async def cpu_s(self) -> float:
+        """CPU seconds the workers have used so far (every thread), summed."""
+        return float(sum(await self._all("cpu_s")))
 
     async def aclose(self) -> None:
         if self._conns:

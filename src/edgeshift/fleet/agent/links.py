@@ -34,6 +34,7 @@ class Links:
         self._random = random.Random()
         self._last_phase_spooled: tuple[object, ...] | None = None
         self._flushed_at = float("-inf")
+        self._serving_spooled_at = float("-inf")
 
     def jitter(self, seconds: float) -> float:
         return seconds * self._random.uniform(0.5, 1.5)
@@ -105,20 +106,36 @@ class Links:
 
     async def _report(self, stop: asyncio.Event) -> None:
         interval_s = self.agent.options.report_interval_s
+        o = self.agent.options
+        backoff_s = o.backoff_min_s
+        retry = False
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._report_due.wait(), timeout=interval_s)
             self._report_due.clear()
             report = self.build_report()
-            self.spool.append(
-                TelemetryRecord(at=report.sent_at, kind="serving", stats=report.stats, event="")
-            )
+            now = asyncio.get_running_loop().time()
+            if now - self._serving_spooled_at >= interval_s or not retry:
+                # Serving stats once per interval, offline too (retries come faster).
+                self._serving_spooled_at = now
+                self.spool.append(
+                    TelemetryRecord(at=report.sent_at, kind="serving", stats=report.stats, event="")
+                )
             try:
                 await self.agent.transport.report(report)
             except FleetError as exc:
                 self.reports_failed += 1
                 log.debug("report not sent (%s); spooled", exc)
+                # Again after the link's backoff, not a whole report interval later: a wave's
+                # gates wait for this device's phase (a dropped keep-alive connection alone
+                # held installs up by 15 s).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.jitter(backoff_s))
+                backoff_s = min(backoff_s * 2, o.backoff_max_s)
+                retry = True
+                self._report_due.set()
                 continue
+            backoff_s, retry = o.backoff_min_s, False
             self.reports_sent += 1
             self.agent.host.stats().reset()
             # Telemetry (the phase events and serving stats spooled) once per report interval,

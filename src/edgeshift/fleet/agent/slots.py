@@ -29,7 +29,8 @@ class Installer(Protocol):
         """Refresh TUF metadata, then check BUNDLE is REF's signed target (length, hashes)."""
 
     def unpack(self, ref: ArtifactRef, bundle: Path, dest: Path) -> None:
-        """Unpack REF's checked BUNDLE into the empty directory DEST."""
+        """Unpack REF's checked BUNDLE into the empty directory DEST, hashing every file as
+        it is written and refusing any that is not exactly the signed manifest's."""
 
     def verify_directory(self, directory: Path, ref: ArtifactRef) -> None:
         """Check an unpacked artifact against its signed manifest of file hashes."""
