@@ -182,8 +182,10 @@ def test_a_nonce_is_refused_the_second_time_even_from_another_store(store_url: s
     try:
         enrol(first, "gw-1")
         enrol(first, "gw-2")
-        assert first.remember_nonce("gw-1", "n1", NOW) is True
-        assert second.remember_nonce("gw-1", "n1", NOW) is False
+        assert first.remember_nonce("gw-1", "n1", NOW + 1) is True
+        assert first.get_device("gw-1", NOW).last_seen == NOW + 1  # a fresh nonce: a sighting
+        assert second.remember_nonce("gw-1", "n1", NOW + 5) is False
+        assert first.get_device("gw-1", NOW).last_seen == NOW + 1  # a replay is not
         assert second.remember_nonce("gw-2", "n1", NOW) is True  # per device
         assert status_of(lambda: first.remember_nonce("nobody", "n2", NOW)) == 404
         assert status_of(lambda: first.remember_nonce("gw-1", "n" * 129, NOW)) == 400

@@ -336,11 +336,10 @@ def create_app(ctx: FleetContext) -> Starlette:
         now = ctx.clock()
 
         def check() -> str:
-            device_id = check_device(
+            # check_device's remember_nonce also marks the device seen (one write).
+            return check_device(
                 ctx.store, request.headers, request.method, _path_and_query(request), body, now
             )
-            ctx.store.touch(device_id, now)
-            return device_id
 
         return await _run(check), body, now
 

@@ -304,13 +304,16 @@ class Store:
 
     def remember_nonce(self, device_id: str, nonce: str, now: float) -> bool:
         """False when NONCE was already used by DEVICE_ID (a replay); forgets nonces older than
-        schema.MAX_CLOCK_SKEW_S * 2."""
+        schema.MAX_CLOCK_SKEW_S * 2. A fresh nonce also marks the device seen, in the same
+        transaction: one write per device request instead of two."""
         if not nonce or len(nonce) > NONCE_LEN:
             raise FleetError(f"nonce: give 1 to {NONCE_LEN} characters", 400)
         try:
             with self._tx(write=True) as db:
                 row = {"device_id": device_id, "nonce": nonce, "at": now}
                 fresh = db.execute(self._remember_nonce, row).first() is not None
+                if fresh:
+                    _touch(db, device_id, now)
                 if now - self._nonces_pruned_at >= PRUNE_EVERY_S:
                     self._nonces_pruned_at = now
                     db.execute(delete(Nonce).where(Nonce.at < now - NONCE_KEEP_S))
