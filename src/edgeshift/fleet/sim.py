@@ -34,7 +34,7 @@ from edgeshift.errors import EdgeshiftError, FleetError
 from edgeshift.fleet.agent.agent import Agent, AgentOptions
 from edgeshift.fleet.agent.host import ServingWindow
 from edgeshift.fleet.agent.shadow import Outputs, ShadowComparator
-from edgeshift.fleet.agent.transport import DeviceTransport, SignedFetcher
+from edgeshift.fleet.agent.transport import LIMITS, DeviceTransport, SignedFetcher
 from edgeshift.fleet.agent.trust import TufInstaller
 from edgeshift.fleet.auth import new_private_key, public_key_b64
 from edgeshift.fleet.schema import EnrolRequest, Phase
@@ -158,7 +158,9 @@ class SharedClientFetcher(SignedFetcher):
         with _SHARED_LOCK:
             client = _SHARED.get(self.server_url)
             if client is None:
-                client = _SHARED[self.server_url] = httpx.Client(timeout=self.timeout_s)
+                client = _SHARED[self.server_url] = httpx.Client(
+                    timeout=self.timeout_s, limits=LIMITS
+                )
             return client
 
     def close(self) -> None:
@@ -205,7 +207,10 @@ class SimFleet:
 
     def _client_for(self, index: int) -> httpx.AsyncClient:
         while len(self._clients) <= index // self.devices_per_client:
-            limits = httpx.Limits(max_connections=4 * self.devices_per_client)
+            limits = httpx.Limits(
+                max_connections=4 * self.devices_per_client,
+                keepalive_expiry=LIMITS.keepalive_expiry,
+            )
             self._clients.append(httpx.AsyncClient(timeout=60.0, limits=limits))
         return self._clients[index // self.devices_per_client]
 

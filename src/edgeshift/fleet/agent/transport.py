@@ -31,6 +31,10 @@ CHUNK_BYTES = 64 << 10
 # treated as unreachable (the agent backs off and retries).
 TIMEOUT_S = 15.0
 MAX_ANSWER_BYTES = 1 << 20  # a JSON answer larger than this is refused
+# Idle connections are dropped before the control plane's 5 s keep-alive timeout closes them:
+# with both at 5 s, a request sent on a connection the server was just closing failed
+# (RemoteProtocolError) and the report or poll waited for its retry.
+LIMITS = httpx.Limits(keepalive_expiry=2.0)
 
 
 def _path_and_query(url: httpx.URL) -> str:
@@ -63,7 +67,7 @@ class DeviceTransport:
         self.device_id = device_id
         self.private_key = private_key
         self._own_client = client is None
-        self.client = client or httpx.AsyncClient(timeout=TIMEOUT_S)
+        self.client = client or httpx.AsyncClient(timeout=TIMEOUT_S, limits=LIMITS)
 
     async def aclose(self) -> None:
         if self._own_client:
@@ -243,7 +247,7 @@ class SignedFetcher(FetcherInterface):
     def _http(self) -> httpx.Client:
         with self._lock:
             if self._client is None:
-                self._client = httpx.Client(timeout=self.timeout_s)
+                self._client = httpx.Client(timeout=self.timeout_s, limits=LIMITS)
             return self._client
 
     def close(self) -> None:
