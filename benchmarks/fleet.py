@@ -251,6 +251,58 @@ def model_share_kb(model_dir: Path) -> int:
     return int(out.stdout.strip() or 0)
 
 
+def bare_runtime_kb(model_dir: Path) -> int:
+    """Total RSS of a bare process that loaded and ran the model on ONNX Runtime: what the
+    model costs with its runtime and nothing else."""
+    code = (
+        "import sys, numpy as np, onnxruntime as ort\n"
+        "o = ort.SessionOptions(); o.intra_op_num_threads = 1\n"
+        "s = ort.InferenceSession(sys.argv[1] + '/model.onnx', o, providers=['CPUExecutionProvider'])\n"
+        f"s.run(None, {{'x': np.zeros((1, {IN_FEATURES}), np.float32)}})\n"
+        "print([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(model_dir)], capture_output=True, text=True
+    )
+    return int(out.stdout.strip() or 0)
+
+
+def serve_rss_kb(model_dir: Path, requests: int = 200) -> int:
+    """RSS of `edgeshift serve` on the same model after REQUESTS inferences: what serving the
+    model costs without the agent."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = [sys.executable, "-m", "edgeshift", "serve", str(model_dir), "--port", str(port),
+            "--grpc-port", "off", "--threads", "1"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        body = {"inputs": [{"name": "x", "shape": [1, IN_FEATURES], "datatype": "FP32",
+                            "data": [0.0] * IN_FEATURES}]}  # fmt: skip
+        url = f"http://127.0.0.1:{port}/v2/models/{model_dir.name}/infer"
+        deadline = time.monotonic() + 60
+        with httpx.Client(timeout=10) as http:
+            while True:
+                try:
+                    if http.post(url, json=body).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    return 0
+                time.sleep(0.2)
+            for _ in range(requests):
+                http.post(url, json=body)
+        return proc_kb(proc.pid, "VmRSS")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 async def rollout_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     cp, url, token = start_control_plane(work / "cp")
     cp_cpu0, cp_t0 = proc_cpu_s(cp.pid), time.monotonic()
@@ -330,6 +382,8 @@ async def rollout_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         real_sent = sum(g.sent for g in loads)
         real_rss = [proc_kb(p.pid, "VmRSS") for p, _ in real]
         share = model_share_kb(v2_dir)
+        bare_kb = bare_runtime_kb(v2_dir)
+        serve_kb = serve_rss_kb(v2_dir)
         result.update(
             {
                 "state": info.state.value,
@@ -356,6 +410,12 @@ async def rollout_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "agent_imports_mb": round(imports_kb() / 1024, 1),
                 "agent_besides_model_mb": round((max(real_rss) - share) / 1024, 1)
                 if real_rss
+                else None,
+                "agent_beyond_bare_runtime_mb": round((max(real_rss) - bare_kb) / 1024, 1)
+                if real_rss
+                else None,
+                "agent_beyond_serve_mb": round((max(real_rss) - serve_kb) / 1024, 1)
+                if real_rss and serve_kb
                 else None,
                 "sim_per_agent_kb": round(
                     (sum(sim_rss_kb) - sum(sims.base_rss_kb)) / max(args.agents, 1), 1
@@ -417,6 +477,10 @@ def print_rollout(r: dict[str, Any], soak_s: float) -> None:
         ("agent memory besides the model (MB)", f"{r['agent_besides_model_mb']}", "<= 60 MB",
          met(r["agent_besides_model_mb"] is not None and r["agent_besides_model_mb"] <= 60)),
         ("of which: interpreter + imports (MB)", f"{r['agent_imports_mb']}", "", ""),
+        ("agent beyond a bare ORT process running the model (MB)",
+         f"{r['agent_beyond_bare_runtime_mb']}", "", ""),
+        ("agent beyond `edgeshift serve` on the model (MB)", f"{r['agent_beyond_serve_mb']}",
+         "", ""),
         ("simulator RSS per agent (KB)", f"{r['sim_per_agent_kb']}", "", ""),
         (f"CPU s per device: sim ({r['sim_procs']} procs) / c.plane",
          f"{r['sim_cpu_per_install_s']} / {r['cp_cpu_per_install_s']}", "", ""),
