@@ -220,6 +220,10 @@ class NetProxy:
                     self._pump(reader, up_writer, up=True),
                     self._pump(up_reader, writer, up=False),
                 )
+            except asyncio.CancelledError:
+                # The proxy closing or cutting its connections: this task is what ends, and
+                # asyncio's stream server would log the cancellation as an error.
+                return
             finally:
                 self._writers.discard(up_writer)
                 up_writer.transport.abort()
