@@ -32,7 +32,7 @@ import numpy as np
 
 from edgeshift.errors import EdgeshiftError, FleetError
 from edgeshift.fleet.agent.agent import Agent, AgentOptions
-from edgeshift.fleet.agent.host import ServingWindow
+from edgeshift.fleet.agent.host import ServingWindows
 from edgeshift.fleet.agent.shadow import Outputs, ShadowComparator
 from edgeshift.fleet.agent.transport import LIMITS, DeviceTransport, SignedFetcher
 from edgeshift.fleet.agent.trust import TufInstaller
@@ -74,15 +74,14 @@ class SimModel:
         return _WRONG if self.outputs == "wrong" else _GOOD
 
 
-class SimHost:
+class SimHost(ServingWindows):
     """A ModelHost whose model is a SimModel; activation is atomic (no request is dropped)."""
 
     def __init__(self) -> None:
         self.active: SimModel | None = None
         self.sent = 0
         self.answered = 0
-        self._report = ServingWindow()
-        self._watchers: list[ServingWindow] = []
+        super().__init__()
         self._shadow: ShadowComparator | None = None
         self._shadow_model: SimModel | None = None
 
@@ -121,25 +120,11 @@ class SimHost:
         outputs = model.answer()
         latency_s = model.latency_ms * rng.uniform(0.8, 1.2) / 1000.0
         ok = outputs is not None
-        self._report.observe(ok, latency_s)
-        for window in self._watchers:
-            window.observe(ok, latency_s)
+        self._record(ok, latency_s)
         if self._shadow is not None and outputs is not None:
             self._shadow.observe(_FEEDS, outputs, latency_s)
         self.answered += ok
         return ok
-
-    def stats(self) -> ServingWindow:
-        return self._report
-
-    def watch(self) -> ServingWindow:
-        window = ServingWindow()
-        self._watchers.append(window)
-        return window
-
-    def unwatch(self, window: ServingWindow) -> None:
-        with contextlib.suppress(ValueError):
-            self._watchers.remove(window)
 
     async def close(self) -> None:
         await self.stop_shadow()

@@ -60,6 +60,32 @@ class ServingWindow:
         )
 
 
+class ServingWindows:
+    """A host's report window (reset after each accepted report) and the windows the agent
+    opens to judge a shadow or trial: every answered or failed request goes to all of them."""
+
+    def __init__(self) -> None:
+        self._report = ServingWindow()
+        self._watchers: list[ServingWindow] = []
+
+    def _record(self, ok: bool, latency_s: float) -> None:
+        self._report.observe(ok, latency_s)
+        for window in self._watchers:
+            window.observe(ok, latency_s)
+
+    def stats(self) -> ServingWindow:
+        return self._report
+
+    def watch(self) -> ServingWindow:
+        window = ServingWindow()
+        self._watchers.append(window)
+        return window
+
+    def unwatch(self, window: ServingWindow) -> None:
+        with contextlib.suppress(ValueError):
+            self._watchers.remove(window)
+
+
 class ModelHost(Protocol):
     """What the agent needs of whatever runs its models (a real server, or a simulation in the
     benchmark)."""
@@ -81,7 +107,7 @@ class ModelHost(Protocol):
     async def close(self) -> None: ...
 
 
-class ServerHost:
+class ServerHost(ServingWindows):
     """ModelHost over edgeshift's InferenceServer, in this process and event loop."""
 
     def __init__(
@@ -92,8 +118,7 @@ class ServerHost:
             ServerSettings([], host=host, port=port, options=self.options, access_log=False)
         )
         self.active_name: str | None = None
-        self._report = ServingWindow()
-        self._watchers: list[ServingWindow] = []
+        super().__init__()
         self._shadow: ShadowComparator | None = None
         self._serving: asyncio.Task[None] | None = None
 
@@ -120,10 +145,7 @@ class ServerHost:
         return self.server.repository
 
     def _observe(self, feeds: Outputs, outputs: Outputs | None, elapsed_s: float) -> None:
-        ok = outputs is not None
-        self._report.observe(ok, elapsed_s)
-        for window in self._watchers:
-            window.observe(ok, elapsed_s)
+        self._record(outputs is not None, elapsed_s)
         if self._shadow is not None:
             self._shadow.observe(feeds, outputs, elapsed_s)
 
@@ -155,18 +177,6 @@ class ServerHost:
         shadow, self._shadow = self._shadow, None
         if shadow is not None:
             await shadow.close()
-
-    def stats(self) -> ServingWindow:
-        return self._report
-
-    def watch(self) -> ServingWindow:
-        window = ServingWindow()
-        self._watchers.append(window)
-        return window
-
-    def unwatch(self, window: ServingWindow) -> None:
-        with contextlib.suppress(ValueError):
-            self._watchers.remove(window)
 
     async def close(self) -> None:
         await self.stop_shadow()
