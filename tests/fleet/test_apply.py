@@ -98,6 +98,14 @@ def test_two_workloads_on_one_pool_are_refused() -> None:
     plan["workloads"].append(_placement("patient-notes", "hospital/mini-pc", "on-prem", "edge"))
     with pytest.raises(FleetError, match="hosts 2 workloads \\(xray-triage, patient-notes\\)"):
         plan_to_rollouts(plan, ARTIFACTS)
+    # Picking workloads resolves it: each pool then gets one rollout.
+    specs = plan_to_rollouts(plan, ARTIFACTS, workloads=["xray-triage", "machine-audio"])
+    assert sorted((spec.group, spec.artifact_id) for spec in specs) == [
+        ("factory.gateway", "machine-audio-v3"),
+        ("hospital.mini-pc", "xray-int8-v1"),
+    ]
+    with pytest.raises(FleetError, match="--workload nope: not placed on a fleet pool"):
+        plan_to_rollouts(plan, ARTIFACTS, workloads=["nope"])
 
 
 @pytest.mark.parametrize(

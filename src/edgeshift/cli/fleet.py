@@ -539,6 +539,9 @@ def apply_command(
     waves: str | None = typer.Option(None, "--waves", help="1,10,50,100 or exp:1:10."),
     soak: float | None = typer.Option(None, "--soak", help="Seconds each wave soaks."),
     gate: list[str] = typer.Option([], "--gate", help="k=v, e.g. max_error_rate=0.02 (repeat)."),
+    workload: list[str] = typer.Option(
+        [], "--workload", help="Roll out only this plan workload (repeat); default: all."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the rollouts; start none."),
     server: str = SERVER,
     token_file: Path | None = TOKEN_FILE,
@@ -566,7 +569,7 @@ def apply_command(
         defaults["gates"] = parse_gates(gate)
     with _client(server, token_file) as client:
         artifacts = {a.ref.artifact_id: a for a in client.list_artifacts()}
-        specs = plan_to_rollouts(plan, artifacts, defaults)
+        specs = plan_to_rollouts(plan, artifacts, defaults, workload or None)
         if dry_run:
             _emit(specs, json_output, _spec_lines)
             return

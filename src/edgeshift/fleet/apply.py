@@ -19,7 +19,7 @@ The mapping (docs/fleet.md, "From plan to fleet"):
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -122,10 +122,12 @@ def plan_to_rollouts(
     plan: Mapping[str, Any],
     artifacts: Mapping[str, ArtifactInfo],
     defaults: Mapping[str, Any] | None = None,
+    workloads: Sequence[str] | None = None,
 ) -> list[RolloutSpec]:
     """One RolloutSpec per placement of PLAN on a fleet pool: ARTIFACTS (id -> info) are the
-    published ones, DEFAULTS any other RolloutSpec fields (waves, soak_s, gates, …) for all.
-    A placement whose model has no published artifact is a FleetError (404)."""
+    published ones, DEFAULTS any other RolloutSpec fields (waves, soak_s, gates, …) for all,
+    WORKLOADS (None: all) the plan's workloads to roll out. A placement whose model has no
+    published artifact is a FleetError (404)."""
     extra = dict(defaults or {})
     for owned in ("artifact_id", "group"):
         if owned in extra:
@@ -133,6 +135,15 @@ def plan_to_rollouts(
                 f"rollout defaults may not set {owned!r}: the plan decides it per placement"
             )
     placements = fleet_placements(plan)
+    if workloads is not None:
+        known = {p["workload"] for p in placements}
+        unknown = sorted(set(workloads) - known)
+        if unknown:
+            raise FleetError(
+                f"--workload {', '.join(unknown)}: not placed on a fleet pool by this plan "
+                f"(placed there: {', '.join(sorted(known)) or 'none'})"
+            )
+        placements = [p for p in placements if p["workload"] in set(workloads)]
     by_group: dict[str, list[str]] = {}
     for placement in placements:
         by_group.setdefault(group_for_pool(placement["pool"]), []).append(placement["workload"])
@@ -142,8 +153,8 @@ def plan_to_rollouts(
             # first model rather than add to it.
             raise FleetError(
                 f"plan pool group {group!r} hosts {len(names)} workloads ({', '.join(names)}) "
-                "but a fleet device serves one artifact at a time; give each workload its own "
-                "node pool in the scenario"
+                "but a fleet device serves one artifact at a time; roll out one of them with "
+                "--workload NAME, or give each workload its own node pool in the scenario"
             )
     specs = []
     for placement in placements:
