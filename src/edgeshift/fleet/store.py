@@ -352,19 +352,14 @@ class Store:
         return device_info(row, groups, now, ONLINE_WINDOW_S)
 
     def set_labels(self, device_id: str, labels: Mapping[str, str]) -> None:
-        checked = _check_labels(labels)
-        with self._tx(write=True) as db:
-            done = db.execute(
-                update(Device).where(Device.device_id == device_id).values(labels=checked)
-            )
-            if done.rowcount == 0:
-                raise _unknown_device(device_id)
+        self._update_device(device_id, labels=_check_labels(labels))
 
     def revoke_device(self, device_id: str) -> None:
+        self._update_device(device_id, revoked=True)
+
+    def _update_device(self, device_id: str, **values: object) -> None:
         with self._tx(write=True) as db:
-            done = db.execute(
-                update(Device).where(Device.device_id == device_id).values(revoked=True)
-            )
+            done = db.execute(update(Device).where(Device.device_id == device_id).values(**values))
             if done.rowcount == 0:
                 raise _unknown_device(device_id)
 
