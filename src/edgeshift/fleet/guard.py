@@ -32,6 +32,7 @@ from edgeshift.fleet.schema import (
     Labels,
     is_name,
 )
+from edgeshift.serve.security import read_token_text
 
 MIN_TOKEN_CHARS = 16
 LABELS: TypeAdapter[dict[str, str]] = TypeAdapter(Labels)
@@ -109,13 +110,7 @@ def parse_token_file(path: Path) -> dict[str, str]:
     """Operator tokens from a file: ``name:token`` per line, or one bare token (named
     ``operator``); blank lines and ``#`` comments skipped. ConfigError (one line) when the
     file is unreadable, empty or a token is too short."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(
-            f"cannot read --token-file {path} ({reason}) — give a readable file"
-        ) from None
+    text = read_token_text(path, "--token-file")
     tokens: dict[str, str] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()

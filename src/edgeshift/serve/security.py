@@ -54,16 +54,21 @@ class TlsSettings:
         return self.certfile.read_bytes(), self.keyfile.read_bytes(), ca
 
 
-def read_tokens(path: Path, flag: str) -> frozenset[str]:
-    """Tokens from a file, one per line (blank lines and ``#`` comments skipped): tokens never
-    go on the command line, where ``ps`` shows them to every user."""
+def read_token_text(path: Path, flag: str) -> str:
+    """A token file's text, or a one-line ConfigError naming FLAG: tokens never go on the
+    command line, where ``ps`` shows them to every user."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError(
             f"cannot read {flag} {path} ({reason}) — give a readable text file"
         ) from None
+
+
+def read_tokens(path: Path, flag: str) -> frozenset[str]:
+    """Tokens from a file, one per line (blank lines and ``#`` comments skipped)."""
+    text = read_token_text(path, flag)
     tokens = frozenset(
         line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
     )
