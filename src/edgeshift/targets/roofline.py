@@ -6,7 +6,10 @@ below (typical figures for tuned CPU kernels, stated as assumptions in every est
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import bisect
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from edgeshift.targets.schema import Calibration
 
@@ -67,12 +70,113 @@ def op_class(op_type: str) -> str:
     return "elementwise"
 
 
+# Kernel classes: the regimes the host calibration measures separately, because runtimes
+# reach very different fractions of peak in them (a depthwise conv does ~9 MACs per output
+# element and is bound by its loads; a 1x1 conv is a GEMM; an LSTM is a chain of GEMVs).
+KERNEL_CLASSES = (
+    "conv_dense", "conv_depthwise", "conv_pointwise", "gemm", "attention", "lstm", "gru", "norm",
+)  # fmt: skip
+_INT8_WEIGHTS = {
+    "QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat", "QGemm",
+}  # fmt: skip
+_INT8_OUT = {"QLinearConv", "QLinearMatMul"}  # uint8/int8 outputs (ConvInteger: int32)
+_INT8_IN = {"QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger"}
+# Kernel areas a depthwise conv has (1-D and square 2-D, odd sizes): its reduction depth.
+_DEPTHWISE_DEPTHS = {3, 5, 7, 9, 25, 49}
+
+
+def _itemsize(op_type: str, stored: str, int8_ops: set[str]) -> int:
+    if op_type in int8_ops:
+        return 1
+    return 2 if stored == "fp16" else 4  # QDQ graphs: the Conv/MatMul itself is float
+
+
+def kernel_class(node: Any, stored: str = "fp32") -> tuple[str, float | None]:
+    """(kernel class, size) of a node (``model.analysis.NodeCost``) of a model stored at
+    STORED; the size is what the class's efficiency curve is indexed by: rows (M of a GEMM,
+    output positions of a Conv, steps x batch of an RNN), MACs of an attention MatMul (no
+    weights), None where nothing applies. Ops outside the calibrated classes keep their
+    :func:`op_class`. Works from the node's byte counts alone (see ``_conv_kind``)."""
+    op, cls = node.op_type, op_class(node.op_type)
+    if cls not in ("gemm", "conv"):
+        return ("norm" if cls == "norm" else cls), None
+    w_elems = node.weight_bytes / _itemsize(op, stored, _INT8_WEIGHTS)
+    rows = node.macs / w_elems if node.macs and w_elems >= 1 else None
+    if op == "LSTM":
+        return "lstm", rows
+    if op in ("GRU", "RNN"):
+        return "gru", rows
+    if cls == "gemm":
+        if op in ("Attention", "MultiHeadAttention") or rows is None:
+            # Both operands are activations: QK^T and AV of attention (or a packed block).
+            return "attention", float(node.macs) if node.macs else None
+        return "gemm", rows
+    return _conv_kind(node, stored, w_elems, rows)
+
+
+def _conv_kind(
+    node: Any, stored: str, w_elems: float, rows: float | None
+) -> tuple[str, float | None]:
+    """Dense, depthwise or pointwise, from MACs and byte counts (a NodeCost has no weight
+    shape): depth K = MACs / output elements = C/groups * kernel area; M output channels from
+    the weights (K x M, with or without a bias of M); positions NP = outputs / M; input
+    elements / NP = C * stride^2. Depthwise: K is a kernel area and the input has (at least)
+    as many channels as the output. Pointwise: K / (C * stride^2) < 1.5, i.e. kernel area 1
+    (a 3x3 at stride 2 still gives 2.25). The size returned is NP (the bias left out)."""
+    out_elems = node.output_bytes / _itemsize(node.op_type, stored, _INT8_OUT | {"ConvInteger"})
+    if node.op_type == "ConvInteger":
+        out_elems = node.output_bytes / 4  # int32 accumulators
+    in_elems = node.input_bytes / _itemsize(node.op_type, stored, _INT8_IN)
+    if not node.macs or out_elems < 1 or in_elems < 1 or w_elems < 1:
+        return "conv_dense", rows
+    depth = node.macs / out_elems
+    w_item = _itemsize(node.op_type, stored, _INT8_WEIGHTS)
+    channels = w_elems / depth
+    for extra in (0.0, 4.0, 9.0):  # no bias; a float/int32 bias; QLinear scale, zero point, bias
+        m = node.weight_bytes / (w_item * depth + extra)
+        if abs(m - round(m)) < 1e-6 and round(m) >= 1 and out_elems % round(m) == 0:
+            channels = float(round(m))
+            break
+    positions = out_elems / max(channels, 1.0)
+    in_per_position = in_elems / positions  # C_in * stride^2
+    if round(depth) in _DEPTHWISE_DEPTHS and in_per_position >= 0.9 * channels:
+        return "conv_depthwise", positions
+    if depth / in_per_position < 1.5:
+        return "conv_pointwise", positions
+    return "conv_dense", positions
+
+
+Curve = tuple[tuple[float, float], ...]  # (size, GOP/s) points, sizes ascending
+
+
+def curve_value(curve: Curve, size: float | None) -> float:
+    """GOP/s at SIZE on a measured curve: linear in log(size) between points, flat beyond
+    the ends; the largest size's figure when SIZE is unknown."""
+    if size is None or size >= curve[-1][0]:
+        return curve[-1][1]
+    if size <= curve[0][0]:
+        return curve[0][1]
+    i = bisect.bisect_right([x for x, _ in curve], size)
+    (x0, y0), (x1, y1) = curve[i - 1], curve[i]
+    f = (math.log(size) - math.log(x0)) / (math.log(x1) - math.log(x0))
+    return y0 + f * (y1 - y0)
+
+
+# What a precision runs on when the estimate names no runtime (as the calibration measured).
+DEFAULT_RUNTIME = {"fp32": "onnxruntime", "int8": "onnxruntime", "bf16": "openvino",
+                   "fp16": "openvino"}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Efficiency:
     """Fractions of peak that each op class reaches, and the fixed costs, at a reference clock.
 
-    GEMM and Conv saturate with problem size: ``compute[cls] * rows / (rows + half_rows)``
-    where rows is M of a GEMM or the output positions of a Conv (MACs / weight elements).
+    Where the host calibration measured a kernel class (:data:`KERNEL_CLASSES`) at the
+    precision, its curve of achieved GOP/s over size, divided by the host's peak, is the
+    efficiency. Otherwise GEMM and Conv saturate with problem size:
+    ``compute[cls] * rows / (rows + half_rows)`` where rows is M of a GEMM or the output
+    positions of a Conv (MACs / weight elements).
     """
 
     compute: dict[str, float]  # op class -> achieved / peak compute when saturated (fp32)
@@ -84,8 +188,47 @@ class Efficiency:
     op_overhead_us: dict[str, float]  # per executed node, per precision ("<p>_conv": convs)
     reference_clock_ghz: float
     measured: bool  # True when it comes from a host calibration
+    # "<precision>/<kernel class>" -> measured curve, for the runtime chosen (for_runtime)
+    kernel_gops: dict[str, Curve] = field(default_factory=dict)
+    peak_gops: dict[str, float] = field(default_factory=dict)  # the host's, per precision
+    # runtime -> its own kernel_gops / call / op overheads (what for_runtime selects from)
+    by_runtime: dict[str, tuple[dict[str, Curve], dict[str, float], dict[str, float]]] = field(
+        default_factory=dict
+    )
 
-    def compute_for(self, cls: str, precision: str, rows: float | None = None) -> float:
+    def for_runtime(self, runtime: str) -> Efficiency:
+        """The figures RUNTIME reached on the host (unchanged when it was not measured)."""
+        if runtime not in self.by_runtime:
+            return self
+        kernels, call, op = self.by_runtime[runtime]
+        return replace(
+            self,
+            kernel_gops=kernels,
+            call_overhead_us={**self.call_overhead_us, **call},
+            op_overhead_us={**self.op_overhead_us, **op},
+        )
+
+    def kernel_efficiency(self, kind: str, precision: str, size: float | None) -> float | None:
+        """Measured GOP/s of kernel class KIND at SIZE over the host's peak at PRECISION;
+        a precision the runtime was not measured at borrows its fp32 speed. None: not measured."""
+        curve = self.kernel_gops.get(f"{precision}/{kind}") or self.kernel_gops.get(f"fp32/{kind}")
+        peak = self.peak_gops.get(precision, 0.0)
+        if not curve or peak <= 0:
+            return None
+        return min(1.0, curve_value(curve, size) / peak)
+
+    def compute_for(
+        self,
+        cls: str,
+        precision: str,
+        rows: float | None = None,
+        kind: str | None = None,
+        size: float | None = None,
+    ) -> float:
+        if kind is not None:
+            measured = self.kernel_efficiency(kind, precision, size)
+            if measured is not None and measured > 0:
+                return measured
         base = self.compute[cls]
         if cls not in ("gemm", "conv"):
             return base
@@ -105,7 +248,7 @@ class Efficiency:
         PRECISION's runtime."""
         call = self.call_overhead_us.get(precision, self.call_overhead_us["fp32"])
         op = self.op_overhead_us.get(precision, self.op_overhead_us["fp32"])
-        if cls == "conv":
+        if cls.startswith("conv"):
             conv = self.op_overhead_us.get("fp32_conv", op)
             op = self.op_overhead_us.get(f"{precision}_conv", conv)
         if nbytes >= PARALLEL_MIN_BYTES:
@@ -142,14 +285,47 @@ def efficiency_from_calibration(cal: Calibration, host_clock_ghz: float) -> Effi
     compute = dict(DEFAULT_EFFICIENCY.compute)
     compute.update({k: v for k, v in eff.items() if k in compute})
     by_precision = {k.removeprefix("gemm_"): v for k, v in eff.items() if k.startswith("gemm_")}
+    by_runtime = runtime_figures(cal)
+    # Without a runtime named: each precision on the runtime the calibration ran it on.
+    kernels: dict[str, Curve] = {}
+    for rt, (curves, _, _) in by_runtime.items():
+        kernels.update(
+            {k: c for k, c in curves.items() if DEFAULT_RUNTIME.get(k.split("/")[0]) == rt}
+        )
     return Efficiency(
         compute=compute,
         half_rows=dict(cal.half_rows),
         gemm_by_precision=by_precision,
         memory=eff.get("memory", DEFAULT_EFFICIENCY.memory),
         cache_speedup=max(1.0, cal.cache_gbs / max(cal.elementwise_gbs, 1e-9)),
-        call_overhead_us=dict(cal.call_overhead_us),
-        op_overhead_us=dict(cal.op_overhead_us),
+        call_overhead_us={k: v for k, v in cal.call_overhead_us.items() if "/" not in k},
+        op_overhead_us={k: v for k, v in cal.op_overhead_us.items() if "/" not in k},
         reference_clock_ghz=host_clock_ghz,
         measured=True,
+        kernel_gops=kernels,
+        peak_gops=dict(cal.peak_gops),
+        by_runtime=by_runtime,
     )
+
+
+def runtime_figures(
+    cal: Calibration,
+) -> dict[str, tuple[dict[str, Curve], dict[str, float], dict[str, float]]]:
+    """runtime -> ("<precision>/<class>" curves, call overheads, op overheads keyed as the
+    Efficiency keys them: "<precision>", "<precision>_conv") from a calibration's
+    "<runtime>/<precision>/<class>" figures."""
+    curves: dict[str, dict[str, Curve]] = {}
+    calls: dict[str, dict[str, float]] = {}
+    ops: dict[str, dict[str, float]] = {}
+    for key, points in cal.kernel_gops.items():
+        rt, _, rest = key.partition("/")
+        pts = sorted((float(size), gops) for size, gops in points.items() if gops > 0)
+        if rest and pts:
+            curves.setdefault(rt, {})[rest] = tuple(pts)
+    for source, into in ((cal.call_overhead_us, calls), (cal.op_overhead_us, ops)):
+        for key, us in source.items():
+            parts = key.split("/")
+            if len(parts) >= 2:
+                into.setdefault(parts[0], {})["_".join(parts[1:])] = us
+    runtimes = sorted(set(curves) | set(calls) | set(ops))
+    return {rt: (curves.get(rt, {}), calls.get(rt, {}), ops.get(rt, {})) for rt in runtimes}

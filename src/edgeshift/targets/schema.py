@@ -145,13 +145,18 @@ class Price(BaseModel):
 class Calibration(BaseModel):
     """What was measured on the host (cached as JSON); see :mod:`edgeshift.targets.host`.
 
-    Timings are low percentiles of many runs, so a busy neighbour inflates them less.
-    GEMM/Conv throughput follows ``achieved(rows) = max * rows / (rows + half_rows)``, fitted
-    from a small and a large problem; ``rows`` is M for a GEMM, output positions for a Conv.
+    Timings are the fastest of many short runs, interleaved over rounds, so a busy neighbour
+    inflates them less. ``kernel_gops`` holds the achieved GOP/s of each kernel class per
+    runtime and precision at several sizes (``targets.roofline.KERNEL_CLASSES``); the older
+    layout (``version`` 6) had only GEMM/Conv saturation fits:
+    ``achieved(rows) = max * rows / (rows + half_rows)``.
     """
 
     model_config = ConfigDict(extra="forbid")
 
+    # The layout of what was measured: a cache of another version is measured again, and a
+    # pinned file of an older one is read with the figures it has (no kernel classes).
+    version: int = 6
     key: str
     created: str  # ISO time
     cpu_model: str
@@ -168,10 +173,16 @@ class Calibration(BaseModel):
     runtime_overhead_bytes: int  # process RSS with a runtime session open (an upper bound)
     efficiency: dict[str, float]  # achieved / peak: gemm, conv, memory, gemm_<precision>
     peak_corrected: bool = False  # the flag-based peak was below what GEMM reached
+    # "<runtime>/<precision>/<kernel class>" -> {size: GOP/s} (size as text: JSON keys), net
+    # of the call and per-op overheads; size is rows (GEMM M, Conv positions, RNN steps) or
+    # an attention MatMul's MACs
+    kernel_gops: dict[str, dict[str, float]] = Field(default_factory=dict)
+    peak_gops: dict[str, float] = Field(default_factory=dict)  # host peaks efficiency divides by
     seconds: float  # how long the calibration took
-    passes: int = 1  # measurement passes; each figure keeps its fastest
-    # Benchmarks whose two fastest passes disagreed (name -> spread) and, as "other processes",
-    # the share of our CPUs others used meanwhile: why a figure may not repeat.
+    passes: int = 1  # measurement rounds over every microbenchmark (re-measures not counted)
+    # Benchmarks whose two fastest rounds still disagreed after re-measuring (name -> spread)
+    # and, as "other processes", the share of our CPUs others used meanwhile: why a figure
+    # may not repeat.
     noisy: dict[str, float] = Field(default_factory=dict)
 
 
