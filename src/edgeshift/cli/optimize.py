@@ -199,6 +199,8 @@ def _render(result: OptimizeResult) -> None:
     for note in m.repair_notes:
         console.print(f"repaired for quantizers: {note}", soft_wrap=True)
     console.print(result.message, soft_wrap=True)
+    if m.outside_budget_default is not None:
+        console.print(f"note: {m.outside_budget_default.line}", soft_wrap=True)
     if result.artifact_dir is not None:
         console.print(
             f"artifact: {result.artifact_dir} (run it: edgeshift bench {result.artifact_dir})",

@@ -57,6 +57,21 @@ class CandidateRecord(_Strict):
     recovery_steps: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class OutsideBudgetDefault(_Strict):
+    """A plain runtime default (OpenVINO with no config: bf16 on CPUs that have it) that ran
+    faster than the chosen variant but missed the budget: what a user switching runtime gets,
+    and what it costs them."""
+
+    candidate: str  # its row in candidates
+    runtime: str  # e.g. "OpenVINO's own default (bf16)"
+    p50_ms: float
+    speedup_over_chosen: float  # by the objective
+    speedup_over_original: float
+    drop: float
+    max_drop: float
+    line: str  # the sentence the console prints
+
+
 class SourceInfo(_Strict):
     path: str
     sha256: str
@@ -122,6 +137,8 @@ class Manifest(_Strict):
     # artifact's `edgeshift verify` on that target's architecture (a VerifyReport as JSON).
     target: str | None = None
     verification: dict[str, Any] | None = None
+    # A plain runtime default faster than the chosen variant but outside the budget, or None.
+    outside_budget_default: OutsideBudgetDefault | None = None
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:

@@ -34,13 +34,15 @@ from edgeshift.optimize.manifest import (
     write_manifest,
 )
 from edgeshift.optimize.metrics import Metric, check_metric_name, resolve_metric
-from edgeshift.optimize.recipes import BuildContext, Recipe, Variant, all_recipes
+from edgeshift.optimize.recipes import BuildContext, HeldOut, Recipe, Variant, all_recipes
 from edgeshift.optimize.result import OptimizeResult
 from edgeshift.optimize.selection import (
     choose,
     measure_candidates,
     objective_key,
+    outside_budget_default,
     reject_slow_recoveries,
+    rejected_defaults,
     set_speedups,
 )
 from edgeshift.runtime import BACKENDS, open_backend, usable_cpus
@@ -193,6 +195,10 @@ def optimize(
             score = chosen_metric.score(got, reference, held_out.labels)
             return score, chosen_metric.drop(original_score, score), backend, seconds_per_run
 
+        ctx.held_out = _held_out_check(
+            feeds, reference, held_out.labels, chosen_metric, original_score, budget, threads
+        )
+
         # 4. Every candidate: build, score, recover accuracy where it falls short.
         candidates = [original]
         for step, recipe in enumerate(chosen_recipes, start=2):
@@ -212,15 +218,22 @@ def optimize(
         survivors = [c for c in candidates if c.record.status == "accepted" and c.backend]
         # Met means accurate enough; a variant that then loses on speed still met it.
         budget_met = len(survivors) > 1
+        # A plain runtime default the budget rejected is timed too: the report names it when
+        # it is faster than the choice (it is never chosen).
+        defaults = rejected_defaults(candidates, ctx.host.openvino_capabilities)
+        for c in defaults:
+            assert c.variant is not None
+            v = c.variant
+            c.backend = open_backend(v.model_path, v.backend, v.runtime_precision, threads)
         measure_candidates(
-            survivors,
+            survivors + defaults,
             feeds,
             settings.bench_seconds,
             settings.min_iterations,
             settings.warmup,
             settings.rounds,
         )
-        set_speedups(survivors, objective)
+        set_speedups(survivors + defaults, objective)
         reject_slow_recoveries(survivors, objective)
 
         # 6. Choose, explain, write the artifact.
@@ -242,6 +255,9 @@ def optimize(
             quick,
             len(calib_idx),
             held_out,
+        )
+        manifest.outside_budget_default = outside_budget_default(
+            winner, defaults, chosen_metric.name, chosen_metric.unit, budget, objective
         )
         message = _message(winner, original, chosen_metric, budget, budget_met, objective)
         if target_spec is not None:
@@ -272,6 +288,28 @@ def optimize(
     if require and not budget_met:
         raise BudgetError(f"{message} — raise --max-drop or add data; the original was kept")
     return result
+
+
+def _held_out_check(
+    feeds: list[dict[str, np.ndarray]],
+    reference: dict[str, np.ndarray],
+    labels: np.ndarray | None,
+    metric: Metric,
+    original_score: float,
+    budget: float,
+    threads: int,
+) -> HeldOut:
+    """The search's metric on any subset of the held-out batches (NNCF's accuracy control
+    validates on all of them and ranks layers on single ones)."""
+    sizes = [next(iter(f.values())).shape[0] for f in feeds]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+
+    def score(outputs: dict[str, np.ndarray], indices: Sequence[int]) -> float:
+        rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in indices])
+        ref = {k: v[rows] for k, v in reference.items()}
+        return metric.score(outputs, ref, None if labels is None else labels[rows])
+
+    return HeldOut(feeds, score, original_score, metric.higher_is_better, budget, threads)
 
 
 def _target_skip(recipe: Recipe, target: Target | None) -> Candidate | None:

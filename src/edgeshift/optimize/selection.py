@@ -1,12 +1,17 @@
 """Selection: time the candidates within budget side by side, drop recoveries that bought
-accuracy with all their speed, and pick the fastest (ties to the smaller file)."""
+accuracy with all their speed, and pick the fastest (ties to the smaller file). A plain
+runtime default that missed the budget is timed too, so the report can name it when it is
+faster than the choice (:func:`outside_budget_default`)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
 from edgeshift.optimize.candidates import Candidate
 from edgeshift.optimize.evaluate import measure_side_by_side
+from edgeshift.optimize.manifest import OutsideBudgetDefault
 
 TIE_FRACTION = 0.02  # candidates within 2% of the fastest are tied: measurement noise
 
@@ -93,3 +98,60 @@ def choose(candidates: list[Candidate], objective: str) -> Candidate:
             assert mine is not None and theirs is not None
             c.record.reason = f"within budget but slower: {_num(mine)} vs {_num(theirs)} {unit}"
     return winner
+
+
+def openvino_default_precision(capabilities: Sequence[str]) -> str:
+    """What OpenVINO's CPU plugin runs a model at with no config: bf16 where the CPU has it."""
+    return "bf16" if "BF16" in capabilities else "fp32"
+
+
+def rejected_defaults(candidates: list[Candidate], capabilities: Sequence[str]) -> list[Candidate]:
+    """The plain runtime defaults that missed the budget but are still worth timing, so the
+    report can say when one is faster than the chosen variant. ORT's default is the original
+    (the reference, always within budget); OpenVINO's is its openvino-<default precision>
+    candidate, which is the same model at the same precision, stated explicitly."""
+    name = f"openvino-{openvino_default_precision(capabilities)}"
+    return [
+        c
+        for c in candidates
+        if c.record.name == name
+        and c.record.status == "rejected"
+        and c.variant is not None
+        and c.record.drop is not None
+    ]
+
+
+def outside_budget_default(
+    winner: Candidate,
+    defaults: list[Candidate],
+    metric_name: str,
+    metric_unit: str,
+    budget: float,
+    objective: str,
+) -> OutsideBudgetDefault | None:
+    """The fastest timed default in DEFAULTS when it beats WINNER (beyond the tie margin)."""
+    timed = [c for c in defaults if c.timing is not None and c.record.drop is not None]
+    if not timed or winner.timing is None:
+        return None
+    fastest = min(timed, key=lambda c: objective_key(c, objective))
+    faster = objective_key(winner, objective) / objective_key(fastest, objective)
+    if faster <= 1 + TIE_FRACTION:
+        return None
+    r, w = fastest.record, winner.record
+    assert r.drop is not None and r.p50_ms is not None
+    runtime = f"OpenVINO's own default ({r.precision})"
+    chosen = "the original (ORT fp32)" if w.recipe == "none" else f"the chosen {w.name}"
+    line = (
+        f"{runtime} is {faster:.2f}x faster than {chosen} but its {metric_name} drops "
+        f"{r.drop:.3g} {metric_unit} (budget {budget:.3g}); not chosen"
+    )
+    return OutsideBudgetDefault(
+        candidate=r.name,
+        runtime=runtime,
+        p50_ms=r.p50_ms,
+        speedup_over_chosen=faster,
+        speedup_over_original=r.speedup or 0.0,
+        drop=r.drop,
+        max_drop=budget,
+        line=line,
+    )

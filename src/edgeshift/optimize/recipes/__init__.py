@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,20 @@ import onnx
 
 from edgeshift.errors import OptimizeError
 from edgeshift.optimize.manifest import HostInfo
+
+
+@dataclass
+class HeldOut:
+    """The search's own accuracy check, for recipes that control accuracy themselves (NNCF's
+    accuracy control): the held-out feeds and the metric's score of outputs for some of them."""
+
+    feeds: list[dict[str, np.ndarray]]
+    # (outputs of FEEDS[indices], concatenated on the sample axis; indices) -> the metric's score
+    score: Callable[[dict[str, np.ndarray], Sequence[int]], float]
+    original_score: float
+    higher_is_better: bool
+    budget: float  # the search's max drop, in the metric's unit (absolute)
+    threads: int
 
 
 @dataclass
@@ -37,6 +51,7 @@ class BuildContext:
     quick: bool
     is_transformer: bool
     cache: dict[str, Any] = field(default_factory=dict)  # per-search memo (calibration ranges)
+    held_out: HeldOut | None = None  # set by the search once the reference has run
 
 
 @dataclass
@@ -176,6 +191,7 @@ def build_failure(
 def all_recipes() -> list[Recipe]:
     """Every recipe, fastest-to-build first (the order the search tries them)."""
     from edgeshift.optimize.recipes.openvino_float import OpenVINOFloat
+    from edgeshift.optimize.recipes.openvino_nncf_ac import OpenVINONNCFAccuracyControl
     from edgeshift.optimize.recipes.openvino_nncf_int8 import OpenVINONNCFInt8
     from edgeshift.optimize.recipes.ort_dynamic_int8 import OrtDynamicInt8
     from edgeshift.optimize.recipes.ort_float import OrtFloatOptimized
@@ -192,6 +208,7 @@ def all_recipes() -> list[Recipe]:
         OpenVINOFloat("bf16"),
         OpenVINOFloat("fp16"),
         OpenVINONNCFInt8(),
+        OpenVINONNCFAccuracyControl(),
     ]
 
 
