@@ -71,7 +71,7 @@ def _stub_estimate(
         return None
     self.calls += 1
     service_ms = {"mcu": 8.0, "edge": 1.5, "server": 0.4, "gpu": 0.2}.get(target.tier, 1.0)
-    return Perf(service_ms, 1000.0 / service_ms, 1 << 20, True, confidence="stub")
+    return Perf(service_ms, 1000.0 / service_ms, 1 << 20, True)
 
 
 def _leaves(node: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -175,9 +176,27 @@ def test_default_precision_is_the_fastest_usable(tmp_path: Path, tid: str, expec
     assert estimate_analysis(analysis, get_target(tid)).precision == expected
 
 
-def test_gpu_confidence_is_carried_over(tmp_path: Path) -> None:
+@pytest.fixture
+def error_model(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A synthetic measured error (x0.8-1.25 on ONNX Runtime fp32), instead of the shipped one."""
+    from edgeshift.targets.interval import ErrorSample, fit_error_model
+
+    estimate_module = sys.modules["edgeshift.targets.estimate"]  # the package re-exports estimate()
+
+    ratios = [0.8, 0.8, *[1.0] * 15, 1.25, 1.25]  # n = 19: the bounds are the 2nd and 18th
+    model = fit_error_model(
+        [ErrorSample(f"m{i}", "onnxruntime", "fp32", 1.0, r) for i, r in enumerate(ratios)],
+        run={"host": "test cpu"},
+    )
+    monkeypatch.setattr(estimate_module, "load_error_model", lambda: model)
+    return model
+
+
+def test_gpu_interval_is_widened_and_says_so(tmp_path: Path, error_model: Any) -> None:
     e = estimate(_mlp_path(tmp_path, (64, 128, 10)), "aws-g6-l4")
-    assert "carried over, not measured" in e.confidence
+    assert e.interval_ms is not None and e.interval_coverage == 0.8
+    assert e.interval_ms[1] / e.latency_ms == pytest.approx(1.25 * 3.0)
+    assert "x3 wider for a gpu target" in e.interval_basis
 
 
 def test_unresolved_dim_needs_shape(embedding_path: Path) -> None:
@@ -196,16 +215,26 @@ def test_bad_inputs(mlp_path: Path) -> None:
         estimate(mlp_path, "rpi5", precision="fp8")
 
 
-def test_host_estimate_uses_the_cached_calibration(mlp_path: Path, calibrated_host: Any) -> None:
+def test_host_estimate_uses_the_cached_calibration(
+    mlp_path: Path, calibrated_host: Any, error_model: Any
+) -> None:
     e = estimate(mlp_path, "host", precision="fp32")
-    assert e.confidence.startswith("high")
+    # On the host the interval is the measured error itself, unwidened.
+    assert e.interval_ms == (pytest.approx(e.latency_ms * 0.8), pytest.approx(e.latency_ms * 1.25))
+    assert "wider" not in e.interval_basis and "test cpu" in e.interval_basis
     assert e.ram_required_bytes >= calibrated_host.runtime_overhead_bytes
-    # A catalog target now carries the host's efficiencies over.
-    assert estimate(mlp_path, "rpi5").confidence.startswith("medium")
+    # A catalog target carries the host's efficiencies over: a wider interval.
+    rpi = estimate(mlp_path, "rpi5")
+    assert rpi.interval_ms is not None and "x2 wider for a edge target" in rpi.interval_basis
+    assert "no host calibration" not in rpi.interval_basis
 
 
-def test_without_calibration_confidence_is_low(mlp_path: Path, cache_dir: Path) -> None:
-    assert estimate(mlp_path, "rpi5").confidence.startswith("low")
+def test_without_calibration_the_interval_is_wider(
+    mlp_path: Path, cache_dir: Path, error_model: Any
+) -> None:
+    e = estimate(mlp_path, "rpi5")
+    assert e.interval_ms is not None and e.interval_ms[1] / e.latency_ms == pytest.approx(5.0)
+    assert "no host calibration" in e.interval_basis
 
 
 def test_compare_ranks_by_cost_among_slo_meeting(tmp_path: Path, cache_dir: Path) -> None:

@@ -79,7 +79,7 @@ def test_models_that_cannot_run_are_refused(
         assert result.exit_code == 2, result.output
         err = result.stderr.strip().splitlines()[-1]
         assert err.startswith("error: ") and "not estimated" in err and says in err
-        assert "confidence" not in result.stdout and "fits" not in result.stdout
+        assert "interval" not in result.stdout and "fits" not in result.stdout
 
 
 def test_a_good_conv_still_estimates(tmp_path: Path, cache_dir: Path) -> None:
@@ -99,10 +99,10 @@ def test_pinned_calibration_round_trip(
                     calibration=load_calibration_file(save_calibration_file(
                         make_calibration(), detect_host(), tmp_path / "fast.json")))  # fmt: skip
     assert slow.latency_ms > fast.latency_ms
-    assert "measured on this host" in slow.confidence
     a = estimate(mlp_path, "rpi5", calibration=pinned)
     b = estimate(mlp_path, "rpi5", calibration=pinned)
-    assert a.latency_ms == b.latency_ms and "medium" in a.confidence
+    assert a.latency_ms == b.latency_ms and a.interval_ms == b.interval_ms
+    assert "no host calibration" not in a.interval_basis  # the pinned one counts as measured
 
 
 def test_targets_host_json_is_a_calibration_file(tmp_path: Path, calibrated_host: Any) -> None:
@@ -178,4 +178,4 @@ def test_a_4_tib_output_is_refused_not_fitted(tmp_path: Path, cache_dir: Path) -
     assert result.exit_code == 2, result.output
     err = result.stderr.strip().splitlines()
     assert len(err) == 1 and "4,096.0 GiB" in err[0]
-    assert "confidence" not in result.stdout and "fits" not in result.stdout
+    assert "interval" not in result.stdout and "fits" not in result.stdout

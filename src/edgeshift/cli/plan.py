@@ -75,6 +75,9 @@ def _render(summary: dict, out_dir: Path) -> None:
         sim = w["simulated_ms"]
         a = w.get("assumes") or {}
         assumes = f" · {a['runtime']} {a['precision']}" if a else ""
+        if a.get("service_interval_ms"):
+            lo, hi = a["service_interval_ms"]
+            assumes += f" · service {a['service_ms']:.3g} ms, 80% {lo:.3g}-{hi:.3g}"
         table.add_row(
             w["workload"],
             f"{w['pool']} ({w['variant']}{assumes})",

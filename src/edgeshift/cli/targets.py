@@ -196,6 +196,7 @@ def _render_estimate(e: Estimate) -> None:
         ("fit", fit),
         ("RAM", f"{human_bytes(e.ram_required_bytes)} of {human_bytes(e.ram_available_bytes)}{flash}"),
         ("latency", _fmt(e.latency_ms, " ms") + f" (fixed {e.overhead_ms:.3g} ms)"),
+        ("80% interval" if e.interval_coverage == 0.8 else "interval", interval_text(e)),
         ("throughput", _fmt(e.throughput_items_s, " items/s") + (f" ({e.streams} streams)" if e.streams > 1 else "")),
         ("energy", _fmt(e.energy_j * 1e3, " mJ/item")),
         ("cost", _fmt(e.usd_per_million, " USD per million")),
@@ -203,8 +204,12 @@ def _render_estimate(e: Estimate) -> None:
     if e.measured is not None:
         m = e.measured
         ratio = e.latency_ms / m.p50_ms if m.p50_ms > 0 else math.inf
-        rows.insert(3, ("measured (bench)", f"{m.p50_ms:,.4g} ms p50, {m.p90_ms:,.4g} ms p90 on "
-                        f"{m.backend} {m.precision}: estimate x{ratio:.2f}"))  # fmt: skip
+        inside = ""
+        if e.interval_ms is not None:
+            lo, hi = e.interval_ms
+            inside = "; inside the interval" if lo <= m.p50_ms <= hi else "; OUTSIDE the interval"
+        rows.insert(4, ("measured (bench)", f"{m.p50_ms:,.4g} ms p50, {m.p90_ms:,.4g} ms p90 on "
+                        f"{m.backend} {m.precision}: estimate x{ratio:.2f}{inside}"))  # fmt: skip
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
@@ -220,9 +225,17 @@ def _render_estimate(e: Estimate) -> None:
                 b.bound, f"{b.ms:.4g}", f"{b.overhead_ms:.3g}",
             )  # fmt: skip
         console.print(bd)
-    console.print(f"confidence: {e.confidence}", markup=False)
+    console.print(f"interval: {e.interval_basis}", markup=False)
     for note in e.notes:
         console.print(f"  · {note}", markup=False, style="dim")
+
+
+def interval_text(e: Estimate) -> str:
+    """``3.7-5.1 ms`` (the estimate's interval), or ``—`` when none was measured."""
+    if e.interval_ms is None:
+        return "—"
+    lo, hi = e.interval_ms
+    return f"{lo:,.3g}-{hi:,.3g} ms"
 
 
 _SHAPE_HELP = "NAME=DIMS for an input (1x3x224x224) or a symbolic dim (seq=128)."
@@ -327,6 +340,7 @@ def compare_command(
         "assumes",
         "fits",
         "latency ms",
+        "80% interval",
         "items/s",
         "mJ/item",
         "USD/million",
@@ -338,11 +352,14 @@ def compare_command(
     for e in c.rows:
         table.add_row(
             e.target_id, c.tiers.get(e.target_id, ""), e.variant, "yes" if e.fits else "[red]no[/]",
-            _fmt(e.latency_ms), _fmt(e.throughput_items_s), _fmt(e.energy_j * 1e3),
+            _fmt(e.latency_ms), interval_text(e), _fmt(e.throughput_items_s), _fmt(e.energy_j * 1e3),
             _fmt(e.usd_per_million), "[green]ok[/]" if c.meets_slo[e.target_id] else "[red]miss[/]",
         )  # fmt: skip
     console.print(table)
     console.print(c.answer, markup=False)
+    bases = {e.interval_basis for e in c.rows if e.interval_basis}
+    for basis in sorted(bases):
+        console.print(f"  interval: {basis}", markup=False, style="dim")
     for e in c.rows:
         if not e.fits:
             console.print(f"  · {e.target_id}: {e.fit_reason}", markup=False, style="dim")

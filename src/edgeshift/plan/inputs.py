@@ -39,7 +39,7 @@ class Estimator:
     perf: dict[tuple[str, str, str], Perf | None] = field(default_factory=dict)
     calls: int = 0
     # (model key, target id, precision) -> what the estimate assumes: runtime, precision, recipe
-    assumed: dict[tuple[str, str, str], dict[str, str | None]] = field(default_factory=dict)
+    assumed: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     calibration: Any | None = None  # a host.PinnedCalibration pinning the efficiencies
 
     def add_model(self, ref: ModelRef, shapes: dict[str, tuple[int, ...]] | None = None) -> str:
@@ -81,24 +81,31 @@ class Estimator:
             calibration=self.calibration,
             manifest=self.manifests.get(model_key),
         )
-        self.assumed[(model_key, target.id, precision)] = {
-            "runtime": est.runtime,
-            "precision": est.precision,
-            "recipe": est.recipe,
-        }
         streams = max(1, int(getattr(est, "streams", 1)))
         # With several streams each call runs on its share of the cores: slower than
         # ``latency_ms`` (one call on the whole node), and what the queue's servers see.
         service_ms = float(est.latency_ms)
         if streams > 1 and est.throughput_items_s > 0:
             service_ms = 1000.0 * streams / float(est.throughput_items_s)
+        factors = None
+        if est.interval_ms is not None and est.latency_ms > 0:
+            factors = (est.interval_ms[0] / est.latency_ms, est.interval_ms[1] / est.latency_ms)
+        self.assumed[(model_key, target.id, precision)] = {
+            "runtime": est.runtime,
+            "precision": est.precision,
+            "recipe": est.recipe,
+            # the service time's interval: the estimate's measured error (targets/interval.py)
+            "service_ms": service_ms,
+            "service_interval_ms": None if factors is None else [service_ms * f for f in factors],
+            "interval_coverage": est.interval_coverage,
+        }
         return Perf(
             service_ms=service_ms,
             throughput_items_s=float(est.throughput_items_s),
             ram_required_bytes=int(est.ram_required_bytes),
             fits=bool(est.fits) and math.isfinite(service_ms),
             fit_reason=str(est.fit_reason) if not est.fits else "",
-            confidence=str(est.confidence),
+            interval_factors=factors,
             streams=streams,
         )
 

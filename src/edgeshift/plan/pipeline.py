@@ -41,7 +41,7 @@ class PlanResult:
     # ``targets.host.PinnedCalibration.record``), None when they rest on default efficiencies.
     calibration: dict[str, Any] | None = None
     # (model key, target id, precision) -> runtime, precision and recipe the estimate assumes
-    assumed: dict[tuple[str, str, str], dict[str, str | None]] = field(default_factory=dict)
+    assumed: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
 
     @property
     def feasible(self) -> bool:

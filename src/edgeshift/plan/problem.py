@@ -101,7 +101,8 @@ class Perf:
     fits: bool
     streams: int = 1  # concurrent calls a node runs side by side (the servers of the queue)
     fit_reason: str = ""
-    confidence: str = ""
+    # measured / estimated at the ends of the estimate's interval (targets/interval.py)
+    interval_factors: tuple[float, float] | None = None
 
 
 @dataclass

@@ -179,9 +179,17 @@ def _placement_table(result: PlanResult) -> str:
         sim = result.simulations.get(w.name)
         sim_ms = sim.quantile_ms(w.quantile) if sim is not None else None
         cls = "ok" if option.latency_ms <= w.slo_ms else "bad"
+        keys = {v.name: v.model_key for v in w.variants}
+        a = result.assumed.get((keys.get(option.variant, ""), option.target_id, option.precision))
+        variant = _e(option.variant)
+        if a and a.get("service_interval_ms"):  # the estimate's measured error, not a guess
+            lo, hi = a["service_interval_ms"]
+            variant += (
+                f"<br><small>service {_ms(a['service_ms'])} ms, 80% {_ms(lo)}-{_ms(hi)}</small>"
+            )
         rows.append(
             f"<tr><td>{_e(w.name)}</td><td>{_e(option.pool)}</td><td>{_e(option.tier)}</td>"
-            f"<td class='num'>{option.replicas}</td><td>{_e(option.variant)}</td>"
+            f"<td class='num'>{option.replicas}</td><td>{variant}</td>"
             f"<td class='num {cls}'>{_ms(option.latency_ms)}</td><td class='num'>{_ms(sim_ms)}</td>"
             f"<td class='num'>{w.slo_label} {w.slo_ms:g}</td><td class='why'>{why}</td></tr>"
         )

@@ -17,6 +17,7 @@ from typing import Any
 
 from edgeshift.errors import ShapeError
 from edgeshift.model.load import LoadedModel
+from edgeshift.targets.interval import ErrorModel, Interval, interval_for, load_error_model
 from edgeshift.targets.roofline import (
     DEFAULT_EFFICIENCY,
     OP_CLASSES,
@@ -66,7 +67,6 @@ class Estimate:
     energy_j: float  # joules per item
     usd_per_million: float  # cost per million items
     breakdown: list[OpClassCost]
-    confidence: str
     notes: list[str] = field(default_factory=list)
     overhead_ms: float = 0.0  # per-call fixed cost (dispatch, GPU sync and copies) in latency_ms
     streams: int = 1  # concurrent calls behind throughput_items_s
@@ -78,6 +78,11 @@ class Estimate:
     runtime: str = "onnxruntime"  # the runtime whose speed this estimates
     recipe: str | None = None  # an optimize artifact's recipe (from its manifest)
     measured: Any | None = None  # a BenchResult when ``estimate --measure`` timed it
+    # latency_ms x the measured error of such estimates (targets/interval.py): the range the
+    # real latency falls in with probability interval_coverage; None: nothing measured
+    interval_ms: tuple[float, float] | None = None
+    interval_coverage: float = 0.0
+    interval_basis: str = ""  # what the interval rests on (measured cases, widening)
 
     @property
     def variant(self) -> str:
@@ -271,6 +276,7 @@ def estimate_analysis(
     utilization: float = 1.0,
     compiled: Any | None = None,
     manifest: Mapping[str, Any] | None = None,
+    error_model: ErrorModel | None = None,
 ) -> Estimate:
     """The pure estimate: a ModelAnalysis (or anything with its fields) on TARGET.
 
@@ -351,12 +357,11 @@ def estimate_analysis(
     else:
         fit_reason = "does not fit: " + "; ".join(reasons)
 
-    confidence = _confidence(target, eff)
     if chosen not in target.precisions:
         return Estimate(
             target.id, model_name, batch, chosen, False, fit_reason, ram_required, ram_avail,
             flash_required, target.flash_bytes, math.inf, 0.0, math.inf, math.inf, [],
-            confidence, notes, utilization=utilization, usd_per_kwh=usd_per_kwh, runtime=runtime,
+            notes, utilization=utilization, usd_per_kwh=usd_per_kwh, runtime=runtime,
             recipe=recipe_name,
         )  # fmt: skip
 
@@ -404,6 +409,14 @@ def estimate_analysis(
         )
 
     energy_j, usd_per_item = _energy_and_cost(target, throughput, utilization, usd_per_kwh, notes)
+    interval = interval_for(
+        load_error_model() if error_model is None else error_model,
+        tier=target.tier,
+        on_host=target.calibration is not None,
+        runtime=runtime,
+        precision=chosen,
+        calibrated=eff.measured,
+    )
     return Estimate(
         target_id=target.id,
         model=model_name,
@@ -420,7 +433,6 @@ def estimate_analysis(
         energy_j=energy_j,
         usd_per_million=usd_per_item * 1e6,
         breakdown=breakdown,
-        confidence=confidence,
         notes=notes,
         overhead_ms=calls * call_oh_s * 1e3,
         streams=streams,
@@ -428,7 +440,19 @@ def estimate_analysis(
         usd_per_kwh=usd_per_kwh,
         runtime=runtime,
         recipe=recipe_name,
+        **_interval_fields(interval, latency_s * 1e3),
     )
+
+
+def _interval_fields(interval: Interval | None, latency_ms: float) -> dict[str, Any]:
+    if interval is None:
+        basis = "no interval: no measured error of such estimates (estimate_error.yaml)"
+        return {"interval_ms": None, "interval_coverage": 0.0, "interval_basis": basis}
+    return {
+        "interval_ms": interval.around(latency_ms),
+        "interval_coverage": interval.coverage,
+        "interval_basis": interval.basis,
+    }
 
 
 def _compiled_estimate(
@@ -477,11 +501,13 @@ def _compiled_estimate(
         ram_available_bytes=target.ram_bytes, flash_required_bytes=flash,
         flash_available_bytes=target.flash_bytes, latency_ms=latency_s * 1e3,
         throughput_items_s=throughput, energy_j=energy_j, usd_per_million=usd_per_item * 1e6,
-        breakdown=[],
-        confidence="measured — exact instruction count under QEMU, flash/RAM from the linker; "
-        "cycles per instruction assumed",
-        notes=notes, utilization=utilization, usd_per_kwh=usd_per_kwh, basis="compiled",
+        breakdown=[], notes=notes, utilization=utilization, usd_per_kwh=usd_per_kwh, basis="compiled",
         runtime="edgeshift compile (C)",
+        **_interval_fields(
+            interval_for(None, tier="mcu", on_host=False, runtime="", precision="int8",
+                         calibrated=True, compiled=True),
+            latency_s * 1e3,
+        ),
     )  # fmt: skip
 
 
@@ -529,28 +555,6 @@ def _ram_parts(target: Target, weights: int, acts: int, overhead: int) -> str:
     if target.tier == "mcu":
         return f"activations {_mib(acts)} + runtime {_mib(overhead)}; weights in flash"
     return f"weights {_mib(weights)} + activations {_mib(acts)} + runtime {_mib(overhead)}"
-
-
-def _confidence(target: Target, eff: Efficiency) -> str:
-    if target.tier == "gpu":
-        return (
-            "low — carried over, not measured: GPU peaks from the datasheet with CPU-measured "
-            "efficiencies and assumed launch overheads"
-        )
-    if target.calibration is not None:
-        return (
-            "high — efficiencies, bandwidth and overheads measured on this host; the roofline "
-            "per node is still a model"
-        )
-    if eff.measured:
-        return (
-            f"medium — efficiencies measured on this host, carried to {target.id} by its "
-            "datasheet peaks and bandwidth; overheads scaled by clock"
-        )
-    return (
-        "low — no host calibration cached: default efficiencies (run `edgeshift targets host` "
-        "to measure them)"
-    )
 
 
 def estimate(
