@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from edgeshift.bench.inputs import load_npz, synthesize_inputs
 from edgeshift.errors import BackendError, DataError
@@ -22,6 +23,11 @@ from edgeshift.verify.tolerance import Tolerance, judge
 
 # Without --data: enough random samples that one top-1 flip is visible (1/256 < 0.5%).
 SYNTHETIC_SAMPLES = 256
+# Ops that make a plain .onnx a quantized graph (QDQ, QOperator or integer-op form).
+QUANTIZED_OPS = frozenset(
+    {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv"}
+    | {"QLinearMatMul", "ConvInteger", "MatMulInteger"}
+)
 
 
 @dataclass
@@ -45,6 +51,13 @@ def tolerance_from_manifest(manifest: Mapping[str, Any] | None) -> Tolerance:
         max_drop=metric.get("max_drop"),
         metric_output=metric.get("output"),
     )
+
+
+def tolerance_for_plain_model(proto: onnx.ModelProto) -> Tolerance:
+    """A .onnx without a manifest: fp32, or int8 (the default criteria) for a quantized graph,
+    whose requantization may round one step apart on another ISA."""
+    quantized = any(node.op_type in QUANTIZED_OPS for node in proto.graph.node)
+    return Tolerance("int8" if quantized else "fp32")
 
 
 def _inputs(
@@ -81,7 +94,9 @@ def _prepare(
     np.savez(inputs_path, **inputs)  # type: ignore[arg-type]  # numpy's stub: allow_pickle
     manifest = loaded.manifest or {}
     backend = str(manifest.get("backend") or "onnxruntime")
-    tolerance = tolerance_from_manifest(manifest)
+    tolerance = (
+        tolerance_from_manifest(manifest) if manifest else tolerance_for_plain_model(loaded.proto)
+    )
     target = loaded.artifact_dir if loaded.artifact_dir is not None else loaded.path
     job = Job(
         id=f"m{index}",
