@@ -17,9 +17,11 @@ starts a long-running server (``edgeshift serve``, ``fleet serve``, ``agent``, `
 serve``), runs in the background.
 
 Markers, an HTML comment on the line(s) just before a block's fence:
-``<!-- doc-test: skip — REASON -->`` (the block cannot run here; the reason is required) and
+``<!-- doc-test: skip — REASON -->`` (the block cannot run here; the reason is required),
 ``<!-- doc-test: compare -->`` (a console block's shown output must match: ``…`` or ``...``
-in a shown line matches any text).
+in a shown line matches any text; stdout, or stderr for a command that fails on purpose) and
+``<!-- doc-test: exit N -->`` (the block's commands show an error: each must exit with N).
+Several markers may share one comment: ``<!-- doc-test: exit 2; compare -->``.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ SERVERS = (
 )
 
 _FENCE = re.compile(r"^(\s*)(```+|~~~+)\s*([\w+-]*)")
-_MARKER = re.compile(r"<!--\s*doc-test:\s*(skip|compare)\b\s*[—:-]*\s*(.*?)\s*-->")
+_MARKER = re.compile(r"(skip|compare|exit)\b\s*[—:-]*\s*([^;]*?)\s*(?:;|$)")
 _HEREDOC = re.compile(r"<<-?\s*['\"]?(\w+)['\"]?")
 
 
@@ -58,6 +60,7 @@ class DocCommand:
     skip: str | None = None  # the reason given by a doc-test: skip marker
     expected: tuple[str, ...] | None = None  # shown output, for blocks marked compare
     block: int = 0  # 1-based line of the block's opening fence
+    exit_code: int = 0  # what the command must exit with (an error shown on purpose)
 
     @property
     def id(self) -> str:
@@ -124,7 +127,8 @@ def _block_markers(lines: list[str], fence_index: int) -> dict[str, str]:
     found: dict[str, str] = {}
     i = fence_index - 1
     while i >= 0 and (not lines[i].strip() or lines[i].lstrip().startswith("<!--")):
-        for kind, reason in _MARKER.findall(lines[i]):
+        comment = re.search(r"<!--\s*doc-test:(.*?)-->", lines[i])
+        for kind, reason in _MARKER.findall(comment.group(1).strip() if comment else ""):
             found[kind] = reason
         i -= 1
     return found
@@ -211,9 +215,14 @@ def extract(path: Path, root: Path) -> list[DocCommand]:
             markers = _block_markers(lines, i)
             if "skip" in markers and not markers["skip"]:
                 raise ValueError(f"{doc}:{i + 1}: a doc-test: skip marker needs a reason")
+            if not markers.get("exit", "0").isdigit():
+                raise ValueError(f"{doc}:{i + 1}: doc-test: exit takes a number, e.g. exit 2")
+            exit_code = int(markers.get("exit", "0"))
             for line, text, output in _commands(kind, body, i + 2):
                 expected = tuple(output) if "compare" in markers else None
-                found.append(DocCommand(doc, line, text, markers.get("skip"), expected, i + 1))
+                found.append(
+                    DocCommand(doc, line, text, markers.get("skip"), expected, i + 1, exit_code)
+                )
         i = end + 1
     return found
 

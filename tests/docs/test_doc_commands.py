@@ -100,13 +100,15 @@ def test_doc_command(cmd: DocCommand, terminal_for: Callable[[str], DocTerminal]
     where = f"{cmd.id}: `{cmd.text}`"
     if result.timed_out:
         pytest.fail(f"{where} did not finish in time\n{_tail(result.stderr)}")
-    if result.returncode != 0:
+    if result.returncode != cmd.exit_code:
         pytest.fail(
-            f"{where} exited {result.returncode}\n"
-            f"--- stderr ---\n{_tail(result.stderr)}\n--- stdout ---\n{_tail(result.stdout)}"
+            f"{where} exited {result.returncode}"
+            + (f" (the doc shows an error: exit {cmd.exit_code})" if cmd.exit_code else "")
+            + f"\n--- stderr ---\n{_tail(result.stderr)}\n--- stdout ---\n{_tail(result.stdout)}"
         )
     if cmd.expected is not None:
-        mismatch = output_matches(cmd.expected, result.stdout)
+        shown = result.stderr if cmd.exit_code else result.stdout
+        mismatch = output_matches(cmd.expected, shown)
         assert mismatch is None, f"{where}: {mismatch}"
     assert not problems, "\n".join(problems)
 

@@ -107,3 +107,16 @@ def test_compared_output_allows_ellipses_and_nothing_else() -> None:
         output_matches(("a", "b"), "a\n") == "the doc shows 2 output line(s), the command printed 1"
     )
     assert "the doc shows 'x...'" in (output_matches(("x...",), "y") or "")
+
+
+def test_exit_markers_expect_an_error(tmp_path: Path) -> None:
+    doc = (
+        "<!-- doc-test: exit 2; compare -->\n```\n$ edgeshift inspect m.onnx --shape seq=0\n"
+        "error: seq=0 …\n```\n```bash\nedgeshift zoo list\n```\n"
+    )
+    (tmp_path / "doc.md").write_text(doc)
+    cmds = extract(tmp_path / "doc.md", tmp_path)
+    assert [(c.exit_code, c.expected) for c in cmds] == [(2, ("error: seq=0 …",)), (0, None)]
+    (tmp_path / "doc.md").write_text(doc.replace("exit 2", "exit two"))
+    with pytest.raises(ValueError, match="exit takes a number"):
+        extract(tmp_path / "doc.md", tmp_path)
