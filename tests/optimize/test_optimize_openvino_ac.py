@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from optimize_models import paddle_style_cnn, save_model
 
 from edgeshift.optimize import optimize
 from edgeshift.optimize.recipes import all_recipes
@@ -79,3 +81,18 @@ def test_accuracy_control_is_a_recipe_of_the_search() -> None:
     recipe = next(r for r in all_recipes() if r.name == "openvino-int8-ac")
     assert recipe.backend == "openvino" and recipe.precision == "int8"
     assert recipe.quantized is False  # no second recovery on top of NNCF's
+
+
+def test_nncf_quantizes_a_constant_weight_opset_11_graph(tmp_path: Path) -> None:
+    # Paddle2ONNX's shape: weights in Constant nodes, unnamed nodes, opset 11.
+    model = save_model(paddle_style_cnn(opset=11), tmp_path / "paddle11.onnx")
+    data = tmp_path / "paddle11.npz"
+    np.savez(data, x=np.random.default_rng(0).standard_normal((40, 1, 8, 8)).astype(np.float32))
+    result = optimize(
+        model, data, recipes=["openvino-int8", "openvino-int8-ac"], quick=True, max_drop=10.0
+    )
+    assert "upgraded opset 11 -> 13" in " ".join(result.manifest.repair_notes)
+    original_bytes = result.candidates[0].size_bytes
+    for record in result.candidates[1:]:
+        assert record.status in ("accepted", "chosen", "rejected"), record.reason
+        assert record.size_bytes is not None and record.size_bytes < original_bytes / 2
