@@ -255,3 +255,66 @@ def test_dead_nodes_are_dropped_and_live_ones_kept() -> None:
     assert removed == 2
     assert [n.name for n in pruned.graph.node] == ["mm", "add"]
     assert [i.name for i in pruned.graph.initializer] == ["w"]
+
+
+def small_cnn() -> onnx.ModelProto:
+    """Conv-Relu-MaxPool-Conv-Relu-GlobalAveragePool-Flatten-Gemm, as a keyword spotter is."""
+    rng = np.random.default_rng(13)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 1, 3, 3)).astype(np.float32) * 0.5, "w1"),
+        numpy_helper.from_array(rng.standard_normal((16, 8, 3, 3)).astype(np.float32) * 0.2, "w2"),
+        numpy_helper.from_array(rng.standard_normal((10, 16)).astype(np.float32) * 0.3, "w3"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node(
+            "MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]
+        ),
+        helper.make_node("Conv", ["p1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "w3"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "small_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _ort_kernels(path: Path, tmp_path: Path) -> list[str]:
+    """The op types ORT really runs: the graph after its own optimization (QDQ fusion)."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(tmp_path / f"{path.stem}-ort.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+
+
+def test_cnn_chain_keeps_every_conv_int8(tmp_path: Path) -> None:
+    x = np.random.default_rng(7).standard_normal((48, 1, 16, 16)).astype(np.float32)
+    ctx = _context(tmp_path, small_cnn(), x[:16])
+    plain = OrtStaticInt8().build(ctx)
+    chain_recipe = OrtStaticInt8(cnn_chain=True)
+    assert chain_recipe.unavailable(ctx) is None
+    chain = chain_recipe.build(ctx)
+    assert chain.params["cnn_chain"] is True and "MaxPool" in chain.params["op_types"]
+    assert chain.model_path != plain.model_path
+    # Conv→Relu read the float conv output in the plain build, so conv1 had no integer kernel
+    # (DQ→Conv→float); in the chain build both convs are QLinearConv.
+    assert _ort_kernels(plain.model_path, tmp_path).count("QLinearConv") < 2
+    assert _ort_kernels(chain.model_path, tmp_path).count("QLinearConv") == 2
+    want = _run(ctx.repaired_path, x[16:])
+    got = _run(chain.model_path, x[16:])
+    assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.9  # int8 keeps the decisions
+    # No chain to keep without convolutions, nor in a transformer.
+    (tmp_path / "mlp").mkdir()
+    mlp = _context(tmp_path / "mlp", outlier_model(), np.zeros((2, SEQ, WIDTH), np.float32))
+    assert "no Conv" in (chain_recipe.unavailable(mlp) or "")
+    ctx.is_transformer = True
+    assert "transformer" in (chain_recipe.unavailable(ctx) or "")

@@ -97,6 +97,30 @@ def _normalized_error(reference: list[np.ndarray], candidate: list[np.ndarray]) 
     return num / max(den, 1e-30)
 
 
+# Activations ORT's QDQ quantizer folds into the range of the tensor before them: the
+# quantized graph has no Relu, and the tensor before it is gone (renamed to the Relu's output).
+_FOLDED_ACTIVATIONS = ("Relu", "Clip")
+
+
+def _observable(float_model: onnx.ModelProto, quantized: onnx.ModelProto) -> dict[str, str]:
+    """Float tensor -> the tensor to compare it by, for tensors the quantized graph lost to a
+    folded activation: their activation's output (an error after a Relu still says how much
+    the layer before it added)."""
+    produced = {o for n in quantized.graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in float_model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    mapping: dict[str, str] = {}
+    for name, consumers in readers.items():
+        if name in produced or len(consumers) != 1:
+            continue
+        (consumer,) = consumers
+        if consumer.op_type in _FOLDED_ACTIVATIONS and consumer.output[0] in produced:
+            mapping[name] = consumer.output[0]
+    return mapping
+
+
 def layer_sensitivity(
     float_model: onnx.ModelProto,
     quantized_path: Path,
@@ -108,12 +132,13 @@ def layer_sensitivity(
     wanted = set(node_names)
     nodes = [n for n in float_model.graph.node if n.name in wanted]
     initializers = {i.name for i in float_model.graph.initializer}
+    quantized = onnx.load(str(quantized_path))
+    seen = _observable(float_model, quantized)
     tensors: set[str] = set()
     for node in nodes:
-        tensors.update(t for t in node.input if t and t not in initializers)
-        tensors.add(node.output[0])
+        tensors.update(seen.get(t, t) for t in node.input if t and t not in initializers)
+        tensors.add(seen.get(node.output[0], node.output[0]))
     ordered = sorted(tensors)
-    quantized = onnx.load(str(quantized_path))
     float_runs = _run_all(_with_outputs(float_model, ordered), feeds, threads)
     quant_runs = _run_all(_with_outputs(quantized, ordered), feeds, threads)
     error: dict[str, float] = {}
@@ -127,8 +152,8 @@ def layer_sensitivity(
         error[name] = _normalized_error(ref, got)
     ranking: list[tuple[str, float]] = []
     for node in nodes:
-        inputs = [error[t] for t in node.input if t in error]
-        added = error.get(node.output[0], 0.0) - max(inputs, default=0.0)
+        inputs = [error[seen.get(t, t)] for t in node.input if seen.get(t, t) in error]
+        added = error.get(seen.get(node.output[0], node.output[0]), 0.0) - max(inputs, default=0.0)
         ranking.append((node.name, added))
     # Stable order for equal scores: graph order (earlier layers first).
     return sorted(ranking, key=lambda item: -item[1])

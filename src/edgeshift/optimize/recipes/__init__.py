@@ -203,6 +203,7 @@ def all_recipes() -> list[Recipe]:
         OrtDynamicInt8(),
         OrtDynamicInt8(with_conv=True),
         OrtStaticInt8(),
+        OrtStaticInt8(cnn_chain=True),
         OrtFp16(),
         OpenVINOFloat("fp32"),
         OpenVINOFloat("bf16"),
