@@ -96,3 +96,23 @@ def test_nncf_quantizes_a_constant_weight_opset_11_graph(tmp_path: Path) -> None
     for record in result.candidates[1:]:
         assert record.status in ("accepted", "chosen", "rejected"), record.reason
         assert record.size_bytes is not None and record.size_bytes < original_bytes / 2
+
+
+def test_a_failing_accuracy_control_says_what_to_do(
+    hot_cnn: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nncf
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyError("type")  # what the issue saw: "build failed: type"
+
+    monkeypatch.setattr(nncf, "quantize_with_accuracy_control", broken)
+    model, data = hot_cnn
+    result = optimize(model, data, metric="top1", recipes=["openvino-int8-ac"], quick=True)
+    record = next(c for c in result.candidates if c.name == "openvino-int8-ac")
+    assert record.status == "failed"
+    assert record.reason.startswith(
+        "build failed: openvino-int8-ac: NNCF could not quantize the model (KeyError: 'type')"
+    )
+    assert "leave openvino-int8-ac out with --recipes" in record.reason
+    assert "\n" not in record.reason
