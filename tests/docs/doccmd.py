@@ -48,7 +48,9 @@ SERVERS = (
 )
 
 _FENCE = re.compile(r"^(\s*)(```+|~~~+)\s*([\w+-]*)")
-_MARKER = re.compile(r"(skip|compare|exit)\b\s*[—:-]*\s*([^;]*?)\s*(?:;|$)")
+_MARKER = re.compile(
+    r"(skip|compare|exit)\b\s*[—:-]*\s*(.*?)\s*(?:;\s*(?=(?:skip|compare|exit)\b)|$)"
+)
 _HEREDOC = re.compile(r"<<-?\s*['\"]?(\w+)['\"]?")
 
 

@@ -90,10 +90,12 @@ def test_servers_and_ampersands_run_in_the_background(tmp_path: Path) -> None:
 
 
 def test_skip_markers_need_a_reason(tmp_path: Path) -> None:
-    ok = "<!-- doc-test: skip — needs a Jetson -->\n```bash\nedgeshift bench m.onnx\n```\n"
+    ok = "<!-- doc-test: skip — needs a Jetson; or any Orin -->\n```bash\nedgeshift bench m.onnx\n```\n"
     (tmp_path / "doc.md").write_text(ok)
-    assert [c.skip for c in extract(tmp_path / "doc.md", tmp_path)] == ["needs a Jetson"]
-    (tmp_path / "doc.md").write_text(ok.replace(" — needs a Jetson", ""))
+    assert [c.skip for c in extract(tmp_path / "doc.md", tmp_path)] == [
+        "needs a Jetson; or any Orin"
+    ]
+    (tmp_path / "doc.md").write_text(ok.replace(" — needs a Jetson; or any Orin", ""))
     with pytest.raises(ValueError, match="doc.md:2: a doc-test: skip marker needs a reason"):
         extract(tmp_path / "doc.md", tmp_path)
 
