@@ -38,6 +38,7 @@ from edgeshift.bench import measure
 from edgeshift.model import graph_io, load_model
 from edgeshift.optimize import optimize
 from edgeshift.optimize.manifest import CandidateRecord
+from edgeshift.optimize.recipes import all_recipes
 from edgeshift.optimize.result import OptimizeResult
 from edgeshift.optimize.search import evaluation_split
 from edgeshift.optimize.selection import openvino_default_precision
@@ -46,6 +47,8 @@ from edgeshift.runtime import open_backend
 MINILM_GOAL_MS = 3.0
 ORT_GOAL = 2.5
 DEFAULT_GOAL = 1.1
+# The default search plus NNCF's accuracy control, the anchor its recovery is compared with.
+RECIPES = [r.name for r in all_recipes() if r.default] + ["openvino-int8-ac"]
 
 
 class _OpenVINODefault:
@@ -130,7 +133,9 @@ def run(names: list[str] | None, rounds: int, iterations: int) -> None:
                 continue
             model, data = materialize(case, Path(tmp) / case.name)
             started = time.perf_counter()
-            result = optimize(model, data, metric=case.metric, out=Path(tmp) / f"{case.name}-art")
+            result = optimize(
+                model, data, metric=case.metric, recipes=RECIPES, out=Path(tmp) / f"{case.name}-art"
+            )
             search_s = time.perf_counter() - started
             feeds = _held_out_feeds(model, data)
             artifact = open_backend(result.artifact_dir)  # type: ignore[arg-type]

@@ -81,6 +81,7 @@ def test_accuracy_control_is_a_recipe_of_the_search() -> None:
     recipe = next(r for r in all_recipes() if r.name == "openvino-int8-ac")
     assert recipe.backend == "openvino" and recipe.precision == "int8"
     assert recipe.quantized is False  # no second recovery on top of NNCF's
+    assert recipe.default is False  # minutes per model: asked for by name
 
 
 def test_nncf_quantizes_a_constant_weight_opset_11_graph(tmp_path: Path) -> None:

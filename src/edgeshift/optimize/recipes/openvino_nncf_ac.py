@@ -84,6 +84,9 @@ class OpenVINONNCFAccuracyControl(Recipe):
     backend = "openvino"
     precision = "int8"
     quantized = False  # NNCF restores layers itself; see the module docstring
+    # NNCF ranks every quantizer group with a compiled model of its own: minutes on MiniLM
+    # (over 18 min of --quick on a loaded 2-core host), so only by --recipes / the benchmark.
+    default = False
     op_types = QUANTIZED_OPS
 
     def unavailable(self, ctx: BuildContext) -> str | None:
