@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeshift.optimize.manifest import CandidateRecord, Manifest
+from edgeshift.optimize.manifest import CandidateRecord, Manifest, OutsideBudgetDefault
 
 
 @dataclass
@@ -27,3 +27,8 @@ class OptimizeResult:
     @property
     def chosen(self) -> CandidateRecord:
         return next(c for c in self.manifest.candidates if c.status == "chosen")
+
+    @property
+    def outside_budget_default(self) -> OutsideBudgetDefault | None:
+        """A plain runtime default faster than the chosen variant but outside the budget."""
+        return self.manifest.outside_budget_default
