@@ -13,8 +13,10 @@ amplifies, a metric that ignores most of the output); a real build has no such b
 
 Fallback is greedy on the resulting ranking: keep the top 1, 2, 4, … nodes in float,
 rebuilding and re-evaluating each time, until the candidate meets the budget; then (unless
-quick) bisect between the last failing and the first passing count for the fewest float nodes.
-Builds are memoized by float set, so at most MEASURED_NODES + 2·log2(nodes) + 1 are made.
+quick) bisect between the last failing and the first passing count for the fewest float nodes,
+and prune that set: each of its nodes (when it has at least PRUNE_MIN_NODES) is tried back in
+int8, lowest-ranked first, and stays int8 when the budget still holds. Builds are memoized by
+float set, so at most MEASURED_NODES + 2·log2(nodes) + 1 + PRUNE_MAX_BUILDS are made.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class RecoveryStep:
     score: float | None
     drop: float | None
     error: str | None = None
-    stage: str = "fallback"  # "sensitivity": a restore-one build; "fallback": a float set
+    stage: str = "fallback"  # "sensitivity": restore-one; "fallback": a float set; "prune"
     nodes: tuple[str, ...] = ()  # the nodes kept in float
 
 
@@ -317,12 +319,41 @@ def _fallback(
             else:
                 low = mid
         passing = high
-    best = attempt(order[:passing], "fallback")  # cached: no new build
+    float_set = order[:passing]
+    pruned = 0
+    if bisect and passing >= PRUNE_MIN_NODES:
+        float_set, pruned = _prune(float_set, attempt, max_drop)
+    best = attempt(float_set, "prune" if pruned else "fallback")  # cached: no new build
     assert best is not None
     outcome.variant, outcome.score, outcome.drop = best
-    outcome.float_nodes = order[:passing]
+    outcome.float_nodes = float_set
+    dropped = f", {pruned} more re-quantized by pruning" if pruned else ""
     outcome.reason = (
-        f"kept {passing} of {len(order)} quantized node(s) in float "
-        f"({outcome.builds} build(s), {len(outcome.measured)} measured one at a time)"
+        f"kept {len(float_set)} of {len(order)} quantized node(s) in float "
+        f"({outcome.builds} build(s), {len(outcome.measured)} measured one at a time{dropped})"
     )
     return outcome
+
+
+# Pruning: a prefix of the ranking that meets the budget can hold nodes it does not need
+# (ranked high by a proxy, or needed only beside another that is now float too). Each node of
+# a float set of at least PRUNE_MIN_NODES is tried back in int8, lowest-ranked first, at most
+# PRUNE_MAX_BUILDS of them. Below PRUNE_MIN_NODES, bisection has already found the fewest.
+PRUNE_MIN_NODES = 4
+PRUNE_MAX_BUILDS = 16
+
+
+def _prune(
+    float_set: list[str],
+    attempt: Callable[[Sequence[str], str], tuple[Variant, float, float] | None],
+    max_drop: float,
+) -> tuple[list[str], int]:
+    """FLOAT_SET without the nodes that can go back to int8 one at a time while the budget
+    still holds; returns the set and how many went back."""
+    kept = list(float_set)
+    for name in list(reversed(float_set))[:PRUNE_MAX_BUILDS]:
+        trial = [n for n in kept if n != name]
+        result = attempt(trial, "prune")
+        if result is not None and result[2] <= max_drop:
+            kept = trial
+    return kept, len(float_set) - len(kept)
