@@ -196,7 +196,7 @@ def test_gpu_interval_is_widened_and_says_so(tmp_path: Path, error_model: Any) -
     e = estimate(_mlp_path(tmp_path, (64, 128, 10)), "aws-g6-l4")
     assert e.interval_ms is not None and e.interval_coverage == 0.8
     assert e.interval_ms[1] / e.latency_ms == pytest.approx(1.25 * 3.0)
-    assert "x3 wider for a gpu target" in e.interval_basis
+    assert "x3 wider: a target of tier gpu" in e.interval_basis
 
 
 def test_unresolved_dim_needs_shape(embedding_path: Path) -> None:
@@ -225,7 +225,7 @@ def test_host_estimate_uses_the_cached_calibration(
     assert e.ram_required_bytes >= calibrated_host.runtime_overhead_bytes
     # A catalog target carries the host's efficiencies over: a wider interval.
     rpi = estimate(mlp_path, "rpi5")
-    assert rpi.interval_ms is not None and "x2 wider for a edge target" in rpi.interval_basis
+    assert rpi.interval_ms is not None and "x2 wider: a target of tier edge" in rpi.interval_basis
     assert "no host calibration" not in rpi.interval_basis
 
 

@@ -215,8 +215,8 @@ def interval_for(
     widen, why = 1.0, []
     if not on_host:
         widen *= WIDEN.get(tier, max(WIDEN.values()))
-        why.append(f"x{WIDEN.get(tier, max(WIDEN.values())):g} wider for a {tier} target "
-                   "the host cannot time (coverage not measured)")  # fmt: skip
+        why.append(f"x{WIDEN.get(tier, max(WIDEN.values())):g} wider: a target of tier {tier}, "
+                   "not timed here (coverage not measured)")  # fmt: skip
     if not calibrated:
         widen *= UNCALIBRATED_WIDEN
         why.append(f"x{UNCALIBRATED_WIDEN:g} wider: no host calibration, default efficiencies")
