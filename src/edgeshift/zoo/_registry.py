@@ -49,6 +49,17 @@ _SHIPPED: dict[str, tuple[str, str]] = {
         "CNN (conv16, conv32, maxpool, gemm) on digits as [batch, 1, 8, 8] float32 images; "
         "conv-heavy; 360 held-out test samples",
     ),
+    "quirk-paddle": (
+        "classification",
+        "glyph CNN (4 conv+BN, 62 classes 0-9A-Za-z) written as Paddle2ONNX 0.9 writes it: "
+        "opset 11, weights in Constant nodes, dims -1; input x [-1, 1, 32, 32] float32 "
+        "(grey / 255); 620 held-out renderings",
+    ),
+    "quirk-nhwc": (
+        "classification",
+        "the same glyph CNN written as tf2onnx writes a Keras model: opset 13, NHWC input "
+        "input_1 [unk, 32, 32, 1] float32 (grey / 255), Transposes; 620 held-out renderings",
+    ),
 }
 MINILM_NAME = "minilm-l6"
 _MINILM_DESCRIPTION = (
