@@ -23,6 +23,7 @@ from edgeshift.targets.roofline import (
     OP_CLASSES,
     Efficiency,
     efficiency_from_calibration,
+    kernel_class,
     op_class,
 )
 from edgeshift.targets.schema import BYTES_PER_ELEMENT, PRECISION_PREFERENCE, Target
@@ -247,7 +248,12 @@ def _time_one_call(
         w_bytes = node.weight_bytes * byte_scale
         a_bytes = (node.input_bytes + node.output_bytes) * byte_scale
         rows = _rows(node, stored) if cls in ("gemm", "conv") else None
-        t_c = node.flops / (peak * eff.compute_for(cls, precision, rows)) if node.flops else 0.0
+        kind, size = kernel_class(node, stored)  # the host measured each kernel class apart
+        t_c = (
+            node.flops / (peak * eff.compute_for(cls, precision, rows, kind=kind, size=size))
+            if node.flops
+            else 0.0
+        )
         if all_cached:
             t_m = (w_bytes + a_bytes) / cache_bw
         else:
@@ -299,6 +305,7 @@ def estimate_analysis(
     stored = stored_precision(analysis)
     chosen = precision or default_precision(target, stored, manifest)
     runtime = runtime_for(target, chosen, manifest)
+    eff = eff.for_runtime(runtime)  # what that runtime reached on the host, where measured
     recipe = (manifest or {}).get("recipe") or None
     recipe_name = None if recipe is None else str(recipe)
     model_batch = _analysis_batch(analysis)
