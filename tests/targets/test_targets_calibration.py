@@ -3,7 +3,9 @@ the noise detector and the cache version. No wall clock: timings here are synthe
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -12,7 +14,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgeshift.model.analysis import analyze
 from edgeshift.targets import _cal_graphs as graphs
+from edgeshift.targets.host import detect_host
 from edgeshift.targets.roofline import kernel_class
+from edgeshift.targets.schema import Calibration
 
 
 def _classes(path: Path, stored: str = "fp32") -> list[tuple[str, str, float | None]]:
@@ -96,3 +100,196 @@ def test_every_calibration_graph_is_a_valid_model(tmp_path: Path) -> None:
         graphs.matmul_chain(tmp_path / "f.onnx", 3, 4),
     ):
         onnx.checker.check_model(onnx.load(path), full_check=True)
+
+
+# --- from timings to figures (synthetic timings: exact arithmetic, no clock) ---------------
+
+CALL_US, OP_US, CONV_OP_US = 8.0, 0.5, 2.0
+GOPS = {"conv_dense": 150.0, "conv_depthwise": 20.0, "conv_pointwise": 120.0, "gemm": 200.0,
+        "attention": 90.0, "lstm": 40.0, "gru": 35.0, "norm": 12.0}  # fmt: skip
+
+
+def _synthetic_best(prefixes: dict[str, float]) -> dict[str, float]:
+    """Fastest call per benchmark as a host with the figures above (x SCALE per config)
+    would give them: t = call + per-op overhead + FLOPs / speed."""
+    from edgeshift.targets import _calibrate as c
+    from edgeshift.targets._cal_derive import class_flops
+
+    best: dict[str, float] = {}
+    for prefix, scale in prefixes.items():
+        call, op, conv = CALL_US * 1e-6, OP_US * 1e-6, CONV_OP_US * 1e-6
+        for n in c.CHAIN_LENGTHS if not prefix.endswith("int8") else ():
+            best[f"{prefix}/chain/{n}"] = call + n * op
+            best[f"{prefix}/conv_chain/{n}"] = call + n * conv
+        for cls, (_, _, _, _, sides) in c.CONV.items():
+            for hw in sides:
+                flops = class_flops(cls, hw * hw)
+                best[f"{prefix}/{cls}/{hw * hw}"] = call + conv + flops / (GOPS[cls] * scale * 1e9)
+        for m in c.GEMM_ROWS:
+            best[f"{prefix}/gemm/{m}"] = call + op + class_flops("gemm", m) / (200e9 * scale)
+        if prefix.endswith("int8"):
+            continue
+        norm_size = c.NORM_ROWS * c.NORM_WIDTH
+        norm_s = class_flops("norm", norm_size) / (GOPS["norm"] * 1e9)
+        best[f"{prefix}/norm/{norm_size}"] = call + c.NORM_OPS * (op + norm_s)
+        for s in c.ATTN_SEQ:
+            size = c.ATTN_HEADS * s * s * c.ATTN_DIM
+            softmax = 5 * size / c.ATTN_DIM / (GOPS["norm"] * 1e9)
+            mm = class_flops("attention", size) / (GOPS["attention"] * 1e9)
+            best[f"{prefix}/attention/{size}"] = call + 3 * op + softmax + mm
+        for cls, seqs in (("lstm", c.LSTM_SEQ), ("gru", c.GRU_SEQ)):
+            for s in seqs:
+                best[f"{prefix}/{cls}/{s}"] = call + op + class_flops(cls, s) / (GOPS[cls] * 1e9)
+    big, small, mid = 64 << 20, 256 << 10, 16 << 10
+    best["copy"] = 2 * 2 * big / 10e9
+    best["ew_big"] = CALL_US * 1e-6 + 2 * big / 20e9
+    best["ew_small"] = CALL_US * 1e-6 + 16 * (3e-6 + 2 * small / 80e9)
+    best["ew_mid"] = CALL_US * 1e-6 + 16 * (3e-6 + 2 * mid / 80e9)
+    return best
+
+
+def _derive(best: dict[str, float]) -> Calibration:
+    from edgeshift.targets._cal_derive import figures
+
+    host = detect_host()
+    peaks = {"fp32": 400.0, "bf16": 800.0, "int8": 1600.0}
+    return figures(
+        best, host=host, peak_fn=peaks.get, sizes={"big": 64 << 20, "small": 256 << 10,
+        "mid": 16 << 10}, rss=1 << 27, seconds=1.0, created="2026-01-01T00:00:00+00:00",
+        runtime_precision={"onnxruntime/fp32": "fp32", "onnxruntime/int8": "fp32",
+                           "openvino/bf16": "bf16"},
+    )  # fmt: skip
+
+
+def test_dispatch_is_a_least_squares_line_over_chain_lengths() -> None:
+    from edgeshift.targets._cal_derive import dispatch_us
+    from edgeshift.targets._calibrate import fit_line
+
+    assert fit_line([1, 17, 33], [9.0, 17.0, 25.0]) == pytest.approx((8.5, 0.5))
+    # A point off the line by noise moves the fit less than it would move two points.
+    a, b = fit_line([1, 17, 33], [9.0, 17.0 * 1.1, 25.0])
+    assert a == pytest.approx(8.5, rel=0.2) and b == pytest.approx(0.5, rel=0.2)
+    best = {f"x/chain/{n}": (8 + 0.5 * n) * 1e-6 for n in (1, 17, 33)}
+    best |= {f"x/conv_chain/{n}": (8 + 2.0 * n) * 1e-6 for n in (1, 17, 33)}
+    assert dispatch_us(best, "x") == pytest.approx((8.0, 0.5, 2.0))
+    assert dispatch_us(best, "y") is None  # not measured
+
+
+def test_kernel_figures_recover_the_speeds_behind_the_timings() -> None:
+    cal = _derive(_synthetic_best({"onnxruntime/fp32": 1.0, "onnxruntime/int8": 4.0,
+                                   "openvino/bf16": 2.0}))  # fmt: skip
+    from edgeshift.targets.host import CALIBRATION_VERSION
+
+    assert cal.version == CALIBRATION_VERSION
+    for cls, gops in GOPS.items():
+        curve = cal.kernel_gops[f"onnxruntime/fp32/{cls}"]
+        assert list(curve.values()) == pytest.approx([gops] * len(curve)), cls
+    assert cal.kernel_gops["onnxruntime/fp32/conv_dense"].keys() == {"64", "784", "3136"}
+    assert cal.kernel_gops["onnxruntime/int8/gemm"]["128"] == pytest.approx(800.0)
+    assert cal.kernel_gops["openvino/bf16/conv_depthwise"]["784"] == pytest.approx(40.0)
+    assert "onnxruntime/int8/lstm" not in cal.kernel_gops  # int8 graphs: convs and GEMMs
+    # Dispatch per runtime and precision; int8 borrows that of the float graphs it ran with.
+    assert cal.call_overhead_us["onnxruntime/int8"] == pytest.approx(CALL_US)
+    assert cal.op_overhead_us["openvino/bf16/conv"] == pytest.approx(CONV_OP_US)
+    # The single figures older readers use are still there.
+    assert cal.achieved_gops == pytest.approx({"fp32": 200.0, "bf16": 400.0, "int8": 800.0})
+    assert cal.conv_gflops == pytest.approx(150.0) and cal.peak_gops["fp32"] == 400.0
+    assert cal.dram_copy_gbs == pytest.approx(10.0) and cal.cache_gbs == pytest.approx(80.0)
+    assert cal.op_overhead_us["parallel"] == pytest.approx(3.0)
+
+
+def test_the_roofline_uses_the_class_curve_of_the_runtime_named() -> None:
+    from edgeshift.targets.roofline import curve_value, efficiency_from_calibration
+
+    cal = _derive(_synthetic_best({"onnxruntime/fp32": 1.0, "onnxruntime/int8": 4.0,
+                                   "openvino/bf16": 2.0}))  # fmt: skip
+    cal.kernel_gops["onnxruntime/fp32/gemm"] = {"1": 50.0, "100": 250.0}
+    eff = efficiency_from_calibration(cal, 2.6)
+    assert eff.compute_for("conv", "fp32", kind="conv_depthwise", size=784) == pytest.approx(
+        20.0 / 400.0
+    )
+    # GEMM by shape: linear in log(rows) between the measured sizes, flat beyond them.
+    assert eff.compute_for("gemm", "fp32", kind="gemm", size=10) == pytest.approx(150 / 400)
+    assert eff.compute_for("gemm", "fp32", kind="gemm", size=1000) == pytest.approx(250 / 400)
+    assert curve_value(((1.0, 50.0), (100.0, 250.0)), None) == 250.0
+    # int8 has no LSTM figure: its fp32 speed on that runtime, over the int8 peak.
+    assert eff.compute_for("gemm", "int8", kind="lstm", size=8) == pytest.approx(40 / 1600)
+    ov = eff.for_runtime("openvino")
+    assert ov.compute_for("conv", "bf16", kind="conv_dense", size=64) == pytest.approx(300 / 800)
+    assert ov.overheads_us("bf16", "conv") == pytest.approx((CALL_US, CONV_OP_US))
+    # An unmeasured class keeps the defaults; an unknown runtime keeps the default choice.
+    assert eff.compute_for("pool", "fp32", kind="pool") == eff.compute["pool"]
+    assert eff.for_runtime("tensorrt") is eff
+
+
+# --- the noise detector (synthetic round timings) ------------------------------------------
+
+
+def test_round_spread_and_noisy_figures() -> None:
+    from edgeshift.targets._calibrate import Calibrator, round_spread
+
+    assert round_spread([1.0, 1.02, 5.0]) == pytest.approx(0.02)  # the fastest two agree
+    assert round_spread([1.0]) is None
+    cal = object.__new__(Calibrator)  # only the round timings matter here
+    cal.per_pass = {"quiet": [2.0, 1.0, 1.01], "noisy": [1.0, 1.2, 1.5]}
+    assert cal.noisy(0.03) == {"noisy": pytest.approx(0.2)}
+    assert cal.best == {"quiet": 1.0, "noisy": 1.0}
+
+
+def test_unconfirmed_figures_are_measured_again_until_two_rounds_agree(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from edgeshift.targets._calibrate import Calibrator
+
+    cal = object.__new__(Calibrator)
+    cal.per_pass = {"steady": [1.0, 1.01], "busy": [1.0, 1.5]}
+    later = {"busy": iter([1.3, 1.02])}  # a neighbour, then a quiet moment
+    asked: list[set[str]] = []
+
+    def fake_round(progress: bool = False, only: set[str] | None = None) -> None:
+        assert only is not None
+        asked.append(set(only))
+        for key in only:
+            cal.per_pass[key].append(next(later[key]))
+
+    monkeypatch.setattr(cal, "run_pass", fake_round)
+    assert cal.remeasure(rounds=5) == 2
+    assert asked == [{"busy"}, {"busy"}] and cal.noisy(0.03) == {}
+    # A figure that never settles is left noisy once the extra rounds are spent.
+    cal.per_pass = {"busy": [1.0, 1.5]}
+    later = {"busy": iter([1.4, 1.3, 1.2])}
+    assert cal.remeasure(rounds=3) == 3 and set(cal.noisy(0.03)) == {"busy"}
+
+
+# --- cache versioning -----------------------------------------------------------------------
+
+
+def test_a_cache_of_the_previous_layout_is_measured_again(
+    cache_dir: Path, make_calibration: Any
+) -> None:
+    from edgeshift.targets.host import CALIBRATION_VERSION, cache_path, load_calibration
+
+    host = detect_host()
+    assert host.cache_key.startswith(f"v{CALIBRATION_VERSION}|") and CALIBRATION_VERSION >= 7
+    old = make_calibration(key=host.cache_key.replace(f"v{CALIBRATION_VERSION}|", "v6|", 1))
+    path = cache_path(host)
+    path.parent.mkdir(parents=True)
+    path.write_text(old.model_dump_json())  # as if v6 had written it where v7 looks
+    assert load_calibration(host) is None
+
+
+def test_a_pinned_file_of_the_previous_layout_still_reads(
+    tmp_path: Path, make_calibration: Any
+) -> None:
+    from edgeshift.targets.host import load_calibration_file
+
+    doc = json.loads(make_calibration().model_dump_json())
+    for field in ("version", "kernel_gops", "peak_gops"):
+        doc.pop(field)  # what a version-6 file holds
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps({"format": "edgeshift-calibration/1", "clock_ghz": 2.0,
+                                "calibration": doc}))  # fmt: skip
+    pinned = load_calibration_file(path)
+    assert pinned.calibration.version == 6 and pinned.calibration.kernel_gops == {}
+    eff = pinned.efficiency()  # no curves: the saturation fits of that layout
+    assert eff.compute_for("gemm", "fp32", 8.0, kind="gemm", size=8.0) == pytest.approx(0.25)

@@ -27,7 +27,9 @@ from edgeshift.targets._calibrate import Calibrator, width_factor
 from edgeshift.targets.roofline import STREAM_FRACTION, Efficiency, efficiency_from_calibration
 from edgeshift.targets.schema import ByteQuantity, Calibration, Power, Price, Quantity, Target
 
-CALIBRATION_VERSION = 6  # bump when what is measured changes: old caches are ignored
+# Bump when what is measured changes: a cache of another version is measured again (its key
+# differs), never misread. 7: kernel classes per runtime and precision.
+CALIBRATION_VERSION = 7
 _RUNTIMES = ("onnxruntime", "openvino")
 
 
@@ -216,7 +218,7 @@ def load_calibration(host: HostInfo | None = None) -> Calibration | None:
         cal = Calibration.model_validate(json.loads(path.read_text()))
     except (OSError, json.JSONDecodeError, ValidationError):
         return None
-    return cal if cal.key == host.cache_key else None
+    return cal if cal.key == host.cache_key else None  # the key carries CALIBRATION_VERSION
 
 
 def save_calibration(cal: Calibration, host: HostInfo) -> Path:
@@ -235,9 +237,10 @@ def calibrate_host(
     progress: bool = False,
     warn: Callable[[str], None] | None = None,
 ) -> Calibration:
-    """Measure this host now and cache the result (about 20 s; ``quick`` for tests).
+    """Measure this host now and cache the result (about a minute; ``quick`` for tests).
 
-    WARN receives one line when the passes disagree (another process took the CPU)."""
+    WARN receives one line when rounds still disagree after re-measuring (another process
+    took the CPU)."""
     from edgeshift.targets._calibrate import NOISY_SPREAD, run_calibration_checked
 
     host = host or detect_host()
@@ -249,7 +252,7 @@ def calibrate_host(
         if noisy:
             worst = max(noisy, key=lambda k: noisy[k])
             found.append(
-                f"{len(noisy)} benchmarks' two fastest passes differ by more than "
+                f"{len(noisy)} benchmarks' two fastest rounds differ by more than "
                 f"{NOISY_SPREAD:.0%} ({worst}: {noisy[worst]:.0%})"
             )
         warn(
