@@ -60,6 +60,12 @@ _SHIPPED: dict[str, tuple[str, str]] = {
         "the same glyph CNN written as tf2onnx writes a Keras model: opset 13, NHWC input "
         "input_1 [unk, 32, 32, 1] float32 (grey / 255), Transposes; 620 held-out renderings",
     ),
+    "textline-crnn": (
+        "recognition",
+        "CRNN text-line recognizer (4 convs, 2-layer BiLSTM 64, CTC) on lines rendered in system "
+        "fonts; input [batch, 1, 32, 200] float32 (grey / 255) -> log_probs [batch, 50, 75], "
+        "blank 0; 256 held-out crops",
+    ),
 }
 MINILM_NAME = "minilm-l6"
 _MINILM_DESCRIPTION = (
