@@ -37,24 +37,32 @@ class OrtDynamicInt8(Recipe):
 
     def __init__(self, with_conv: bool = False) -> None:
         self.name = "ort-int8-dynamic-conv" if with_conv else "ort-int8-dynamic"
-        self.op_types = (
-            ("MatMul", "Gemm", "LSTM", "Conv") if with_conv else ("MatMul", "Gemm", "LSTM")
-        )
+        self.op_types = ("MatMul", "Gemm", "Conv") if with_conv else ("MatMul", "Gemm")
         self.default = not with_conv
+
+    def model_op_types(self, ctx: BuildContext) -> tuple[str, ...]:
+        """The op types quantized in this model: OP_TYPES, plus LSTM where it has one."""
+        has_lstm = any(n.op_type == "LSTM" for n in ctx.repaired.graph.node)
+        return (*self.op_types, "LSTM") if has_lstm else self.op_types
+
+    def quantizable_nodes(self, ctx: BuildContext) -> list[str]:
+        ops = self.model_op_types(ctx)
+        return [n.name for n in ctx.repaired.graph.node if n.op_type in ops]
 
     def unavailable(self, ctx: BuildContext) -> str | None:
         if not self.quantizable_nodes(ctx):
-            return f"no {'/'.join(self.op_types)} nodes to quantize"
+            return f"no {'/'.join(self.op_types)}/LSTM nodes to quantize"
         return None
 
     def build(self, ctx: BuildContext, exclude: Sequence[str] = ()) -> Variant:
         out = self.variant_path(ctx, exclude)
+        op_types = self.model_op_types(ctx)
         try:
             with quiet_root_logger():
                 quantize_dynamic(
                     ctx.repaired_path,
                     out,
-                    op_types_to_quantize=list(self.op_types),
+                    op_types_to_quantize=list(op_types),
                     per_channel=True,
                     weight_type=QuantType.QInt8,
                     nodes_to_exclude=list(exclude),
@@ -63,5 +71,5 @@ class OrtDynamicInt8(Recipe):
                 )
         except Exception as exc:  # name the recipe, the node and the way out
             raise build_failure(self, "onnxruntime's quantize_dynamic", exc, ctx.repaired) from exc
-        params = {"op_types": list(self.op_types), "per_channel": True, "weight_type": "int8"}
+        params = {"op_types": list(op_types), "per_channel": True, "weight_type": "int8"}
         return Variant(out, self.backend, "fp32", {"graph_optimization_level": "all"}, params)
