@@ -52,6 +52,12 @@ def _metadata(model: zoo.ZooModel) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(model.model_path)).metadata_props}
 
 
+def test_listed_as_shipped_classifiers() -> None:
+    by_name = {e.name: e for e in zoo.list_models()}
+    for name in QUIRKS:
+        assert by_name[name].available and by_name[name].task == "classification"
+
+
 def test_the_files_carry_their_exporters_quirks(quirk: zoo.ZooModel) -> None:
     proto = onnx.load(str(quirk.model_path))
     onnx.checker.check_model(proto)
