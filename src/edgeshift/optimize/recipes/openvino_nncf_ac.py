@@ -36,6 +36,9 @@ from edgeshift.optimize.recipes.openvino_nncf_int8 import (
 # Each restore step is a rebuild and a full held-out validation on OpenVINO: bounded, so a
 # model whose every layer is sensitive ends in minutes with NNCF's best, not in an hour.
 MAX_RESTORED = {True: 4, False: 16}  # by ctx.quick
+# NNCF ranks each quantizer group on this many held-out batches, one compile per group: the
+# compile dominates, and 16 batches of a per-batch metric order the groups well enough.
+RANKING_BATCHES = 16
 
 
 class _Validator:
@@ -127,7 +130,7 @@ class OpenVINONNCFAccuracyControl(Recipe):
                     ),
                     advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
                         max_num_iterations=max_restored,
-                        ranking_subset_size=min(len(held.feeds), 32),
+                        ranking_subset_size=min(len(held.feeds), RANKING_BATCHES),
                     ),
                 )
             onnx.save(quantized, str(out))
