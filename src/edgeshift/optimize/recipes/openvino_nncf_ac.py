@@ -36,8 +36,8 @@ from edgeshift.optimize.recipes.openvino_nncf_int8 import (
 # Each restore step is a rebuild and a full held-out validation on OpenVINO: bounded, so a
 # model whose every layer is sensitive ends in minutes with NNCF's best, not in an hour.
 MAX_RESTORED = {True: 4, False: 16}  # by ctx.quick
-# NNCF ranks each quantizer group on this many held-out batches, one compile per group: the
-# compile dominates, and 16 batches of a per-batch metric order the groups well enough.
+# NNCF ranks every quantizer group (about 50 on MiniLM) on this many held-out batches: each
+# group costs a compile plus these inferences, so they are bounded.
 RANKING_BATCHES = 16
 
 
