@@ -259,6 +259,8 @@ def test_unconfirmed_figures_are_measured_again_until_two_rounds_agree(
     cal.per_pass = {"busy": [1.0, 1.5]}
     later = {"busy": iter([1.4, 1.3, 1.2])}
     assert cal.remeasure(rounds=3) == 3 and set(cal.noisy(0.03)) == {"busy"}
+    # Nor past the calibration's time budget.
+    assert cal.remeasure(rounds=3, deadline=0.0) == 0
 
 
 # --- cache versioning -----------------------------------------------------------------------

@@ -53,8 +53,9 @@ NORM_OPS, NORM_ROWS, NORM_WIDTH = 8, 128, 384
 CHAIN_LENGTHS = (1, 17, 33)  # dispatch: t(n) = call + n * op, least squares over n
 CHAIN_WIDTH = 16
 
-PASSES = 8  # rounds of a full calibration
-EXTRA_ROUNDS = 6  # at most this many re-measures of the figures not confirmed
+PASSES = 6  # rounds of a full calibration
+EXTRA_ROUNDS = 6  # at most this many re-measures of the figures not confirmed...
+BUDGET_S = 90.0  # ...and none once a full calibration has run this long
 CONFIRM_SPREAD = 0.03  # two fastest rounds further apart than this: re-measure the figure
 NOISY_SPREAD = 0.10  # still further apart after re-measuring: the calibration is "noisy"
 ROUND_S = 0.012  # time per benchmark per round (at least MIN_CALLS calls)
@@ -316,12 +317,15 @@ class Calibrator:
             self.passes += 1
         self.seconds += time.perf_counter() - t0
 
-    def remeasure(self, rounds: int = EXTRA_ROUNDS, spread: float = CONFIRM_SPREAD) -> int:
+    def remeasure(
+        self, rounds: int = EXTRA_ROUNDS, spread: float = CONFIRM_SPREAD, deadline: float = math.inf
+    ) -> int:
         """Extra rounds over the benchmarks whose two fastest rounds differ by more than
-        SPREAD, until each is confirmed or ROUNDS are spent; returns the rounds run."""
+        SPREAD, until each is confirmed, ROUNDS are spent or ``time.perf_counter()`` passes
+        DEADLINE; returns the rounds run."""
         for i in range(rounds):
             unconfirmed = set(self.noisy(spread))
-            if not unconfirmed:
+            if not unconfirmed or time.perf_counter() >= deadline:
                 return i
             self.run_pass(only=unconfirmed)
         return rounds
@@ -339,7 +343,8 @@ def run_calibration(
     quick: bool = False,
     progress: bool = False,
 ) -> Calibration:
-    """Measure this host (``PASSES`` rounds, or one when QUICK) and return the calibration."""
+    """Measure this host (``PASSES`` rounds and re-measures within ``BUDGET_S``, or one round
+    when QUICK) and return the calibration."""
     return run_calibration_checked(host, peak_fn=peak_fn, quick=quick, progress=progress)[0]
 
 
@@ -360,7 +365,7 @@ def run_calibration_checked(
         for _ in range(passes):
             cal.run_pass(progress)
         if not quick:
-            cal.remeasure()
+            cal.remeasure(deadline=t0 + BUDGET_S)
         noisy = cal.noisy()
         wall_s = time.perf_counter() - t0
         others_s = _busy_s(cpus) - busy_before - (_own_cpu_s() - own_before)
