@@ -329,6 +329,16 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+def _reshape_bound(c: ShapeConflict, value: int) -> int | None:
+    """The dim value at which a Reshape's element counts (got: input, limit: target) meet.
+    Usually the input scales with the dim and the target is fixed; an export that froze the
+    input's extent (a traced constant) while the target is read from the input's shape has
+    the dim in the target instead."""
+    in_target = value in c.target_dims and value not in c.source_dims
+    num, den = (c.got * value, c.limit) if in_target else (c.limit * value, c.got)
+    return num // den if num % den == 0 and num >= den else None
+
+
 def _conflict_error(c: ShapeConflict, dims: list[DynamicDim]) -> ShapeError:
     """The one-line error for a node that cannot run, naming the open dim behind it."""
     where = f"node {c.node!r} {c.detail}"
@@ -340,10 +350,10 @@ def _conflict_error(c: ShapeConflict, dims: list[DynamicDim]) -> ShapeError:
         if pick is not None:
             bound = f"at most {pick.value - (c.got - c.limit)}"
     elif c.op_type == "Reshape":
-        fits = [d for d in dims if d.value > 1 and (c.limit * d.value) % c.got == 0]
-        pick = max(fits, key=lambda d: d.value, default=None)
-        if pick is not None and c.limit * pick.value // c.got > 0:
-            bound = f"exactly {c.limit * pick.value // c.got}"
+        fits = [(d, b) for d in dims if d.value > 1 and (b := _reshape_bound(c, d.value))]
+        if fits:
+            pick, exact = max(fits, key=lambda f: f[0].value)
+            bound = f"exactly {exact}"
     else:  # one extent of the clashing axis comes from the dim, the other is the limit
         for d in dims:
             if d.value in (c.got, c.limit):

@@ -268,6 +268,8 @@ class ShapeConflict:
     got: int
     limit: int
     detail: str  # what the node does with which shapes, for the message
+    source_dims: tuple[int, ...] = ()  # a Reshape's input shape and target, as analysed
+    target_dims: tuple[int, ...] = ()
 
 
 def _broadcast_conflict(shapes: list[Shape]) -> tuple[int, int] | None:
@@ -351,6 +353,8 @@ def shape_conflicts(
                         fixed,
                         f"reshapes {list(src)} ({numel} elements) to "
                         f"{[int(v) for v in np.asarray(target).reshape(-1)]}",
+                        tuple(int(v) for v in src),
+                        tuple(int(v) for v in np.asarray(target).reshape(-1)),
                     )
                 )
         elif node.op_type == "Gather" and len(node.input) > 1 and node.input[0] in weights:
