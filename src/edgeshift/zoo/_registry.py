@@ -66,6 +66,12 @@ _SHIPPED: dict[str, tuple[str, str]] = {
         "fonts; input [batch, 1, 32, 200] float32 (grey / 255) -> log_probs [batch, 50, 75], "
         "blank 0; 256 held-out crops",
     ),
+    "kws-cnn": (
+        "classification",
+        "keyword spotter (6-conv CNN) on log-mels of espeak-ng speech: yes no up down left right "
+        "on off stop go, unknown, silence; input [batch, 1, 49, 40] float32 -> logits "
+        "[batch, 12]; 300 clips spoken by held-out voices",
+    ),
 }
 MINILM_NAME = "minilm-l6"
 _MINILM_DESCRIPTION = (
