@@ -202,3 +202,35 @@ def test_serve_metadata_and_infer_with_the_exporters_names(quirk: zoo.ZooModel) 
         client.close()
     want = open_backend(quirk.model_path, threads=1).run({INPUT[quirk.name]: x})
     np.testing.assert_allclose(probs, want[OUTPUT[quirk.name]], rtol=1e-6, atol=1e-7)
+
+
+def test_build_script_writes_both_styles_of_the_same_network() -> None:
+    """scripts/build_quirks.py's two graph writers on an untrained net with non-trivial
+    BatchNorm statistics: both files compute what torch computes (no training needed)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("PIL")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "build_quirks", Path(__file__).resolve().parents[2] / "scripts" / "build_quirks.py"
+    )
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    torch.manual_seed(0)
+    net = build.GlyphNet()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    net.eval()
+    x = np.random.default_rng(0).random((5, 1, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        want = torch.softmax(net(torch.from_numpy(x)), dim=1).numpy()
+    paddle = build.ort_probs(build.paddle_graph(net), {"x": x})
+    nhwc = build.ort_probs(build.nhwc_graph(net), {"input_1": x.transpose(0, 2, 3, 1).copy()})
+    # probabilities in [0, 1]; fp32 summation order and the BatchNorm fold only
+    np.testing.assert_allclose(paddle, want, atol=1e-5)
+    np.testing.assert_allclose(nhwc, want, atol=1e-5)
