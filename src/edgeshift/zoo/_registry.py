@@ -72,6 +72,12 @@ _SHIPPED: dict[str, tuple[str, str]] = {
         "on off stop go, unknown, silence; input [batch, 1, 49, 40] float32 -> logits "
         "[batch, 12]; 300 clips spoken by held-out voices",
     ),
+    "seg-unet": (
+        "segmentation",
+        "U-Net (8-16-32, bottleneck 64) on rendered 96x96 scenes, per pixel background / text / "
+        "shape / line; input [batch, 3, 96, 96] float32 (RGB / 255) -> logits "
+        "[batch, 4, 96, 96]; 64 held-out scenes (held-out fonts)",
+    ),
 }
 MINILM_NAME = "minilm-l6"
 _MINILM_DESCRIPTION = (
