@@ -3,13 +3,19 @@ coverage, the shipped error model, and the interval shown by estimate, compare a
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from edgeshift.cli.main import app
 from edgeshift.errors import ConfigError
+from edgeshift.targets.compare import compare
 from edgeshift.targets.estimate import estimate_analysis
 from edgeshift.targets.interval import (
     COMPILED_FACTORS,
@@ -185,3 +191,71 @@ def test_estimate_carries_the_interval(make_target: Any, half: Any, one_gemm: An
     cannot = estimate_analysis(one_gemm, make_target(precisions=["fp32"]), efficiency=half,
                                precision="int8", error_model=_model())  # fmt: skip
     assert cannot.interval_ms is None and not cannot.fits
+
+
+# ---- what the user sees: estimate / compare / plan, with a synthetic error model ----
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "factory-hospital.yaml"
+
+
+@pytest.fixture
+def shipped(monkeypatch: pytest.MonkeyPatch) -> ErrorModel:
+    """_model() in place of the shipped file, wherever the estimate looks it up."""
+    model = _model()
+    monkeypatch.setattr(
+        sys.modules["edgeshift.targets.estimate"], "load_error_model", lambda: model
+    )
+    return model
+
+
+def _cli(args: list[str]) -> Any:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_estimate_json_and_console_show_the_interval(
+    mlp_path: Path, calibrated_host: Any, shipped: ErrorModel
+) -> None:
+    data = json.loads(
+        _cli(["estimate", str(mlp_path), "-t", "host", "-p", "fp32", "--json"]).stdout
+    )
+    assert "confidence" not in data and data["interval_coverage"] == 0.8
+    assert data["interval_ms"] == [pytest.approx(data["latency_ms"] * 0.8),
+                                   pytest.approx(data["latency_ms"] * 1.25)]  # fmt: skip
+    assert "19 corpus cases" in data["interval_basis"]
+    out = _cli(["estimate", str(mlp_path), "-t", "host", "-p", "fp32"]).stdout
+    lo, hi = data["interval_ms"]
+    assert "80% interval" in out and f"{lo:,.3g}-{hi:,.3g} ms" in out
+    assert "interval: error of 19 corpus cases" in out and "confidence" not in out
+
+
+def test_compare_shows_an_interval_per_row(
+    mlp_path: Path, calibrated_host: Any, shipped: ErrorModel
+) -> None:
+    c = compare(mlp_path, ["host", "rpi5", "aws-g6-l4"])
+    by_id = {e.target_id: e for e in c.rows}
+    widths = {t: e.interval_ms[1] / e.interval_ms[0] for t, e in by_id.items() if e.interval_ms}
+    assert set(widths) == {"host", "rpi5", "aws-g6-l4"}
+    assert widths["host"] < widths["rpi5"] < widths["aws-g6-l4"]  # measured < CPU x2 < GPU x3
+    out = " ".join(_cli(["compare", str(mlp_path), "--targets", "host,rpi5"]).stdout.split())
+    assert "interval" in out and "x2 wider: a target of tier edge" in out
+
+
+def test_plan_json_report_and_console_show_the_service_interval(
+    tmp_path: Path, calibrated_host: Any, shipped: ErrorModel
+) -> None:
+    out_dir = tmp_path / "plan"
+    result = CliRunner().invoke(app, ["plan", str(EXAMPLE), "--out", str(out_dir), "--no-simulate"])
+    assert result.exit_code in (0, 1), result.output
+    doc = json.loads((out_dir / "plan.json").read_text())
+    placed = [w for w in doc["workloads"] if w["placed"]]
+    assert placed
+    for w in placed:
+        a = w["assumes"]
+        lo, hi = a["service_interval_ms"]
+        assert lo < a["service_ms"] < hi and a["interval_coverage"] == 0.8
+        assert a["service_ms"] == pytest.approx(w["service_ms"])
+    assert "service" in result.stdout and "80%" in result.stdout
+    report = (out_dir / "report.html").read_text()
+    assert "80% " in report and "confidence" not in report
