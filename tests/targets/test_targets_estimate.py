@@ -192,10 +192,13 @@ def error_model(monkeypatch: pytest.MonkeyPatch) -> Any:
     return model
 
 
-def test_gpu_interval_is_widened_and_says_so(tmp_path: Path, error_model: Any) -> None:
+def test_gpu_interval_is_widened_and_says_so(
+    tmp_path: Path, calibrated_host: Any, error_model: Any
+) -> None:
     e = estimate(_mlp_path(tmp_path, (64, 128, 10)), "aws-g6-l4")
     assert e.interval_ms is not None and e.interval_coverage == 0.8
     assert e.interval_ms[1] / e.latency_ms == pytest.approx(1.25 * 3.0)
+    assert e.interval_ms[0] / e.latency_ms == pytest.approx(0.8 / 3.0)
     assert "x3 wider: a target of tier gpu" in e.interval_basis
 
 
