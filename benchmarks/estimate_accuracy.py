@@ -242,7 +242,8 @@ def run(args: argparse.Namespace) -> int:
     loo = leave_one_model_out(samples, COVERAGE)
     console.print(
         f"host: {cal.cpu_model}, {cal.threads} threads; calibration {cal.seconds:.1f} s over "
-        f"{cal.passes} passes ({'cached' if args.cached else 'this run'}); {len(rows)} rows, "
+        f"{calibrator.passes if calibrator else cal.passes} passes "
+        f"({'cached' if args.cached else 'this run, interleaved'}); {len(rows)} rows, "
         f"{args.rounds} rounds of {per_round:.2g} s each"
     )
     table = Table(title="estimate vs bench on this host (p50 ms per call; 80% interval fitted "
@@ -280,8 +281,10 @@ def run(args: argparse.Namespace) -> int:
                   f"({verdict(med <= GOAL_MEDIAN)} the {GOAL_MEDIAN:.0%} goal)")  # fmt: skip
     console.print(f"worst |error| {worst:.1%} ({worst_row.label} {worst_row.config} batch "
                   f"{worst_row.batch}; {verdict(worst <= GOAL_WORST)} the {GOAL_WORST:.0%} goal)")  # fmt: skip
+    unfitted = sum(f is None for f in loo)  # counted as not covered
     console.print(f"coverage {hits}/{len(samples)} = {hits / len(samples):.0%} of the 80% interval, "
-                  f"leave one model out ({verdict(hits >= COVERAGE * len(samples))} the 80% goal)")  # fmt: skip
+                  f"leave one model out ({verdict(hits >= COVERAGE * len(samples))} the 80% goal)"
+                  + (f"; {unfitted} rows had too few other cases for an interval" if unfitted else ""))  # fmt: skip
     by_group: dict[tuple[str, str], list[float]] = {}
     for s, e in zip(samples, errors, strict=True):
         by_group.setdefault((s.runtime, s.precision), []).append(e)
