@@ -64,14 +64,23 @@ class FeedReader(CalibrationDataReader):
 
 
 def float_consumers_read_float(
-    model: onnx.ModelProto, quantized_nodes: set[str]
+    model: onnx.ModelProto, quantized_nodes: set[str], original: onnx.ModelProto | None = None
 ) -> tuple[onnx.ModelProto, int]:
     """Rewire nodes outside QUANTIZED_NODES that read an activation's DequantizeLinear output
-    to the float tensor before its QuantizeLinear. Returns the model and how many inputs moved."""
+    to the float tensor before its QuantizeLinear. Returns the model and how many inputs moved.
+
+    With ORIGINAL (the graph before quantizing), a tensor whose producer changed op type is
+    left alone: the quantizer folded a Relu into the Q after a Conv and gave the Conv the
+    Relu's output name, so that "float tensor" is the Conv's, without the Relu (seg-unet's
+    ConvTransposes read it so and lost 14 points)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
     q_input = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    if original is not None:
+        was = {o: n.op_type for n in original.graph.node for o in n.output}
+        now = {o: n.op_type for n in graph.node for o in n.output}
+        q_input = {q: t for q, t in q_input.items() if was.get(t, now.get(t)) == now.get(t)}
     float_of = {
         n.output[0]: q_input[n.input[0]]
         for n in graph.node
@@ -271,7 +280,7 @@ class OrtStaticInt8(Recipe):
         quantized = {n.name for n in ctx.repaired.graph.node if n.op_type in op_types} - set(
             exclude
         )
-        rewired, moved = float_consumers_read_float(onnx.load(str(out)), quantized)
+        rewired, moved = float_consumers_read_float(onnx.load(str(out)), quantized, ctx.repaired)
         if moved:
             pruned, _ = drop_dead_nodes(rewired)
             onnx.save(pruned, str(out))
