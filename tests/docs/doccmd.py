@@ -99,7 +99,7 @@ def _words(text: str) -> list[str]:
 
 
 def _strip_comment(text: str) -> str:
-    """The text without a trailing ``# comment`` on its last line (outside quotes)."""
+    """The text up to its first ``# comment`` outside quotes: a command's trailing comment."""
     last = text.rstrip()
     in_single = in_double = False
     prev = " "
