@@ -20,7 +20,7 @@ class ZooEntry:
     """One zoo model as listed: whether it can be fetched here, and if not, why."""
 
     name: str
-    task: str  # "classification" | "embedding"
+    task: str  # "classification" | "embedding" | "recognition" | "segmentation"
     description: str
     available: bool
     reason: str  # why not available ("" when it is), with the command that fixes it
@@ -111,7 +111,8 @@ def list_models() -> list[ZooEntry]:
 def _check_name(name: str) -> None:
     if name in known_names():
         return
-    near = difflib.get_close_matches(name, known_names(), n=1, cutoff=0.4)
+    # 0.55: a close name (kws -> kws-cnn) is suggested, an unrelated one (resnet50) is not
+    near = difflib.get_close_matches(name, known_names(), n=1, cutoff=0.55)
     hint = f"did you mean {near[0]!r}? " if near else ""
     raise ModelError(
         f"no zoo model named {name!r} — {hint}known: {', '.join(known_names())} "
