@@ -26,8 +26,10 @@ def test_shipped_files_are_small() -> None:
     assert {"data/digits-mlp.npz", "data/digits-cnn.npz", "data/minilm-sentences.json"} <= set(
         sizes
     )
-    assert max(sizes.values()) < 1_000_000
-    assert sum(sizes.values()) < 3_000_000
+    # The corpus ships real trained models with held-out data (kws-cnn 1.7 MB, seg-unet's 64
+    # scenes 2.3 MB): bounded so the wheel stays small, and any one file under 2.5 MB.
+    assert max(sizes.values()) < 2_500_000
+    assert sum(sizes.values()) < 12_000_000
 
 
 @pytest.mark.slow
