@@ -3,7 +3,10 @@
 Runs N full calibrations back to back (default 2), each in a fresh process as a first
 `estimate` would, and prints every figure of each side by side with its spread
 (max / min - 1), the worst spread, each run's duration and noisy figures, the load average,
-and the verdict against the 5% goal. Nothing is written to the calibration cache.
+and the verdict against the 5% goal. The same calls are also turned into figures by other
+statistics (``--also-q``: quantiles of the calls, 0 = the fastest call) and their spreads
+summarised, so statistics are compared on one run. Nothing is written to the calibration
+cache.
 
 Run: ``python benchmarks/calibration_stability.py [--runs 2] [--quick] [--json OUT]``
 """
@@ -29,12 +32,15 @@ _NOT_FIGURES = {"key", "created", "cpu_model", "threads", "runtime_versions", "s
 
 _ONE_RUN = """
 import json, sys
-from edgeshift.targets._calibrate import run_calibration_checked
+from edgeshift.targets._calibrate import run_calibration_compared
 from edgeshift.targets.host import detect_host, host_peak_gops
 host = detect_host()
-cal, _ = run_calibration_checked(host, peak_fn=lambda p: host_peak_gops(host).get(p),
-                                 quick=sys.argv[2] == "quick")
-open(sys.argv[1], "w").write(cal.model_dump_json())
+qs = tuple(float(q) for q in sys.argv[3].split(",") if q)
+cal, _, alts = run_calibration_compared(host, peak_fn=lambda p: host_peak_gops(host).get(p),
+                                        quick=sys.argv[2] == "quick", also_q=qs)
+doc = json.loads(cal.model_dump_json())
+doc["_alts"] = {str(q): json.loads(a.model_dump_json()) for q, a in alts.items()}
+open(sys.argv[1], "w").write(json.dumps(doc))
 """
 
 
@@ -57,11 +63,11 @@ def spread(values: list[float]) -> float:
     return high / low - 1 if low > 0 else (0.0 if high == low else float("inf"))
 
 
-def calibrate_once(quick: bool) -> dict[str, Any]:
+def calibrate_once(quick: bool, also_q: str = "") -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "cal.json"
         env = {**os.environ, "EDGESHIFT_CACHE_DIR": tmp}  # leave the real cache alone
-        cmd = [sys.executable, "-c", _ONE_RUN, str(out), "quick" if quick else "full"]
+        cmd = [sys.executable, "-c", _ONE_RUN, str(out), "quick" if quick else "full", also_q]
         subprocess.run(cmd, check=True, env=env)
         doc: dict[str, Any] = json.loads(out.read_text())
         return doc
@@ -72,6 +78,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2, help="calibrations to compare (>= 2)")
     parser.add_argument("--quick", action="store_true", help="one round each (a smoke test)")
     parser.add_argument("--json", type=Path, help="also write the calibrations and spreads here")
+    parser.add_argument("--also-q", default="0", help="other quantiles to compare, e.g. 0,0.5")
     args = parser.parse_args()
     if args.runs < 2:
         raise SystemExit("--runs must be >= 2: a spread needs two calibrations")
@@ -80,8 +87,11 @@ def main() -> None:
     runs = []
     for i in range(args.runs):
         console.print(f"calibration {i + 1} of {args.runs} ...")
-        runs.append(calibrate_once(args.quick))
+        runs.append(calibrate_once(args.quick, args.also_q))
     load_after = os.getloadavg()[0]
+    alts = {q: [r["_alts"][q] for r in runs] for q in runs[0].get("_alts", {})}
+    for r in runs:
+        r.pop("_alts", None)
     flat = [figures(r) for r in runs]
     names = sorted(set().union(*flat))
     table = Table(title="host calibration figures, run by run")
@@ -112,6 +122,14 @@ def main() -> None:
         f"{within} of {len(spreads)} figures within {GOAL:.0%}; worst {worst} "
         f"{spreads[worst]:.1%} ({verdict} the goal: every figure within {GOAL:.0%})"
     )
+    for q, docs in alts.items():
+        alt = [figures(d) for d in docs]
+        common = set.intersection(*(set(f) for f in alt))
+        sp = sorted(spread([f[n] for f in alt]) for n in common)
+        console.print(
+            f"same calls, quantile {q}: {sum(v <= GOAL for v in sp)} of {len(sp)} within "
+            f"{GOAL:.0%}; median spread {sp[len(sp) // 2]:.1%}, worst {sp[-1]:.1%}"
+        )
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "spreads": spreads}, indent=1) + "\n")
 

@@ -3,6 +3,7 @@ the noise detector and the cache version. No wall clock: timings here are synthe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,60 @@ def test_kernel_figures_recover_the_speeds_behind_the_timings() -> None:
     assert cal.op_overhead_us["parallel"] == pytest.approx(3.0)
 
 
+def test_thread_speedup_is_clamped_and_fades_out_for_short_kernels() -> None:
+    from edgeshift.targets._cal_derive import SERIAL_S, speedup, threaded
+
+    assert speedup(100.0, 180.0, 2) == pytest.approx(1.8)
+    assert speedup(100.0, 300.0, 2) == 2.0  # not more than the threads (noise)
+    assert speedup(100.0, 80.0, 2) == pytest.approx(0.8)  # slower on two: kept
+    assert speedup(100.0, 1.0, 2) == 0.25 and speedup(0.0, 50.0, 2) == 1.0
+    t_ref = 100 * SERIAL_S  # the longest size, where the speed-up was measured
+    times = {"big": t_ref, "mid": 10 * SERIAL_S, "tiny": SERIAL_S / 2}
+    out = threaded({"big": 50.0, "mid": 40.0, "tiny": 10.0}, times, 1.8)
+    assert out["big"] == pytest.approx(90.0)  # in full where it was measured
+    assert out["mid"] == pytest.approx(40.0 * 1.4)  # halfway in log(time): half the gain
+    assert out["tiny"] == 10.0  # too short to split
+    assert threaded({"a": 5.0}, {"a": 1e-6}, 1.5) == {"a": pytest.approx(7.5)}
+
+
+def test_class_figures_are_single_thread_times_the_measured_speedup() -> None:
+    from edgeshift.targets._cal_derive import SERIAL_S
+
+    best = _synthetic_best({"onnxruntime/fp32": 1.0, "onnxruntime/int8": 4.0,
+                            "openvino/bf16": 2.0})  # fmt: skip
+    t_dense = best["onnxruntime/fp32/conv_dense/3136"]
+    fixed = (CALL_US + CONV_OP_US) * 1e-6
+    # The largest dense conv again at the host's threads, 1.6x faster net of overheads.
+    best["onnxruntime/fp32/par_conv_dense/3136"] = fixed + (t_dense - fixed) / 1.6
+    cal = _derive(best)
+    threads, dense = detect_host().usable_cores, GOPS["conv_dense"]
+    expected = min(1.6, float(threads)) if threads > 1 else 1.0
+    assert cal.thread_speedup == {"onnxruntime/fp32/conv_dense": pytest.approx(expected)}
+    assert cal.kernel_gops_1t["onnxruntime/fp32/conv_dense"]["3136"] == pytest.approx(dense)
+    assert cal.kernel_gops["onnxruntime/fp32/conv_dense"]["3136"] == pytest.approx(dense * expected)
+    small = cal.kernel_gops["onnxruntime/fp32/conv_dense"]["64"]
+    t_small = best["onnxruntime/fp32/conv_dense/64"]
+    assert t_small > SERIAL_S and dense <= small < dense * expected + 1e-9
+    # A class without a threaded figure keeps its single-thread curve.
+    assert cal.kernel_gops["onnxruntime/fp32/gemm"] == cal.kernel_gops_1t["onnxruntime/fp32/gemm"]
+
+
+def test_kernel_classes_run_on_one_thread_and_their_largest_size_also_on_all(
+    tmp_path: Path,
+) -> None:
+    from edgeshift.targets._calibrate import Calibrator
+
+    cal = object.__new__(Calibrator)
+    cal.host = dataclasses.replace(detect_host(), usable_cores=2)
+    p = tmp_path / "g.onnx"
+    specs = [("gemm/8", p, {}), ("gemm/128", p, {}), ("chain/1", p, {}), ("lstm/8", p, {})]
+    plan = [(what, threads) for what, _, _, threads in cal._with_threads(specs)]
+    assert plan == [("gemm/8", 1), ("gemm/128", 1), ("chain/1", None), ("lstm/8", 1),
+                    ("par_gemm/128", None), ("par_lstm/8", None)]  # fmt: skip
+    cal.host = dataclasses.replace(cal.host, usable_cores=1)
+    assert [w for w, *_ in cal._with_threads(specs)] == ["gemm/8", "gemm/128", "chain/1", "lstm/8"]
+
+
 def test_the_roofline_uses_the_class_curve_of_the_runtime_named() -> None:
     from edgeshift.targets.roofline import curve_value, efficiency_from_calibration
 
@@ -232,8 +287,37 @@ def test_round_spread_and_noisy_figures() -> None:
     assert round_spread([1.0]) is None
     cal = object.__new__(Calibrator)  # only the round timings matter here
     cal.per_pass = {"quiet": [2.0, 1.0, 1.01], "noisy": [1.0, 1.2, 1.5]}
+    cal.calls, cal.q = {}, 0.0
     assert cal.noisy(0.03) == {"noisy": pytest.approx(0.2)}
     assert cal.best == {"quiet": 1.0, "noisy": 1.0}
+
+
+def test_a_one_thread_call_is_timed_by_cpu_time_unless_that_is_more() -> None:
+    from edgeshift.targets._calibrate import single_thread_time
+
+    assert single_thread_time(3e-3, 1e-3) == 1e-3  # pre-empted for 2 ms: not the kernel's
+    assert single_thread_time(1e-3, 1.4e-3) == 1e-3  # another thread of ours spinning
+    assert single_thread_time(1e-3, 0.0) == 1e-3  # no CPU clock tick seen: the wall time
+
+
+def test_a_figure_is_a_low_quantile_of_every_call_of_every_round() -> None:
+    from edgeshift.targets._calibrate import Calibrator, low_quantile
+
+    calls = [1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 5.0]
+    assert low_quantile(calls, 0.0) == 1.0  # the fastest call
+    assert low_quantile(calls, 0.2) == pytest.approx(1.2)  # numpy's linear quantile
+    assert low_quantile(calls, 0.5) == pytest.approx(1.5)
+    # One lucky call moves the minimum all the way, the quantile by one step between calls.
+    assert low_quantile([0.5, *calls], 0.0) == 0.5
+    assert low_quantile([0.5, *calls], 0.2) == pytest.approx(1.12)
+    with pytest.raises(ValueError, match="no times"):
+        low_quantile([], 0.2)
+    cal = object.__new__(Calibrator)
+    cal.q = 0.5
+    cal.per_pass = {"a": [1.0, 3.0], "copy": [2.0, 4.0, 3.0]}  # per-round figures
+    cal.calls = {"a": [1.0, 2.0, 3.0, 4.0, 5.0]}  # every call of both rounds, pooled
+    assert cal.best == {"a": 3.0, "copy": 3.0}  # copy has no calls: its rounds
+    assert cal.figures_at(0.0) == {"a": 1.0, "copy": 2.0}
 
 
 def test_unconfirmed_figures_are_measured_again_until_two_rounds_agree(
@@ -276,7 +360,7 @@ def test_a_cache_of_the_previous_layout_is_measured_again(
     old = make_calibration(key=host.cache_key.replace(f"v{CALIBRATION_VERSION}|", "v6|", 1))
     path = cache_path(host)
     path.parent.mkdir(parents=True)
-    path.write_text(old.model_dump_json())  # as if v6 had written it where v7 looks
+    path.write_text(old.model_dump_json())  # as if v6 had written it where this version looks
     assert load_calibration(host) is None
 
 

@@ -1,17 +1,20 @@
 """From microbenchmark times to calibration figures: pure arithmetic, no clock.
 
-Every time is the fastest call of a benchmark (seconds). Per runtime and precision:
+Every time is a low quantile of a benchmark's calls (seconds). Per runtime and precision:
 
 - dispatch: chains of 1, 17 and 33 tiny MatMuls (and Convs) give ``t(n) = call + n * op``
   by least squares over n;
 - kernel classes: GOP/s = FLOPs / (t - call - per-op overhead), FLOPs counted as
-  ``model/op_costs.py`` counts them, at every size measured (the curve the roofline reads);
+  ``model/op_costs.py`` counts them, at every size measured on ONE thread; times the class's
+  speed-up at the host's threads, measured at its largest size and taken down to none for
+  kernels of ``SERIAL_S`` or less (:func:`threaded`): the curve the roofline reads;
 - memory: DRAM copy and elementwise bandwidth, cache bandwidth and the fixed cost of a
   parallel op, as before (ONNX Runtime fp32).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,6 +25,40 @@ from edgeshift.targets.schema import Calibration
 # Legacy single-figure precisions and the runtime each was measured on.
 _LEGACY = {"fp32": ("onnxruntime", "fp32"), "bf16": ("openvino", "bf16"),
            "int8": ("onnxruntime", "int8")}  # fmt: skip
+
+
+# A kernel this short on one thread gains nothing from more threads (the pool's wake-up
+# costs what splitting saves); between it and the size the speed-up was measured at, the
+# gain grows linearly in log(time).
+SERIAL_S = 10e-6
+
+
+def speedup(gops_1t: float, gops_threads: float, threads: int) -> float:
+    """How many times faster the kernel ran at THREADS than on one, within [0.25, THREADS]
+    (more threads can be slower: a runtime's pool on a busy host)."""
+    if gops_1t <= 0 or gops_threads <= 0:
+        return 1.0
+    return min(max(gops_threads / gops_1t, 0.25), float(max(threads, 1)))
+
+
+def threaded(
+    curve_1t: Mapping[str, float], times_1t: Mapping[str, float], factor: float
+) -> dict[str, float]:
+    """The class curve at the host's threads: each single-thread figure times FACTOR (the
+    speed-up measured at the longest size), in full from that size's time up, none at
+    ``SERIAL_S`` or less, linear in log(time) in between. TIMES_1T: size -> seconds."""
+    t_ref = max(times_1t.values())
+    out = {}
+    for size, gops in curve_1t.items():
+        t = times_1t[size]
+        if t >= t_ref:
+            w = 1.0
+        elif t <= SERIAL_S or t_ref <= SERIAL_S:
+            w = 0.0
+        else:
+            w = math.log(t / SERIAL_S) / math.log(t_ref / SERIAL_S)
+        out[size] = gops * (1.0 + (factor - 1.0) * w)
+    return out
 
 
 def class_flops(cls: str, size: int) -> float:
@@ -99,8 +136,8 @@ def kernel_curves(
     return curves
 
 
-def derive(cal: Any) -> Calibration:
-    """The Calibration from a Calibrator's fastest times (see :func:`figures`)."""
+def derive(cal: Any, q: float) -> Calibration:
+    """The Calibration from a Calibrator's calls at quantile Q (see :func:`figures`)."""
     from edgeshift.targets.host import HostInfo
 
     host = cal.host
@@ -111,7 +148,7 @@ def derive(cal: Any) -> Calibration:
         if len(parts) == 4:  # not a memory benchmark
             runtime_precision.setdefault("/".join(parts[:2]), b.runtime_precision)
     return figures(
-        cal.best, host=host, peak_fn=cal.peak_fn, runtime_precision=runtime_precision,
+        cal.figures_at(q), host=host, peak_fn=cal.peak_fn, runtime_precision=runtime_precision,
         sizes={"big": cal.big, "small": cal.small, "mid": cal.mid}, rss=max(cal.rss or [0]),
         seconds=cal.seconds, created=c.now_iso(),
     )  # fmt: skip
@@ -128,12 +165,17 @@ def figures(
     seconds: float,
     created: str,
 ) -> Calibration:
-    """The calibration's figures from BEST (benchmark -> fastest call, s). RUNTIME_PRECISION
+    """The calibration's figures from BEST (benchmark -> time, s). RUNTIME_PRECISION
     says at which precision each "<runtime>/<precision>" ran its graphs: an int8 config takes
-    its dispatch costs from the float config its runtime ran at."""
+    its dispatch costs from the float config its runtime ran at. Kernel classes are timed on
+    one thread ("<prefix>/<class>/<size>") and their largest size again at the host's
+    threads ("<prefix>/par_<class>/<size>"); without the latter a class keeps its
+    single-thread curve (a one-CPU host)."""
     call_us: dict[str, float] = {}
     op_us: dict[str, float] = {}
     kernels: dict[str, dict[str, float]] = {}
+    single: dict[str, dict[str, float]] = {}
+    speedups: dict[str, float] = {}
     measured = sorted(runtime_precision, key=lambda p: p.endswith("/int8"))  # float ones first
     for prefix in measured:
         runtime = prefix.split("/")[0]
@@ -144,8 +186,19 @@ def figures(
             continue
         call, op, conv = found
         call_us[prefix], op_us[prefix], op_us[f"{prefix}/conv"] = call, op, conv
+        par = {k.replace(f"{prefix}/par_", f"{prefix}/", 1): t for k, t in best.items()
+               if k.startswith(f"{prefix}/par_")}  # fmt: skip
+        par_curves = kernel_curves(par, prefix, call, op, conv)
         for cls, curve in kernel_curves(best, prefix, call, op, conv).items():
-            kernels[f"{prefix}/{cls}"] = curve
+            key = f"{prefix}/{cls}"
+            single[key] = curve
+            size, at = next(iter(par_curves.get(cls, {}).items()), (None, 0.0))
+            if size is None or size not in curve:
+                kernels[key] = dict(curve)
+                continue
+            speedups[key] = speedup(curve[size], at, host.usable_cores)
+            times = {s: best[f"{key}/{s}"] for s in curve}
+            kernels[key] = threaded(curve, times, speedups[key])
     if "onnxruntime/fp32" not in call_us:
         raise RuntimeError("ONNX Runtime fp32 was not measured: no calibration without it")
     for legacy, (runtime, precision) in _LEGACY.items():
@@ -198,6 +251,8 @@ def figures(
         efficiency=efficiency,
         peak_corrected=factor != 1.0,
         kernel_gops=kernels,
+        kernel_gops_1t=single,
+        thread_speedup=speedups,
         peak_gops=peaks,
         seconds=seconds,
     )

@@ -3,10 +3,20 @@
 Every kernel class the roofline knows (``roofline.KERNEL_CLASSES``) is timed at a few
 sizes on each runtime and precision the host has: ONNX Runtime fp32 and int8 (QDQ),
 OpenVINO fp32, bf16 (when the CPU has it) and int8 (from the same QDQ graphs). Sessions
-are opened once; each *round* then times every benchmark briefly, in alternating order, and
-a figure is the fastest call over all rounds: a busy neighbour only ever adds time, and
-short calls spread over the whole calibration find its quiet moments. A figure whose two
-fastest rounds disagree by more than ``CONFIRM_SPREAD`` is re-measured on its own.
+are opened once; each *round* then times every benchmark briefly, in alternating order.
+
+The kernel classes run on ONE thread and are timed by this process's CPU time
+(:func:`single_thread_time`): a neighbour taking one of two cores slows a two-thread kernel
+by anything up to 2x from call to call, and pre-empts a one-thread kernel without adding to
+its CPU time. How much more threads give is measured apart, once per class at its largest size
+(``par_<class>`` benchmarks at the host's threads), and the figure the estimate reads is
+``single-thread GOP/s x that speed-up`` (:func:`edgeshift.targets._cal_derive.threaded`).
+Dispatch chains and memory benchmarks run at the host's threads, as models do.
+
+A figure is a low quantile (``QUANTILE``) of all of a benchmark's calls over all rounds:
+a busy neighbour only ever adds time, so the low end is what the host can do, and a
+quantile moves less than the single fastest call between calibrations. A figure whose two
+best rounds disagree by more than ``CONFIRM_SPREAD`` is re-measured on its own.
 """
 
 from __future__ import annotations
@@ -60,6 +70,27 @@ CONFIRM_SPREAD = 0.03  # two fastest rounds further apart than this: re-measure 
 NOISY_SPREAD = 0.10  # still further apart after re-measuring: the calibration is "noisy"
 ROUND_S = 0.012  # time per benchmark per round (at least MIN_CALLS calls)
 MIN_CALLS, MAX_CALLS = 3, 400
+QUANTILE = 0.2  # a figure is this quantile of all calls (0: the fastest call)
+# Classes whose thread speed-up is measured (at their largest size) on every runtime.
+SCALED_CLASSES = ("conv_dense", "conv_depthwise", "conv_pointwise", "gemm", "attention",
+                  "lstm", "gru", "norm")  # fmt: skip
+
+
+def single_thread_time(wall_s: float, cpu_s: float) -> float:
+    """A one-thread call's time: the CPU time this process spent on it, or the wall time
+    when that is less. A neighbour that takes the core away mid-call adds wall time but no
+    CPU time; CPU time above the wall time (another thread of ours still spinning) is not
+    the kernel's."""
+    return min(wall_s, cpu_s) if cpu_s > 0 else wall_s
+
+
+def low_quantile(times: list[float], q: float = QUANTILE) -> float:
+    """The Q quantile of TIMES (Q <= 0: the minimum); linear between order statistics."""
+    if not times:
+        raise ValueError("no times to take a quantile of")
+    if q <= 0:
+        return float(min(times))
+    return float(np.quantile(np.asarray(times, float), min(q, 1.0)))
 
 
 def fit_line(x: list[float], y: list[float]) -> tuple[float, float]:
@@ -120,23 +151,31 @@ class Bench:
     feed: dict[str, np.ndarray]
     backend: str
     runtime_precision: str
+    threads: int | None = None  # None: the host's usable CPUs
     session: Any = None
-    times: list[float] = field(default_factory=list)  # the fastest call of each round, s
+    calls: list[float] = field(default_factory=list)  # every timed call of every round, s
 
-    def time_round(self, budget_s: float) -> float:
-        """The fastest of a few calls (two untimed first: the previous benchmark's worker
-        threads may still be spinning)."""
+    def time_round(self, budget_s: float, q: float = QUANTILE) -> float:
+        """A few calls (two untimed first: the previous benchmark's worker threads may
+        still be spinning); returns this round's Q quantile."""
         run, feed = self.session.run, self.feed
         run(feed)
         run(feed)
-        best, calls, end = math.inf, 0, time.perf_counter() + budget_s
-        while calls < MIN_CALLS or (calls < MAX_CALLS and time.perf_counter() < end):
-            t0 = time.perf_counter()
+        times: list[float] = []
+        end = time.perf_counter() + budget_s
+        cpu = time.process_time if self.threads == 1 else None
+        while len(times) < MIN_CALLS or (len(times) < MAX_CALLS and time.perf_counter() < end):
+            if cpu is None:
+                t0 = time.perf_counter()
+                run(feed)
+                times.append(time.perf_counter() - t0)
+                continue
+            t0, c0 = time.perf_counter(), cpu()
             run(feed)
-            best = min(best, time.perf_counter() - t0)
-            calls += 1
-        self.times.append(best)
-        return best
+            c1, t1 = cpu(), time.perf_counter()
+            times.append(single_thread_time(t1 - t0, c1 - c0))
+        self.calls.extend(times)
+        return low_quantile(times, q)
 
 
 class Calibrator:
@@ -144,19 +183,27 @@ class Calibrator:
     the fastest times into a :class:`Calibration` (:meth:`result`). Rounds can be spread
     over time (the accuracy benchmark interleaves them with its own runs)."""
 
-    def __init__(self, host: object, peak_fn: Callable[[str], float | None], quick: bool = False):
+    def __init__(
+        self,
+        host: object,
+        peak_fn: Callable[[str], float | None],
+        quick: bool = False,
+        q: float = QUANTILE,
+    ):
         from edgeshift.targets.host import HostInfo
 
         assert isinstance(host, HostInfo)
         self.host = host
         self.peak_fn = peak_fn
         self.quick = quick
+        self.q = q
         self.round_s = ROUND_S / 3 if quick else ROUND_S
         self.big = (16 << 20) if quick else (64 << 20)  # bytes per tensor, well past any LLC
         self.small = 256 << 10  # bytes per tensor that stay in L2 on anything that has one
         self.mid = PARALLEL_MIN_BYTES  # big enough for a runtime to split an op over threads
         self.benches: list[Bench] = []
-        self.per_pass: dict[str, list[float]] = {}  # benchmark -> fastest call of each round
+        self.per_pass: dict[str, list[float]] = {}  # benchmark -> each round's quantile
+        self.calls: dict[str, list[float]] = {}  # benchmark -> every call of every round
         self.copy_times: list[float] = []
         self.rss: list[int] = []
         self.usable: list[tuple[str, str]] = []  # (runtime, precision) that opened
@@ -183,12 +230,21 @@ class Calibrator:
 
     @property
     def best(self) -> dict[str, float]:
-        """The fastest call per benchmark over all rounds, seconds."""
-        return {k: min(v) for k, v in self.per_pass.items() if v}
+        """Each benchmark's figure: the ``q`` quantile of all its calls, seconds."""
+        return self.figures_at(self.q)
+
+    def figures_at(self, q: float) -> dict[str, float]:
+        """The Q quantile of every benchmark's calls over all rounds (0: the fastest)."""
+        out = {}
+        for key, rounds in self.per_pass.items():
+            pool = self.calls.get(key) or rounds
+            if pool:
+                out[key] = low_quantile(pool, q)
+        return out
 
     def noisy(self, threshold: float = NOISY_SPREAD) -> dict[str, float]:
-        """Benchmarks whose two fastest rounds disagree by more than THRESHOLD: the figure
-        kept (the fastest) is not confirmed, so a neighbour may have slowed every round."""
+        """Benchmarks whose two best rounds disagree by more than THRESHOLD: the figure
+        kept is not confirmed, so a neighbour may have slowed every round."""
         out = {}
         for key, times in self.per_pass.items():
             spread = round_spread(times)
@@ -248,6 +304,26 @@ class Calibrator:
             out.append((name, g, {"x": np.ones((1, nbytes // 4), np.float32)}))
         return out
 
+    def _with_threads(
+        self, specs: list[tuple[str, Path, dict[str, np.ndarray]]]
+    ) -> list[tuple[str, Path, dict[str, np.ndarray], int | None]]:
+        """Kernel classes at one thread, plus each scaled class's largest size again at the
+        host's threads as "par_<class>/<size>"; dispatch chains at the host's threads."""
+        out: list[tuple[str, Path, dict[str, np.ndarray], int | None]] = []
+        largest: dict[str, tuple[int, Path, dict[str, np.ndarray]]] = {}
+        for what, path, feed in specs:
+            cls, _, size = what.rpartition("/")
+            if cls in ("chain", "conv_chain"):
+                out.append((what, path, feed, None))
+                continue
+            out.append((what, path, feed, 1))
+            if cls in SCALED_CLASSES and int(size) >= largest.get(cls, (-1,))[0]:
+                largest[cls] = (int(size), path, feed)
+        if self.host.usable_cores > 1:
+            for cls, (rows, path, feed) in largest.items():
+                out.append((f"par_{cls}/{rows}", path, feed, None))
+        return out
+
     def _open(self) -> None:
         """Open every benchmark's session (the runtimes' graph compilation happens here)."""
         rss_before = psutil.Process().memory_info().rss
@@ -263,11 +339,14 @@ class Calibrator:
                     first = open_backend(specs[0][1], backend=runtime, precision=rt_precision)
                 except BackendError:
                     continue
+            with contextlib.suppress(Exception):
+                first.close()
             self.usable.append((runtime, precision))
-            for i, (what, path, feed) in enumerate(specs):
-                b = Bench(f"{runtime}/{precision}/{what}", path, feed, runtime, rt_precision)
+            for what, path, feed, threads in self._with_threads(specs):
+                b = Bench(f"{runtime}/{precision}/{what}", path, feed, runtime, rt_precision,
+                          threads)  # fmt: skip
                 try:
-                    b.session = first if i == 0 else open_backend(path, runtime, rt_precision)
+                    b.session = open_backend(path, runtime, rt_precision, threads=threads)
                 except BackendError:
                     continue  # a class this runtime cannot run here: the roofline falls back
                 self.benches.append(b)
@@ -308,7 +387,8 @@ class Calibrator:
         with bar_ctx as bar:
             task = bar.add_task("calibrating host", total=len(order)) if progress else None
             for b in order:
-                self.per_pass.setdefault(b.key, []).append(b.time_round(self.round_s))
+                self.per_pass.setdefault(b.key, []).append(b.time_round(self.round_s, self.q))
+                self.calls[b.key] = b.calls
                 if bar is not None and task is not None:
                     bar.update(task, advance=1, description=f"calibrating: {b.key}")
             if only is None or "copy" in only:
@@ -330,10 +410,11 @@ class Calibrator:
             self.run_pass(only=unconfirmed)
         return rounds
 
-    def result(self) -> Calibration:
+    def result(self, q: float | None = None) -> Calibration:
+        """The calibration from the calls so far, at quantile Q (default: ``self.q``)."""
         from edgeshift.targets._cal_derive import derive
 
-        return derive(self)
+        return derive(self, self.q if q is None else q)
 
 
 def run_calibration(
@@ -355,9 +436,24 @@ def run_calibration_checked(
     quick: bool = False,
     progress: bool = False,
 ) -> tuple[Calibration, dict[str, float]]:
-    """The calibration and its noisy benchmarks (name -> spread between its two fastest
+    """The calibration and its noisy benchmarks (name -> spread between its two best
     rounds after re-measuring; "other processes" -> the share of this process's CPUs that
     other processes used meanwhile)."""
+    cal, noisy, _ = run_calibration_compared(host, peak_fn=peak_fn, quick=quick,
+                                             progress=progress)  # fmt: skip
+    return cal, noisy
+
+
+def run_calibration_compared(
+    host: object,
+    *,
+    peak_fn: Callable[[str], float | None],
+    quick: bool = False,
+    progress: bool = False,
+    also_q: tuple[float, ...] = (),
+) -> tuple[Calibration, dict[str, float], dict[float, Calibration]]:
+    """As :func:`run_calibration_checked`, plus the calibration the same calls give at each
+    quantile of ALSO_Q (benchmarks/calibration_stability.py compares statistics this way)."""
     cpus = _own_cpus()
     busy_before, own_before, t0 = _busy_s(cpus), _own_cpu_s(), time.perf_counter()
     passes = 1 if quick else PASSES
@@ -372,8 +468,9 @@ def run_calibration_checked(
         share = others_s / (wall_s * len(cpus)) if cpus and wall_s > 0 else 0.0
         if share > OTHERS_BUSY_SHARE:
             noisy["other processes"] = share
-        recorded = {k: round(float(v), 4) for k, v in noisy.items()}
-        return cal.result().model_copy(update={"passes": passes, "noisy": recorded}), noisy
+        update = {"passes": passes, "noisy": {k: round(float(v), 4) for k, v in noisy.items()}}
+        alts = {q: cal.result(q).model_copy(update=update) for q in also_q}
+        return cal.result().model_copy(update=update), noisy, alts
 
 
 # Other processes using more than this share of our CPUs during calibration slow every round

@@ -29,7 +29,7 @@ from edgeshift.targets.schema import ByteQuantity, Calibration, Power, Price, Qu
 
 # Bump when what is measured changes: a cache of another version is measured again (its key
 # differs), never misread. 7: kernel classes per runtime and precision.
-CALIBRATION_VERSION = 7
+CALIBRATION_VERSION = 8
 _RUNTIMES = ("onnxruntime", "openvino")
 
 

@@ -145,8 +145,8 @@ class Price(BaseModel):
 class Calibration(BaseModel):
     """What was measured on the host (cached as JSON); see :mod:`edgeshift.targets.host`.
 
-    Timings are the fastest of many short runs, interleaved over rounds, so a busy neighbour
-    inflates them less. ``kernel_gops`` holds the achieved GOP/s of each kernel class per
+    Timings are a low quantile of many short runs, interleaved over rounds, so a busy
+    neighbour inflates them less. ``kernel_gops`` holds the achieved GOP/s of each kernel class per
     runtime and precision at several sizes (``targets.roofline.KERNEL_CLASSES``); the older
     layout (``version`` 6) had only GEMM/Conv saturation fits:
     ``achieved(rows) = max * rows / (rows + half_rows)``.
@@ -177,6 +177,11 @@ class Calibration(BaseModel):
     # of the call and per-op overheads; size is rows (GEMM M, Conv positions, RNN steps) or
     # an attention MatMul's MACs
     kernel_gops: dict[str, dict[str, float]] = Field(default_factory=dict)
+    # (version 8) what kernel_gops is made of: the same curves on one thread, and each class's
+    # speed-up at ``threads`` measured at its largest size (kernel_gops = 1t x speed-up, the
+    # speed-up fading out for short kernels)
+    kernel_gops_1t: dict[str, dict[str, float]] = Field(default_factory=dict)
+    thread_speedup: dict[str, float] = Field(default_factory=dict)
     peak_gops: dict[str, float] = Field(default_factory=dict)  # host peaks efficiency divides by
     seconds: float  # how long the calibration took
     passes: int = 1  # measurement rounds over every microbenchmark (re-measures not counted)
