@@ -200,11 +200,6 @@ def test_optimize_quick(exported: dict[str, Any], kind: str, tmp_path: Path) -> 
     assert "openvino-fp32" not in failed and "ort-fp32-opt" not in failed, doc["candidates"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="optimize copies model.onnx without its external .data file (optimize/search.py "
-    "_write_artifact, recipes/openvino_float.py, ort_float): reported, owned by optimize/",
-)
 def test_optimize_quick_keeps_external_weights(exported: dict[str, Any], tmp_path: Path) -> None:
     doc = _optimize(exported, "dynamo", tmp_path / "art")
     failed = [c["name"] for c in doc["candidates"] if c["status"] == "failed"]

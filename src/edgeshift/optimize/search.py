@@ -138,12 +138,14 @@ def optimize(
     with tempfile.TemporaryDirectory(prefix="edgeshift-optimize-") as tmp:
         workdir = Path(tmp)
 
-        # 2. Repair a copy for the quantizers; the float recipes use the model as given.
+        # 2. Repair a copy for the quantizers; the float recipes use the model as given (in one
+        # file: weights an exporter wrote beside it are inlined, see _single_file).
+        single = _single_file(loaded, workdir)
         repaired = repair_for_quantization(loaded.proto)
         repaired_path = workdir / "repaired.onnx"
         _save(repaired.model, repaired_path)
         ctx = BuildContext(
-            source_path=loaded.path,
+            source_path=single,
             repaired_path=repaired_path,
             repaired=repaired.model,
             workdir=workdir,
@@ -156,7 +158,7 @@ def optimize(
 
         # 3. The reference: the original on ORT fp32 with default settings.
         report("running the original (onnxruntime fp32)", 1, total_steps)
-        original_backend, original_reason = _open_reference(loaded.path, threads)
+        original_backend, original_reason = _open_reference(single, threads)
         reference, original_spr = run_outputs(original_backend, feeds)
         chosen_metric = resolve_metric(metric, reference, outputs[0].name, held_out.labels)
         original_score = chosen_metric.score(reference, reference, held_out.labels)
@@ -268,7 +270,7 @@ def optimize(
             check_out_dir(Path(out), force)
             staging = Path(out).parent / f".{Path(out).name}.verifying"
             shutil.rmtree(staging, ignore_errors=True)
-            _write_artifact(staging, winner, loaded, manifest, True)
+            _write_artifact(staging, winner, single, manifest, True)
             try:
                 _verify_on_target(staging, manifest, target_spec, dataset)
             except BaseException:
@@ -278,7 +280,7 @@ def optimize(
             artifact_dir: Path | None = Path(staging.rename(out))
         else:
             artifact_dir = (
-                _write_artifact(out, winner, loaded, manifest, force) if out is not None else None
+                _write_artifact(out, winner, single, manifest, force) if out is not None else None
             )
         report("done", total_steps, total_steps)
         for c in candidates:
@@ -425,7 +427,7 @@ def _manifest(
     held_out: EvalData,
 ) -> Manifest:
     w, o = winner.record, original.record
-    model_path = winner.variant.model_path if winner.variant else loaded.path
+    model_path = winner.variant.model_path if winner.variant else ctx.source_path
     source_sha = sha256_file(loaded.path)
     assert winner.timing is not None and original.timing is not None
     speedup = objective_key(original, objective) / objective_key(winner, objective)
@@ -517,13 +519,37 @@ def check_out_dir(out: str | Path, force: bool) -> None:
         )
 
 
+def _single_file(loaded: LoadedModel, workdir: Path) -> Path:
+    """LOADED as one .onnx file: the user's own file, or, when its weights live in external
+    data files (torch's dynamo exporter writes ``model.onnx.data``), a copy in WORKDIR with them
+    inlined, so that every candidate and the artifact are a single self-contained model."""
+    if not _has_external(loaded.path):
+        return loaded.path
+    try:
+        data = loaded.proto.SerializeToString()
+    except ValueError as exc:  # protobuf's 2 GB limit
+        raise OptimizeError(
+            f"{loaded.path.name}: its weights are over 2 GB, kept in external files, and optimize "
+            "writes single-file artifacts — quantize it with onnxruntime/NNCF directly"
+        ) from exc
+    path = workdir / "source.onnx"
+    path.write_bytes(data)
+    return path
+
+
+def _has_external(path: Path) -> bool:
+    """Whether the file on disk refers to external data (load_model inlined it in memory)."""
+    graph_only = onnx.load(str(path), load_external_data=False)
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph_only.graph.initializer)
+
+
 def _write_artifact(
-    out: str | Path, winner: Candidate, loaded: LoadedModel, manifest: Manifest, force: bool
+    out: str | Path, winner: Candidate, single: Path, manifest: Manifest, force: bool
 ) -> Path:
     directory = Path(out)
     check_out_dir(directory, force)
     directory.mkdir(parents=True, exist_ok=True)
-    source = winner.variant.model_path if winner.variant else loaded.path
+    source = winner.variant.model_path if winner.variant else single
     shutil.copyfile(source, directory / ARTIFACT_MODEL)
     write_manifest(directory, manifest)
     return directory
