@@ -383,3 +383,44 @@ def test_float_consumer_of_a_folded_relu_still_sees_the_relu(tmp_path: Path) -> 
     assert up.input[0].endswith("DequantizeLinear_Output")
     # uint8 rounding only; reading the raw Conv output instead gave a cosine drop of 0.37.
     assert _cosine_drop(_run(variant.model_path, x[16:]), _run(ctx.repaired_path, x[16:])) < 1e-3
+
+
+def test_settings_tried_survive_recovery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two layers whose weights hold a huge row: no calibration method or weight granularity
+    # helps (every setting misses), so recovery keeps those two in float. The manifest still
+    # says which settings were tried and which one recovery started from.
+    from test_optimize_sensitivity import BROKEN, two_broken_chain
+    from test_optimize_sensitivity import WIDTH as CHAIN_WIDTH
+
+    model = tmp_path / "chain.onnx"
+    onnx.save(two_broken_chain(), str(model))
+    data = tmp_path / "chain.npz"
+    x = np.random.default_rng(3).standard_normal((96, CHAIN_WIDTH)).astype(np.float32)
+    np.savez(data, x=x)
+
+    def int8_faster(backends, feeds, iterations, warmup, rounds):  # type: ignore[no-untyped-def]
+        return [Timing(ms, ms, ms, 1e3 / ms, 1) for ms in [2.0] + [1.0] * (len(backends) - 1)]
+
+    monkeypatch.setattr(selection_module, "measure_side_by_side", int8_faster)
+    result = optimize(
+        model, data, metric="cosine", max_drop=BUDGET, recipes=["ort-int8-static"], seed=0
+    )
+    record = next(c for c in result.candidates if c.name == "ort-int8-static")
+    assert record.status == "chosen", record.reason
+    # Both broken layers are float (which others join depends on the setting recovery got).
+    assert set(BROKEN) <= set(record.float_nodes)
+    assert record.drop is not None and record.drop <= BUDGET
+    tried = record.params["settings_tried"]
+    assert [(t["params"]["calibration"], t["params"]["per_channel"]) for t in tried] == [
+        ("MinMax", True),
+        ("Percentile", True),
+        ("Entropy", True),
+        ("MinMax", False),
+    ]
+    assert all(t["drop"] > BUDGET for t in tried)
+    best = min(tried, key=lambda t: t["drop"])["params"]
+    assert (record.params["calibration"], record.params["per_channel"]) == (
+        best["calibration"],
+        best["per_channel"],
+    )
+    assert record.params["recovery"]["builds"] > 0

@@ -134,10 +134,11 @@ def try_candidate(
         record.params = {**record.params, "recovery": recovery_summary}
         candidate.backend = None
         return candidate
+    tried_before = {k: v for k, v in record.params.items() if k == "settings_tried"}
     score, drop, backend, seconds_per_run = evaluate(outcome.variant)
-    _fill(record, outcome.variant, backend, score, drop)
+    _fill(record, outcome.variant, backend, score, drop)  # the recovered build's params
     record.float_nodes = outcome.float_nodes
-    record.params = {**record.params, "recovery": recovery_summary}
+    record.params = {**record.params, **tried_before, "recovery": recovery_summary}
     record.status, record.reason = "accepted", f"recovered: {outcome.reason}"
     return Candidate(record, outcome.variant, backend, seconds_per_run, recovered=True)
 
