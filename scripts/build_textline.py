@@ -23,10 +23,10 @@ checks the file against torch with onnxruntime. Exact-match and character error 
 CTC decodes on the eval crops, measured with onnxruntime, are printed and stored in the
 model's metadata with the alphabet and the blank index.
 
-Training: 24,000 lines, 2 epochs (1,500 steps of 32), Adam with a one-cycle schedule (peak
+Training: 24,000 lines, 3 epochs (2,250 steps of 32), Adam with a one-cycle schedule (peak
 3e-3), CTC loss. Needs torch and Pillow (dev tools). Seeds are fixed and everything runs on one
-thread (about 10 minutes on an idle core), so a rebuild on the same torch version and fonts
-reproduces the weights.
+thread (0.35-0.5 s a step on one core: about 15 minutes), so a rebuild on the same torch
+version and fonts reproduces the weights.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ TRAIN_LINES = 24_000
 EVAL_LINES = 256
 # Pixel noise on a quarter of the eval crops only: noise does not compress, and the npz ships.
 EVAL_NOISE = 0.25
-EPOCHS = 2
+EPOCHS = 3
 BATCH = 32
 
 

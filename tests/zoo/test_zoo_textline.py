@@ -109,7 +109,7 @@ def test_onnxruntime_reproduces_recorded_accuracy(textline: ZooModel) -> None:
     assert exact / 100 == pytest.approx(float(meta["test_accuracy"]), abs=1 / EVAL_LINES + 1e-6)
     assert cer / 100 == pytest.approx(float(meta["test_cer"]), abs=2 / chars + 1e-6)
     # far above chance (no line of 256 right, CER ~100%), as recorded in docs/zoo.md
-    assert exact >= 25.0 and cer <= 15.0
+    assert exact >= 40.0 and cer <= 10.0
     # the labels are real: decodes against another line's labels match none
     shuffled = np.roll(labels, 1, axis=0)
     assert sequence_scores(got, None, shuffled, 0)[0] < 2.0
