@@ -46,7 +46,7 @@ def test_accuracy_control_keeps_the_broken_layer_in_float(hot_cnn: tuple[Path, P
     assert ac.params["max_drop"] == result.manifest.metric.max_drop
     assert ac.params["drop_type"] == "absolute"
     # ... by keeping the first conv (the one reading the hot input) in float, and only it.
-    assert ac.params["float_layers"] == ["conv1"]
+    assert ac.params["restored_layers"] == ["conv1"]
     # The search's recovery does not run on top of NNCF's own.
     assert ac.recovery_steps == [] and ac.float_nodes == []
 

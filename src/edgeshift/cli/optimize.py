@@ -194,8 +194,8 @@ def _render(result: OptimizeResult) -> None:
     console.print(table)
     for c in m.candidates:
         floats = f" [{len(c.float_nodes)} node(s) in float]" if c.float_nodes else ""
-        if c.params.get("float_layers"):  # openvino-int8-ac: what NNCF left in float
-            floats += f" [{len(c.params['float_layers'])} layer(s) left in float by NNCF]"
+        if c.params.get("restored_layers"):  # openvino-int8-ac: what NNCF reverted to float
+            floats += f" [{len(c.params['restored_layers'])} layer(s) reverted to float by NNCF]"
         console.print(f"  {c.name}: {c.reason}{floats}", soft_wrap=True)
     console.print(f"metric: {m.metric.name} — {m.metric.reason}", soft_wrap=True)
     for note in m.repair_notes:

@@ -131,6 +131,9 @@ class OpenVINONNCFAccuracyControl(Recipe):
                     advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
                         max_num_iterations=max_restored,
                         ranking_subset_size=min(len(held.feeds), RANKING_BATCHES),
+                        # NNCF saves its fully quantized model here: what it reverted is the
+                        # difference between that and the result.
+                        intermediate_model_dir=str(ctx.workdir),
                     ),
                 )
             onnx.save(quantized, str(out))
@@ -138,7 +141,9 @@ class OpenVINONNCFAccuracyControl(Recipe):
             raise build_failure(self, "NNCF", exc, ctx.repaired, unknown_ops(ctx.repaired)) from exc
         finally:
             validator.close()
-        quantized_set = set(dequantized_readers(out, ctx.repaired))
+        kept = set(dequantized_readers(out, ctx.repaired))
+        first = ctx.workdir / "intermediate_model.onnx"
+        reverted = [n for n in dequantized_readers(first, ctx.repaired) if n not in kept]
         params = {
             "tool": "nncf.quantize_with_accuracy_control",
             "model_type": "transformer" if model_type else "default",
@@ -148,7 +153,7 @@ class OpenVINONNCFAccuracyControl(Recipe):
             "validations": validator.calls,
             "subset_size": len(ctx.calibration),
             "float_ops_precision": precision,
-            # The layers NNCF left in float (restored, or never quantized by its patterns).
-            "float_layers": [n for n in self.quantizable_nodes(ctx) if n not in quantized_set],
+            # The layers NNCF quantized and then reverted to float for accuracy.
+            "restored_layers": reverted,
         }
         return Variant(out, self.backend, precision, {}, params)
