@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2, help="calibrations to compare (>= 2)")
     parser.add_argument("--quick", action="store_true", help="one round each (a smoke test)")
     parser.add_argument("--json", type=Path, help="also write the calibrations and spreads here")
-    parser.add_argument("--also-q", default="0", help="other quantiles to compare, e.g. 0,0.5")
+    parser.add_argument("--also-q", default="0", help="other quantiles to compare, e.g. 0,0.5 (-1: each benchmark's best round)")
     args = parser.parse_args()
     if args.runs < 2:
         raise SystemExit("--runs must be >= 2: a spread needs two calibrations")
@@ -131,7 +131,8 @@ def main() -> None:
             f"{GOAL:.0%}; median spread {sp[len(sp) // 2]:.1%}, worst {sp[-1]:.1%}"
         )
     if args.json:
-        args.json.write_text(json.dumps({"runs": runs, "spreads": spreads}, indent=1) + "\n")
+        doc = {"runs": runs, "spreads": spreads, "alternatives": alts}
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
 
 
 if __name__ == "__main__":

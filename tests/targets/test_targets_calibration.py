@@ -292,6 +292,15 @@ def test_round_spread_and_noisy_figures() -> None:
     assert cal.best == {"quiet": 1.0, "noisy": 1.0}
 
 
+def test_a_quiet_host_gets_more_rounds_within_the_budget() -> None:
+    from edgeshift.targets._calibrate import more_rounds
+
+    # 20 s opening, then 5 s a round: a seventh round ends at 55 s.
+    assert more_rounds(50.0, 20.0, 6, budget_s=60.0)
+    assert not more_rounds(50.0, 20.0, 6, budget_s=54.0)
+    assert not more_rounds(0.0, 0.0, 0)
+
+
 def test_a_one_thread_call_is_timed_by_cpu_time_unless_that_is_more() -> None:
     from edgeshift.targets._calibrate import single_thread_time
 
@@ -318,6 +327,7 @@ def test_a_figure_is_a_low_quantile_of_every_call_of_every_round() -> None:
     cal.calls = {"a": [1.0, 2.0, 3.0, 4.0, 5.0]}  # every call of both rounds, pooled
     assert cal.best == {"a": 3.0, "copy": 3.0}  # copy has no calls: its rounds
     assert cal.figures_at(0.0) == {"a": 1.0, "copy": 2.0}
+    assert cal.figures_at(-1) == {"a": 1.0, "copy": 2.0}  # the best round's own figure
 
 
 def test_unconfirmed_figures_are_measured_again_until_two_rounds_agree(

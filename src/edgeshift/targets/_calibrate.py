@@ -63,7 +63,9 @@ NORM_OPS, NORM_ROWS, NORM_WIDTH = 8, 128, 384
 CHAIN_LENGTHS = (1, 17, 33)  # dispatch: t(n) = call + n * op, least squares over n
 CHAIN_WIDTH = 16
 
-PASSES = 6  # rounds of a full calibration
+PASSES = 6  # rounds of a full calibration...
+MAX_PASSES = 10  # ...and more, up to this many, while it has run less than PASS_BUDGET_S
+PASS_BUDGET_S = 50.0
 EXTRA_ROUNDS = 6  # at most this many re-measures of the figures not confirmed...
 BUDGET_S = 90.0  # ...and none once a full calibration has run this long
 CONFIRM_SPREAD = 0.03  # two fastest rounds further apart than this: re-measure the figure
@@ -74,6 +76,15 @@ QUANTILE = 0.2  # a figure is this quantile of all calls (0: the fastest call)
 # Classes whose thread speed-up is measured (at their largest size) on every runtime.
 SCALED_CLASSES = ("conv_dense", "conv_depthwise", "conv_pointwise", "gemm", "attention",
                   "lstm", "gru", "norm")  # fmt: skip
+
+
+def more_rounds(
+    seconds: float, open_s: float, passes: int, budget_s: float = PASS_BUDGET_S
+) -> bool:
+    """Whether one more full round (as long as the average round so far, opening the
+    sessions not counted) still ends within BUDGET_S of SECONDS run: a quiet host gets more
+    rounds, a busy one keeps its time for re-measuring."""
+    return passes > 0 and seconds + (seconds - open_s) / passes <= budget_s
 
 
 def single_thread_time(wall_s: float, cpu_s: float) -> float:
@@ -209,6 +220,7 @@ class Calibrator:
         self.usable: list[tuple[str, str]] = []  # (runtime, precision) that opened
         self.passes = 0
         self.seconds = 0.0
+        self.open_s = 0.0  # of which opening the sessions
         self.rng = np.random.default_rng(0)
         self._tmp = tempfile.TemporaryDirectory(prefix="edgeshift-cal-")
         self._dir = Path(self._tmp.name)
@@ -234,12 +246,13 @@ class Calibrator:
         return self.figures_at(self.q)
 
     def figures_at(self, q: float) -> dict[str, float]:
-        """The Q quantile of every benchmark's calls over all rounds (0: the fastest)."""
+        """The Q quantile of every benchmark's calls over all rounds (0: the fastest; below
+        0: the best round's own ``self.q`` quantile instead of pooling the calls)."""
         out = {}
         for key, rounds in self.per_pass.items():
             pool = self.calls.get(key) or rounds
             if pool:
-                out[key] = low_quantile(pool, q)
+                out[key] = min(rounds) if q < 0 and rounds else low_quantile(pool, q)
         return out
 
     def noisy(self, threshold: float = NOISY_SPREAD) -> dict[str, float]:
@@ -374,6 +387,7 @@ class Calibrator:
         t0 = time.perf_counter()
         if not self._opened:
             self._open()
+            self.open_s = time.perf_counter() - t0
         order = [b for b in self.benches if only is None or b.key in only]
         if self.passes % 2:
             order.reverse()
@@ -424,8 +438,8 @@ def run_calibration(
     quick: bool = False,
     progress: bool = False,
 ) -> Calibration:
-    """Measure this host (``PASSES`` rounds and re-measures within ``BUDGET_S``, or one round
-    when QUICK) and return the calibration."""
+    """Measure this host (``PASSES`` rounds, more while they fit in ``PASS_BUDGET_S``, then
+    re-measures within ``BUDGET_S``; one round when QUICK) and return the calibration."""
     return run_calibration_checked(host, peak_fn=peak_fn, quick=quick, progress=progress)[0]
 
 
@@ -460,6 +474,9 @@ def run_calibration_compared(
     with Calibrator(host, peak_fn, quick=quick) as cal:
         for _ in range(passes):
             cal.run_pass(progress)
+        while not quick and passes < MAX_PASSES and more_rounds(cal.seconds, cal.open_s, passes):
+            cal.run_pass(progress)
+            passes += 1
         if not quick:
             cal.remeasure(deadline=t0 + BUDGET_S)
         noisy = cal.noisy()
