@@ -237,6 +237,27 @@ def test_class_figures_are_single_thread_times_the_measured_speedup() -> None:
     assert cal.kernel_gops["onnxruntime/fp32/gemm"] == cal.kernel_gops_1t["onnxruntime/fp32/gemm"]
 
 
+def test_one_thread_kernels_are_net_of_the_one_thread_dispatch() -> None:
+    from edgeshift.targets._cal_derive import one_thread_dispatch
+
+    best = {f"ort/fp32/1t_chain/{n}": (3 + 0.2 * n) * 1e-6 for n in (1, 17, 33)}
+    best |= {f"ort/fp32/1t_conv_chain/{n}": (3 + 1.5 * n) * 1e-6 for n in (1, 17, 33)}
+    best |= {f"ort/fp32/chain/{n}": (7 + 0.5 * n) * 1e-6 for n in (1, 17, 33)}  # all CPUs
+    assert one_thread_dispatch(best, "ort/fp32", "fp32") == pytest.approx((3.0, 0.2, 1.5))
+    # int8 graphs: the one-thread dispatch of the float graphs their runtime ran at.
+    assert one_thread_dispatch(best, "ort/int8", "fp32") == pytest.approx((3.0, 0.2, 1.5))
+    assert one_thread_dispatch(best, "ov/fp32", "fp32") is None
+    # The synthetic host's kernels with a smaller one-thread dispatch: still recovered.
+    synth = _synthetic_best({"onnxruntime/fp32": 1.0})
+    for n in (1, 17, 33):
+        synth[f"onnxruntime/fp32/1t_chain/{n}"] = synth[f"onnxruntime/fp32/chain/{n}"]
+        synth[f"onnxruntime/fp32/1t_conv_chain/{n}"] = synth[f"onnxruntime/fp32/conv_chain/{n}"]
+        synth[f"onnxruntime/fp32/chain/{n}"] += 4e-6  # the pool's wake-up on all CPUs
+    cal = _derive(synth)
+    assert cal.kernel_gops_1t["onnxruntime/fp32/gemm"]["8"] == pytest.approx(200.0)
+    assert cal.call_overhead_us["onnxruntime/fp32"] == pytest.approx(CALL_US + 4.0)
+
+
 def test_kernel_classes_run_on_one_thread_and_their_largest_size_also_on_all(
     tmp_path: Path,
 ) -> None:
@@ -247,10 +268,16 @@ def test_kernel_classes_run_on_one_thread_and_their_largest_size_also_on_all(
     p = tmp_path / "g.onnx"
     specs = [("gemm/8", p, {}), ("gemm/128", p, {}), ("chain/1", p, {}), ("lstm/8", p, {})]
     plan = [(what, threads) for what, _, _, threads in cal._with_threads(specs)]
-    assert plan == [("gemm/8", 1), ("gemm/128", 1), ("chain/1", None), ("lstm/8", 1),
-                    ("par_gemm/128", None), ("par_lstm/8", None)]  # fmt: skip
+    assert plan == [("gemm/8", 1), ("gemm/128", 1), ("chain/1", None), ("1t_chain/1", 1),
+                    ("lstm/8", 1), ("par_gemm/128", None), ("par_lstm/8", None)]  # fmt: skip
     cal.host = dataclasses.replace(cal.host, usable_cores=1)
-    assert [w for w, *_ in cal._with_threads(specs)] == ["gemm/8", "gemm/128", "chain/1", "lstm/8"]
+    assert [w for w, *_ in cal._with_threads(specs)] == [
+        "gemm/8",
+        "gemm/128",
+        "chain/1",
+        "1t_chain/1",
+        "lstm/8",
+    ]
 
 
 def test_the_roofline_uses_the_class_curve_of_the_runtime_named() -> None:
@@ -328,6 +355,10 @@ def test_a_figure_is_a_low_quantile_of_every_call_of_every_round() -> None:
     assert cal.best == {"a": 3.0, "copy": 3.0}  # copy has no calls: its rounds
     assert cal.figures_at(0.0) == {"a": 1.0, "copy": 2.0}
     assert cal.figures_at(-1) == {"a": 1.0, "copy": 2.0}  # the best round's own figure
+    # A speed-up run (all CPUs, wall time) keeps its best round rather than pooled calls.
+    cal.per_pass["x/par_gemm/128"] = [2.5, 2.0, 4.0]
+    cal.calls["x/par_gemm/128"] = [1.9, 2.0, 2.1, 2.5, 2.6, 4.0, 4.1, 4.2, 4.3]
+    assert cal.best["x/par_gemm/128"] == 2.0 and cal.figures_at(0.0)["x/par_gemm/128"] == 1.9
 
 
 def test_unconfirmed_figures_are_measured_again_until_two_rounds_agree(

@@ -97,6 +97,21 @@ def dispatch_us(best: Mapping[str, float], prefix: str) -> tuple[float, float, f
     return call * 1e6, max(op, 0.0) * 1e6, max(conv_op, 0.0) * 1e6
 
 
+def one_thread_dispatch(
+    best: Mapping[str, float], prefix: str, runtime_precision: str
+) -> tuple[float, float, float] | None:
+    """(call, per-op, per-Conv-op) µs of PREFIX's chains run on one thread ("1t_chain/<n>"),
+    else of the float graphs its runtime ran at (int8); None when neither was measured."""
+    runtime = prefix.split("/")[0]
+    for source in (prefix, f"{runtime}/{runtime_precision}"):
+        chains = {k.replace(f"{source}/1t_", f"{source}/", 1): t for k, t in best.items()
+                  if k.startswith(f"{source}/1t_")}  # fmt: skip
+        found = dispatch_us(chains, source)
+        if found is not None:
+            return found
+    return None
+
+
 def kernel_curves(
     best: Mapping[str, float], prefix: str, call_us: float, op_us: float, conv_op_us: float
 ) -> dict[str, dict[str, float]]:
@@ -189,7 +204,9 @@ def figures(
         par = {k.replace(f"{prefix}/par_", f"{prefix}/", 1): t for k, t in best.items()
                if k.startswith(f"{prefix}/par_")}  # fmt: skip
         par_curves = kernel_curves(par, prefix, call, op, conv)
-        for cls, curve in kernel_curves(best, prefix, call, op, conv).items():
+        # One-thread kernels are net of the one-thread dispatch, timed the same way.
+        one = one_thread_dispatch(best, prefix, runtime_precision[prefix]) or found
+        for cls, curve in kernel_curves(best, prefix, *one).items():
             key = f"{prefix}/{cls}"
             single[key] = curve
             size, at = next(iter(par_curves.get(cls, {}).items()), (None, 0.0))
