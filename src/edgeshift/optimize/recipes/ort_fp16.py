@@ -3,14 +3,25 @@
 ORT's CPU provider computes most fp16 ops by converting to fp32 (or lacks kernels for them),
 so without fp16 arithmetic in the CPU (AVX512-FP16, Arm FEAT_FP16) the variant is slower,
 not faster: the recipe is skipped there, and tried (and measured) where the host has it.
+
+The converted graph is opened and run once in a child process before the search opens it:
+ONNX Runtime 1.32 crashes (SIGSEGV) optimizing some converted graphs at level "all" (the zoo's
+CNN + BiLSTM recognizer, on a Zen 5 host with avx512_fp16), and a crash in the search's own
+process would lose every other candidate. The probe costs one interpreter start.
 """
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
 import onnx
 
+from edgeshift.errors import OptimizeError
 from edgeshift.optimize.host import has_fp16_arithmetic
 from edgeshift.optimize.recipes import BuildContext, Recipe, Variant
 
@@ -35,5 +46,52 @@ class OrtFp16(Recipe):
         model = onnx.load(str(ctx.source_path))
         half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
         onnx.save(half, str(out))
+        _probe(out, ctx.calibration[0] if ctx.calibration else {}, ctx.workdir)
         params = {"keep_io_types": True}
         return Variant(out, self.backend, "fp32", {"graph_optimization_level": "all"}, params)
+
+
+# Opens MODEL as the search will (graph optimization "all") and runs it on the saved feeds.
+_PROBE = """
+import sys, numpy as np, onnxruntime as ort
+opts = ort.SessionOptions()
+opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+session = ort.InferenceSession(sys.argv[1], opts, providers=["CPUExecutionProvider"])
+feeds = dict(np.load(sys.argv[2])) if sys.argv[2] else {}
+if feeds:
+    session.run(None, feeds)
+"""
+
+
+def _probe(
+    model: Path, feeds: dict[str, np.ndarray], workdir: Path, timeout_s: float = 300
+) -> None:
+    """Open and run MODEL in a child process; a crash or error there is this recipe's failure."""
+    feeds_path = ""
+    if feeds:
+        feeds_path = str(workdir / "ort-fp16-probe.npz")
+        np.savez(feeds_path, **{k: v[:1] for k, v in feeds.items()})
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _PROBE, str(model), feeds_path],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise OptimizeError(
+            f"ort-fp16: onnxruntime did not open the fp16 model within {timeout_s:.0f} s; "
+            "the other candidates are unaffected; leave ort-fp16 out with --recipes"
+        ) from exc
+    if done.returncode == 0:
+        return
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name
+        cause = f"crashed ({name}) opening the converted model at graph optimization level all"
+    else:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1][:200]
+        cause = f"could not run the converted model ({last})"
+    raise OptimizeError(
+        f"ort-fp16: onnxruntime {cause}; the other candidates are unaffected; "
+        "leave ort-fp16 out with --recipes"
+    )
