@@ -8,9 +8,9 @@ from collections import Counter
 import numpy as np
 import onnx
 import pytest
+from tests.zoo.shipped import eval_arrays, metadata, run_output
 
 from edgeshift.optimize.metrics import resolve_metric
-from edgeshift.runtime import open_backend
 from edgeshift.zoo import ZooModel, get, list_models
 
 NAME = "kws-cnn"
@@ -26,19 +26,8 @@ def kws(tmp_path_factory: pytest.TempPathFactory) -> ZooModel:
     return get(NAME, tmp_path_factory.mktemp(NAME))
 
 
-def _metadata(model: ZooModel) -> dict[str, str]:
-    return {p.key: p.value for p in onnx.load(str(model.model_path)).metadata_props}
-
-
-def _eval(model: ZooModel) -> tuple[np.ndarray, np.ndarray]:
-    data = np.load(model.data_path)
-    return data["input"], data["labels"]
-
-
 def _logits(model: ZooModel, backend: str) -> np.ndarray:
-    x, _ = _eval(model)
-    runner = open_backend(model.model_path, backend=backend, precision="fp32", threads=1)
-    return runner.run({"input": x})["logits"]
+    return run_output(model, backend, "logits")
 
 
 def test_listed_as_a_classifier() -> None:
@@ -61,7 +50,7 @@ def test_graph_contract(kws: ZooModel) -> None:
     ops = Counter(n.op_type for n in proto.graph.node)
     # six 3x3 convs with BatchNorm folded into them by the export
     assert ops["Conv"] == 6 and "BatchNormalization" not in ops
-    meta = _metadata(kws)
+    meta = metadata(kws)
     assert tuple(meta["classes"].split(",")) == CLASSES
     assert int(meta["test_samples"]) == SAMPLES
     assert meta["dataset"].startswith("espeak-ng")
@@ -71,7 +60,7 @@ def test_graph_contract(kws: ZooModel) -> None:
 def test_eval_data_is_held_out_clips(kws: ZooModel) -> None:
     data = np.load(kws.data_path)
     assert sorted(data.files) == ["input", "labels"]
-    x, y = _eval(kws)
+    x, y = eval_arrays(kws)
     assert x.dtype == np.float32 and x.shape == (SAMPLES, *INPUT_SHAPE)
     assert y.dtype == np.int64 and y.shape == (SAMPLES,)
     assert np.bincount(y, minlength=len(CLASSES)).tolist() == [PER_CLASS] * len(CLASSES)
@@ -83,12 +72,12 @@ def test_eval_data_is_held_out_clips(kws: ZooModel) -> None:
 
 @pytest.mark.slow
 def test_onnxruntime_reproduces_recorded_accuracy(kws: ZooModel) -> None:
-    _, y = _eval(kws)
+    _, y = eval_arrays(kws)
     pred = _logits(kws, "onnxruntime").argmax(axis=1)
     accuracy = float((pred == y).mean())
     # The build measured it with ORT fp32 on this file and these clips; another CPU's kernels
     # round differently (~1e-6 of a logit), which could flip one near-tied clip of 300.
-    assert accuracy == pytest.approx(float(_metadata(kws)["test_accuracy"]), abs=1 / SAMPLES)
+    assert accuracy == pytest.approx(float(metadata(kws)["test_accuracy"]), abs=1 / SAMPLES)
     assert accuracy > 0.85  # voices never heard in training, 12 classes (chance 0.083)
     # the labels are real: labels shifted by one class score far below
     assert float((pred == (y + 1) % len(CLASSES)).mean()) < 0.2
@@ -96,7 +85,7 @@ def test_onnxruntime_reproduces_recorded_accuracy(kws: ZooModel) -> None:
 
 @pytest.mark.slow
 def test_openvino_fp32_agrees_with_onnxruntime(kws: ZooModel) -> None:
-    _, y = _eval(kws)
+    _, y = eval_arrays(kws)
     ort_logits, ov_logits = _logits(kws, "onnxruntime"), _logits(kws, "openvino")
     # Both fp32: six convs differ by summation order only, ~1e-5 on logits of magnitude ~10;
     # 1e-3 absolute is 100x that and far below the gap between a clip's top two classes.
@@ -107,7 +96,7 @@ def test_openvino_fp32_agrees_with_onnxruntime(kws: ZooModel) -> None:
 
 
 def test_auto_metric_is_top1_for_a_classifier(kws: ZooModel) -> None:
-    _, y = _eval(kws)
+    _, y = eval_arrays(kws)
     # the metric is chosen from layouts only, so made-up logits of the right shape will do
     logits = np.eye(len(CLASSES), dtype=np.float32)[y]
     metric = resolve_metric("auto", {"logits": logits}, "logits", y)

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from tests.zoo.shipped import eval_arrays, metadata, run_output
 from typer.testing import CliRunner
 
 from edgeshift.cli.main import app
 from edgeshift.optimize.metrics import resolve_metric
-from edgeshift.runtime import open_backend
 from edgeshift.zoo import ZooModel, get, list_models
 
 NAME = "seg-unet"
@@ -29,19 +29,8 @@ def seg(tmp_path_factory: pytest.TempPathFactory) -> ZooModel:
     return get(NAME, tmp_path_factory.mktemp(NAME))
 
 
-def _metadata(model: ZooModel) -> dict[str, str]:
-    return {p.key: p.value for p in onnx.load(str(model.model_path)).metadata_props}
-
-
-def _eval(model: ZooModel) -> tuple[np.ndarray, np.ndarray]:
-    data = np.load(model.data_path)
-    return data["input"], data["labels"]
-
-
 def _logits(model: ZooModel, backend: str) -> np.ndarray:
-    x, _ = _eval(model)
-    runner = open_backend(model.model_path, backend=backend, precision="fp32", threads=1)
-    return runner.run({"input": x})["logits"]
+    return run_output(model, backend, "logits")
 
 
 def _miou(pred: np.ndarray, labels: np.ndarray) -> float:
@@ -79,7 +68,7 @@ def test_graph_contract(seg: ZooModel) -> None:
     # 2 convs per level and bottleneck + the 1x1 head; BatchNorm folded into the convs
     assert ops["MaxPool"] == 3 and ops["ConvTranspose"] == 3 and ops["Concat"] == 3
     assert ops["Conv"] == 15 and "BatchNormalization" not in ops
-    meta = _metadata(seg)
+    meta = metadata(seg)
     assert tuple(meta["classes"].split(",")) == CLASSES
     assert int(meta["test_samples"]) == SAMPLES
     assert meta["held_out_fonts"].startswith("LiberationSerif")
@@ -88,7 +77,7 @@ def test_graph_contract(seg: ZooModel) -> None:
 def test_eval_data_is_held_out_scenes(seg: ZooModel) -> None:
     data = np.load(seg.data_path)
     assert sorted(data.files) == ["input", "labels"]
-    x, y = _eval(seg)
+    x, y = eval_arrays(seg)
     assert x.dtype == np.float32 and x.shape == (SAMPLES, 3, SIZE, SIZE)
     assert y.dtype == np.uint8 and y.shape == (SAMPLES, SIZE, SIZE)
     # 8-bit RGB / 255: values in [0, 1] on a 1/255 grid
@@ -101,10 +90,10 @@ def test_eval_data_is_held_out_scenes(seg: ZooModel) -> None:
 
 @pytest.mark.slow
 def test_onnxruntime_reproduces_recorded_scores(seg: ZooModel, ort_logits: np.ndarray) -> None:
-    _, y = _eval(seg)
+    _, y = eval_arrays(seg)
     assert ort_logits.shape == (SAMPLES, len(CLASSES), SIZE, SIZE)
     pred = ort_logits.argmax(axis=1)
-    meta = _metadata(seg)
+    meta = metadata(seg)
     # Measured by the build with ORT fp32 on this file and these scenes. Another CPU's kernels
     # round differently (~1e-6 of a logit), which can flip near-tied pixels on class borders:
     # allow 50 pixels of 590k (~1e-4 of accuracy; the mIoU moves by about as much).
@@ -117,7 +106,7 @@ def test_onnxruntime_reproduces_recorded_scores(seg: ZooModel, ort_logits: np.nd
 
 @pytest.mark.slow
 def test_openvino_fp32_agrees_with_onnxruntime(seg: ZooModel, ort_logits: np.ndarray) -> None:
-    _, y = _eval(seg)
+    _, y = eval_arrays(seg)
     ov_logits = _logits(seg, "openvino")
     # Both fp32: 18 convs in a row differ by summation order only (~1e-5 of logits that reach
     # ~30); 1e-3 absolute is 100x that. Pixels where the top two classes are that close can
@@ -129,7 +118,7 @@ def test_openvino_fp32_agrees_with_onnxruntime(seg: ZooModel, ort_logits: np.nda
 
 
 def test_metrics_read_the_class_axis_of_the_map(seg: ZooModel) -> None:
-    _, y = _eval(seg)
+    _, y = eval_arrays(seg)
     # metric choice depends on layouts only: one-hot logits of the label map will do
     logits = np.moveaxis(np.eye(len(CLASSES), dtype=np.float32)[y], -1, 1)
     outputs = {"logits": logits}

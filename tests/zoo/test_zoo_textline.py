@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from tests.zoo.shipped import eval_arrays, metadata, run_output
 from typer.testing import CliRunner
 
 from edgeshift.cli.main import app
 from edgeshift.optimize.sequence import ctc_greedy_decode, sequence_scores
-from edgeshift.runtime import open_backend
 from edgeshift.zoo import ZooModel, get, list_models
 
 NAME = "textline-crnn"
@@ -29,19 +29,8 @@ def textline(tmp_path_factory: pytest.TempPathFactory) -> ZooModel:
     return get(NAME, tmp_path_factory.mktemp(NAME))
 
 
-def _metadata(model: ZooModel) -> dict[str, str]:
-    return {p.key: p.value for p in onnx.load(str(model.model_path)).metadata_props}
-
-
-def _eval(model: ZooModel) -> tuple[np.ndarray, np.ndarray]:
-    data = np.load(model.data_path)
-    return data["input"], data["labels"]
-
-
 def _log_probs(model: ZooModel, backend: str, precision: str = "fp32") -> np.ndarray:
-    x, _ = _eval(model)
-    runner = open_backend(model.model_path, backend=backend, precision=precision, threads=1)
-    return runner.run({"input": x})["log_probs"]
+    return run_output(model, backend, "log_probs", precision)
 
 
 def test_listed_as_a_recognizer() -> None:
@@ -67,7 +56,7 @@ def test_graph_contract(textline: ZooModel) -> None:
     for node in (n for n in proto.graph.node if n.op_type == "LSTM"):
         attrs = {a.name: a for a in node.attribute}
         assert attrs["direction"].s == b"bidirectional"
-    meta = _metadata(textline)
+    meta = metadata(textline)
     assert len(meta["alphabet"]) == CLASSES - 1 and meta["blank_index"] == "0"
     assert meta["input_scaling"] == "grey pixels / 255.0"
     assert int(meta["test_samples"]) == EVAL_LINES
@@ -76,7 +65,7 @@ def test_graph_contract(textline: ZooModel) -> None:
 def test_eval_data_is_held_out_lines(textline: ZooModel) -> None:
     data = np.load(textline.data_path)
     assert sorted(data.files) == ["input", "labels"]
-    x, labels = _eval(textline)
+    x, labels = eval_arrays(textline)
     assert x.dtype == np.float32 and x.shape == (EVAL_LINES, *INPUT_SHAPE)
     # 8-bit grey / 255: values in [0, 1] on a 1/255 grid
     assert x.min() >= 0.0 and x.max() <= 1.0
@@ -96,12 +85,12 @@ def _decoded_text(log_probs: np.ndarray, alphabet: str) -> list[str]:
 
 @pytest.mark.slow
 def test_onnxruntime_reproduces_recorded_accuracy(textline: ZooModel) -> None:
-    _, labels = _eval(textline)
+    _, labels = eval_arrays(textline)
     got = _log_probs(textline, "onnxruntime")
     assert got.shape == (EVAL_LINES, STEPS, CLASSES)
     np.testing.assert_allclose(np.exp(got).sum(axis=-1), 1.0, atol=1e-4)  # log-softmax
     exact, cer = sequence_scores(got, None, labels, 0)
-    meta = _metadata(textline)
+    meta = metadata(textline)
     # The build measured these with ORT fp32 on the same file and crops. Another CPU's kernels
     # round differently (~1e-6 of a log-prob), which can flip a near-tied argmax at one step:
     # allow one line of 256 and two characters of ~3,600.
@@ -117,14 +106,14 @@ def test_onnxruntime_reproduces_recorded_accuracy(textline: ZooModel) -> None:
 
 @pytest.mark.slow
 def test_openvino_fp32_agrees_with_onnxruntime(textline: ZooModel) -> None:
-    _, labels = _eval(textline)
+    _, labels = eval_arrays(textline)
     ort_out = _log_probs(textline, "onnxruntime")
     ov_out = _log_probs(textline, "openvino")
     # Both fp32: convs and LSTM gates differ by summation order and OpenVINO's own sigmoid/tanh,
     # ~1e-5 on log-probs of magnitude <= ~40; 1e-3 absolute is 100x that and far below the
     # gaps that decide a decode (a wrong graph is off by whole units).
     np.testing.assert_allclose(ov_out, ort_out, atol=1e-3, rtol=1e-4)
-    alphabet = _metadata(textline)["alphabet"]
+    alphabet = metadata(textline)["alphabet"]
     assert _decoded_text(ov_out, alphabet) == _decoded_text(ort_out, alphabet)
     assert sequence_scores(ov_out, None, labels, 0) == sequence_scores(ort_out, None, labels, 0)
 
