@@ -78,7 +78,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2, help="calibrations to compare (>= 2)")
     parser.add_argument("--quick", action="store_true", help="one round each (a smoke test)")
     parser.add_argument("--json", type=Path, help="also write the calibrations and spreads here")
-    parser.add_argument("--also-q", default="0", help="other quantiles to compare, e.g. 0,0.5 (-1: each benchmark's best round)")
+    parser.add_argument(
+        "--also-q",
+        default="0",
+        help="other quantiles to compare, e.g. 0,0.5 (-1: each benchmark's best round)",
+    )
     args = parser.parse_args()
     if args.runs < 2:
         raise SystemExit("--runs must be >= 2: a spread needs two calibrations")

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -70,7 +71,8 @@ def _probe(
     feeds_path = ""
     if feeds:
         feeds_path = str(workdir / "ort-fp16-probe.npz")
-        np.savez(feeds_path, **{k: v[:1] for k, v in feeds.items()})
+        first: dict[str, Any] = {k: v[:1] for k, v in feeds.items()}
+        np.savez(feeds_path, **first)
     try:
         done = subprocess.run(
             [sys.executable, "-c", _PROBE, str(model), feeds_path],
