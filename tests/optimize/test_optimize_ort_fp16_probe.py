@@ -11,7 +11,11 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgeshift.errors import OptimizeError
-from edgeshift.optimize.recipes import ort_fp16
+from edgeshift.optimize.recipes import Variant, ort_fp16
+
+
+def _variant(path: Path) -> Variant:
+    return Variant(_model(path), "onnxruntime", "fp32", {"graph_optimization_level": "all"})
 
 
 def _model(path: Path) -> Path:
@@ -24,7 +28,7 @@ def _model(path: Path) -> Path:
 
 def test_probe_passes_a_model_that_runs(tmp_path: Path) -> None:
     feeds = {"x": np.ones((3, 4), np.float32)}
-    ort_fp16._probe(_model(tmp_path / "m.onnx"), feeds, tmp_path)  # no error
+    ort_fp16._probe(_variant(tmp_path / "m.onnx"), feeds, tmp_path)  # no error
 
 
 def test_a_crash_in_the_child_is_this_recipes_failure(
@@ -35,7 +39,7 @@ def test_a_crash_in_the_child_is_this_recipes_failure(
         ort_fp16, "_PROBE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
     )
     with pytest.raises(OptimizeError) as err:
-        ort_fp16._probe(_model(tmp_path / "m.onnx"), {}, tmp_path)
+        ort_fp16._probe(_variant(tmp_path / "m.onnx"), {}, tmp_path)
     message = str(err.value)
     assert "crashed (SIGSEGV)" in message and "--recipes" in message and "\n" not in message
 
@@ -48,7 +52,7 @@ def test_an_error_in_the_child_names_its_last_line(
         OptimizeError,
         match=r"could not run the converted model \(RuntimeError: no kernel for Foo\(16\)\)",
     ):
-        ort_fp16._probe(_model(tmp_path / "m.onnx"), {}, tmp_path)
+        ort_fp16._probe(_variant(tmp_path / "m.onnx"), {}, tmp_path)
 
 
 def test_the_recognizer_search_survives_ort_fp16(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ process would lose every other candidate. The probe costs one interpreter start.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -47,27 +48,30 @@ class OrtFp16(Recipe):
         model = onnx.load(str(ctx.source_path))
         half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
         onnx.save(half, str(out))
-        _probe(out, ctx.calibration[0] if ctx.calibration else {}, ctx.workdir)
-        params = {"keep_io_types": True}
-        return Variant(out, self.backend, "fp32", {"graph_optimization_level": "all"}, params)
+        variant = Variant(out, self.backend, "fp32", {"graph_optimization_level": "all"}, {})
+        _probe(variant, ctx.calibration[0] if ctx.calibration else {}, ctx.workdir)
+        variant.params = {"keep_io_types": True}
+        return variant
 
 
-# Opens MODEL as the search will (graph optimization "all") and runs it on the saved feeds.
+# Opens the variant with open_backend, as the search will, and runs it on the saved feeds.
 _PROBE = """
-import sys, numpy as np, onnxruntime as ort
-opts = ort.SessionOptions()
-opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-session = ort.InferenceSession(sys.argv[1], opts, providers=["CPUExecutionProvider"])
-feeds = dict(np.load(sys.argv[2])) if sys.argv[2] else {}
+import json, sys, numpy as np
+from edgeshift.runtime import open_backend
+backend, precision, options = json.loads(sys.argv[2])
+session = open_backend(sys.argv[1], backend, precision, 1, options)
+feeds = dict(np.load(sys.argv[3])) if sys.argv[3] else {}
 if feeds:
-    session.run(None, feeds)
+    session.run(feeds)
 """
 
 
 def _probe(
-    model: Path, feeds: dict[str, np.ndarray], workdir: Path, timeout_s: float = 300
+    variant: Variant, feeds: dict[str, np.ndarray], workdir: Path, timeout_s: float = 300
 ) -> None:
-    """Open and run MODEL in a child process; a crash or error there is this recipe's failure."""
+    """Open and run VARIANT in a child process; a crash or error there is this recipe's
+    failure."""
+    how = json.dumps([variant.backend, variant.runtime_precision, variant.options])
     feeds_path = ""
     if feeds:
         feeds_path = str(workdir / "ort-fp16-probe.npz")
@@ -75,7 +79,7 @@ def _probe(
         np.savez(feeds_path, **first)
     try:
         done = subprocess.run(
-            [sys.executable, "-c", _PROBE, str(model), feeds_path],
+            [sys.executable, "-c", _PROBE, str(variant.model_path), how, feeds_path],
             capture_output=True,
             text=True,
             timeout=timeout_s,
