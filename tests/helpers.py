@@ -16,3 +16,21 @@ def assert_one_line_error(result: Any, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
+
+
+def invoke_cli(*args: object) -> Any:
+    """Run ``edgeshift ARGS…`` in-process (typer's CliRunner); arguments are str()-ed."""
+    from typer.testing import CliRunner
+
+    from edgeshift.cli.main import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def cli_json(*args: object) -> Any:
+    """``edgeshift ARGS… --json`` that must succeed: its parsed stdout."""
+    import json
+
+    result = invoke_cli(*args)
+    assert result.exit_code == 0, result.output + result.stderr
+    return json.loads(result.stdout)

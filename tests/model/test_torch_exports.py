@@ -14,12 +14,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from click.testing import Result
-from tests.helpers import assert_one_line_error
+from tests.helpers import assert_one_line_error, cli_json, invoke_cli
 from tests.targets.conftest import synthetic_calibration
-from typer.testing import CliRunner
 
-from edgeshift.cli.main import app
 from edgeshift.runtime import open_backend
 from edgeshift.targets.host import detect_host, save_calibration
 
@@ -89,16 +86,6 @@ def _file(exported: dict[str, Any], kind: str) -> Path:
     return path
 
 
-def _invoke(*args: object) -> Result:
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def _ok(*args: object) -> Any:
-    result = _invoke(*args)
-    assert result.exit_code == 0, result.output + result.stderr
-    return json.loads(result.stdout)
-
-
 def test_both_files_keep_names_and_symbolic_axes(exported: dict[str, Any]) -> None:
     for kind in ("torchscript", "dynamo"):
         proto = onnx.load(str(_file(exported, kind)))
@@ -127,7 +114,7 @@ def test_outputs_match_the_module(exported: dict[str, Any], kind: str, backend: 
 
 
 def test_inspect_counts_the_same_model_from_both_exporters(exported: dict[str, Any]) -> None:
-    docs = {k: _ok("inspect", _file(exported, k), "--shape", f"seq={TRACED_SEQ}", "--json")
+    docs = {k: cli_json("inspect", _file(exported, k), "--shape", f"seq={TRACED_SEQ}", "--json")
             for k in ("dynamo", "torchscript")}  # fmt: skip
     for doc in docs.values():
         assert doc["input_shapes"] == {"x": [1, TRACED_SEQ, FEATURES]}
@@ -146,7 +133,7 @@ def test_seq_fit_verdict_matches_the_runtime(exported: dict[str, Any], kind: str
     what onnxruntime really does there."""
     path = _file(exported, kind)
     seq = TRACED_SEQ + 4
-    result = _invoke("inspect", path, "--shape", f"seq={seq}", "--json")
+    result = invoke_cli("inspect", path, "--shape", f"seq={seq}", "--json")
     x = np.zeros((1, seq, FEATURES), np.float32)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     try:
@@ -167,7 +154,7 @@ def test_seq_fit_verdict_matches_the_runtime(exported: dict[str, Any], kind: str
 @pytest.mark.parametrize("kind", ["dynamo", "torchscript"])
 def test_bench(exported: dict[str, Any], kind: str, backend: str) -> None:
     seq = TRACED_SEQ
-    doc = _ok("bench", _file(exported, kind), "--backend", backend, "--shape", f"seq={seq}",
+    doc = cli_json("bench", _file(exported, kind), "--backend", backend, "--shape", f"seq={seq}",
               "--batch", "2", "-n", "3", "--warmup", "1", "--json")  # fmt: skip
     assert doc["input_shapes"] == {"x": [2, seq, FEATURES]}
 
@@ -178,17 +165,17 @@ def test_estimate_on_the_host(
 ) -> None:
     monkeypatch.setenv("EDGESHIFT_CACHE_DIR", str(tmp_path / "cache"))
     save_calibration(synthetic_calibration(), detect_host())  # no measuring in tests
-    doc = _ok("estimate", _file(exported, kind), "--target", "host", "-p", "fp32",
+    doc = cli_json("estimate", _file(exported, kind), "--target", "host", "-p", "fp32",
               "--shape", f"seq={TRACED_SEQ}", "--json")  # fmt: skip
     assert doc["fits"] is True and doc["latency_ms"] > 0
 
 
 def _optimize(exported: dict[str, Any], kind: str, out: Path) -> dict[str, Any]:
-    doc = _ok("optimize", _file(exported, kind), "--data", exported["dir"] / "eval.npz", "--quick",
+    doc = cli_json("optimize", _file(exported, kind), "--data", exported["dir"] / "eval.npz", "--quick",
               "--metric", "cosine", "--json", "--out", out)  # fmt: skip
     assert doc["budget_met"] is True, doc["message"]  # the original is always within budget
     assert doc["accuracy"]["drop"] <= doc["metric"]["max_drop"]
-    bench = _ok("bench", out, "--shape", f"seq={TRACED_SEQ}", "-n", "2", "--json")
+    bench = cli_json("bench", out, "--shape", f"seq={TRACED_SEQ}", "-n", "2", "--json")
     assert bench["input_shapes"] == {"x": [1, TRACED_SEQ, FEATURES]}
     return doc
 

@@ -3,19 +3,15 @@ them) through every verb of the real CLI, and their accuracy on both runtimes.""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 import pytest
-from click.testing import Result
+from tests.helpers import cli_json, invoke_cli
 from tests.targets.conftest import synthetic_calibration
-from typer.testing import CliRunner
 
 from edgeshift import zoo
-from edgeshift.cli.main import app
 from edgeshift.runtime import open_backend
 from edgeshift.targets.host import detect_host, save_calibration
 
@@ -31,16 +27,6 @@ CONV_MACS = (
     32 * 32 * 32 * 9 * 1 + 16 * 16 * 64 * 9 * 32 + 8 * 8 * 96 * 9 * 64 + 4 * 4 * 128 * 9 * 96
 )
 MATMUL_MACS = 512 * CLASSES
-
-
-def _invoke(*args: object) -> Result:
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def _ok(*args: object) -> Any:
-    result = _invoke(*args)
-    assert result.exit_code == 0, result.output + result.stderr
-    return json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module", params=QUIRKS)
@@ -97,7 +83,7 @@ def test_eval_data_is_keyed_by_the_input_in_its_layout(quirk: zoo.ZooModel) -> N
 
 
 def test_inspect_shows_the_batch_dynamic_and_counts_the_convs(quirk: zoo.ZooModel) -> None:
-    doc = _ok("inspect", quirk.model_path, "--json")
+    doc = cli_json("inspect", quirk.model_path, "--json")
     # dynamic: -1 reads as an unnamed dim (null), tf2onnx's unk__N keeps its name
     batch_in, batch_out = BATCH_DIMS[quirk.name]
     assert doc["inputs"][0]["shape"] == [batch_in, *STATIC_DIMS[quirk.name]]
@@ -105,7 +91,7 @@ def test_inspect_shows_the_batch_dynamic_and_counts_the_convs(quirk: zoo.ZooMode
     assert doc["input_shapes"] == {INPUT[quirk.name]: [1, *STATIC_DIMS[quirk.name]]}
     assert doc["macs_by_op"]["Conv"] == CONV_MACS
     assert doc["macs_by_op"]["MatMul"] == MATMUL_MACS
-    text = _invoke("inspect", quirk.model_path, "--batch", "4")
+    text = invoke_cli("inspect", quirk.model_path, "--batch", "4")
     assert text.exit_code == 0, text.output + text.stderr
     assert "-1" not in text.stdout  # the -1 dims read as dynamic ("?"), never as a size
 
@@ -113,7 +99,7 @@ def test_inspect_shows_the_batch_dynamic_and_counts_the_convs(quirk: zoo.ZooMode
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_bench_on_both_runtimes_with_the_eval_data(quirk: zoo.ZooModel, backend: str) -> None:
-    doc = _ok(
+    doc = cli_json(
         "bench", quirk.model_path, "--data", quirk.data_path, "--backend", backend,
         "-n", "5", "--warmup", "1", "--json",
     )  # fmt: skip
@@ -127,7 +113,7 @@ def test_estimate_on_the_host(
 ) -> None:
     monkeypatch.setenv("EDGESHIFT_CACHE_DIR", str(tmp_path / "cache"))
     save_calibration(synthetic_calibration(), detect_host())  # no measuring in tests
-    doc = _ok("estimate", quirk.model_path, "--target", "host", "-p", "fp32", "--json")
+    doc = cli_json("estimate", quirk.model_path, "--target", "host", "-p", "fp32", "--json")
     assert doc["fits"] is True and doc["latency_ms"] > 0
     assert {r["op_class"] for r in doc["breakdown"]} >= {"conv"}
 
@@ -166,7 +152,7 @@ def test_optimize_quick_writes_an_artifact_within_budget(
     quirk: zoo.ZooModel, tmp_path: Path
 ) -> None:
     out = tmp_path / "art"
-    doc = _ok("optimize", quirk.model_path, "--data", quirk.data_path, "--quick", "--json",
+    doc = cli_json("optimize", quirk.model_path, "--data", quirk.data_path, "--quick", "--json",
               "--out", out)  # fmt: skip
     assert doc["metric"]["name"] == "top1"
     assert (out / "manifest.json").is_file() and (out / "model.onnx").is_file()
@@ -174,7 +160,7 @@ def test_optimize_quick_writes_an_artifact_within_budget(
     assert doc["accuracy"]["drop"] <= doc["metric"]["max_drop"]  # top1 points, default 1
     assert doc["accuracy"]["labels"] == "labels"
     assert doc["artifact"] == str(out)
-    bench = _ok("bench", out, "-n", "3", "--json")
+    bench = cli_json("bench", out, "-n", "3", "--json")
     assert bench["input_shapes"] == {INPUT[quirk.name]: [1, *STATIC_DIMS[quirk.name]]}
 
 
