@@ -95,3 +95,16 @@ def test_paddle_style_zoo_model_loses_its_batch_norms(tmp_path) -> None:
     np.testing.assert_allclose(
         got.run([name], {"x": x})[0], want.run([name], {"x": x})[0], rtol=1e-4, atol=1e-5
     )
+
+
+def test_a_conv_output_read_by_a_subgraph_body_is_left_alone() -> None:
+    model = _model()
+    c = helper.make_tensor_value_info("c_out", TensorProto.FLOAT, [2, 4, 8, 8])
+    body = helper.make_graph([helper.make_node("Identity", ["c"], ["c_out"])], "body", [], [c])
+    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "cond"))
+    model.graph.node.append(
+        helper.make_node("If", ["cond"], ["z"], name="if", then_branch=body, else_branch=body)
+    )
+    model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 4, 8, 8]))
+    result = fold_batch_norms(model)
+    assert result.model is model and result.notes == []

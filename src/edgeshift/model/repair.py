@@ -19,6 +19,7 @@ runs them all and says what it changed:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,16 +86,29 @@ def constants_to_initializers(model: onnx.ModelProto) -> RepairResult:
     return RepairResult(out, [f"moved {moved} Constant node(s) into initializers"])
 
 
+def names_read(nodes: Sequence[onnx.NodeProto], subgraphs_only: bool = False) -> set[str]:
+    """Every tensor name NODES read, the bodies of If/Loop/Scan included (they may read
+    outer names); with SUBGRAPHS_ONLY, only the names those bodies read."""
+    names: set[str] = set()
+    for node in nodes:
+        if not subgraphs_only:
+            names.update(node.input)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                names |= names_read(sub.node)
+    return names
+
+
 def _foldable(
     bn: onnx.NodeProto,
     producer: dict[str, onnx.NodeProto],
     readers: dict[str, int],
     inits: dict[str, np.ndarray],
-    outputs: set[str],
+    kept: set[str],
 ) -> onnx.NodeProto | None:
     """The Conv BN can be folded into, or None: an inference-mode BatchNormalization whose
     parameters are float initializers, reading a float-weighted Conv's output that nothing
-    else reads."""
+    else reads (no other node, graph output or subgraph body: KEPT)."""
     if bn.domain or len(bn.input) != 5 or any(o for o in bn.output[1:]):
         return None
     if any(a.name == "training_mode" and a.i for a in bn.attribute):
@@ -104,7 +118,7 @@ def _foldable(
     conv = producer.get(bn.input[0])
     if conv is None or conv.op_type != "Conv" or conv.domain:
         return None
-    if readers.get(conv.output[0], 0) != 1 or conv.output[0] in outputs:
+    if readers.get(conv.output[0], 0) != 1 or conv.output[0] in kept:
         return None
     weight = inits.get(conv.input[1])
     if weight is None or weight.dtype != np.float32:
@@ -124,11 +138,12 @@ def fold_batch_norms(model: onnx.ModelProto) -> RepairResult:
     for node in graph.node:
         for name in node.input:
             readers[name] = readers.get(name, 0) + 1
-    outputs = {o.name for o in graph.output}
+    # Names that must stay: graph outputs and what If/Loop/Scan bodies read.
+    kept = {o.name for o in graph.output} | names_read(graph.node, subgraphs_only=True)
     folds = {}
     for bn in graph.node:
         if bn.op_type == "BatchNormalization":
-            conv = _foldable(bn, producer, readers, inits, outputs)
+            conv = _foldable(bn, producer, readers, inits, kept)
             if conv is not None:
                 folds[conv.name or conv.output[0]] = (conv, bn)
     if not folds:
@@ -169,18 +184,11 @@ def fold_batch_norms(model: onnx.ModelProto) -> RepairResult:
         new_nodes.append(node)
     del out.graph.node[:]
     out.graph.node.extend(new_nodes)
-    # The replaced parameters go unless another node still reads them (subgraphs may read
-    # outer names: then everything stays).
-    has_subgraphs = any(
-        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-        for n in new_nodes
-        for a in n.attribute
-    )
-    if not has_subgraphs:
-        read = {name for n in new_nodes for name in n.input}
-        unused = [t for t in out.graph.initializer if t.name in replaced and t.name not in read]
-        for tensor in unused:
-            out.graph.initializer.remove(tensor)
+    # The replaced parameters go unless another node (or a subgraph body) still reads them.
+    read = names_read(new_nodes)
+    unused = [t for t in out.graph.initializer if t.name in replaced and t.name not in read]
+    for tensor in unused:
+        out.graph.initializer.remove(tensor)
     return RepairResult(
         out, [f"folded {len(folds)} BatchNormalization node(s) into the Conv before each"]
     )

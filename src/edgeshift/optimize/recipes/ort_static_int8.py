@@ -45,6 +45,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
+from edgeshift.model.repair import names_read
 from edgeshift.optimize.host import has_int8_dot
 from edgeshift.optimize.recipes import (
     BuildContext,
@@ -150,17 +151,6 @@ def calibration_ranges(ctx: BuildContext, op_types: Sequence[str], method: str) 
     return Path(path)
 
 
-def _names_read(nodes: Sequence[onnx.NodeProto]) -> set[str]:
-    """Every tensor name NODES read, subgraphs (If/Loop/Scan bodies) included."""
-    names: set[str] = set()
-    for node in nodes:
-        names.update(node.input)
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                names |= _names_read(sub.node)
-    return names
-
-
 def drop_dead_nodes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """Remove nodes none of whose outputs is read (the Q/DQ pairs rewiring left behind) and
     the initializers only they read. ORT keeps such nodes, and a MatMul whose output also
@@ -170,14 +160,14 @@ def drop_dead_nodes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     outputs = {o.name for o in graph.output}
     removed = 0
     while True:
-        used = _names_read(graph.node) | outputs
+        used = names_read(graph.node) | outputs
         dead = [n for n in graph.node if not any(o in used for o in n.output)]
         if not dead:
             break
         for node in dead:
             graph.node.remove(node)
         removed += len(dead)
-    used = _names_read(graph.node)
+    used = names_read(graph.node)
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)
     return model, removed
