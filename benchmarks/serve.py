@@ -31,12 +31,22 @@ from tritonclient.grpc.aio's stream_infer on one stream ("grpc stream") and as p
 bytes on 8 grpc.aio streams of 4 ("grpc stream raw"). ``--grpc-only`` runs just these and HTTP
 binary at concurrency 32.
 
+``--pinned`` adds the same five cells against a second batching server pinned to one CPU
+(``sched_setaffinity`` before exec: its threads inherit it, and the runtime sizes its thread
+pool from it), driven by ``--clients`` load-generator processes all pinned to another CPU. A
+server's throughput is a property of the server given its CPU; in production its clients run
+elsewhere, and on a 2-core box the shared cells charge the client's CPU to the server. The
+placement table prints both placements side by side, with the server's CPU per request (from
+/proc of the server process) and each side's cores in use; a row whose client core is full
+while the server's is not is marked client-bound: it says what the client can send, not
+what the server can answer.
+
 Then the memory tables of benchmarks/serve_memory.py (the digits CNN): peak and after-request
 RSS for the largest requests the default limits allow, and small requests' latency while
 another client sends large or slow ones (``--skip-memory`` leaves them out).
 
 Run: ``python benchmarks/serve.py [--rounds 3] [--seconds 3] [--model minilm|mlp-wide|mlp|PATH]
-[--seq N] [--client raw|aiohttp] [--grpc-only] [--skip-memory]``.
+[--seq N] [--client raw|aiohttp] [--grpc-only] [--pinned [--clients N]] [--skip-memory]``.
 """
 
 from __future__ import annotations
@@ -52,7 +62,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +79,9 @@ from edgeshift.runtime import open_backend
 
 CONCURRENCY = (1, 8, 32)
 MAX_BATCH = 32
+# HTTP binary and the gRPC cells compared with it at concurrency 32
+GRPC_VS_BINARY = ("binary", "grpc", "grpc raw", "grpc stream", "grpc stream raw")
+SATURATED = 0.9  # a process using this many cores of its CPU set is limited by them
 MLPS = {"mlp": (784, 2048, 2048, 10), "mlp-wide": (784, 4096, 4096, 4096, 10)}
 
 
@@ -165,8 +178,10 @@ class Server:
     proc: subprocess.Popen[str] | None = None
     url: str = ""
     grpc_url: str = ""  # host:port, when started with --grpc-port
+    cpus: frozenset[int] | None = None  # pinned to these CPUs (its threads inherit), or all
 
     def start(self) -> None:
+        cpus = self.cpus
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -189,13 +204,17 @@ class Server:
             stdout=subprocess.DEVNULL,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            # pinned before exec: the runtime sizes its thread pool from the affinity it sees
+            preexec_fn=None if cpus is None else (lambda: os.sched_setaffinity(0, cpus)),
         )
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             match = re.search(r"on http://(\S+)", line)
             if "RSS" in line:
+                pinned = "" if cpus is None else f", CPUs {sorted(cpus)}"
                 print(
-                    f"  server (--max-batch {self.max_batch}): {line.split(' INFO ')[-1].strip()}"
+                    f"  server (--max-batch {self.max_batch}{pinned}): "
+                    f"{line.split(' INFO ')[-1].strip()}"
                 )
             if match:
                 self.url = f"http://{match.group(1)}"
@@ -238,6 +257,8 @@ class Cell:
     mean_batch: list[float] = field(default_factory=list)
     server_cpu_us: list[float] = field(default_factory=list)  # server CPU time per request
     client_cpu_us: list[float] = field(default_factory=list)  # load generator's, per request
+    server_cores: list[float] = field(default_factory=list)  # server CPU s per wall s
+    client_cores: list[float] = field(default_factory=list)  # client CPU s per wall s
     # served req/s over direct calls at min(concurrency, max batch), measured just before and
     # just after the cell: the two sides of the ratio see the same neighbours
     paired: list[float] = field(default_factory=list)
@@ -476,6 +497,83 @@ def run_load(
     return result
 
 
+def _client_job(
+    server: Server,
+    tensors: str,
+    model: str,
+    sample: dict[str, np.ndarray],
+    load: Any,
+    bodies: dict[bool, tuple[bytes, dict[str, str]]],
+    concurrency: int,
+    seconds: float,
+    start_at: float,
+) -> tuple[int, float, float, float, float, float]:
+    """One pinned client process's share of a cell, started at START_AT (wall clock) so the
+    shares run at once: (pid, req/s, p50 ms, p99 ms, its CPU s, its wall s)."""
+    time.sleep(max(0.0, start_at - time.time()))
+    cpu0, t0 = _own_cpu_s(), time.perf_counter()
+    rps, p50, p99 = run_load(server, tensors, model, sample, load, bodies, concurrency, seconds)
+    return os.getpid(), rps, p50, p99, _own_cpu_s() - cpu0, time.perf_counter() - t0
+
+
+class PinnedClients:
+    """The load generator of the pinned placement: CLIENTS processes, all pinned to CPUS
+    (the same CPUs for every client), started once and reused; a cell's concurrency is split
+    between them and they run at once. Spawned, not forked: the parent has grpc loaded."""
+
+    def __init__(self, cpus: frozenset[int], clients: int) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.cpus, self.clients = cpus, clients
+        self.pool = ProcessPoolExecutor(
+            clients,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=os.sched_setaffinity,
+            initargs=(0, cpus),
+        )
+
+    def run(
+        self,
+        server: Server,
+        tensors: str,
+        model: str,
+        sample: dict[str, np.ndarray],
+        load: Any,
+        bodies: dict[bool, tuple[bytes, dict[str, str]]],
+        concurrency: int,
+        seconds: float,
+    ) -> tuple[float, float, float, float, float]:
+        """As :func:`run_load`, from the pinned clients: (req/s, p50 ms, p99 ms, the clients'
+        CPU s, wall s). p50 is the clients' mean p50 and p99 their worst (equal shares)."""
+        shares = [
+            concurrency // self.clients + (i < concurrency % self.clients)
+            for i in range(self.clients)
+        ]
+        start_at = time.time() + 0.5  # every share's process has picked its job up by then
+        bare = replace(server, proc=None)  # no Popen: it crosses to the client processes
+        jobs = [
+            self.pool.submit(
+                _client_job, bare, tensors, model, sample, load, bodies, n, seconds, start_at
+            )
+            for n in shares
+            if n
+        ]
+        results = [job.result() for job in jobs]
+        if len({pid for pid, *_ in results}) != len(results):
+            raise RuntimeError("two client shares ran in one process, one after the other")
+        return (
+            sum(r[1] for r in results),
+            statistics.mean(r[2] for r in results),
+            max(r[3] for r in results),
+            sum(r[4] for r in results),
+            max(r[5] for r in results),
+        )
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
 class Ceiling:
     """Direct ``backend.run`` calls in this process at a fixed batch: the most the runtime
     does with no HTTP at all. Opened once, measured in every round beside the served cells."""
@@ -574,12 +672,29 @@ def main() -> None:
         help="only HTTP binary and the gRPC cells at concurrency 32, on the batching server",
     )
     parser.add_argument(
+        "--pinned",
+        action="store_true",
+        help="also run HTTP binary and every gRPC cell at concurrency 32 against a server "
+        "pinned to one CPU, with the load generator pinned to another",
+    )
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=1,
+        help="load-generator processes of the pinned cells (all on the one client CPU)",
+    )
+    parser.add_argument(
         "--skip-memory",
         action="store_true",
         help="skip the memory and large/slow-client tables (benchmarks/serve_memory.py)",
     )
     args = parser.parse_args()
     console = Console(width=150)
+    usable = sorted(os.sched_getaffinity(0))
+    if args.pinned and len(usable) < 2:
+        raise SystemExit("error: --pinned needs 2 CPUs (one for the server, one for the load)")
+    if args.clients < 1:
+        raise SystemExit(f"error: --clients must be >= 1, not {args.clients}")
     load = drive_raw if args.client == "raw" else drive
     batches = [2**k for k in range(MAX_BATCH.bit_length()) if 2**k <= MAX_BATCH]
 
@@ -610,11 +725,20 @@ def main() -> None:
                 servers, ("binary", "JSON"), CONCURRENCY
             )
             if mode != "eager" or (tensors == "binary" and concurrency == 32)
-        ] + [("on", t, 32) for t in ("grpc", "grpc raw", "grpc stream", "grpc stream raw")]
+        ] + [("on", t, 32) for t in GRPC_VS_BINARY[1:]]
         if args.grpc_only:
             plan = [cell for cell in plan if cell[1].startswith("grpc")]
             plan.insert(0, ("on", "binary", 32))
             servers = {"on": servers["on"]}
+        clients: PinnedClients | None = None
+        if args.pinned:
+            # The same server as "on", pinned to one CPU, and the load on another: what the
+            # server does with one CPU of its own, as when its clients run on other machines.
+            servers["pinned"] = Server(
+                MAX_BATCH, model, ("--grpc-port", "0"), cpus=frozenset(usable[:1])
+            )
+            clients = PinnedClients(frozenset(usable[1:2]), args.clients)
+            plan += [("pinned", tensors, 32) for tensors in GRPC_VS_BINARY]
         for server in servers.values():
             server.start()
         ceilings: dict[int, list[list[tuple[float, float]]]] = {b: [] for b in batches}
@@ -630,17 +754,32 @@ def main() -> None:
                 for batching, tensors, concurrency in plan:
                     server = servers[batching]
                     cell_load = (server, tensors, name, sample, load, bodies, concurrency)
-                    run_load(*cell_load, 0.3)  # warm up
-                    strict = min(concurrency, MAX_BATCH) if batching != "off" else 1
-                    before = direct.measure(strict, 1.0)
-                    rows0, calls0 = server.batch_rows()
-                    cpu0, client0 = server.cpu_s(), _own_cpu_s()
-                    rps, p50, p99 = run_load(*cell_load, args.seconds)
-                    cpu_s, client_s = server.cpu_s() - cpu0, _own_cpu_s() - client0
-                    rows1, calls1 = server.batch_rows()
-                    after = direct.measure(strict, 1.0)
                     cell = cells.setdefault((batching, tensors, concurrency), Cell())
-                    cell.paired.append(rps / best_of([before, after])[0])
+                    if batching == "pinned":
+                        assert clients is not None
+                        clients.run(*cell_load, 0.3)  # warm up
+                        rows0, calls0 = server.batch_rows()
+                        cpu0 = server.cpu_s()
+                        rps, p50, p99, client_s, wall_s = clients.run(*cell_load, args.seconds)
+                        cpu_s = server.cpu_s() - cpu0
+                        rows1, calls1 = server.batch_rows()
+                        # the in-process ceiling has both CPUs: no ratio against it here
+                        cell.paired.append(float("nan"))
+                        cell.client_cores.append(client_s / wall_s / len(clients.cpus))
+                    else:
+                        run_load(*cell_load, 0.3)  # warm up
+                        strict = min(concurrency, MAX_BATCH) if batching != "off" else 1
+                        before = direct.measure(strict, 1.0)
+                        rows0, calls0 = server.batch_rows()
+                        cpu0, client0, t0 = server.cpu_s(), _own_cpu_s(), time.perf_counter()
+                        rps, p50, p99 = run_load(*cell_load, args.seconds)
+                        wall_s = time.perf_counter() - t0
+                        cpu_s, client_s = server.cpu_s() - cpu0, _own_cpu_s() - client0
+                        rows1, calls1 = server.batch_rows()
+                        after = direct.measure(strict, 1.0)
+                        cell.paired.append(rps / best_of([before, after])[0])
+                        cell.client_cores.append(client_s / wall_s)
+                    cell.server_cores.append(cpu_s / wall_s)
                     cell.rps.append(rps)
                     cell.p50_ms.append(p50)
                     cell.p99_ms.append(p99)
@@ -651,6 +790,8 @@ def main() -> None:
         finally:
             for server in servers.values():
                 server.stop()
+            if clients is not None:
+                clients.close()
 
     med = statistics.median
     best = {b: best_of(v) for b, v in ceilings.items()}
@@ -677,6 +818,8 @@ def main() -> None:
     for column in columns:
         table.add_column(column, justify="right")
     for (batching, tensors, concurrency), cell in cells.items():
+        if batching == "pinned":
+            continue  # in the placement table below: the ceiling here has both CPUs
         formed = med(cell.mean_batch)
         ceiling_rps = _interpolate(cap, formed)
         served_cpu_us = med(cell.server_cpu_us) + med(cell.client_cpu_us)
@@ -714,13 +857,16 @@ def main() -> None:
     on32 = med(cells[("on", "binary", 32)].rps)
     grpc_ratios = ", ".join(
         f"{tensors} {med(cells[('on', tensors, 32)].rps) / on32:.2f}x"
-        for tensors in ("grpc", "grpc raw", "grpc stream", "grpc stream raw")
+        for tensors in GRPC_VS_BINARY[1:]
     )
     console.print(
         f"conc 32, gRPC / HTTP binary: {grpc_ratios} (goal >= 1x; grpc: tritonclient.grpc.aio, "
         "raw: pre-serialized bytes on grpc.aio; the client's CPU counts against the server "
         "on this box)"
     )
+    if args.pinned:
+        # wider than the other tables: eleven columns that should not wrap
+        Console(width=190).print(placement_table(cells, args.rounds, args.seconds, args.clients))
     if not args.skip_memory and not args.grpc_only:
         print_memory_tables(console, args.rounds, args.seconds)
     if args.grpc_only:
@@ -737,6 +883,63 @@ def main() -> None:
         f"binary / JSON = {on32 / json32:.2f}x; adaptive wait / eager (--max-delay-ms 0) = "
         f"{on32 / eager32:.2f}x"
     )
+
+
+def placement_table(
+    cells: dict[tuple[str, str, int], Cell], rounds: int, seconds: float, clients: int
+) -> Table:
+    """HTTP binary and each gRPC client at concurrency 32, the load generator sharing the
+    server's CPUs ("shared") and on a CPU of its own ("pinned": server on one CPU, clients on
+    another), side by side. Cores: CPU seconds per wall second (1.00 = one core full)."""
+    table = Table(
+        title=f"conc 32 · shared CPUs vs server pinned to 1 CPU, {clients} client process(es) "
+        f"on another · medians of {rounds} rounds × {seconds:g} s"
+    )
+    for column in (
+        "front end, client",
+        "shared req/s",
+        "shared / binary",
+        "shared server µs/req",
+        "pinned req/s",
+        "pinned / binary",
+        "pinned server µs/req",
+        "pinned client µs/req",
+        "pinned server cores",
+        "pinned client cores",
+        "pinned mean batch",
+        "verdict",
+    ):
+        table.add_column(column, justify="right")
+    med = statistics.median
+    shared32, pinned32 = (
+        med(cells[("on", "binary", 32)].rps),
+        med(cells[("pinned", "binary", 32)].rps),
+    )
+    for tensors in GRPC_VS_BINARY:
+        shared, pinned = cells[("on", tensors, 32)], cells[("pinned", tensors, 32)]
+        server_cores, client_cores = med(pinned.server_cores), med(pinned.client_cores)
+        if client_cores >= SATURATED and server_cores < SATURATED:
+            # the server had CPU to spare: the client's core was the limit
+            verdict = "client-bound: not a server verdict"
+        elif server_cores >= SATURATED:
+            verdict = "server-bound"
+        else:
+            verdict = "neither core full"
+        table.add_row(
+            tensors,
+            f"{med(shared.rps):.0f}",
+            f"{med(shared.rps) / shared32:.2f}x",
+            f"{med(shared.server_cpu_us):.0f}",
+            f"{med(pinned.rps):.0f}",
+            f"{med(pinned.rps) / pinned32:.2f}x",
+            f"{med(pinned.server_cpu_us):.0f}",
+            f"{med(pinned.client_cpu_us):.0f}",
+            f"{server_cores:.2f}",
+            f"{client_cores:.2f}",
+            f"{med(pinned.mean_batch):.1f}",
+            verdict,
+        )
+    return table
 
 
 def print_memory_tables(console: Console, rounds: int, seconds: float) -> None:
