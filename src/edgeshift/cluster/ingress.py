@@ -1,15 +1,9 @@
 """The cluster's front door: HAProxy (Debian's /usr/sbin/haproxy) in front of the replicas'
 own edgeshift servers, configured and health-checked by edgeshift.
 
-Requests go client -> HAProxy -> a replica's uvicorn fast path, never through Ray's proxy
-(a single Python process that costs ~10x per request). Layout of the generated config:
-
-- backend ``any``: every replica, checked with ``GET /v2/health/ready``;
-- backend ``m_<name>_<digest>`` per model: the replicas holding it, checked with
-  ``GET /v2/models/NAME/ready`` (HAProxy 2.6 cannot ``track`` a server added at run time,
-  and a model's own readiness is the better check anyway);
-- the frontend routes ``/v2/models/NAME/...`` through a map (model -> backend), everything
-  else to ``any``; ``/metrics`` to the aggregator when one is given.
+Requests go client -> HAProxy -> a replica's uvicorn fast path (or its gRPC server), never
+through Ray's proxy (a single Python process that costs ~10x per request). The config's
+layout (backends per model, the gRPC frontend, the L4 mode) is in :mod:`.ingress_config`.
 
 Failures: a dead replica fails its checks and is out of rotation in ~``fall * inter``; a
 request whose connection failed or whose replica closed before answering is retried once on
@@ -24,219 +18,46 @@ reload only when a model with no backend yet appears.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import re
 import signal
 import socket
 import subprocess
 import tempfile
 import time
-import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from edgeshift.errors import ConfigError, EdgeshiftError
+from edgeshift.cluster import ingress_config
+from edgeshift.cluster.ingress_config import (
+    ANY_BACKEND,
+    GRPC_PREFIX,
+    IngressTimeouts,
+    ReplicaEndpoint,
+    _server_name,
+    haproxy_config,
+    map_file_text,
+    model_backends,
+    server_names,
+    server_options,
+)
+from edgeshift.errors import EdgeshiftError
 
-HAPROXY_BINARY = "/usr/sbin/haproxy"
-ANY_BACKEND = "any"
+# Read at call time (tests point it elsewhere): ingress.HAPROXY_BINARY.
+HAPROXY_BINARY = ingress_config.HAPROXY_BINARY
 
-_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-@dataclass(frozen=True)
-class ReplicaEndpoint:
-    """Where one replica's edgeshift server listens, and what it serves."""
-
-    replica_id: str
-    node_id: str
-    host: str
-    port: int
-    models: tuple[str, ...] = ()
-
-    @property
-    def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class IngressTimeouts:
-    """How fast HAProxy gives up on a replica. The defaults take a dead replica out of
-    rotation in <= ~0.35 s idle (refused connection: a check every 250 ms, then 100 ms
-    apart once one failed) and in ~0.1 s under load (a refused request counts as a failed
-    check and is replayed on another replica), and a hung one in <= ~1.15 s (2 checks that
-    time out after 400 ms)."""
-
-    # Checks cost every replica a request per interval per backend (any + each model):
-    # 100 ms for all of them was ~20 requests/s per replica, idle.
-    check_interval_ms: int = 250
-    # Once a check or a live request failed, until the replica is UP again or DOWN.
-    fast_check_interval_ms: int = 100
-    check_timeout_ms: int = 400
-    fall: int = 2  # failed checks in a row before DOWN: one lost check is not a dead replica
-    rise: int = 1
-    connect_ms: int = 1000  # then the request is retried on another replica
-    # A replica that answers nothing for this long is given up on (504 becomes our 503); the
-    # health check takes a hung replica out much sooner, and that ends its requests then.
-    server_s: int = 60
-    client_s: int = 60
-
-
-def _server_name(replica_id: str) -> str:
-    return _NAME_UNSAFE.sub("_", replica_id)[:60] or "replica"
-
-
-def _backend_name(model: str) -> str:
-    # A digest keeps names that only differ in unsafe characters apart.
-    import hashlib
-
-    digest = hashlib.sha1(model.encode()).hexdigest()[:8]
-    return f"m_{_NAME_UNSAFE.sub('_', model)[:40]}_{digest}"
-
-
-def server_names(endpoints: Sequence[ReplicaEndpoint]) -> dict[str, str]:
-    """replica_id -> HAProxy server name (only [A-Za-z0-9_.-]); two replicas whose ids map to
-    one name are an error."""
-    names: dict[str, str] = {}
-    for endpoint in endpoints:
-        name = _server_name(endpoint.replica_id)
-        if name in names.values() and names.get(endpoint.replica_id) != name:
-            raise ConfigError(
-                f"replica ids {endpoint.replica_id!r} and another map to the HAProxy server "
-                f"name {name!r} — give replicas ids that differ in letters or digits"
-            )
-        names[endpoint.replica_id] = name
-    return names
-
-
-def model_backends(models: Sequence[str]) -> dict[str, str]:
-    """model -> backend name."""
-    return {model: _backend_name(model) for model in sorted(set(models))}
-
-
-def server_options(endpoint: ReplicaEndpoint, timeouts: IngressTimeouts) -> str:
-    """The options of a replica's server line (config and runtime API alike: HAProxy 2.6 does not apply ``default-server`` to servers added at run time)."""
-    t = timeouts
-    return (
-        f"{endpoint.address} check inter {t.check_interval_ms}ms "
-        f"fastinter {t.fast_check_interval_ms}ms downinter {t.check_interval_ms * 2}ms "
-        f"fall {t.fall} rise {t.rise} on-marked-down shutdown-sessions "
-        # A live request refused or reset is a sign too: one failed check (fast, 100 ms
-        # later) after it takes the replica out.
-        "observe layer4 error-limit 1 on-error sudden-death "
-        # Idle keep-alive connections of a drained server close this soon: HAProxy will not
-        # delete a server that still has some.
-        "pool-purge-delay 500ms"
-    )
-
-
-def _json_error(status: int, message: str) -> str:
-    body = json.dumps({"error": message})
-    quoted = body.replace("\\", "\\\\").replace('"', '\\"')
-    return f'    http-error status {status} content-type application/json string "{quoted}"'
-
-
-# What HAProxy answers on its own; every one is turned into a 503 (retry later) by
-# http-after-response, so clients see one status for "the cluster could not answer".
-_ERRORS = {
-    502: "the replica serving this request failed before answering — retry the request",
-    503: "no replica of this model is up (starting, restarting or failed) — retry shortly",
-    504: "the replica did not answer in time and was given up on — retry the request",
-}
-
-
-def haproxy_config(
-    bind_host: str,
-    port: int,
-    endpoints: Sequence[ReplicaEndpoint],
-    *,
-    admin_socket: Path,
-    map_file: Path,
-    check_interval_ms: int = IngressTimeouts.check_interval_ms,
-    timeouts: IngressTimeouts | None = None,
-    models: Sequence[str] = (),
-    metrics_address: str | None = None,
-    threads: int = 1,
-    maxconn: int = 4096,
-) -> str:
-    """The HAProxy configuration for ENDPOINTS: one ``any`` backend with every replica and
-    one backend per model (those of ``models`` plus every endpoint's). MAP_FILE must hold
-    :func:`map_file_text` of the same models. Pure: the caller writes it and runs HAProxy."""
-    t = timeouts or IngressTimeouts(check_interval_ms=check_interval_ms)
-    if min(t.check_interval_ms, t.fast_check_interval_ms) <= 0 or t.fall < 1 or t.rise < 1:
-        raise ConfigError(
-            f"health check interval {t.check_interval_ms} ms, fall {t.fall}, rise {t.rise}: "
-            "the interval must be > 0 and fall/rise >= 1"
-        )
-    names = server_names(endpoints)
-    all_models = sorted({*models, *(m for e in endpoints for m in e.models)})
-    bind = f"[{bind_host}]:{port}" if ":" in bind_host else f"{bind_host}:{port}"
-    lines = [
-        "global",
-        f"    stats socket {admin_socket} mode 600 level admin",
-        "    stats timeout 30s",
-        f"    maxconn {maxconn}",
-        f"    nbthread {threads}",
-        "defaults",
-        "    mode http",
-        f"    timeout connect {t.connect_ms}ms",
-        f"    timeout client {t.client_s}s",
-        f"    timeout server {t.server_s}s",
-        f"    timeout check {t.check_timeout_ms}ms",
-        "    timeout http-keep-alive 60s",
-        # Retry once elsewhere when nothing came back: inference is a pure function of its
-        # inputs, so a request cut off by a dying replica is safe to send again.
-        "    retries 2",
-        "    option http-buffer-request",
-        "    option redispatch 1",
-        "    retry-on conn-failure empty-response response-timeout 502 503",
-        # Keep server connections open across clients: a new TCP connection per request
-        # costs the replica's event loop more than the request itself.
-        "    http-reuse always",
-        "    option http-no-delay",
-        *(_json_error(status, message) for status, message in _ERRORS.items()),
-        "",
-        "frontend ingress",
-        f"    bind {bind}",
-        "    http-after-response set-status 503 if { status 502 } || { status 504 }",
-        "    acl model_route path_beg /v2/models/",
-        f"    use_backend %[path,field(4,/),map_str({map_file},{ANY_BACKEND})] if model_route",
-    ]
-    if metrics_address is not None:
-        lines += [
-            "    use_backend cluster_metrics if { path /metrics }",
-        ]
-    lines += [f"    default_backend {ANY_BACKEND}", ""]
-    lines += [
-        f"backend {ANY_BACKEND}",
-        "    balance leastconn",
-        "    option httpchk GET /v2/health/ready",
-        "    http-check expect status 200",
-    ]
-    lines += [f"    server {names[e.replica_id]} {server_options(e, t)}" for e in endpoints]
-    lines.append("")
-    for model, backend in model_backends(all_models).items():
-        lines += [
-            f"backend {backend}",
-            "    balance leastconn",
-            f"    option httpchk GET /v2/models/{urllib.parse.quote(model, safe='')}/ready",
-            "    http-check expect status 200",
-        ]
-        lines += [
-            f"    server {names[e.replica_id]} {server_options(e, t)}"
-            for e in endpoints
-            if model in e.models
-        ]
-        lines.append("")
-    if metrics_address is not None:
-        lines += ["backend cluster_metrics", f"    server aggregator {metrics_address}", ""]
-    return "\n".join(lines)
-
-
-def map_file_text(models: Sequence[str]) -> str:
-    """The frontend's map: one ``model backend`` line per model."""
-    return "".join(f"{model} {backend}\n" for model, backend in model_backends(models).items())
+__all__ = [
+    "ANY_BACKEND",
+    "HAPROXY_BINARY",
+    "HaproxyIngress",
+    "IngressError",
+    "IngressTimeouts",
+    "ReplicaEndpoint",
+    "haproxy_config",
+    "map_file_text",
+    "model_backends",
+    "server_names",
+    "server_options",
+]
 
 
 class IngressError(EdgeshiftError):
@@ -252,7 +73,9 @@ def _free_port(host: str) -> int:
 
 class HaproxyIngress:
     """HAProxy as a child process, fronting the replicas given to :meth:`start` and
-    :meth:`update`. ``port=0`` picks a free port (read it back from ``.port``)."""
+    :meth:`update`. ``port=0`` picks a free port (read it back from ``.port``); so does
+    ``grpc_port=0`` for the gRPC frontend (None: no gRPC). ``mode``: "http" (L7, routed by
+    model, retried) or "tcp" (L4, balanced per connection)."""
 
     def __init__(
         self,
@@ -264,9 +87,13 @@ class HaproxyIngress:
         threads: int = 1,
         binary: str = HAPROXY_BINARY,
         drain_timeout_s: float = 30.0,
+        grpc_port: int | None = None,
+        mode: str = "http",
     ) -> None:
         self.bind_host = bind_host
         self.port = port
+        self.grpc_port = grpc_port
+        self.mode = mode
         self.timeouts = timeouts or IngressTimeouts()
         self.metrics_address = metrics_address
         self.threads = threads
@@ -284,6 +111,13 @@ class HaproxyIngress:
     def url(self) -> str:
         host = self.bind_host
         return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    @property
+    def grpc_url(self) -> str | None:
+        if self.grpc_port is None:
+            return None
+        host = self.bind_host
+        return f"[{host}]:{self.grpc_port}" if ":" in host else f"{host}:{self.grpc_port}"
 
     @property
     def pid(self) -> int | None:
@@ -307,6 +141,8 @@ class HaproxyIngress:
                 models=self._models,
                 metrics_address=self.metrics_address,
                 threads=self.threads,
+                grpc_port=self.grpc_port,
+                mode=self.mode,
             )
         )
 
@@ -318,6 +154,8 @@ class HaproxyIngress:
             )
         if self.port == 0:
             self.port = _free_port(self.bind_host)
+        if self.grpc_port == 0:
+            self.grpc_port = _free_port(self.bind_host)
         self._write_config(endpoints)
         check = subprocess.run(
             [self.binary, "-c", "-f", str(self._config_file)],
@@ -344,8 +182,10 @@ class HaproxyIngress:
                 )
             with contextlib.suppress(OSError):
                 self.command("show info")
-                with socket.create_connection((self.bind_host, self.port), timeout=1):
-                    return
+                for port in (self.port, self.grpc_port):
+                    if port is not None:
+                        socket.create_connection((self.bind_host, port), timeout=1).close()
+                return
             if time.monotonic() > deadline:
                 self.stop()
                 raise IngressError(f"HAProxy did not open port {self.port} within {timeout_s} s")
@@ -391,29 +231,42 @@ class HaproxyIngress:
             self._wait_drained(endpoint)
             self._delete(endpoint, backends)
 
+    def _protocols(self, endpoint: ReplicaEndpoint) -> list[bool]:
+        """False: its HTTP backends; True: its gRPC ones (when both sides serve gRPC)."""
+        grpc = self.grpc_port is not None and endpoint.grpc_port is not None
+        return [False, True] if grpc else [False]
+
     def _add(self, endpoint: ReplicaEndpoint, backends: Mapping[str, str]) -> None:
         name = _server_name(endpoint.replica_id)
-        self._checked(
-            f"add server {ANY_BACKEND}/{name} {server_options(endpoint, self.timeouts)}",
-            "New server registered",
-        )
-        self._checked(f"enable health {ANY_BACKEND}/{name}")
-        for model in endpoint.models:
-            self._checked(
-                f"add server {backends[model]}/{name} {server_options(endpoint, self.timeouts)}",
-                "New server registered",
-            )
-            self._checked(f"enable health {backends[model]}/{name}")
-            self._checked(f"enable server {backends[model]}/{name}")
+        for grpc in self._protocols(endpoint):
+            prefix = GRPC_PREFIX if grpc else ""
+            options = server_options(endpoint, self.timeouts, grpc=grpc)
+            for backend in [*(backends[m] for m in endpoint.models), ANY_BACKEND]:
+                self._checked(
+                    f"add server {prefix}{backend}/{name} {options}", "New server registered"
+                )
+                self._checked(f"enable health {prefix}{backend}/{name}")
+                if backend != ANY_BACKEND:
+                    self._checked(f"enable server {prefix}{backend}/{name}")
         # Last: the model backends are ready before the replica takes its first request.
-        self._checked(f"enable server {ANY_BACKEND}/{name}")
+        for grpc in self._protocols(endpoint):
+            self._checked(f"enable server {GRPC_PREFIX if grpc else ''}{ANY_BACKEND}/{name}")
         self._endpoints[endpoint.replica_id] = endpoint
+
+    def _replica_backends(
+        self, endpoint: ReplicaEndpoint, backends: Mapping[str, str]
+    ) -> list[str]:
+        """Every backend the replica is a server of, the any-backends last."""
+        return [
+            f"{GRPC_PREFIX if grpc else ''}{backend}"
+            for backend in [*(backends[m] for m in endpoint.models), ANY_BACKEND]
+            for grpc in self._protocols(endpoint)
+        ]
 
     def _set_maint(self, endpoint: ReplicaEndpoint, backends: Mapping[str, str]) -> None:
         name = _server_name(endpoint.replica_id)
-        for model in endpoint.models:
-            self._checked(f"disable server {backends[model]}/{name}")
-        self._checked(f"disable server {ANY_BACKEND}/{name}")
+        for backend in self._replica_backends(endpoint, backends):
+            self._checked(f"disable server {backend}/{name}")
 
     def _in_flight(self, name: str) -> int:
         total = 0
@@ -431,7 +284,7 @@ class HaproxyIngress:
 
     def _delete(self, endpoint: ReplicaEndpoint, backends: Mapping[str, str]) -> None:
         name = _server_name(endpoint.replica_id)
-        for backend in [*(backends[m] for m in endpoint.models), ANY_BACKEND]:
+        for backend in self._replica_backends(endpoint, backends):
             self._delete_server(backend, name)
         del self._endpoints[endpoint.replica_id]
 
