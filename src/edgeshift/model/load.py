@@ -6,12 +6,14 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import onnx
-from google.protobuf.message import DecodeError
+from typing import TYPE_CHECKING, Any
 
 from edgeshift.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    # onnx (with protobuf and ml_dtypes, ~12 MB of RSS) loads only when a graph is read:
+    # resolve_model_path and the manifest checks serve the runtime path without it.
+    import onnx
 
 MANIFEST_NAME = "manifest.json"
 
@@ -129,6 +131,9 @@ def load_model(path: str | Path, *, check: bool = True, external_data: bool = Tr
 
     Raises ModelError for a missing, non-ONNX, truncated or structurally invalid file.
     """
+    import onnx
+    from google.protobuf.message import DecodeError
+
     model_path, manifest = resolve_model_path(path)
     try:
         proto = onnx.load(str(model_path), load_external_data=external_data)
@@ -164,16 +169,7 @@ def load_model(path: str | Path, *, check: bool = True, external_data: bool = Tr
 
 # Ops that pass integer ids through unchanged on their way to a Gather's indices.
 _ID_PASSTHROUGH = {"Cast", "Unsqueeze", "Reshape", "Squeeze", "Flatten", "Identity"}
-_INT_TYPES = {
-    onnx.TensorProto.INT8,
-    onnx.TensorProto.INT16,
-    onnx.TensorProto.INT32,
-    onnx.TensorProto.INT64,
-    onnx.TensorProto.UINT8,
-    onnx.TensorProto.UINT16,
-    onnx.TensorProto.UINT32,
-    onnx.TensorProto.UINT64,
-}
+_INT_TYPE_NAMES = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
 
 
 def gather_index_bounds(graph: onnx.GraphProto) -> dict[str, int]:
@@ -183,8 +179,11 @@ def gather_index_bounds(graph: onnx.GraphProto) -> dict[str, int]:
     Runtimes disagree on an id out of range (ONNX Runtime refuses it, OpenVINO answers with
     whatever memory it reads), so the server checks these bounds itself, for every backend.
     """
+    import onnx
+
+    int_types = {onnx.TensorProto.DataType.Value(name) for name in _INT_TYPE_NAMES}
     producers = {out: node for node in graph.node for out in node.output}
-    int_inputs = {i.name for i in graph.input if i.type.tensor_type.elem_type in _INT_TYPES} - {
+    int_inputs = {i.name for i in graph.input if i.type.tensor_type.elem_type in int_types} - {
         init.name for init in graph.initializer
     }
     dims_of: dict[str, list[int]] = {init.name: list(init.dims) for init in graph.initializer}

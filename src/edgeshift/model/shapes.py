@@ -11,16 +11,17 @@ and ONNX Runtime and OpenVINO read it so) is a dynamic dim without a name.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import helper
 
 from edgeshift.errors import DataError, ShapeError
+
+if TYPE_CHECKING:
+    import onnx  # the runtime path (TensorSpec, check_tensor) must not load onnx: see serve/
 
 DEFAULT_DYNAMIC_DIM = 128
 
@@ -51,6 +52,9 @@ def is_fixed(dim: Dim) -> bool:
 
 
 def _elem_dtype(elem_type: int) -> str:
+    import onnx
+    from onnx import helper
+
     if elem_type == onnx.TensorProto.STRING:
         return "object"
     if elem_type == onnx.TensorProto.BFLOAT16:
@@ -127,6 +131,8 @@ def resolve_input_shapes(
             if len(dims) != 1:
                 raise ShapeError(f"--shape {key}=… names a symbolic dim: give one integer")
             continue
+        import difflib  # only for this message
+
         known = sorted(input_names | symbols)
         near = difflib.get_close_matches(key, known, n=1)
         hint = f"did you mean {near[0]!r}? " if near else ""

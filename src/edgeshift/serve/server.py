@@ -18,7 +18,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-import psutil
 import uvicorn
 from typing_extensions import Self
 
@@ -32,6 +31,7 @@ from edgeshift.serve.connections import (
 )
 from edgeshift.serve.fastpath import inference_protocol
 from edgeshift.serve.limits import RequestLimits
+from edgeshift.serve.memory import rss_bytes
 from edgeshift.serve.metrics import ServerMetrics
 from edgeshift.serve.repository import ModelRepository, ServeOptions, discover
 from edgeshift.serve.security import AuthSettings, RequestGuard, TlsSettings, is_loopback
@@ -173,9 +173,8 @@ class InferenceServer:
                 self._socket.close()
             await self.repository.close()
             raise
-        rss_bytes = psutil.Process().memory_info().rss
         names = ", ".join(f"{m.name}:{m.version}" for m in self.repository.models()) or "no model"
-        log.info("loaded %s; RSS %.1f MiB", names, rss_bytes / (1 << 20))
+        log.info("loaded %s; RSS %.1f MiB", names, rss_bytes() / (1 << 20))
         certified = s.tls is not None and s.tls.client_ca is not None
         if not is_loopback(s.host) and not s.auth.inference_tokens and not certified:
             log.warning(
