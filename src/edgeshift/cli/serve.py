@@ -49,6 +49,7 @@ def _server_logging(access_log: bool, level: str) -> Iterator[None]:
 
 
 def serve_command(
+    ctx: typer.Context,
     paths: list[Path] = typer.Argument(
         ...,
         help="Model files, optimize artifact directories, or model repositories "
@@ -132,6 +133,18 @@ def serve_command(
     json_offload_mb: float = typer.Option(
         1.0, "--json-offload-mb", help="Larger JSON bodies decode off the event loop."
     ),
+    ray: bool = typer.Option(
+        False,
+        "--ray",
+        help="Serve on a Ray cluster, HAProxy in front (as edgeshift cluster serve): --ray "
+        "[ADDRESS], ADDRESS being HOST:PORT, auto or local (the default: start one here).",
+    ),
+    plan: Path | None = typer.Option(None, "--plan", help="With --ray: plan.json's pools."),
+    replicas: int | None = typer.Option(None, "--replicas", help="With --ray: replicas."),
+    min_replicas: int | None = typer.Option(None, "--min-replicas", help="With --ray."),
+    max_replicas: int | None = typer.Option(None, "--max-replicas", help="With --ray."),
+    replica_host: str | None = typer.Option(None, "--replica-host", help="With --ray."),
+    ingress_mode: str | None = typer.Option(None, "--ingress-mode", help="With --ray."),
 ) -> None:
     """Serve models over the KServe Open Inference Protocol v2 (Triton clients work as is)."""
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -149,6 +162,11 @@ def serve_command(
         if memory_budget_mb is None
         else _mib("--memory-budget-mb", memory_budget_mb),
     )
+    cluster = (plan, replicas, min_replicas, max_replicas, replica_host, ingress_mode)
+    if ray or any(v is not None for v in cluster):
+        from edgeshift.cli.cluster import serve_on_ray  # the same path as `cluster serve`
+
+        return serve_on_ray(ctx, ray, options)
     limits = RequestLimits(
         max_body_bytes=ServerSettings.body_limit_bytes(max_body_mb),
         max_rows=_at_least_one("--max-rows", max_rows),

@@ -29,7 +29,9 @@ from edgeshift.cluster.autoscale import (
     in_flight_total,
     requests_total,
 )
+from edgeshift.cluster.bind import check_ingress_host, check_replica_host, exposure_warning
 from edgeshift.cluster.ingress import HaproxyIngress, ReplicaEndpoint
+from edgeshift.cluster.ingress_config import INGRESS_MODES
 from edgeshift.cluster.metrics import MetricsAggregator
 from edgeshift.cluster.placement import (
     PoolPlacement,
@@ -95,7 +97,10 @@ def _require_tools() -> None:
 class ClusterServer:
     """``start()`` deploys and returns once every replica is serving behind the ingress
     (``url``); ``stop()`` takes it all down. ``address``: a Ray cluster's address, ``"auto"``
-    (RAY_ADDRESS or the local node's), or None/``"local"`` to start a Ray on this machine."""
+    (RAY_ADDRESS or the local node's), or None/``"local"`` to start a Ray on this machine.
+    ``grpc_port``: the ingress's gRPC port (0: any free; None: no gRPC), replicas then serve
+    gRPC too. ``replica_host``: what replicas bind (None: each node's IP; docs in
+    :mod:`.bind`). ``ingress_mode``: "http" (L7) or "tcp" (L4) for the HTTP frontend."""
 
     def __init__(
         self,
@@ -114,14 +119,21 @@ class ClusterServer:
         target_in_flight: float = 4.0,
         downscale_delay_s: float = 10.0,
         start_timeout_s: float = 180.0,
+        grpc_port: int | None = None,
+        ingress_mode: str = "http",
     ) -> None:
         self.paths = [str(Path(p).resolve()) for p in paths]
         self.address = address
         self.plan = plan
         self.options = options or ServeOptions()
-        self.host, self.port = host, port
+        self.host, self.port = check_ingress_host(host), port
         self.name = name
-        self.replica_host = replica_host
+        self.replica_host = check_replica_host(replica_host)
+        if grpc_port is not None and not 0 <= grpc_port <= 65535:
+            raise ConfigError(f"--grpc-port {grpc_port}: give a port (0-65535; 0: any free) or off")
+        if ingress_mode not in INGRESS_MODES:
+            raise ConfigError(f"--ingress-mode {ingress_mode!r}: use {' or '.join(INGRESS_MODES)}")
+        self.grpc_port, self.ingress_mode = grpc_port, ingress_mode
         self.start_timeout_s = start_timeout_s
         if replicas is not None and replicas < 1:
             raise ConfigError(f"--replicas must be >= 1, not {replicas}")
@@ -155,6 +167,13 @@ class ClusterServer:
         return self._ingress.url
 
     @property
+    def grpc_url(self) -> str | None:
+        """HOST:PORT of the ingress's gRPC frontend; None without gRPC."""
+        if self._ingress is None:
+            raise RuntimeError("the cluster server is not started")
+        return self._ingress.grpc_url
+
+    @property
     def ingress(self) -> HaproxyIngress:
         """The HAProxy in front (``server_states()``: which replicas are in rotation)."""
         if self._ingress is None:
@@ -176,6 +195,8 @@ class ClusterServer:
             raise ConfigError(f"no models found in {', '.join(self.paths)}")
         placements = self._placements(models)  # a bad plan fails before Ray is touched
         _require_tools()
+        if warning := exposure_warning(self.host, self.replica_host):
+            log.warning("%s", warning)
         self._connect()
         try:
             self._start(placements)
@@ -201,11 +222,15 @@ class ClusterServer:
         self._wait_for_replicas()
         self._aggregator = MetricsAggregator(self.endpoints).start()
         self._ingress = HaproxyIngress(
-            self.host, self.port, metrics_address=self._aggregator.address
+            self.host,
+            self.port,
+            metrics_address=self._aggregator.address,
+            grpc_port=self.grpc_port,
+            mode=self.ingress_mode,
         )
         self._fed_version = self._version
         self._ingress.start(self.endpoints())
-        self.port = self._ingress.port
+        self.port, self.grpc_port = self._ingress.port, self._ingress.grpc_port
         self._watcher = threading.Thread(target=self._watch, name="edgeshift-watch", daemon=True)
         self._watcher.start()
         self._scaler = threading.Thread(target=self._autoscale, name="edgeshift-scale", daemon=True)
@@ -360,6 +385,7 @@ class ClusterServer:
                 host=self.replica_host,
                 registry=self.name,
                 app=f"{self._app_name(p)}#g{self._generation}",
+                grpc_port=None if self.grpc_port is None else 0,
             )
             targets.append(RunTarget(bound, name=self._app_name(p), route_prefix=None))
         run_many(

@@ -86,6 +86,7 @@ class EdgeshiftReplica:
     PATHS are what ``edgeshift serve`` takes (visible on every node that may run it).
     ``registry``: the cluster name whose registry to join (None: stand-alone, e.g. in a
     Ray user's own application). ``host``: address to bind (None: this node's IP).
+    ``grpc_port``: serve gRPC too, on this port (0: any free one; None: no gRPC).
     """
 
     def __init__(
@@ -98,6 +99,7 @@ class EdgeshiftReplica:
         registry: str | None = None,
         app: str = "",
         access_log: bool = False,
+        grpc_port: int | None = None,
     ) -> None:
         import ray
         from ray import serve
@@ -110,6 +112,7 @@ class EdgeshiftReplica:
                 port=port,
                 options=options or ServeOptions(),
                 access_log=access_log,
+                grpc_port=grpc_port,
             )
         )
         self._server.start()
@@ -126,6 +129,7 @@ class EdgeshiftReplica:
             host=advertised,
             port=self._server.server.port,
             models=tuple(sorted(m.name for m in repository.models())),
+            grpc_port=self._server.server.grpc_port,
         )
         self._app = app
         self._registry: Any = None
