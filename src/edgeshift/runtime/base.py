@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from edgeshift.errors import BackendError, DataError
+from edgeshift.errors import BackendError, DataError, EdgeshiftError
 from edgeshift.model.shapes import TensorSpec, check_tensor
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -75,8 +75,19 @@ def trim_heap() -> None:
 
 def activation_ratio(model_path: Path) -> float:
     """Peak activation bytes per input byte of the model at batch 1 (from the static memory
-    plan of edgeshift.model.analysis); FALLBACK_ACTIVATION_RATIO when it cannot be analysed."""
-    from edgeshift.model.analysis import analyze  # the analysis imports onnx: only when asked
+    plan of edgeshift.model.analysis, read as runtime.graph_facts reads it: in a child process
+    where this one has not loaded onnx); FALLBACK_ACTIVATION_RATIO when it cannot be analysed."""
+    from edgeshift.runtime.graph_facts import graph_facts
+
+    try:
+        return graph_facts(model_path).activation_ratio
+    except EdgeshiftError:  # any model a runtime opens must still be servable
+        return FALLBACK_ACTIVATION_RATIO
+
+
+def analysed_activation_ratio(model_path: Path) -> float:
+    """activation_ratio computed in this process (imports onnx and the analysis)."""
+    from edgeshift.model.analysis import analyze
 
     try:
         analysis = analyze(model_path, batch=1, available_bytes=1 << 62)

@@ -21,14 +21,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edgeshift.errors import ConfigError, EdgeshiftError, ModelError, ProtocolError
-from edgeshift.model.load import (
-    MANIFEST_NAME,
-    gather_index_bounds,
-    load_model,
-    resolve_model_path,
-)
+from edgeshift.errors import BackendError, ConfigError, EdgeshiftError, ModelError, ProtocolError
+from edgeshift.model.load import MANIFEST_NAME, resolve_model_path
 from edgeshift.runtime import Backend, open_backend
+from edgeshift.runtime.graph_facts import graph_facts
 from edgeshift.runtime.threads import usable_cpus
 from edgeshift.serve.batcher import Batcher, batch_dim_supported
 from edgeshift.serve.memory import server_runtime_options
@@ -435,13 +431,16 @@ class ModelRepository:
                 options=_server_runtime_options(path, opts),
             )
 
-        # The graph alone first: a corrupt or truncated file fails here with advice that fits
-        # it, and the graph tells which inputs are ids to check before any backend runs.
-        loaded = await asyncio.to_thread(load_model, path, check=False, external_data=False)
-        index_bounds = gather_index_bounds(loaded.proto.graph)
-        del loaded
-        backends = [await asyncio.to_thread(open_one)]
         try:
+            backends = [await asyncio.to_thread(open_one)]
+        except BackendError:
+            # A corrupt or truncated file: the graph reader's advice fits it better.
+            await asyncio.to_thread(graph_facts, path)
+            raise
+        try:
+            # Which inputs are ids to check (read once per file, with the backend's memory
+            # plan: in a child process where this one has not loaded onnx, see graph_facts).
+            index_bounds = (await asyncio.to_thread(graph_facts, path)).index_bounds
             # A backend that runs calls concurrently serves every instance (one copy of the
             # weights); any other is opened once per instance.
             while not backends[0].concurrent_runs and len(backends) < opts.instances:
