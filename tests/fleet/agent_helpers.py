@@ -89,7 +89,8 @@ class FakeTransport:
         self.desired_state: DesiredState | None = None
         self.online = True
         self.reports: list[DeviceReport] = []
-        self.telemetry_batches: list[TelemetryBatch] = []
+        self.telemetry_batches: list[TelemetryBatch] = []  # carried by reports or POSTed
+        self.telemetry_posts = 0
         self.downloads: list[tuple[str, int]] = []  # (path, resumed from byte)
         self.cut_after_bytes: int | None = None  # the link drops after this many bytes
         self._changed = asyncio.Event()
@@ -122,10 +123,13 @@ class FakeTransport:
         self._link()
         assert isinstance(report, DeviceReport)
         self.reports.append(report)
+        if report.telemetry:  # the spool, carried by the report
+            self.telemetry_batches.append(TelemetryBatch(records=report.telemetry))
 
     async def telemetry(self, batch: object) -> int:
         self._link()
         assert isinstance(batch, TelemetryBatch)
+        self.telemetry_posts += 1
         self.telemetry_batches.append(batch)
         return len(batch.records)
 

@@ -294,6 +294,36 @@ def test_offline_telemetry_is_spooled_and_sent_when_the_link_returns(tmp_path: P
     assert kinds == {"serving", "event"}
 
 
+def test_the_spool_rides_on_the_report_and_a_backlog_follows_as_telemetry_posts(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path)
+    v1 = rig.artifact(1, seed=1)
+
+    async def scenario() -> None:
+        agent = rig.agent()
+        await rig.until(agent, _settled(agent, rig.want(v1), Phase.COMMITTED))
+        # online: the serving stats and phase events arrive inside reports, no telemetry POST
+        await rig.until(agent, lambda: sum(bool(r.telemetry) for r in rig.transport.reports) >= 3)
+        assert rig.transport.telemetry_posts == 0
+        carried = [r for rep in rig.transport.reports for r in rep.telemetry]
+        assert {r.kind for r in carried} == {"serving", "event"}
+        # offline long enough to fill several segments: the first rides on the report, the
+        # rest follow as POSTs, and nothing is lost
+        rig.transport.online = False
+        for i in range(400):
+            agent.links.spool.append(TelemetryRecord(at=float(i), kind="event", event="x" * 400))
+        segments = len(agent.links.spool._segments())
+        assert segments >= 2
+        rig.transport.online = True
+        await rig.until(agent, lambda: len(agent.links.spool) == 0)
+        assert rig.transport.telemetry_posts >= segments - 1
+
+    asyncio.run(scenario())
+    sent = [r for b in rig.transport.telemetry_batches for r in b.records if r.event == "x" * 400]
+    assert len(sent) == 400
+
+
 def test_restart_with_a_corrupt_journal_serves_the_slot_that_verifies(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
     v1, v2 = rig.artifact(1, seed=1), rig.artifact(2, seed=2)

@@ -389,6 +389,20 @@ def test_telemetry_keeps_the_newest_records_per_device(
     assert status_of(lambda: store.record_telemetry("nobody", batch(0, 1), NOW)) == 404
 
 
+def test_a_report_carrying_telemetry_stores_it_apart_and_trims_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "TELEMETRY_PER_DEVICE", 3)
+    enrol(store, "d1")
+    records = [TelemetryRecord(at=NOW + i, kind="event", event=f"e{i}") for i in range(4)]
+    store.record_telemetry("d1", TelemetryBatch(records=records[:1]), NOW)
+    store.record_report("d1", report(2).model_copy(update={"telemetry": records[1:]}), NOW + 5)
+    assert [r.event for r in store.telemetry("d1")] == ["e1", "e2", "e3"]
+    kept = store.reports(["d1"])["d1"]
+    assert kept is not None and kept.generation == 2 and kept.telemetry == []
+    assert [r.telemetry for r in store.report_history("d1")] == [[]]
+
+
 # --- artifacts and rollouts ------------------------------------------------------------------
 
 

@@ -227,6 +227,13 @@ class ServingStats(_Strict):
     shadow_drift: float | None = Field(default=None, ge=0)  # mean |candidate - last-good|
 
 
+class TelemetryRecord(_Strict):
+    at: float
+    kind: Literal["serving", "event"]
+    stats: ServingStats | None = None
+    event: Annotated[str, Field(max_length=500)] = ""
+
+
 class DeviceReport(_Strict):
     generation: int = Field(ge=0)  # of the desired state this reports on
     phase: Phase
@@ -237,13 +244,9 @@ class DeviceReport(_Strict):
     stats: ServingStats = ServingStats()
     agent_version: Annotated[str, Field(max_length=64)] = ""
     sent_at: float
-
-
-class TelemetryRecord(_Strict):
-    at: float
-    kind: Literal["serving", "event"]
-    stats: ServingStats | None = None
-    event: Annotated[str, Field(max_length=500)] = ""
+    # The spooled telemetry, carried by the report once per report interval: one request where
+    # a report and a telemetry POST were two (the control plane stores it apart from the report).
+    telemetry: Annotated[list[TelemetryRecord], Field(max_length=1000)] = []
 
 
 class TelemetryBatch(_Strict):

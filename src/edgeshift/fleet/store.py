@@ -508,15 +508,18 @@ class Store:
 
     def record_report(self, device_id: str, report: DeviceReport, now: float) -> None:
         """Keep the latest report per device (and touch it); a report for an older
-        generation than the latest one kept is kept only in the history."""
+        generation than the latest one kept is kept only in the history. The telemetry the
+        report carries is appended as ``record_telemetry`` would, in the same transaction."""
         row = {
             "device_id": device_id,
             "generation": report.generation,
-            "report": report.model_dump(mode="json"),
+            "report": report.model_dump(mode="json", exclude={"telemetry"}),
             "received_at": now,
         }
         with self._tx(write=True) as db:
             _touch(db, device_id, now)
+            if report.telemetry:
+                _append_telemetry(db, device_id, report.telemetry)
             db.execute(INSERT_HISTORY, row)
             db.execute(self._upsert_report, row)
             # Trimmed per device on each report: one index seek, where a table-wide trim once
@@ -551,16 +554,10 @@ class Store:
     def record_telemetry(self, device_id: str, batch: TelemetryBatch, now: float) -> int:
         """Append the records; returns how many were kept. Keeps at most the newest 10,000
         records per device."""
-        rows = [
-            {"device_id": device_id, "at": record.at, "record": record.model_dump(mode="json")}
-            for record in batch.records
-        ]
         with self._tx(write=True) as db:
             _touch(db, device_id, now)
-            if rows:
-                db.execute(insert(Telemetry), rows)
-            db.execute(TRIM_TELEMETRY, {"b_device_id": device_id, "b_keep": TELEMETRY_PER_DEVICE})
-        return min(len(rows), TELEMETRY_PER_DEVICE)
+            _append_telemetry(db, device_id, batch.records)
+        return min(len(batch.records), TELEMETRY_PER_DEVICE)
 
     def telemetry(self, device_id: str, limit: int = 1000) -> list[TelemetryRecord]:
         """The device's newest LIMIT telemetry records, oldest first."""
@@ -680,6 +677,16 @@ def _touch(db: Connection, device_id: str, now: float) -> None:
     done = db.execute(TOUCH, {"b_device_id": device_id, "b_now": now})
     if done.rowcount == 0:
         raise _unknown_device(device_id)
+
+
+def _append_telemetry(db: Connection, device_id: str, records: Sequence[TelemetryRecord]) -> None:
+    rows = [
+        {"device_id": device_id, "at": record.at, "record": record.model_dump(mode="json")}
+        for record in records
+    ]
+    if rows:
+        db.execute(insert(Telemetry), rows)
+    db.execute(TRIM_TELEMETRY, {"b_device_id": device_id, "b_keep": TELEMETRY_PER_DEVICE})
 
 
 def _groups(db: Connection) -> dict[str, dict[str, str]]:

@@ -1,7 +1,7 @@
 """The agent's traffic with the control plane, as background tasks that never block serving
 or the update: the desired-state long poll (backoff with jitter on errors), reports (latest
 phase wins; sent on each phase and every report interval), and telemetry through the on-disk
-spool (flushed whenever the link works)."""
+spool (carried by a report once per report interval)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from edgeshift.errors import FleetError
 from edgeshift.fleet.agent.spool import Spool
 from edgeshift.fleet.agent.states import UPDATE_PHASES
-from edgeshift.fleet.schema import DeviceReport, TelemetryRecord
+from edgeshift.fleet.schema import DeviceReport, TelemetryBatch, TelemetryRecord
 
 if TYPE_CHECKING:
     from edgeshift.fleet.agent.agent import Agent
@@ -121,8 +121,15 @@ class Links:
                 self.spool.append(
                     TelemetryRecord(at=report.sent_at, kind="serving", stats=report.stats, event="")
                 )
+            # Once an interval the report carries the spool (serving stats, phase events): one
+            # request, where a report and a telemetry POST were two.
+            with_spool = now - self._flushed_at >= interval_s
             try:
-                await self.agent.transport.report(report)
+                if with_spool:
+                    await self._report_with_spool(report)
+                    self._flushed_at = now
+                else:
+                    await self.agent.transport.report(report)
             except FleetError as exc:
                 self.reports_failed += 1
                 log.debug("report not sent (%s); spooled", exc)
@@ -138,21 +145,28 @@ class Links:
             backoff_s, retry = o.backoff_min_s, False
             self.reports_sent += 1
             self.agent.host.stats().reset()
-            # Telemetry (the phase events and serving stats spooled) once per report interval,
-            # not after every phase's report: the report carries the phase the gates need, and
-            # a telemetry POST per phase doubled an install's requests.
-            now = asyncio.get_running_loop().time()
-            if now - self._flushed_at >= interval_s:
-                self._flushed_at = now
-                await self.flush()
 
-    async def flush(self) -> int:
-        """Send the spool; False-y when the link is down (the records wait)."""
+    async def _report_with_spool(self, report: DeviceReport) -> None:
+        """REPORT with the spool's oldest segment; segments left over from a long time offline
+        follow as telemetry POSTs. Raises FleetError only when the report was not taken."""
+        transport = self.agent.transport
+        taken = False
+
+        async def send(batch: TelemetryBatch) -> None:
+            nonlocal taken
+            if taken:
+                await transport.telemetry(batch)
+            else:
+                await transport.report(report.model_copy(update={"telemetry": batch.records}))
+                taken = True
+
         try:
-            sent = await self.spool.flush(self.agent.transport.telemetry)
+            await self.spool.flush(send)
         except FleetError as exc:
-            log.debug("telemetry kept in the spool (%s)", exc)
-            return 0
+            if not taken:
+                raise
+            log.debug("telemetry kept in the spool (%s)", exc)  # the report itself went
+        if not taken:  # nothing spooled
+            await transport.report(report)
         if self.spool.dropped:
             log.warning("the telemetry spool dropped %d records while offline", self.spool.dropped)
-        return sent
