@@ -3,6 +3,7 @@ under load, a scale-up after a load step, placement on the plan's nodes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
 from tests.serve.serve_models import exchange, mlp_reference, save_fixed, save_mlp, wait_until
 from tritonclient.utils import InferenceServerException
@@ -30,9 +33,41 @@ def _infer(client: httpclient.InferenceServerClient, model: str, x: np.ndarray) 
 @pytest.fixture(scope="module")
 def served(ray_cluster, model_repo):
     with ClusterServer(
-        [model_repo], address=ray_cluster.address, port=0, replicas=2, name="t-serve"
+        [model_repo], address=ray_cluster.address, port=0, replicas=2, name="t-serve", grpc_port=0
     ) as server:
         yield server
+
+
+def _grpc_infer(client: grpcclient.InferenceServerClient, model: str, x: np.ndarray) -> np.ndarray:
+    inp = grpcclient.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    return client.infer(model, [inp]).as_numpy("y")
+
+
+def test_tritonclient_grpc_through_the_ingress(served: ClusterServer) -> None:
+    assert served.grpc_url is not None
+    assert all(e.grpc_port is not None for e in served.endpoints())
+    client = grpcclient.InferenceServerClient(served.grpc_url)
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("mlp")
+    assert client.get_model_metadata("mlp").versions == ["2"]
+    x = np.arange(24, dtype=np.float32).reshape(3, 8) / 10
+    np.testing.assert_allclose(_grpc_infer(client, "mlp", x), mlp_reference(x, seed=2), rtol=1e-5)
+    with pytest.raises(InferenceServerException, match="nope"):
+        _grpc_infer(client, "nope", x)
+    client.close()
+
+    async def aio() -> np.ndarray:
+        aclient = grpcaio.InferenceServerClient(served.grpc_url)
+        try:
+            inp = grpcaio.InferInput("x", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            results = await asyncio.gather(*(aclient.infer("mlp", [inp]) for _ in range(8)))
+            return np.stack([r.as_numpy("y") for r in results])
+        finally:
+            await aclient.close()
+
+    for y in asyncio.run(aio()):
+        np.testing.assert_allclose(y, mlp_reference(x, seed=2), rtol=1e-5)
 
 
 def test_tritonclient_through_the_ingress(served: ClusterServer) -> None:
@@ -200,7 +235,7 @@ def test_replicas_land_on_the_plans_pools(ray_cluster, tmp_path: Path) -> None:
     double = save_fixed(tmp_path / "double.onnx")
     plan = _plan(tmp_path / "plan.json", {"mlp": "hospital/mini-pc", "double": "eu-cloud/cpu"})
     with ClusterServer(
-        [mlp, double], address=ray_cluster.address, port=0, plan=plan, name="t-plan"
+        [mlp, double], address=ray_cluster.address, port=0, plan=plan, name="t-plan", grpc_port=0
     ) as server:
         placed = {e.models: e.node_id for e in server.endpoints()}
         assert placed == {
@@ -211,6 +246,16 @@ def test_replicas_land_on_the_plans_pools(ray_cluster, tmp_path: Path) -> None:
         x = np.ones((1, 8), np.float32)
         np.testing.assert_allclose(_infer(client, "mlp", x), mlp_reference(x, seed=1), rtol=1e-5)
         assert not client.is_model_ready("nope")
+        # gRPC, routed by the model in the message: each pool holds one model, so a request
+        # sent to the other pool's replica would be NOT_FOUND.
+        assert server.grpc_url is not None
+        grpc = grpcclient.InferenceServerClient(server.grpc_url)
+        for _ in range(4):
+            y = _grpc_infer(grpc, "mlp", x)
+            np.testing.assert_allclose(y, mlp_reference(x, seed=1), rtol=1e-5)
+            x4 = np.arange(4, dtype=np.float32).reshape(1, 4)
+            np.testing.assert_allclose(_grpc_infer(grpc, "double", x4), 2 * x4)
+        grpc.close()
 
 
 def test_a_plan_pool_without_nodes_is_one_clear_error(ray_cluster, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from tests.cluster.conftest import OBJECT_STORE_BYTES, pool_resource
 from tests.cluster.test_ingress import Load
+from tests.cluster.test_ingress_grpc import GrpcLoad
 from tests.serve.serve_models import save_mlp, wait_until
 
 from edgeshift.cluster import ClusterServer
@@ -40,7 +41,11 @@ def test_a_node_killed_under_load_leaves_rotation_and_capacity_comes_back(
     ]
     mlp = save_mlp(tmp_path / "mlp.onnx", seed=3)
     with ClusterServer(
-        [mlp], address=ray_cluster.address, port=0, plan=_plan(tmp_path / "plan.json", 2)
+        [mlp],
+        address=ray_cluster.address,
+        port=0,
+        grpc_port=0,
+        plan=_plan(tmp_path / "plan.json", 2),
     ) as server:
         by_node = {e.node_id: e for e in server.endpoints()}
         assert set(by_node) == {n.node_id for n in nodes}
@@ -51,8 +56,10 @@ def test_a_node_killed_under_load_leaves_rotation_and_capacity_comes_back(
             num_cpus=1, object_store_memory=OBJECT_STORE_BYTES, resources={pool_resource(POOL): 1}
         )
         clients = 4
-        with Load(server.url, clients=clients) as load:
+        assert server.grpc_url is not None
+        with Load(server.url, clients=clients) as load, GrpcLoad(server.grpc_url, 2) as grpc:
             load.wait_for(100)
+            grpc.wait_for(50)
             killed = time.monotonic()
             cluster.remove_node(victim_node, allow_graceful=False)
             wait_until(
@@ -60,8 +67,9 @@ def test_a_node_killed_under_load_leaves_rotation_and_capacity_comes_back(
                 "the dead node's replica out of rotation",
             )
             out_s = time.monotonic() - killed
-            after_out = len(load.answers)
+            after_out, grpc_after_out = len(load.answers), len(grpc.answers)
             load.wait_for(100)
+            grpc.wait_for(50)
             wait_until(
                 lambda: sum(s == "UP" for s in server.ingress.server_states().values()) == 2,
                 "a replacement replica in rotation",
@@ -76,4 +84,11 @@ def test_a_node_killed_under_load_leaves_rotation_and_capacity_comes_back(
         for status, body in failures:
             assert status == -1 or (status == 503 and "retry" in json.loads(body)["error"]), body
         assert all(status == 200 for status, _ in load.answers[after_out + clients :])
+        # gRPC through the same ingress: its servers leave rotation with the HTTP ones (the
+        # same checks), so the calls keep being answered; at most those in flight fail, as
+        # UNAVAILABLE, never a hang.
+        grpc_failures = [a for a in grpc.answers if a != "ok"]
+        assert "hang" not in grpc.answers
+        assert len(grpc_failures) <= 2 and set(grpc_failures) <= {"StatusCode.UNAVAILABLE"}
+        assert set(grpc.answers[grpc_after_out + 2 :]) == {"ok"}
         assert victim_node.node_id not in {e.node_id for e in server.endpoints()}
