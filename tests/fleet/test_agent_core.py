@@ -7,6 +7,7 @@ import asyncio
 import errno
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from edgeshift.fleet.agent.agent import Agent, AgentOptions
 from edgeshift.fleet.agent.journal import Journal
 from edgeshift.fleet.agent.shadow import compare_outputs
 from edgeshift.fleet.agent.spool import Spool
+from edgeshift.fleet.agent.spool import _read as spool_read
 from edgeshift.fleet.agent.states import (
     ON_RESTART,
     TRANSITIONS,
@@ -292,6 +294,34 @@ def test_offline_telemetry_is_spooled_and_sent_when_the_link_returns(tmp_path: P
     asyncio.run(scenario())
     kinds = {r.kind for b in rig.transport.telemetry_batches for r in b.records}
     assert kinds == {"serving", "event"}
+
+
+def test_an_install_reports_downloading_and_its_outcome_at_once_and_the_steps_between_later(
+    tmp_path: Path,
+) -> None:
+    # A report interval longer than the test: every report seen is a prompt one.
+    rig = Rig(tmp_path, replace(FAST, report_interval_s=60.0))
+    v1 = rig.artifact(1, seed=1)
+
+    async def scenario() -> None:
+        agent = rig.agent()
+        g1 = rig.want(v1)
+        await rig.until(agent, _settled(agent, g1, Phase.COMMITTED))
+        await rig.until(agent, lambda: rig.transport.phases()[-1:] == ["committed"])
+        events = [r.event for r in _read_spool(agent)]
+        for step in ("verifying", "shadow", "trial"):
+            assert f"phase {step} generation {g1}" in events  # in the telemetry still
+
+    asyncio.run(scenario())
+    # the first report: where it is at (re)start; then one for DOWNLOADING (built when it is
+    # sent: latest phase wins, so a fast download already says verifying) and the outcome
+    after_start = rig.transport.phases()[1:]
+    assert len(after_start) == 2 and after_start[-1] == "committed"
+    assert after_start[0] in ("downloading", "verifying")
+
+
+def _read_spool(agent: Agent) -> list[TelemetryRecord]:
+    return [r for seg in agent.links.spool._segments() for r in spool_read(seg)]
 
 
 def test_the_spool_rides_on_the_report_and_a_backlog_follows_as_telemetry_posts(

@@ -13,13 +13,17 @@ from typing import TYPE_CHECKING
 
 from edgeshift.errors import FleetError
 from edgeshift.fleet.agent.spool import Spool
-from edgeshift.fleet.agent.states import UPDATE_PHASES
-from edgeshift.fleet.schema import DeviceReport, TelemetryBatch, TelemetryRecord
+from edgeshift.fleet.agent.states import RESTING, UPDATE_PHASES
+from edgeshift.fleet.schema import DeviceReport, Phase, TelemetryBatch, TelemetryRecord
 
 if TYPE_CHECKING:
     from edgeshift.fleet.agent.agent import Agent
 
 log = logging.getLogger("edgeshift.agent")
+# Reported the moment they are entered: the resting phases the rollout's gates count, and
+# DOWNLOADING (the device took the wave). VERIFYING, SHADOW and TRIAL are seconds apart on a
+# healthy install; reporting each at once cost three of an install's requests.
+PROMPT_PHASES = RESTING | {Phase.DOWNLOADING}
 FAST_ANSWER_S = 0.2  # a long poll answered sooner than this without news: pause before the next
 
 
@@ -40,8 +44,11 @@ class Links:
         return seconds * self._random.uniform(0.5, 1.5)
 
     def report_soon(self) -> None:
-        self._report_due.set()
+        """The journal's phase changed: spool it as an event, and report it now if the control
+        plane acts on it (PROMPT_PHASES); the steps between go with the next interval's report."""
         j = self.agent.journal
+        if j.phase in PROMPT_PHASES:
+            self._report_due.set()
         key = (j.phase, j.generation, j.error)
         if key != self._last_phase_spooled:
             self._last_phase_spooled = key
