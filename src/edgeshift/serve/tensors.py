@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 from edgeshift.errors import ProtocolError
@@ -35,23 +34,55 @@ def _bad(message: str) -> ProtocolError:
     return ProtocolError(message, 400)
 
 
-# OIP datatype -> numpy dtype; every fixed-size type is little-endian on the wire.
-DATATYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "BYTES": np.dtype(np.object_),
-}
+class _Datatypes(Mapping[str, "np.dtype[Any]"]):
+    """OIP datatype -> numpy dtype. A datatype given as a name (BF16: "bfloat16") is
+    ml_dtypes' (~2.4 MB of RSS), imported when such a tensor first comes: a server or an edge
+    agent that never sees one never pays for it."""
+
+    def __init__(self, table: dict[str, np.dtype[Any] | str]) -> None:
+        self._names = list(table)
+        self._dtypes = {k: v for k, v in table.items() if not isinstance(v, str)}
+        self._lazy = {k: v for k, v in table.items() if isinstance(v, str)}
+
+    def __getitem__(self, datatype: str) -> np.dtype[Any]:
+        try:
+            return self._dtypes[datatype]
+        except KeyError:
+            import ml_dtypes
+
+            dtype = np.dtype(getattr(ml_dtypes, self._lazy[datatype]))  # KeyError: unknown
+            self._dtypes[datatype] = dtype
+            return dtype
+
+    def __contains__(self, datatype: object) -> bool:
+        return datatype in self._dtypes or datatype in self._lazy
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+# Every fixed-size type is little-endian on the wire.
+DATATYPES: Mapping[str, np.dtype[Any]] = _Datatypes(
+    {
+        "BOOL": np.dtype(np.bool_),
+        "UINT8": np.dtype("<u1"),
+        "UINT16": np.dtype("<u2"),
+        "UINT32": np.dtype("<u4"),
+        "UINT64": np.dtype("<u8"),
+        "INT8": np.dtype("<i1"),
+        "INT16": np.dtype("<i2"),
+        "INT32": np.dtype("<i4"),
+        "INT64": np.dtype("<i8"),
+        "FP16": np.dtype("<f2"),
+        "FP32": np.dtype("<f4"),
+        "FP64": np.dtype("<f8"),
+        "BF16": "bfloat16",
+        "BYTES": np.dtype(np.object_),
+    }
+)
 
 
 DEFAULT_LIMITS = RequestLimits()

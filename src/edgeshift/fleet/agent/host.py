@@ -13,6 +13,7 @@ import numpy as np
 
 from edgeshift.fleet.agent.shadow import Comparator, Outputs, ShadowComparator
 from edgeshift.fleet.schema import ServingStats
+from edgeshift.runtime.base import trim_heap
 from edgeshift.serve.metrics import ServerMetrics
 from edgeshift.serve.repository import ModelRepository, ModelSource, ServeOptions
 from edgeshift.serve.server import InferenceServer, ServerSettings
@@ -107,6 +108,14 @@ class ModelHost(Protocol):
     async def close(self) -> None: ...
 
 
+async def _release_freed_memory() -> None:
+    """Give the C heap's free pages back to the OS after a model was closed: a runtime frees
+    its session into malloc's arenas, which keep it (measured on the fleet benchmark's model:
+    ~2 MB of the agent's RSS after an update). On a worker thread: the trim locks the arenas
+    for milliseconds."""
+    await asyncio.to_thread(trim_heap)
+
+
 class ServerHost(ServingWindows):
     """ModelHost over edgeshift's InferenceServer, in this process and event loop."""
 
@@ -159,6 +168,7 @@ class ServerHost(ServingWindows):
             await repo.unload(previous)
             repo.sources.pop(previous, None)
             repo.observers.pop(previous, None)
+        await _release_freed_memory()  # the replaced model's
 
     async def start_shadow(self, slot_dir: Path) -> Comparator:
         await self.stop_shadow()
@@ -177,6 +187,7 @@ class ServerHost(ServingWindows):
         shadow, self._shadow = self._shadow, None
         if shadow is not None:
             await shadow.close()
+            await _release_freed_memory()  # the candidate's
 
     async def close(self) -> None:
         await self.stop_shadow()
