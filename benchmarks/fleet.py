@@ -223,10 +223,25 @@ def rss_kb() -> int:
     return proc_kb(os.getpid(), "VmRSS")
 
 
+def pss_kb(pid: int) -> int:
+    """Proportional set size: RSS with each shared page divided among the processes mapping
+    it (the real agents share their libraries' pages with each other)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def imports_kb() -> int:
-    """RSS of a bare process that imported what the agent imports (no model, no server)."""
+    """RSS of a bare process that imported what `edgeshift agent` imports, through the CLI as
+    that process does (with argv naming the verb), plus ONNX Runtime (no model, no server)."""
     code = (
-        "import edgeshift.fleet.agent.process, edgeshift.fleet.agent.trust, onnxruntime\n"
+        "import sys; sys.argv = ['edgeshift', 'agent']\n"
+        "import edgeshift.cli.main, edgeshift.fleet.agent.process, edgeshift.fleet.agent.trust\n"
+        "import onnxruntime\n"
         "print([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -381,6 +396,7 @@ async def rollout_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         real_ans = sum(g.answered for g in loads)
         real_sent = sum(g.sent for g in loads)
         real_rss = [proc_kb(p.pid, "VmRSS") for p, _ in real]
+        real_pss = [pss_kb(p.pid) for p, _ in real]
         share = model_share_kb(v2_dir)
         bare_kb = bare_runtime_kb(v2_dir)
         serve_kb = serve_rss_kb(v2_dir)
@@ -406,6 +422,7 @@ async def rollout_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "cp_wall_s": round(cp_t2 - cp_t0, 1),
                 "cp_peak_rss_mb": round(proc_kb(cp.pid, "VmHWM") / 1024, 1),
                 "real_agent_rss_mb": [round(r / 1024, 1) for r in real_rss],
+                "real_agent_pss_mb": [round(r / 1024, 1) for r in real_pss],
                 "model_share_mb": round(share / 1024, 1),
                 "agent_imports_mb": round(imports_kb() / 1024, 1),
                 "agent_besides_model_mb": round((max(real_rss) - share) / 1024, 1)
@@ -473,12 +490,16 @@ def print_rollout(r: dict[str, Any], soak_s: float) -> None:
         ("control plane CPU s / wall s (rollout)", f"{r['cp_cpu_per_wall']}", "", ""),
         ("control plane peak RSS (MB)", f"{r['cp_peak_rss_mb']}", "", ""),
         ("real agent RSS (MB)", " ".join(map(str, r["real_agent_rss_mb"])), "", ""),
+        ("real agent PSS (MB)", " ".join(map(str, r.get("real_agent_pss_mb", []))), "", ""),
         ("model's own share (MB)", f"{r['model_share_mb']}", "", ""),
-        ("agent memory besides the model (MB)", f"{r['agent_besides_model_mb']}", "<= 60 MB",
+        ("agent RSS minus the model's share (MB)", f"{r['agent_besides_model_mb']}",
+         "<= 60 MB (literal)",
          met(r["agent_besides_model_mb"] is not None and r["agent_besides_model_mb"] <= 60)),
         ("of which: interpreter + imports (MB)", f"{r['agent_imports_mb']}", "", ""),
         ("agent beyond a bare ORT process running the model (MB)",
-         f"{r['agent_beyond_bare_runtime_mb']}", "", ""),
+         f"{r['agent_beyond_bare_runtime_mb']}", "<= 60 MB (fair)",
+         met(r["agent_beyond_bare_runtime_mb"] is not None
+             and r["agent_beyond_bare_runtime_mb"] <= 60)),
         ("agent beyond `edgeshift serve` on the model (MB)", f"{r['agent_beyond_serve_mb']}",
          "", ""),
         ("simulator RSS per agent (KB)", f"{r['sim_per_agent_kb']}", "", ""),
