@@ -439,27 +439,46 @@ def test_an_error_in_a_slice_fails_the_large_request_alone() -> None:
     assert runtime.calls == [[32, 3], [32, 3], [32, 3], [1, 3]]
 
 
-def test_a_second_large_request_waits_its_turn() -> None:
+def _large_and_small(sizes: dict[str, int]) -> tuple[list[list[int]], list[str]]:
+    """Enqueue SIZES (name -> rows, 3 columns, the value of x its order) with the first held
+    in its first slice; (the runtime's calls, the order the requests were answered in)."""
     runtime = FakeRuntime()
     done: list[str] = []
 
     async def main() -> None:
-        batcher = Batcher("m", runtime, batchable=True, max_batch=8)
-        futures = {"a": batcher.enqueue({"x": np.zeros((64, 3))})}
-        await _wait_entered(runtime)
-        futures["b"] = batcher.enqueue({"x": np.zeros((64, 3))})
-        futures["s"] = batcher.enqueue({"x": np.zeros((1, 3))})
-        for key, future in futures.items():
-            future.add_done_callback(lambda _, key=key: done.append(key))
+        batcher = Batcher("m", runtime, batchable=True, max_batch=8)  # slices of 32 rows
+        futures: dict[str, asyncio.Future[dict[str, np.ndarray]]] = {}
+        for index, (key, rows) in enumerate(sizes.items()):
+            futures[key] = batcher.enqueue({"x": np.full((rows, 3), float(index))})
+            futures[key].add_done_callback(lambda _, key=key: done.append(key))
+            if index == 0:
+                await _wait_entered(runtime)
         runtime.gate.set()
-        await asyncio.gather(*futures.values())
+        answers = await asyncio.gather(*futures.values())
+        for index, (key, answer) in enumerate(zip(futures, answers, strict=True)):
+            want = np.full((sizes[key], 3), 2.0 * index)  # its own rows, whatever ran between
+            np.testing.assert_array_equal(answer["y"], want)
+        assert batcher.depth == 0
         await batcher.close()
 
     _run(main())
-    # b, queued first, starts before s (it is not overtaken while a runs); s then runs after
-    # b's first slice, not after all of it
-    assert [c[0] for c in runtime.calls] == [32, 32, 32, 1, 32]
-    assert done == ["a", "s", "b"]
+    return runtime.calls, done
+
+
+def test_a_small_request_overtakes_a_waiting_large_one() -> None:
+    calls, done = _large_and_small({"a": 64, "b": 64, "s": 1, "t": 2})
+    # s and t, queued behind b, run together between a's slices, not after all of a and a
+    # slice of b; b still starts right after a (large requests keep their order)
+    assert [c[0] for c in calls] == [32, 3, 32, 32, 32]
+    assert done == ["s", "t", "a", "b"]
+
+
+def test_large_requests_keep_their_order_and_a_third_waits_its_turn() -> None:
+    calls, done = _large_and_small({"a": 64, "b": 64, "c": 64, "s": 1})
+    # s is behind two waiting large requests: it overtakes the second (c) once the first (b)
+    # runs, so it waits for the rest of a and one slice of b, as before; a, b, c in order
+    assert [c[0] for c in calls] == [32, 32, 32, 1, 32, 32, 32]
+    assert done == ["a", "s", "b", "c"]
 
 
 def test_after_a_large_request_a_lone_one_waits_no_longer_than_after_a_max_batch() -> None:

@@ -137,6 +137,9 @@ class Batcher:
         self.stats = ModelStats()  # Triton's statistics of this model version
         self._closing = False
         self._carry: _Pending | None = None  # taken from the queue but did not fit the batch
+        # A large request that small ones queued behind it overtook (see _serve_queued): it
+        # runs next, before the carry and the queue.
+        self._parked: _Pending | None = None
         self._arrivals: list[asyncio.Future[None]] = []  # workers waiting to fill a batch
         self._last_rows = 0  # the last batch: rows, run time, when it finished
         self._last_run_s = 0.0
@@ -153,7 +156,7 @@ class Batcher:
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize() + (self._carry is not None)
+        return self._queue.qsize() + (self._carry is not None) + (self._parked is not None)
 
     async def submit(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return await self.enqueue(feeds)
@@ -192,6 +195,9 @@ class Batcher:
             self._executor.shutdown(wait=True)
 
     async def _next(self) -> _Pending:
+        if self._parked is not None:
+            item, self._parked = self._parked, None
+            return item
         if self._carry is not None:
             item, self._carry = self._carry, None
             return item
@@ -376,14 +382,22 @@ class Batcher:
         return joined, lent_ns
 
     async def _serve_queued(self, loop: asyncio.AbstractEventLoop, run: RunFn, step: int) -> None:
-        """Run one batch of what is queued now, unless it starts with another large request
-        (that one waits its turn: order is kept)."""
-        if self._carry is None and self._queue.empty():
+        """Run one batch of what is queued now. Large requests keep their order: one that
+        waits here runs after the running one. The small requests queued behind it overtake
+        it, here, so they wait one slice, not the rest of the running request plus a slice
+        of the waiting one. (Behind a second waiting large request they wait their turn.)"""
+        if self._parked is None and self._carry is None and self._queue.empty():
             return
         first = await self._next()  # does not wait: something is queued
         if first.rows > step:
-            self._carry = first
-            return
+            self._parked = first
+            if self._carry is None and self._queue.empty():
+                return
+            # the request behind it: the carry, else the queue's head
+            first, self._carry = self._carry or self._queue.get_nowait(), None
+            if first.rows > step:
+                self._carry = first
+                return
         batch, _ = self._take_batch(first)
         live = [p for p in batch if not p.future.done()]
         try:
