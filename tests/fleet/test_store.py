@@ -13,6 +13,7 @@ import pytest
 from edgeshift.errors import FleetError
 from edgeshift.fleet import auth
 from edgeshift.fleet import store as store_module
+from edgeshift.fleet.guard import check_device
 from edgeshift.fleet.schema import (
     ArtifactInfo,
     ArtifactRef,
@@ -191,6 +192,31 @@ def test_a_nonce_is_refused_the_second_time_even_from_another_store(store_url: s
         assert status_of(lambda: first.remember_nonce("gw-1", "n" * 129, NOW)) == 400
         results = race(6, lambda i: first.remember_nonce("gw-1", "raced", NOW))
         assert sorted(results) == [False] * 5 + [True]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_cached_key_does_not_outlive_a_revocation_made_by_another_store(store_url: str) -> None:
+    first, second = Store.open(store_url), Store.open(store_url)
+    try:
+        token = first.create_enrolment_token(EnrolmentTokenSpec(), NOW)
+        key = auth.new_private_key()
+        request = EnrolRequest(token=token.token, name="gw-1", public_key=auth.public_key_b64(key))
+        first.enrol(request, NOW)
+
+        def check() -> str:
+            path = "/v1/device/desired"
+            headers = auth.sign_headers(key, "gw-1", "GET", path, now=NOW)
+            return check_device(first, headers, "GET", path, b"", NOW)
+
+        assert check() == "gw-1"  # FIRST now holds gw-1's key in memory
+        second.revoke_device("gw-1")
+        assert first.device_public_key("gw-1") == auth.public_key_b64(key)  # still cached
+        assert status_of(check) == 401  # refused all the same, in the nonce's write
+        assert status_of(lambda: first.remember_nonce("gw-1", "n9", NOW)) == 404
+        second.revoke_device("gw-1")
+        assert second.device_public_key("gw-1") is None
     finally:
         first.close()
         second.close()

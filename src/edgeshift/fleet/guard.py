@@ -188,7 +188,13 @@ def check_device(
     )
     if public_key is None or not verified:
         raise FleetError(_DEVICE_REFUSED, 401)
-    if not store.remember_nonce(device_id, values[NONCE_HEADER], now):
+    try:
+        fresh = store.remember_nonce(device_id, values[NONCE_HEADER], now)
+    except FleetError as err:
+        if err.status == 404:  # revoked since its key was read (the key is cached)
+            raise FleetError(_DEVICE_REFUSED, 401) from None
+        raise
+    if not fresh:
         raise FleetError(
             "device request refused: its nonce was used before (a replay) — sign each request"
             " afresh",

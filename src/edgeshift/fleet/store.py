@@ -15,6 +15,7 @@ import binascii
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -52,6 +53,7 @@ from edgeshift.fleet.tables import (
     PUBLIC_KEY,
     REPORTS_FOR,
     TOUCH,
+    TOUCH_LIVE,
     TRIM_HISTORY,
     TRIM_TELEMETRY,
     Artifact,
@@ -79,6 +81,8 @@ DEFAULT_URL = "sqlite:///fleet.db"
 # A device is "online" when it was seen within this many seconds (its long poll renews it).
 ONLINE_WINDOW_S = 90.0
 TELEMETRY_PER_DEVICE = 10_000
+KEY_CACHE_S = 60.0  # device public keys kept in memory this long
+KEY_CACHE_MAX = 100_000
 REPORT_HISTORY_PER_DEVICE = 100
 # Forgetting old nonces is a range delete over every device: once a minute keeps it off the
 # hot path of 1,000 signed requests a second.
@@ -112,6 +116,7 @@ class Store:
         self.url = url_shown  # the password hidden; for messages and logs
         self._postgres = engine.dialect.name == "postgresql"
         self._nonces_pruned_at = float("-inf")
+        self._keys: dict[str, tuple[str, float]] = {}  # device id -> (public key, read at)
         # The hot calls' statements, built once: building one costs more than running it.
         nonce = self._insert(Nonce)
         self._remember_nonce = nonce.on_conflict_do_nothing(
@@ -298,22 +303,41 @@ class Store:
         return EnrolResponse(device_id=name, server_time=now)
 
     def device_public_key(self, device_id: str) -> str | None:
-        """The device's base64 Ed25519 public key; None when unknown or revoked."""
+        """The device's base64 Ed25519 public key; None when unknown or revoked.
+
+        Kept in memory for KEY_CACHE_S (a device's key never changes): every device request
+        read it, one transaction of its three. A revocation applies at once all the same:
+        ``remember_nonce`` refuses a revoked device in its own write, and a revocation in
+        this process also drops the cached key."""
+        now = time.monotonic()
+        cached = self._keys.get(device_id)
+        if cached is not None and now - cached[1] < KEY_CACHE_S:
+            return cached[0]
         with self._tx() as db:
-            return db.execute(PUBLIC_KEY, {"device_id": device_id}).scalar()
+            key = db.execute(PUBLIC_KEY, {"device_id": device_id}).scalar()
+        if key is not None:
+            if len(self._keys) >= KEY_CACHE_MAX:
+                self._keys.clear()
+            self._keys[device_id] = (key, now)
+        return key
 
     def remember_nonce(self, device_id: str, nonce: str, now: float) -> bool:
         """False when NONCE was already used by DEVICE_ID (a replay); forgets nonces older than
         schema.MAX_CLOCK_SKEW_S * 2. A fresh nonce also marks the device seen, in the same
-        transaction: one write per device request instead of two."""
+        transaction: one write per device request instead of two. 404 for an unknown or
+        revoked device (nothing is kept)."""
         if not nonce or len(nonce) > NONCE_LEN:
             raise FleetError(f"nonce: give 1 to {NONCE_LEN} characters", 400)
         try:
             with self._tx(write=True) as db:
                 row = {"device_id": device_id, "nonce": nonce, "at": now}
                 fresh = db.execute(self._remember_nonce, row).first() is not None
-                if fresh:
-                    _touch(db, device_id, now)
+                if (
+                    fresh
+                    and db.execute(TOUCH_LIVE, {"b_device_id": device_id, "b_now": now}).rowcount
+                    == 0
+                ):
+                    raise _unknown_device(device_id)  # revoked (rolls the nonce back)
                 if now - self._nonces_pruned_at >= PRUNE_EVERY_S:
                     self._nonces_pruned_at = now
                     db.execute(delete(Nonce).where(Nonce.at < now - NONCE_KEEP_S))
@@ -356,6 +380,7 @@ class Store:
 
     def revoke_device(self, device_id: str) -> None:
         self._update_device(device_id, revoked=True)
+        self._keys.pop(device_id, None)
 
     def _update_device(self, device_id: str, **values: object) -> None:
         with self._tx(write=True) as db:

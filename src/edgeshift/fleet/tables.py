@@ -224,6 +224,7 @@ TOUCH = (
     .where(Device.device_id == bindparam("b_device_id"))
     .values(last_seen=bindparam("b_now"))
 )
+TOUCH_LIVE = TOUCH.where(Device.revoked.is_(False))  # a device request: refused once revoked
 INSERT_HISTORY = insert(ReportHistory)
 REPORTS_FOR = select(LatestReport.device_id, LatestReport.report).where(
     LatestReport.device_id.in_(bindparam("device_ids", expanding=True))
