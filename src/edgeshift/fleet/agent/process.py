@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgeshift import __version__
@@ -22,7 +23,7 @@ from edgeshift.errors import ConfigError, FleetError
 from edgeshift.fleet.agent.agent import CRASH_ENV, Agent, AgentOptions
 from edgeshift.fleet.agent.host import ServerHost
 from edgeshift.fleet.agent.journal import write_atomic
-from edgeshift.fleet.agent.transport import DeviceTransport
+from edgeshift.fleet.agent.transport import LIMITS, TIMEOUT_S, DeviceTransport
 from edgeshift.fleet.auth import (
     load_private_key,
     new_private_key,
@@ -72,8 +73,9 @@ def load_identity(data_dir: Path) -> Identity | None:
         ) from None
 
 
-async def enrol(settings: AgentSettings) -> Identity:
-    """First run: make a key, enrol with the token, keep the identity and the trusted root."""
+async def enrol(settings: AgentSettings, client: httpx.AsyncClient | None = None) -> Identity:
+    """First run: make a key, enrol with the token, keep the identity and the trusted root.
+    CLIENT: the agent's HTTP client (None: one of the enrolment's own)."""
     s = settings
     if not s.enrol_token or s.root is None:
         raise ConfigError(
@@ -90,7 +92,7 @@ async def enrol(settings: AgentSettings) -> Identity:
     if len(root) > MAX_ROOT_BYTES:
         raise ConfigError(f"--root {s.root} is larger than 1 MiB: not a TUF root")
     key = new_private_key()
-    transport = DeviceTransport(s.server_url, "", key)
+    transport = DeviceTransport(s.server_url, "", key, client)
     try:
         answer = await transport.enrol(
             EnrolRequest(
@@ -123,18 +125,33 @@ def crash_phase_from_env() -> Phase | None:
 
 async def run(settings: AgentSettings, on_ready: Callable[[dict[str, object]], None]) -> None:
     """Enrol if needed, serve last-good, follow desired state until SIGTERM/SIGINT."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # One HTTP client for the enrolment and every later request: each client loads a CA
+    # bundle of its own, memory the agent would keep for days (~1 MB of its RSS measured).
+    client = httpx.AsyncClient(timeout=TIMEOUT_S, limits=LIMITS)
+    try:
+        await _run(settings, client, on_ready)
+    finally:
+        await client.aclose()
+
+
+async def _run(
+    s: AgentSettings,
+    client: httpx.AsyncClient,
+    on_ready: Callable[[dict[str, object]], None],
+) -> None:
     from edgeshift.fleet.agent.trust import TufInstaller  # TUF only when it runs for real
 
-    s = settings
-    s.data_dir.mkdir(parents=True, exist_ok=True)
-    identity = load_identity(s.data_dir) or await enrol(s)
+    identity = load_identity(s.data_dir) or await enrol(s, client)
     if not (s.data_dir / "tuf" / "root.json").is_file():
         if s.root is None:
             raise ConfigError(f"{s.data_dir}/tuf/root.json is missing — give --root root.json")
         (s.data_dir / "tuf").mkdir(exist_ok=True)
         shutil.copyfile(s.root, s.data_dir / "tuf" / "root.json")
     key = load_private_key(base64.b64decode(identity.private_key))
-    transport = DeviceTransport(s.server_url or identity.server_url, identity.device_id, key)
+    transport = DeviceTransport(
+        s.server_url or identity.server_url, identity.device_id, key, client
+    )
     fetcher = transport.fetcher()
     installer = TufInstaller(s.data_dir / "tuf", transport.server_url, fetcher)
     host = ServerHost(s.host, s.port, s.serve_options)
