@@ -113,3 +113,12 @@ def test_serving_shadowing_and_swapping_models_import_no_heavy_library(tmp_path:
     assert isinstance(result["samples"], int) and result["samples"] >= 1  # the shadow ran
     # the swapped-in model answers, with the weights of seed 2
     np.testing.assert_allclose(result["data"], (x @ classifier_weights(2)).ravel(), rtol=1e-5)
+
+
+def test_the_ca_bundle_is_loaded_only_for_an_https_control_plane() -> None:
+    from edgeshift.fleet.agent.process import tls_verify
+
+    assert tls_verify("https://fleet.example:8443") is True  # httpx's CA bundle, verified
+    assert tls_verify("HTTPS://fleet.example") is True
+    assert tls_verify("http://10.77.0.1:8080") is False  # plain HTTP: no TLS to verify
+    assert tls_verify("") is True  # anything else keeps verification on
