@@ -3,12 +3,15 @@ model and the same cores, from one run.
 
 Configurations, each driven by the closed-loop raw-socket load generator of
 ``benchmarks/serve.py`` at ``--concurrency`` (default 32) with OIP JSON tensors (what a plain
-Ray Serve user's endpoint would parse) and, for edgeshift, binary tensors too:
+Ray Serve user's endpoint would parse) and, for edgeshift, binary tensors and gRPC
+(``ModelInfer`` of pre-serialized bytes on one HTTP/2 channel, serve.py's ``drive_grpc``) too:
 
 - ``single``: ``edgeshift serve MODEL`` as one process;
-- ``ray-1``, ``ray-2``: ``ClusterServer`` on a local Ray cluster (``ray.cluster_utils.Cluster``,
-  a head and logical worker nodes on this machine): HAProxy -> the replicas' own edgeshift
-  servers;
+- ``haproxy-1``, ``haproxy-2``, ``haproxy-1-tcp``: HaproxyIngress in front of 1 or 2
+  ``edgeshift serve`` processes, no Ray (``-tcp``: the L4 ingress mode);
+- ``ray-1``, ``ray-2``, ``ray-1-tcp``: ``ClusterServer`` on a local Ray cluster
+  (``ray.cluster_utils.Cluster``, a head and logical worker nodes on this machine): HAProxy ->
+  the replicas' own edgeshift servers (``-tcp``: ``ingress_mode="tcp"``);
 - ``plain-ray``: a Ray Serve deployment as a Ray user writes it: the default proxy,
   ``@serve.batch`` with its defaults, an onnxruntime session in the replica, JSON in and out.
 
@@ -22,7 +25,7 @@ Then, on ``ray`` (needs ``ClusterServer``): seconds from a load step to a new re
 and the failed requests across a rolling model update under load.
 
 Run: ``python benchmarks/ray_serve.py [--model mlp|mlp-wide|PATH] [--seconds 5]
-[--concurrency 32] [--skip ray-failures]``.
+[--concurrency 32] [--skip ray-failures] [--skip grpc] [--skip tcp]``.
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ class Server:
         self.model = model
         self.extra = ["--threads", str(threads)] if threads else []
         self.url = ""
+        self.grpc_url = ""
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self, timeout_s: float = 60.0) -> None:
@@ -113,8 +117,9 @@ class Server:
                 "--port",
                 "0",
                 "--grpc-port",
-                "off",
+                "0",  # idle unless a gRPC row drives it
                 "--no-access-log",
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -126,9 +131,11 @@ class Server:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self.proc.poll() is None:
             with suppress(queue.Empty):
-                match = re.search(r"on http://(\S+)", lines.get(timeout=0.5))
-                if match:
+                line = lines.get(timeout=0.5)
+                if match := re.search(r"on http://(\S+)", line):
                     self.url = f"http://{match.group(1)}"
+                if match := re.search(r"serving gRPC on (\S+)", line):
+                    self.grpc_url = match.group(1)
                     return
         self.stop()
         raise RuntimeError(f"edgeshift serve did not start within {timeout_s} s")
@@ -243,12 +250,27 @@ def rss_mib(procs: list[psutil.Process]) -> float:
 def measure(
     name: str, tensors: str, url: str, body: bytes, headers: dict[str, str], args: Any
 ) -> Result:
+    return measure_with(
+        name, tensors, lambda seconds: drive(url, body, headers, args.concurrency, seconds), args
+    )
+
+
+def measure_grpc(name: str, url: str, model: str, sample: Any, args: Any) -> Result:
+    """gRPC ModelInfer (pre-serialized, raw tensor contents) at the same concurrency."""
+
+    def run(seconds: float) -> Any:
+        return serve_bench.drive_grpc(url, model, sample, args.concurrency, seconds, "raw")
+
+    return measure_with(name, "gRPC", run, args)
+
+
+def measure_with(name: str, tensors: str, run: Callable[[float], Any], args: Any) -> Result:
     # Warm up: Ray's proxy and replica take a while to reach their steady rate.
-    asyncio.run(drive(url, body, headers, args.concurrency, 2.0 if "ray" in name else 0.5))
+    asyncio.run(run(2.0 if "ray" in name else 0.5))
     procs = server_processes()
     before = cpu_by_role(procs)
     kinds_before = cpu_by_kind(procs)
-    rps, p50, p99 = asyncio.run(drive(url, body, headers, args.concurrency, args.seconds))
+    rps, p50, p99 = asyncio.run(run(args.seconds))
     after = cpu_by_role(procs)
     kinds_after = cpu_by_kind(procs)
     answered = max(rps * args.seconds, 1)
@@ -379,7 +401,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="per measured cell")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument(
-        "--skip", action="append", default=[], choices=["plain-ray", "ray", "ray-failures"]
+        "--skip",
+        action="append",
+        default=[],
+        choices=["plain-ray", "ray", "ray-failures", "grpc", "tcp"],
     )
     parser.add_argument(
         "--idle-seconds", type=float, default=20.0, help="idle CPU window per Ray config"
@@ -410,10 +435,12 @@ def main() -> None:
             for tensors, (body, headers) in bodies.items():
                 url = f"{single.url}/v2/models/{name}/infer"
                 results.append(measure("single", tensors, url, body, headers, args))
+            if "grpc" not in args.skip:
+                results.append(measure_grpc("single", single.grpc_url, name, sample, args))
             memory["single server RSS"] = rss_mib(server_processes())
         finally:
             single.stop()
-        results += run_haproxy_only(model, name, bodies, args)
+        results += run_haproxy_only(model, name, bodies, sample, args)
 
         import ray
         from ray.cluster_utils import Cluster
@@ -456,6 +483,7 @@ def main() -> None:
                     model,
                     name,
                     bodies,
+                    sample,
                     args,
                     memory,
                     cluster,
@@ -480,14 +508,19 @@ def print_idle(what: str, used: dict[str, float]) -> None:
 
 
 def run_haproxy_only(
-    model: Path, name: str, bodies: dict[str, tuple[bytes, dict[str, str]]], args: Any
+    model: Path,
+    name: str,
+    bodies: dict[str, tuple[bytes, dict[str, str]]],
+    sample: Any,
+    args: Any,
 ) -> list[Result]:
     """HaproxyIngress in front of 1 and 2 `edgeshift serve` processes, no Ray: what the
-    ingress itself costs per request."""
+    ingress itself costs per request (HTTP, gRPC; and the L4 mode with one server)."""
     from edgeshift.cluster.ingress import HaproxyIngress, ReplicaEndpoint
 
     results = []
-    for count in (1, 2):
+    configs = [(1, "http"), (2, "http")] + ([] if "tcp" in args.skip else [(1, "tcp")])
+    for count, mode in configs:
         servers = [Server(model, max(1, CPUS // count)) for _ in range(count)]
         for server in servers:
             server.start()
@@ -497,16 +530,27 @@ def run_haproxy_only(
             )
             for i, s in enumerate(servers)
         ]
+        grpc = "grpc" not in args.skip and mode == "http"
         endpoints = [
-            ReplicaEndpoint(e.replica_id, e.node_id, e.host, int(e.port), e.models)
-            for e in endpoints
+            ReplicaEndpoint(
+                e.replica_id,
+                e.node_id,
+                e.host,
+                int(e.port),
+                e.models,
+                grpc_port=int(s.grpc_url.rsplit(":", 1)[1]) if grpc else None,
+            )
+            for e, s in zip(endpoints, servers, strict=True)
         ]
-        ingress = HaproxyIngress()
+        ingress = HaproxyIngress(grpc_port=0 if grpc else None, mode=mode)
+        label = f"haproxy-{count}" + ("-tcp" if mode == "tcp" else "")
         try:
             ingress.start(endpoints)
             for tensors, (body, headers) in bodies.items():
                 url = f"http://{ingress.url}/v2/models/{name}/infer"
-                results.append(measure(f"haproxy-{count}", tensors, url, body, headers, args))
+                results.append(measure(label, tensors, url, body, headers, args))
+            if grpc and ingress.grpc_url is not None:
+                results.append(measure_grpc(label, ingress.grpc_url, name, sample, args))
         finally:
             ingress.stop()
             for server in servers:
@@ -547,6 +591,7 @@ def run_edgeshift_on_ray(
     model: Path,
     name: str,
     bodies: dict[str, tuple[bytes, dict[str, str]]],
+    sample: Any,
     args: Any,
     memory: dict[str, float],
     cluster: Any,
@@ -559,7 +604,10 @@ def run_edgeshift_on_ray(
     results: list[Result] = []
     timings: dict[str, float | None] = {}
     rolling_failed: int | None = None
-    for replicas in (1, 2):
+    configs = [(1, "http"), (2, "http")] + ([] if "tcp" in args.skip else [(1, "tcp")])
+    for replicas, mode in configs:
+        grpc = "grpc" not in args.skip and mode == "http"
+        label = f"ray-{replicas}" + ("-tcp" if mode == "tcp" else "")
         server = ClusterServer(
             [model],
             address=cluster.address,
@@ -568,22 +616,26 @@ def run_edgeshift_on_ray(
             options=ServeOptions(threads=max(1, CPUS // replicas)),
             host="127.0.0.1",
             port=0,
-            name=f"bench-{replicas}",
+            name=f"bench-{replicas}-{mode}",
+            grpc_port=0 if grpc else None,
+            ingress_mode=mode,
         )
         server.start()
         try:
             wanted = replicas
             up = wait_for(lambda s=server, n=wanted: up_count(s) == n, 60)  # type: ignore[misc]
             assert up is not None, "replicas never up"
-            memory[f"edgeshift on Ray, {replicas} replica(s) (all Ray processes + HAProxy)"] = (
-                rss_mib(server_processes())
+            memory[f"edgeshift on Ray, {label} (all Ray processes + HAProxy)"] = rss_mib(
+                server_processes()
             )
-            if args.idle_seconds > 0:
+            if args.idle_seconds > 0 and mode == "http":
                 time.sleep(2.0)  # past the deploy's own work
-                print_idle(f"ray-{replicas}", idle_cpu(args.idle_seconds))
+                print_idle(label, idle_cpu(args.idle_seconds))
             url = f"http://{server.url}/v2/models/{name}/infer"
             for tensors, (body, headers) in bodies.items():
-                results.append(measure(f"ray-{replicas}", tensors, url, body, headers, args))
+                results.append(measure(label, tensors, url, body, headers, args))
+            if grpc and server.grpc_url is not None:
+                results.append(measure_grpc(label, server.grpc_url, name, sample, args))
             if failures and replicas == 2:
                 timings.update(node_kill(server, cluster, workers, name, bodies["binary"]))
                 rolling_failed = rolling_update(server, model, name, bodies["binary"])

@@ -289,3 +289,69 @@ def test_replica_ids_that_collide_as_server_names_are_refused() -> None:
     b = ReplicaEndpoint("r:1", "n", "127.0.0.1", 2)
     with pytest.raises(ConfigError, match="differ in letters or digits"):
         server_names([a, b])
+
+
+def test_tcp_mode_balances_connections_and_a_killed_replica_hangs_nothing(
+    replicas: list[Replica],
+) -> None:
+    victim, survivor = replicas
+    clients = 4
+    with HaproxyIngress(mode="tcp", drain_timeout_s=1.0) as front:
+        front.start([r.endpoint for r in replicas])
+        for replica in replicas:
+            wait_for_state(front, replica.endpoint.replica_id, "UP")
+        with Load(front.url, clients=clients) as load:
+            load.wait_for(200)
+            # L4: each client connection was balanced once (leastconn: 2 and 2).
+            assert victim.requests_answered() > 0 and survivor.requests_answered() > 0
+            victim.kill()
+            wait_for_state(front, victim.endpoint.replica_id, "DOWN")
+            # A connection balanced to the victim just before it was DOWN waits out HAProxy's
+            # connect-retry turn-around (1 s) and is then cut by shutdown-sessions.
+            time.sleep(1.5)
+            settled = len(load.answers)
+            load.wait_for(200)
+    # No retries at L4: the victim's connections fail (reset or closed, never a hang), and
+    # so can such a reconnection; after that every client is on the survivor.
+    assert not [a for a in load.answers if a[0] == 0], "a request hung"
+    failures = load.failures()
+    assert 0 < len(failures) <= 2 * clients and all(s == -1 for s, _ in failures), failures
+    assert all(status == 200 for status, _ in load.answers[settled:])
+
+
+def test_tcp_mode_removal_cuts_the_connections_left_on_a_live_replica(
+    replicas: list[Replica],
+) -> None:
+    old, kept = replicas
+    with HaproxyIngress(mode="tcp", drain_timeout_s=0.5) as front:
+        front.start([r.endpoint for r in replicas])
+        for replica in replicas:
+            wait_for_state(front, replica.endpoint.replica_id, "UP")
+        with Load(front.url, clients=2) as load:
+            load.wait_for(100)
+            front.update([kept.endpoint])  # old still serves: its client connection is cut
+            assert set(front.server_states()) == {kept.endpoint.replica_id}
+            before = old.requests_answered()
+            load.wait_for(100)
+            assert old.requests_answered() == before
+    assert len(load.failures()) <= 2
+
+
+def test_the_tcp_mode_config_is_l4_in_front_of_any(tmp_path: Path) -> None:
+    endpoint = ReplicaEndpoint("r1", "n1", "127.0.0.1", 9001, ("m",))
+    (tmp_path / "m.map").write_text(map_file_text(["m"]))
+    text = haproxy_config(
+        "127.0.0.1",
+        8000,
+        [endpoint],
+        admin_socket=tmp_path / "s",
+        map_file=tmp_path / "m.map",
+        mode="tcp",
+    )
+    (tmp_path / "h.cfg").write_text(text)
+    check = subprocess.run([HAPROXY_BINARY, "-c", "-f", tmp_path / "h.cfg"], capture_output=True)
+    assert check.returncode == 0, check.stderr.decode()
+    frontend = text.split("frontend ingress")[1].split("\n\n")[0]
+    assert "mode tcp" in frontend and "default_backend any" in frontend
+    assert "use_backend" not in frontend  # no routing by model at L4
+    assert "mode tcp" in text.split("\nbackend any\n")[1].split("\n\n")[0]

@@ -281,6 +281,12 @@ class HaproxyIngress:
         deadline = time.monotonic() + self.drain_timeout_s
         while self._in_flight(name) > 0 and time.monotonic() < deadline:
             time.sleep(0.01)
+        if self.mode == "tcp" and self._in_flight(name) > 0:
+            # L4: a client's keep-alive connection stays on its server until someone closes
+            # it (a stopping replica does; a live one never): cut what is left.
+            backends = model_backends(self._models)
+            for backend in self._replica_backends(endpoint, backends):
+                self._checked(f"shutdown sessions server {backend}/{name}")
 
     def _delete(self, endpoint: ReplicaEndpoint, backends: Mapping[str, str]) -> None:
         name = _server_name(endpoint.replica_id)
