@@ -339,6 +339,39 @@ def test_restart_mid_rollout_continues_it(tmp_path: Path, store_url: str) -> Non
             time.sleep(0.05)
 
 
+def test_the_engine_ticks_when_a_rollout_starts_its_wave_settles_and_its_soak_ends(
+    tmp_path: Path,
+) -> None:
+    # A 10-minute tick: within this test only the wake-ups can move the rollout on.
+    settings = FleetSettings(data_dir=tmp_path / "data", port=0, tick_s=600, recheck_s=0.2)
+    with (
+        FleetServerThread(settings) as fleet,
+        OperatorClient(fleet.url, fleet.operator_token) as operator,
+    ):
+        info = publish(operator, tmp_path, "rs", 1)
+        devices = [enrol_device(fleet, f"wk-{i}") for i in range(2)]
+        spec = RolloutSpec(
+            artifact_id=info.ref.artifact_id,
+            waves=[50, 100],
+            soak_s=0.5,
+            shadow_s=0,
+            trial_s=0,
+        )
+        rollout = operator.create_rollout(spec)
+        first = _wait_for_desired(fleet, devices, "rs-v1", at_least=1)  # created: a tick
+        assert len(first) == 1
+        _report_committed(fleet, first)  # the wave's last device: a tick; its soak's end: one
+        everyone = _wait_for_desired(fleet, devices, "rs-v1", at_least=2)
+        _report_committed(fleet, everyone)
+        deadline = time.monotonic() + 20
+        while operator.get_rollout(rollout.rollout_id).state.value != "completed":
+            assert time.monotonic() < deadline, operator.get_rollout(rollout.rollout_id)
+            time.sleep(0.05)
+        waves = operator.get_rollout(rollout.rollout_id).waves
+        assert all(w.soak_until is not None and w.finished_at is not None for w in waves)
+        assert all(w.finished_at >= w.soak_until for w in waves)  # type: ignore[operator]
+
+
 def _wait_for_desired(
     fleet: FleetServerThread, devices: list[Device], artifact_id: str, at_least: int
 ) -> list[tuple[Device, int]]:

@@ -43,6 +43,7 @@ from edgeshift.fleet.guard import (
     selector_from_query,
     validation_line,
 )
+from edgeshift.fleet.policy import SETTLED_PHASES
 from edgeshift.fleet.schema import (
     ActionResult,
     ArtifactInfo,
@@ -78,6 +79,7 @@ class Engine(Protocol):
     def resume(self, rollout_id: str, now: float) -> ActionResult: ...
     def cancel(self, rollout_id: str, now: float) -> ActionResult: ...
     def rollback(self, rollout_id: str, now: float) -> ActionResult: ...
+    def device_settled(self, device_id: str, generation: int) -> bool: ...
 
 
 class Repository(Protocol):
@@ -196,6 +198,9 @@ class FleetContext:
     clock: Callable[[], float] = time.time
     recheck_s: float = 2.0  # a long poll re-reads the store this often (other processes write)
     engine_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Set by an operator's rollout call: the server's engine loop ticks now (a new rollout's
+    # first wave starts at once, not up to a tick later).
+    engine_due: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 async def _run(fn: Callable[..., _T], *args: Any) -> _T:
@@ -370,6 +375,10 @@ def create_app(ctx: FleetContext) -> Starlette:
         device_id, body, now = await device_request(request)
         report = parse_body(DeviceReport, body)
         await _run(ctx.store.record_report, device_id, report, now)
+        if report.phase in SETTLED_PHASES and ctx.engine.device_settled(
+            device_id, report.generation
+        ):
+            ctx.engine_due.set()  # the wave's last device: its soak or next wave now
         return JSONResponse({"ok": True})
 
     async def device_telemetry(request: Request) -> Response:
@@ -498,6 +507,7 @@ def create_app(ctx: FleetContext) -> Starlette:
             return _json(await _run(ctx.store.list_rollouts, active))
         spec = parse_body(RolloutSpec, await read_body(request))
         info = await _run(engine_call(ctx.engine.create, spec, ctx.clock()))
+        ctx.engine_due.set()
         return _json(info, 201)
 
     async def rollout(request: Request) -> Response:
@@ -510,7 +520,9 @@ def create_app(ctx: FleetContext) -> Starlette:
         if action not in ROLLOUT_ACTIONS:
             raise FleetError(f"no action {action[:40]!r}; use {', '.join(ROLLOUT_ACTIONS)}", 404)
         method = getattr(ctx.engine, action)
-        return _json(await _run(engine_call(method, rollout_id, ctx.clock())))
+        result = await _run(engine_call(method, rollout_id, ctx.clock()))
+        ctx.engine_due.set()
+        return _json(result)
 
     async def summary(request: Request) -> Response:
         def gather() -> dict[str, Any]:

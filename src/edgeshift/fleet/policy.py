@@ -215,6 +215,10 @@ class WaveStats:
         return self.committed + self.failed >= self.devices
 
 
+# A device in one of these phases is done with its wave's install (committed or refused).
+SETTLED_PHASES = frozenset({Phase.COMMITTED, Phase.IDLE, Phase.FAILED, Phase.ROLLED_BACK})
+
+
 def wave_stats(
     reports: Mapping[str, DeviceReport | None],
     device_ids: Sequence[str],

@@ -32,6 +32,13 @@ class RolloutEngine:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._awaiting_by_rollout: dict[str, dict[str, int]] = {}
+        # When the earliest soak of a running rollout ends (after a tick): the server's loop
+        # ticks then, not up to a whole tick interval later.
+        self.next_due_at: float | None = None
+        # Device -> the generation its current wave waits for it to settle at (after a tick):
+        # the report that settles the last one makes the server tick at once.
+        self.awaiting: dict[str, int] = {}
 
     # --- create ----------------------------------------------------------------------------
 
@@ -103,17 +110,38 @@ class RolloutEngine:
         each starting with the rollout id. Idempotent; an error in one rollout is reported
         as its line and does not stop the others."""
         events: list[str] = []
+        due: list[float] = []
+        self._awaiting_by_rollout = {}
         for info in self.store.list_rollouts(active_only=True):
             if info.state not in (RolloutState.PENDING, RolloutState.RUNNING):
                 continue
             try:
-                events.extend(self._step(info, now))
+                info = self._step(info, now, events)
             except EdgeshiftError as err:
                 events.append(f"{info.rollout_id}: error: {err}")
+                continue
+            soak_until = (
+                info.waves[info.wave].soak_until if 0 <= info.wave < len(info.waves) else None
+            )
+            if info.state is RolloutState.RUNNING and soak_until is not None and soak_until > now:
+                due.append(soak_until)
+        self.next_due_at = min(due, default=None)
+        self.awaiting = {
+            d: g for part in self._awaiting_by_rollout.values() for d, g in part.items()
+        }
         return events
 
-    def _step(self, info: RolloutInfo, now: float) -> list[str]:
-        events: list[str] = []
+    def device_settled(self, device_id: str, generation: int) -> bool:
+        """DEVICE_ID reported a settled phase (policy.SETTLED_PHASES) at GENERATION. True when
+        it was the last device the current waves waited for: tick now, not a tick later."""
+        awaiting = self.awaiting
+        wanted = awaiting.get(device_id)
+        if wanted is None or generation < wanted:
+            return False
+        awaiting.pop(device_id, None)
+        return not awaiting
+
+    def _step(self, info: RolloutInfo, now: float, events: list[str]) -> RolloutInfo:
         # A soak that ends and a next wave that starts at once take two decisions.
         for _ in range(len(info.waves) * 3 + 2):
             stats = self._stats(info, now) if policy.needs_stats(info, now) else None
@@ -128,7 +156,7 @@ class RolloutEngine:
             self.store.save_rollout(new)
             events.extend(decision.events)
             info = new
-        return events
+        return info
 
     def _artifact(self, info: RolloutInfo) -> ArtifactRef:
         return self.store.get_artifact(info.spec.artifact_id).ref
@@ -193,6 +221,13 @@ class RolloutEngine:
         generations.update({d: s.generation for d, s in self._desired(missing).items()})
         reports = {d: known[d].reported for d in members if d in known}
         reports.update(self.store.reports(missing) if missing else {})
+        self._awaiting_by_rollout[info.rollout_id] = {
+            d: g
+            for d, g in generations.items()
+            if (r := reports.get(d)) is None
+            or r.generation < g
+            or r.phase not in policy.SETTLED_PHASES
+        }
         started = info.waves[k].started_at
         return policy.wave_stats(
             reports,

@@ -222,7 +222,7 @@ class FleetServer:
         assert self.context is not None
         anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
         loops = [
-            asyncio.create_task(self._every(self.settings.tick_s, self._tick)),
+            asyncio.create_task(self._engine_loop()),
             asyncio.create_task(self._every(self.settings.tuf_refresh_s, self._refresh_tuf)),
             asyncio.create_task(recheck_desired(self.context)),
             asyncio.create_task(self._announce()),
@@ -255,6 +255,25 @@ class FleetServer:
             except Exception:
                 # One bad tick must not stop the loop: the next one retries from the store.
                 log.exception("background step %s failed", getattr(step, "__name__", step))
+
+    async def _engine_loop(self) -> None:
+        """The engine's tick every ``tick_s``; sooner when a soak ends (the engine says when)
+        or an operator's call sets ``engine_due``."""
+        ctx = self.context
+        assert ctx is not None
+        while True:
+            wait_s = self.settings.tick_s
+            due_at = getattr(ctx.engine, "next_due_at", None)
+            if due_at is not None:
+                wait_s = max(0.0, min(wait_s, due_at - self.settings.clock()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ctx.engine_due.wait(), wait_s)
+            ctx.engine_due.clear()
+            try:
+                await anyio.to_thread.run_sync(self._tick)
+            except Exception:
+                # One bad tick must not stop the loop: the next one retries from the store.
+                log.exception("rollout engine tick failed")
 
     def _tick(self) -> None:
         ctx = self.context
