@@ -14,7 +14,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -174,7 +174,7 @@ class ServedModel:
         version: int,
         backends: Sequence[Backend],
         batcher: Batcher,
-        index_bounds: dict[str, int] | None = None,
+        index_bounds: Mapping[str, int] | None = None,
     ) -> None:
         self.name = name
         self.version = str(version)
