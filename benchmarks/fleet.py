@@ -237,11 +237,13 @@ def pss_kb(pid: int) -> int:
 
 def imports_kb() -> int:
     """RSS of a bare process that imported what `edgeshift agent` imports, through the CLI as
-    that process does (with argv naming the verb), plus ONNX Runtime (no model, no server)."""
+    that process does (with argv naming the verb, then the command's own first step), plus
+    ONNX Runtime (no model, no server)."""
     code = (
         "import sys; sys.argv = ['edgeshift', 'agent']\n"
-        "import edgeshift.cli.main, edgeshift.fleet.agent.process, edgeshift.fleet.agent.trust\n"
-        "import onnxruntime\n"
+        "import edgeshift.cli.main, edgeshift.cli.agent\n"
+        "edgeshift.cli.agent.skip_unused_imports()\n"
+        "import edgeshift.fleet.agent.process, edgeshift.fleet.agent.trust, onnxruntime\n"
         "print([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -62,11 +62,18 @@ def _loaded_in_fresh_process(code: str) -> dict[str, object]:
 def test_the_agent_entry_modules_import_no_heavy_library() -> None:
     result = _loaded_in_fresh_process(
         """
-        import edgeshift.cli.agent, edgeshift.fleet.agent.process, edgeshift.fleet.agent.trust
-        _result = {}
+        import sys
+        import edgeshift.cli.agent
+        edgeshift.cli.agent.skip_unused_imports()  # as the agent command does first
+        import edgeshift.fleet.agent.process, edgeshift.fleet.agent.trust
+        import httpx
+        _result = {"cli_only": [m for m in ("pygments", "rich.syntax") if m in sys.modules],
+                   "client": type(httpx.Client()).__name__}
         """
     )
     assert result["heavy"] == []
+    assert result["cli_only"] == []  # httpx's command-line client stayed out
+    assert result["client"] == "Client"  # and httpx itself works
 
 
 def test_serving_shadowing_and_swapping_models_import_no_heavy_library(tmp_path: Path) -> None:
