@@ -25,7 +25,7 @@ Then, on ``ray`` (needs ``ClusterServer``): seconds from a load step to a new re
 and the failed requests across a rolling model update under load.
 
 Run: ``python benchmarks/ray_serve.py [--model mlp|mlp-wide|PATH] [--seconds 5]
-[--concurrency 32] [--skip ray-failures] [--skip grpc] [--skip tcp]``.
+[--concurrency 32] [--skip ray-failures] [--skip grpc] [--skip tcp] [--max-delay-ms MS]``.
 """
 
 from __future__ import annotations
@@ -99,9 +99,13 @@ class Server:
     """`edgeshift serve MODEL --port 0` (HTTP only, as the Ray configurations serve), its
     stderr read on a thread so it never blocks on a full pipe."""
 
-    def __init__(self, model: Path, threads: int | None = None) -> None:
+    def __init__(
+        self, model: Path, threads: int | None = None, max_delay_ms: float | None = None
+    ) -> None:
         self.model = model
         self.extra = ["--threads", str(threads)] if threads else []
+        if max_delay_ms is not None:
+            self.extra += ["--max-delay-ms", str(max_delay_ms)]
         self.url = ""
         self.grpc_url = ""
         self.proc: subprocess.Popen[str] | None = None
@@ -410,6 +414,12 @@ def main() -> None:
         "--idle-seconds", type=float, default=20.0, help="idle CPU window per Ray config"
     )
     parser.add_argument(
+        "--max-delay-ms",
+        type=float,
+        default=None,
+        help="every edgeshift server's batching wait (serve --max-delay-ms; default: auto)",
+    )
+    parser.add_argument(
         "--ray-defaults",
         action="store_true",
         help="Ray's own settings, not edgeshift's quiet ones (edgeshift.cluster.quiet)",
@@ -429,7 +439,7 @@ def main() -> None:
         }
         print(f"model {args.model} ({model.name}), {os.cpu_count()} CPUs, conc {args.concurrency}")
 
-        single = Server(model)
+        single = Server(model, max_delay_ms=args.max_delay_ms)
         single.start()
         try:
             for tensors, (body, headers) in bodies.items():
@@ -521,7 +531,7 @@ def run_haproxy_only(
     results = []
     configs = [(1, "http"), (2, "http")] + ([] if "tcp" in args.skip else [(1, "tcp")])
     for count, mode in configs:
-        servers = [Server(model, max(1, CPUS // count)) for _ in range(count)]
+        servers = [Server(model, max(1, CPUS // count), args.max_delay_ms) for _ in range(count)]
         for server in servers:
             server.start()
         endpoints = [
@@ -613,7 +623,7 @@ def run_edgeshift_on_ray(
             address=cluster.address,
             plan=plan_file(model.parent, name, replicas),
             # The replicas share the box's cores: ORT threads split, as for haproxy-N.
-            options=ServeOptions(threads=max(1, CPUS // replicas)),
+            options=ServeOptions(threads=max(1, CPUS // replicas), max_delay_ms=args.max_delay_ms),
             host="127.0.0.1",
             port=0,
             name=f"bench-{replicas}-{mode}",

@@ -42,6 +42,8 @@ def test_no_ray_at_the_address_is_one_line(tmp_path: Path) -> None:
         (["--min-replicas", "3", "--max-replicas", "2"], "--max-replicas (2) must be >= 1"),
         (["--replicas", "0"], "--replicas must be >= 1"),
         (["--min-replicas", "-1"], "--min-replicas must be >= 0"),
+        (["--max-delay-ms", "-1"], "--max-delay-ms must be >= 0, not -1"),
+        (["--max-delay-ms", "soon"], "--max-delay-ms 'soon': give milliseconds"),
     ],
 )
 def test_bad_counts_are_one_line(tmp_path: Path, flags: list[str], message: str) -> None:
@@ -82,6 +84,7 @@ def test_without_haproxy_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyP
         (["--ray", "127.0.0.1:1", "--host", "example.com"], "--host 'example.com' is not an IP"),
         (["--ray", "127.0.0.1:1", "--grpc-port", "x"], "--grpc-port 'x': give a port"),
         (["--ray", "127.0.0.1:1"], "no Ray cluster at 127.0.0.1:1"),
+        (["--ray", "--max-delay-ms", "-2"], "--max-delay-ms must be >= 0, not -2"),
     ],
 )
 def test_serve_ray_bad_combinations_are_one_line(

@@ -29,6 +29,12 @@ def _grpc_port(text: str) -> int | None:
     return parse(text)
 
 
+def _delay_ms(text: str) -> float | None:
+    from edgeshift.cli.serve import _delay_ms as parse
+
+    return parse(text)  # ServeOptions refuses a negative one, before Ray is touched
+
+
 @cluster_app.command("serve")
 def cluster_serve_command(
     paths: list[Path] = typer.Argument(
@@ -67,6 +73,11 @@ def cluster_serve_command(
         "http", "--ingress-mode", help="http (L7: routed by model, retried) or tcp (L4)."
     ),
     max_batch: int = typer.Option(32, "--max-batch", help="Rows per backend call, per replica."),
+    max_delay_ms: str = typer.Option(
+        "auto",
+        "--max-delay-ms",
+        help="Each replica's batching wait, as serve's (behind HAProxy, 2 batched fuller).",
+    ),
     threads: int | None = typer.Option(
         None, "--threads", help="Runtime threads per model in each replica."
     ),
@@ -79,7 +90,9 @@ def cluster_serve_command(
         paths,
         address=address,
         plan=plan,
-        options=ServeOptions(max_batch=max_batch, threads=threads),
+        options=ServeOptions(
+            max_batch=max_batch, threads=threads, max_delay_ms=_delay_ms(max_delay_ms)
+        ),
         host=host,
         port=port,
         grpc_port=_grpc_port(grpc_port),
