@@ -131,3 +131,15 @@ def test_the_ca_bundle_is_loaded_only_for_an_https_control_plane() -> None:
     assert tls_verify("HTTPS://fleet.example") is True
     assert tls_verify("http://10.77.0.1:8080") is False  # plain HTTP: no TLS to verify
     assert tls_verify("") is True  # anything else keeps verification on
+
+
+def test_edgeshift_agent_registers_its_verb_alone() -> None:
+    result = _loaded_in_fresh_process(
+        """
+        import sys
+        sys.argv = ["edgeshift", "agent", "--help"]
+        import edgeshift.cli.main
+        _result = {"verbs": sorted(c.name for c in edgeshift.cli.main.app.registered_commands)}
+        """
+    )
+    assert result["heavy"] == [] and result["verbs"] == ["agent"]
