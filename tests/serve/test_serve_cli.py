@@ -229,6 +229,9 @@ def test_two_models_with_one_name(tmp_path: Path, model_path: Path) -> None:
         (["--keep-alive-s", "0"], "--keep-alive-s must be > 0"),
         (["--max-connections", "0"], "--max-connections must be >= 1"),
         (["--graceful-timeout-s", "-1"], "--graceful-timeout-s must be >= 0"),
+        (["--grpc-max-streams", "0"], "--grpc-max-streams must be >= 1"),
+        (["--grpc-max-calls", "-1"], "--grpc-max-calls must be >= 1"),
+        (["--grpc-idle-timeout-s", "0"], "--grpc-idle-timeout-s must be > 0"),
         (["--tls-cert", "x.pem"], "TLS needs both --tls-cert and --tls-key"),
         (["--tls-client-ca", "ca.pem"], "--tls-client-ca needs --tls-cert and --tls-key"),
         (["--auth-token-file", "/nonexistent/tokens"], "cannot read --auth-token-file"),
@@ -296,5 +299,38 @@ def test_security_flags_reach_the_server(model_path: Path, tmp_path: Path) -> No
         big = {**ok, "X-Pad": "p" * 5000}
         assert exchange(url, "GET", "/v2/health/live", headers=big)[0] == 431
         assert inference not in " ".join(process.proc.args)  # type: ignore[arg-type]
+    finally:
+        process.stop()
+
+
+def test_grpc_limit_flags_reach_the_server(model_path: Path) -> None:
+    """--grpc-max-calls 1: with one stream held open, the port refuses the next call."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+
+    process = ServeProcess(str(model_path), "--port", "0", "--grpc-max-calls", "1")
+    try:
+        deadline = time.monotonic() + 10
+        while not (found := [m for m in map(GRPC_RE.search, process.stderr) if m]):
+            assert time.monotonic() < deadline, "".join(process.stderr)
+            time.sleep(0.02)
+        with grpc.insecure_channel(found[0].group(1)) as channel:
+            outbox: queue.Queue[bytes | None] = queue.Queue()
+            stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+            held = stream(iter(outbox.get, None))
+            outbox.put(pb.ModelInferRequest(model_name="nope").SerializeToString())
+            assert b"unknown model" in next(held)  # the server holds the stream: one call open
+            live = channel.unary_unary(
+                "/inference.GRPCInferenceService/ServerLive",
+                request_serializer=pb.ServerLiveRequest.SerializeToString,
+                response_deserializer=pb.ServerLiveResponse.FromString,
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                live(pb.ServerLiveRequest(), timeout=30)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            outbox.put(None)
+            for _ in held:
+                pass
+            assert live(pb.ServerLiveRequest(), timeout=30).live  # the call ended: room again
     finally:
         process.stop()

@@ -1,11 +1,10 @@
-"""The gRPC port's limits on what a client sizes (serve.grpc.GrpcLimits): calls open on one
+"""The gRPC port's limits on what a client sizes (serve.limits.GrpcLimits): calls open on one
 connection and on the whole port, metadata size, idle connections; and their validation.
 One server with small limits; each test opens its own connections (a local subchannel pool,
 so two channels are two TCP connections)."""
 
 from __future__ import annotations
 
-import functools
 import queue
 from collections.abc import Iterator
 
@@ -14,10 +13,9 @@ import pytest
 from serve_models import save_mlp, wait_until
 from tritonclient.grpc import service_pb2 as pb
 
-import edgeshift.serve.grpc as grpc_module
 from edgeshift.errors import ConfigError
 from edgeshift.serve import ServerSettings, ServerThread
-from edgeshift.serve.grpc import GrpcLimits
+from edgeshift.serve.limits import GrpcLimits
 
 LIVE = "/inference.GRPCInferenceService/ServerLive"
 STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
@@ -35,11 +33,11 @@ UNKNOWN_MODEL = pb.ModelInferRequest(model_name="nope").SerializeToString()
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     model = save_mlp(tmp_path_factory.mktemp("models") / "dense.onnx")
-    settings = ServerSettings([model], port=0, grpc_port=0, access_log=False)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(grpc_module, "GrpcLimits", functools.partial(GrpcLimits, **LIMITS))
-        with ServerThread(settings) as running:
-            yield running
+    settings = ServerSettings(
+        [model], port=0, grpc_port=0, access_log=False, grpc_limits=GrpcLimits(**LIMITS)
+    )
+    with ServerThread(settings) as running:
+        yield running
 
 
 def _channel(server: ServerThread) -> grpc.Channel:

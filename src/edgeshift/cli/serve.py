@@ -13,7 +13,7 @@ import typer
 from edgeshift.errors import ConfigError
 from edgeshift.serve import ServeOptions, ServerSettings, VersionPolicy, run_server
 from edgeshift.serve.connections import ConnectionSettings
-from edgeshift.serve.limits import RequestLimits
+from edgeshift.serve.limits import GrpcLimits, RequestLimits
 from edgeshift.serve.security import AuthSettings, TlsSettings, read_tokens
 
 _LOGGERS = ("edgeshift.serve", "uvicorn.error", "edgeshift.serve.access")
@@ -133,6 +133,15 @@ def serve_command(
     json_offload_mb: float = typer.Option(
         1.0, "--json-offload-mb", help="Larger JSON bodies decode off the event loop."
     ),
+    grpc_max_streams: int = typer.Option(
+        128, "--grpc-max-streams", help="gRPC calls open at once on one connection."
+    ),
+    grpc_max_calls: int = typer.Option(
+        4096, "--grpc-max-calls", help="gRPC calls open at once on the port (more: refused)."
+    ),
+    grpc_idle_timeout_s: float = typer.Option(
+        300.0, "--grpc-idle-timeout-s", help="Close a gRPC connection idle this long."
+    ),
     ray: bool = typer.Option(
         False,
         "--ray",
@@ -174,6 +183,13 @@ def serve_command(
         max_dims=_at_least_one("--max-dims", max_dims),
         json_offload_bytes=_mib("--json-offload-mb", json_offload_mb),
     )
+    if not grpc_idle_timeout_s > 0:
+        raise ConfigError(f"--grpc-idle-timeout-s must be > 0, not {grpc_idle_timeout_s:g}")
+    grpc_limits = GrpcLimits(
+        max_streams_per_connection=_at_least_one("--grpc-max-streams", grpc_max_streams),
+        max_concurrent_calls=_at_least_one("--grpc-max-calls", grpc_max_calls),
+        idle_timeout_s=grpc_idle_timeout_s,
+    )
     if not graceful_timeout_s >= 0:
         raise ConfigError(f"--graceful-timeout-s must be >= 0, not {graceful_timeout_s:g}")
     settings = ServerSettings(
@@ -193,6 +209,7 @@ def serve_command(
         ),
         tls=_tls(tls_cert, tls_key, tls_client_ca),
         limits=limits,
+        grpc_limits=grpc_limits,
         connections=ConnectionSettings(
             max_header_bytes=int(max_header_kb * 1024) if max_header_kb > 0 else 0,
             header_timeout_s=header_timeout_s,

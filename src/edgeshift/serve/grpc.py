@@ -29,11 +29,11 @@ import edgeshift
 from edgeshift.errors import ConfigError, EdgeshiftError, ProtocolError
 from edgeshift.serve.endpoint import CLIENT_CLOSED, UNKNOWN_MODEL
 from edgeshift.serve.grpc_codec import (
-    GrpcLimits,
     decode_model_infer,
     encode_model_infer,
     status_code,
 )
+from edgeshift.serve.limits import GrpcLimits as GrpcLimits  # re-exported
 from edgeshift.serve.limits import RequestLimits
 from edgeshift.serve.memory import release_after_request
 from edgeshift.serve.metrics import ServerMetrics

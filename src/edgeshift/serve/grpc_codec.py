@@ -6,19 +6,20 @@ length-prefixed elements, as on HTTP) or as typed ``contents`` (the repeated fie
 input's datatype; FP16 and BF16 have none and must be raw). Outputs always go back as
 ``raw_output_contents``, which tritonclient and KServe's client read.
 
-:class:`GrpcLimits` is what the gRPC port lets a client hold open, as grpc channel arguments.
+:class:`GrpcLimits` (what the gRPC port lets a client hold open) lives in the pure
+:mod:`edgeshift.serve.limits`, which the server's settings import without loading grpc.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
-from edgeshift.errors import ConfigError, ProtocolError
+from edgeshift.errors import ProtocolError
+from edgeshift.serve.limits import GrpcLimits as GrpcLimits  # re-exported: its old home
 from edgeshift.serve.limits import RequestLimits
 from edgeshift.serve.protocol import (
     DATATYPES,
@@ -30,66 +31,6 @@ from edgeshift.serve.protocol import (
     encode_bytes_elements,
     parse_tensor_header,
 )
-
-KIB = 1 << 10
-
-
-@dataclass(frozen=True)
-class GrpcLimits:
-    """What one gRPC connection, and all of them together, may hold open: grpc's C core
-    enforces each as a channel argument. Every default leaves room for tritonclient, KServe's
-    client and perf_analyzer at any concurrency they are run with."""
-
-    # Calls open at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS): a client
-    # that opens more waits for one to finish, in the client. grpc's own default is unbounded.
-    max_streams_per_connection: int = 128
-    # Calls open at once on the whole port; one more is refused at once, RESOURCE_EXHAUSTED.
-    max_concurrent_calls: int = 4096
-    # A call's metadata (its HTTP/2 headers); larger is refused (RESOURCE_EXHAUSTED).
-    max_metadata_bytes: int = 16 * KIB
-    # A connection with no call open for this long is closed (GOAWAY); the client reconnects
-    # on its next call. grpc's own default is never.
-    idle_timeout_s: float = 300.0
-    # The server pings a connection with calls open after this long without traffic, and
-    # closes it when no answer comes within keepalive_timeout_s: a client that vanished
-    # (power cut, cable) does not hold its calls and buffers. grpc's default is 2 hours.
-    keepalive_time_s: float = 60.0
-    keepalive_timeout_s: float = 20.0
-    # A client may ping this often without sending data; closer pings are strikes, and the
-    # second strike closes the connection (GOAWAY too_many_pings). grpc's default is 5 min,
-    # which refuses common client keepalive settings.
-    min_client_ping_interval_s: float = 10.0
-
-    def __post_init__(self) -> None:
-        for name in ("max_streams_per_connection", "max_concurrent_calls", "max_metadata_bytes"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"gRPC limit {name} must be >= 1, not {getattr(self, name)}")
-        for name in (
-            "idle_timeout_s",
-            "keepalive_time_s",
-            "keepalive_timeout_s",
-            "min_client_ping_interval_s",
-        ):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"gRPC limit {name} must be > 0, not {getattr(self, name)}")
-
-    def channel_options(self) -> list[tuple[str, int]]:
-        """The limits as grpc server channel arguments."""
-        ms = 1000
-        return [
-            ("grpc.max_concurrent_streams", self.max_streams_per_connection),
-            ("grpc.max_metadata_size", self.max_metadata_bytes),
-            ("grpc.absolute_max_metadata_size", self.max_metadata_bytes),
-            ("grpc.max_connection_idle_ms", round(self.idle_timeout_s * ms)),
-            ("grpc.keepalive_time_ms", round(self.keepalive_time_s * ms)),
-            ("grpc.keepalive_timeout_ms", round(self.keepalive_timeout_s * ms)),
-            (
-                "grpc.http2.min_ping_interval_without_data_ms",
-                round(self.min_client_ping_interval_s * ms),
-            ),
-            ("grpc.http2.max_ping_strikes", 2),
-        ]
-
 
 # HTTP status of a ProtocolError -> the gRPC code that says the same.
 STATUS_CODES: dict[int, grpc.StatusCode] = {

@@ -30,7 +30,7 @@ from edgeshift.serve.connections import (
     sweep_timeouts,
 )
 from edgeshift.serve.fastpath import inference_protocol
-from edgeshift.serve.limits import RequestLimits
+from edgeshift.serve.limits import GrpcLimits, RequestLimits
 from edgeshift.serve.memory import rss_bytes
 from edgeshift.serve.metrics import ServerMetrics
 from edgeshift.serve.repository import ModelRepository, ServeOptions, discover
@@ -54,6 +54,7 @@ class ServerSettings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     tls: TlsSettings | None = None  # HTTPS and gRPC over TLS; client_ca: mTLS
     limits: RequestLimits = field(default_factory=RequestLimits)
+    grpc_limits: GrpcLimits = field(default_factory=GrpcLimits)  # the gRPC port's, per client
     connections: ConnectionSettings = field(default_factory=ConnectionSettings)
 
     def request_limits(self) -> RequestLimits:
@@ -165,7 +166,12 @@ class InferenceServer:
                 from edgeshift.serve.grpc import GrpcFrontend
 
                 self._grpc = GrpcFrontend(
-                    self.repository, self.metrics, limits=limits, auth=s.auth, tls=s.tls
+                    self.repository,
+                    self.metrics,
+                    limits=limits,
+                    auth=s.auth,
+                    tls=s.tls,
+                    grpc_limits=s.grpc_limits,
                 )
                 self._grpc_port = await self._grpc.start(s.host, s.grpc_port)
         except BaseException:
