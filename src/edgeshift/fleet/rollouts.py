@@ -209,18 +209,12 @@ class RolloutEngine:
         members = sorted(
             d for d, w in self.store.rollout_devices(info.rollout_id).items() if w == k
         )
-        # One read of the group's devices (desired and reported together) instead of one per
-        # device; members that left the group since are read one by one.
-        spec = info.spec
-        known = {
-            d.device_id: d
-            for d in self.store.list_devices(now, group=spec.group, selector=dict(spec.selector))
-        }
-        missing = [d for d in members if d not in known]
-        generations = {d: known[d].desired.generation for d in members if d in known}
-        generations.update({d: s.generation for d, s in self._desired(missing).items()})
-        reports = {d: known[d].reported for d in members if d in known}
-        reports.update(self.store.reports(missing) if missing else {})
+        # Two bulk reads of the wave's members only: their desired generations (one small
+        # column) and their latest reports. Reading every device of the group (labels, groups,
+        # desired state and report, as DeviceInfo) was a third of the control plane's CPU
+        # during a 1,000-device rollout, the engine ticking every second.
+        generations = self.store.generations(members)
+        reports = self.store.reports(members)
         self._awaiting_by_rollout[info.rollout_id] = {
             d: g
             for d, g in generations.items()
