@@ -336,17 +336,19 @@ def create_app(ctx: FleetContext) -> Starlette:
 
         return endpoint
 
-    async def device_request(request: Request) -> tuple[str, bytes, float]:
+    async def device_call(request: Request, work: Callable[[str, bytes, float], _T]) -> _T:
+        """Check the device request, then WORK(device_id, body, now), in one worker-thread
+        call: one thread hop per request where there were two."""
         body = await read_body(request)
         now = ctx.clock()
+        headers, method, target = request.headers, request.method, _path_and_query(request)
 
-        def check() -> str:
+        def call() -> _T:
             # check_device's remember_nonce also marks the device seen (one write).
-            return check_device(
-                ctx.store, request.headers, request.method, _path_and_query(request), body, now
-            )
+            device_id = check_device(ctx.store, headers, method, target, body, now)
+            return work(device_id, body, now)
 
-        return await _run(check), body, now
+        return await _run(call)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -357,24 +359,28 @@ def create_app(ctx: FleetContext) -> Starlette:
         return _json(await _run(ctx.store.enrol, enrol_request, ctx.clock()))
 
     async def device_desired(request: Request) -> Response:
-        device_id, _, now = await device_request(request)
+        started = ctx.clock()
+        device_id, desired = await device_call(request, lambda d, _b, _n: (d, ctx.store.desired(d)))
         seen = _query_int(request, "generation", -1, -1)
         wait_s = min(_query_float(request, "wait", 0.0), MAX_WAIT_S)
-        deadline = now + wait_s
+        deadline = started + wait_s
         while True:
             if ctx.waiters.closed:
                 return _stopping()
-            desired = await _run(ctx.store.desired, device_id)
             now = ctx.clock()
             left_s = deadline - now
             if desired.generation > seen or left_s <= 0:
                 return _json(desired.model_copy(update={"server_time": now}))
             await ctx.waiters.wait(device_id, seen, left_s)
+            desired = await _run(ctx.store.desired, device_id)
 
     async def device_report(request: Request) -> Response:
-        device_id, body, now = await device_request(request)
-        report = parse_body(DeviceReport, body)
-        await _run(ctx.store.record_report, device_id, report, now)
+        def record(device_id: str, body: bytes, now: float) -> tuple[str, DeviceReport]:
+            report = parse_body(DeviceReport, body)
+            ctx.store.record_report(device_id, report, now)
+            return device_id, report
+
+        device_id, report = await device_call(request, record)
         if report.phase in SETTLED_PHASES and ctx.engine.device_settled(
             device_id, report.generation
         ):
@@ -382,22 +388,31 @@ def create_app(ctx: FleetContext) -> Starlette:
         return JSONResponse({"ok": True})
 
     async def device_telemetry(request: Request) -> Response:
-        device_id, body, now = await device_request(request)
-        batch = parse_body(TelemetryBatch, body)
-        return JSONResponse({"kept": await _run(ctx.store.record_telemetry, device_id, batch, now)})
+        def record(device_id: str, body: bytes, now: float) -> int:
+            return ctx.store.record_telemetry(device_id, parse_body(TelemetryBatch, body), now)
+
+        return JSONResponse({"kept": await device_call(request, record)})
 
     async def tuf_metadata(request: Request) -> Response:
-        await device_request(request)
-        name = check_metadata_name(str(request.path_params["file"]))
-        path = await _run(ctx.tuf.metadata_file, name)
+        name = str(request.path_params["file"])
+
+        def find(_device_id: str, _body: bytes, _now: float) -> tuple[str, Path | None]:
+            checked = check_metadata_name(name)
+            return checked, ctx.tuf.metadata_file(checked)
+
+        name, path = await device_call(request, find)
         if path is None:
             raise FleetError(f"no TUF metadata {name!r}", 404)
         return FileResponse(path, media_type="application/json", headers=_NO_STORE)
 
     async def tuf_target(request: Request) -> Response:
-        await device_request(request)
-        target = check_target_path(str(request.path_params["path"]))
-        path = await _run(ctx.tuf.target_file, target)
+        target = str(request.path_params["path"])
+
+        def find(_device_id: str, _body: bytes, _now: float) -> tuple[str, Path | None]:
+            checked = check_target_path(target)
+            return checked, ctx.tuf.target_file(checked)
+
+        target, path = await device_call(request, find)
         if path is None:
             raise FleetError(f"no target {target!r}", 404)
         # FileResponse answers Range with 206 (resumed downloads) and a bad one with 416.
