@@ -12,12 +12,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import socket
 import threading
 import time
-import urllib.request
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +36,7 @@ from edgeshift.cluster.placement import (
     placements_from_plan,
     read_plan,
 )
+from edgeshift.cluster.probes import port_open, reachable, scrape_texts
 from edgeshift.cluster.quiet import (
     NODE_HEALTH_SYSTEM_CONFIG,
     QUIET_SYSTEM_CONFIG,
@@ -286,7 +284,7 @@ class ClusterServer:
 
         if ray.is_initialized():
             return
-        if self.address not in (None, "local", "auto") and not _reachable(self.address):
+        if self.address not in (None, "local", "auto") and not reachable(self.address):
             # ray.init retries an unreachable GCS for a minute or more: say it now.
             raise ClusterError(
                 f"no Ray cluster at {self.address} (nothing listens there) — start one with "
@@ -464,7 +462,7 @@ class ClusterServer:
         import ray
 
         for endpoint in self.endpoints():
-            if _port_open(endpoint.host, endpoint.port):
+            if port_open(endpoint.host, endpoint.port):
                 self._failures.pop(endpoint.replica_id, None)
                 continue
             self._failures[endpoint.replica_id] = self._failures.get(endpoint.replica_id, 0) + 1
@@ -490,7 +488,7 @@ class ClusterServer:
         if all(p.max_replicas == p.min_replicas for p in policies):
             return  # fixed counts: no need to scrape
         registered = list(self._registered)
-        texts = _scrape([e for _, e in registered])
+        texts = scrape_texts([e for _, e in registered])
         now = time.monotonic()
         changed = []
         for name, app in self._apps.items():
@@ -516,33 +514,3 @@ class ClusterServer:
                 changed.append(name)
         if changed:
             self._deploy(changed, wait=False)
-
-
-def _reachable(address: str) -> bool:
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        return _port_open(host.strip("[]") or "127.0.0.1", int(port))
-    except ValueError:
-        return True  # not HOST:PORT: let ray.init judge it
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _scrape(endpoints: Sequence[ReplicaEndpoint]) -> dict[str, str]:
-    def fetch(e: ReplicaEndpoint) -> tuple[str, str]:
-        try:
-            with urllib.request.urlopen(f"http://{e.address}/metrics", timeout=1.0) as response:
-                return e.replica_id, response.read().decode()
-        except OSError:
-            return e.replica_id, ""
-
-    if not endpoints:
-        return {}
-    with ThreadPoolExecutor(max_workers=min(len(endpoints), 16)) as pool:
-        return dict(pool.map(fetch, endpoints))

@@ -1,6 +1,6 @@
 """One replica: a Ray Serve replica that runs edgeshift's own server (repository, batcher,
-uvicorn fast path) on an HTTP port of its node, registers that port, and answers Ray handle
-calls (``infer``) through the same repository and batcher.
+uvicorn fast path; gRPC beside it when asked) on ports of its node, registers them, and
+answers Ray handle calls (``infer``) through the same repository and batcher.
 
 Lifecycle, so a rolling update or a scale-down fails no request:
 start the server (models loaded, socket bound) -> register -> serve; on stop (Ray Serve calls
