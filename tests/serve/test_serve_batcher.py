@@ -279,9 +279,9 @@ async def _closed_loop_round(
 def test_after_a_batch_the_batcher_waits_for_its_clients_to_return(
     monkeypatch: pytest.MonkeyPatch, delay_ms: float | None, pause_s: float, second_round: list[int]
 ) -> None:
-    # The 0.6 s run bounds the adaptive wait at 0.3 s; arrivals come 5 ms apart, far inside
-    # the 100 ms quiet gap (widened from 1 ms, then 30 ms: on a loaded box a 5 ms sleep can
-    # take tens of ms, which ended the wait early); the pause is longer than the gap.
+    # The 0.6 s run bounds the adaptive wait (ADAPTIVE_WAIT runs); arrivals come 5 ms apart,
+    # far inside the 100 ms quiet gap (widened from 1 ms, then 30 ms: on a loaded box a 5 ms
+    # sleep can take tens of ms, which ended the wait early); the pause is longer than the gap.
     monkeypatch.setattr(batcher_module, "ADAPTIVE_GAP_S", 0.1)
     runtime = SlowRuntime(0.6)
 
@@ -304,9 +304,9 @@ def test_the_adaptive_wait_is_skipped_when_it_cannot_pay() -> None:
         batcher = Batcher("m", SlowRuntime(0.0), batchable=True, max_batch=8)
         batcher._last_rows, batcher._last_run_s = 4, 0.2
         first = _Pending({"x": np.zeros((1, 2))}, asyncio.get_running_loop().create_future(), 1, ())
-        batcher._last_done_s = time.perf_counter()  # just finished: wait for 4 rows, <= 0.1 s
+        batcher._last_done_s = time.perf_counter()  # just finished: wait for 4 rows
         target, deadline, gap_s = batcher._fill_goal(first, 1)
-        assert target == 4 and 0 < deadline - time.perf_counter() <= 0.1
+        assert target == 4 and 0 < deadline - time.perf_counter() <= ADAPTIVE_WAIT * 0.2
         assert gap_s == ADAPTIVE_GAP_S  # ends early once the returning clients stop coming
         assert batcher._fill_goal(first, 4) == (0, 0.0, 0.0)  # as full as the last batch
         batcher._last_done_s -= 1.0  # idle for longer than a run: no burst to wait for
@@ -340,7 +340,7 @@ def test_the_first_client_back_may_take_longer_than_the_gap(
 ) -> None:
     # Big answers take a while to encode and write before any client can return: the quiet
     # gap only counts between arrivals, not until the first one. (Margins as in the test
-    # above: a 0.6 s run, so the wait lasts at most 0.3 s; a 0.1 s gap.)
+    # above: a 0.6 s run, so the wait lasts at most ADAPTIVE_WAIT runs; a 0.1 s gap.)
     monkeypatch.setattr(batcher_module, "ADAPTIVE_GAP_S", 0.1)
     runtime = SlowRuntime(0.6)
 

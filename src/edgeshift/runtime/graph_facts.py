@@ -6,8 +6,8 @@ Both come from edgeshift.model, which loads onnx (with protobuf and ml_dtypes) a
 analysis: ~15 MB of RSS that a process keeps once it has imported them. A process that has
 not (the edge agent, which runs for days beside its model) reads them in a child process
 instead (`python -m edgeshift.runtime.graph_facts MODEL`: 0.2 s of CPU for the fleet
-benchmark's 5 MB model); one that has (the CLI, tests, notebooks) reads them in process. Either way once per file: the
-answer is cached by path, size and modification time.
+benchmark's 5 MB model); one that has (the CLI, tests, notebooks) reads them in process.
+Either way once per file: the answer is cached by path, size and modification time.
 """
 
 from __future__ import annotations
