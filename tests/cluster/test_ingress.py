@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Self
 
 import numpy as np
 import pytest
@@ -75,15 +76,45 @@ def _infer_body(model: str = "mlp") -> bytes:
     ).encode()
 
 
-class Load:
+class ClosedLoop:
+    """CLIENTS threads each running ``_client`` until the block ends; they append to
+    ``answers`` (HTTP here, gRPC in test_ingress_grpc)."""
+
+    answers: list[Any]
+
+    def __init__(self, clients: int) -> None:
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
+
+    def _client(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def wait_for(self, answers: int) -> None:
+        deadline = time.monotonic() + 60
+        target = len(self.answers) + answers
+        while len(self.answers) < target:
+            assert time.monotonic() < deadline, "the load stalled"
+            time.sleep(0.01)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(15)
+
+
+class Load(ClosedLoop):
     """Closed-loop clients on keep-alive connections to URL, each answer kept as
     (status, body); a request unanswered after 10 s is recorded as status 0 (a hang)."""
 
     def __init__(self, url: str, clients: int = 4, model: str = "mlp") -> None:
         self.url, self.model = url, model
         self.answers: list[tuple[int, bytes]] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
+        super().__init__(clients)
 
     def _client(self) -> None:
         host, port = self.url.rsplit(":", 1)
@@ -100,23 +131,6 @@ class Load:
             except (OSError, http.client.HTTPException) as exc:
                 self.answers.append((-1, repr(exc).encode()))
                 conn.close()
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def wait_for(self, answers: int) -> None:
-        deadline = time.monotonic() + 60
-        target = len(self.answers) + answers
-        while len(self.answers) < target:
-            assert time.monotonic() < deadline, "the load stalled"
-            time.sleep(0.01)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(15)
 
     def failures(self) -> list[tuple[int, bytes]]:
         return [(status, body) for status, body in self.answers if status != 200]

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tg
 import tritonclient.grpc.aio as tga
-from tests.cluster.test_ingress import wait_for_state
+from tests.cluster.test_ingress import ClosedLoop, wait_for_state
 from tests.serve.serve_models import READY_RE, mlp_reference, save_mlp
 
 from edgeshift.cluster.ingress import HAPROXY_BINARY, HaproxyIngress, ReplicaEndpoint
@@ -170,14 +170,14 @@ def test_aio_client_through_the_ingress(split) -> None:
         np.testing.assert_allclose(y, mlp_reference(X, seed=3 + i % 2), rtol=1e-5)
 
 
-class GrpcLoad:
+class GrpcLoad(ClosedLoop):
     """Closed-loop tritonclient.grpc clients on URL; each answer is kept as "ok" or the
     error's status; a call unanswered after 10 s is a "hang"."""
 
     def __init__(self, url: str, clients: int = 4, model: str = "mlp") -> None:
-        self.url, self.model, self.answers = url, model, []  # type: list[str]
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
+        self.url, self.model = url, model
+        self.answers: list[str] = []
+        super().__init__(clients)
 
     def _client(self) -> None:
         client = tg.InferenceServerClient(self.url)
@@ -192,23 +192,6 @@ class GrpcLoad:
                     "hang" if exc.status() == "StatusCode.DEADLINE_EXCEEDED" else str(exc.status())
                 )
         client.close()
-
-    def __enter__(self) -> GrpcLoad:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def wait_for(self, answers: int) -> None:
-        deadline = time.monotonic() + 60
-        target = len(self.answers) + answers
-        while len(self.answers) < target:
-            assert time.monotonic() < deadline, "the load stalled"
-            time.sleep(0.01)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(15)
 
 
 def test_a_killed_replica_leaves_grpc_rotation_and_requests_keep_being_answered(
