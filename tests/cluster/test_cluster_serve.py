@@ -120,6 +120,17 @@ def test_a_replica_dropped_from_the_registry_registers_again(served: ClusterServ
     wait_until(lambda: dropped in served.endpoints(), "the controller to see it back", 10)
 
 
+def test_the_registry_lives_on_the_controllers_node(served: ClusterServer) -> None:
+    # Anywhere else, losing that node lost the registry: Ray restarted it empty and the
+    # controller drained the surviving replicas until their next heartbeat.
+    import ray
+
+    from edgeshift.cluster.registry import get_registry
+
+    registry = get_registry("t-serve", create=False)
+    assert ray.get(registry.node_id.remote()) == ray.get_runtime_context().get_node_id()
+
+
 class _Hammer:
     """Clients sending requests through the ingress until stopped; counts what failed."""
 

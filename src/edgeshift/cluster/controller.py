@@ -212,7 +212,9 @@ class ClusterServer:
         serve.start(proxy_location="Disabled")
         from edgeshift.cluster.registry import get_registry
 
-        self._registry = get_registry(self.name, create=True)
+        # On this process's node: see get_registry.
+        node = ray.get_runtime_context().get_node_id()
+        self._registry = get_registry(self.name, create=True, node_id=node)
         ray.get(self._registry.set_stopping.remote(False))
         for p, policy in placements:
             self._apps[self._app_name(p)] = _App(p, p.replicas, Autoscaler(policy))

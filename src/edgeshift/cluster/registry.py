@@ -72,12 +72,28 @@ class Registry:
     async def stopping(self) -> bool:
         return self._stopping
 
+    async def node_id(self) -> str:
+        """The node this registry runs on."""
+        return str(ray.get_runtime_context().get_node_id())
 
-def get_registry(cluster_name: str, *, create: bool) -> Any:
-    """The registry actor handle (created, detached, when CREATE and absent)."""
+
+def get_registry(cluster_name: str, *, create: bool, node_id: str | None = None) -> Any:
+    """The registry actor handle (created, detached, when CREATE and absent; on NODE_ID when
+    given, else where Ray puts it).
+
+    The controller creates it on its own node: anywhere else, a node lost under load took the
+    registry with it, Ray restarted it empty elsewhere, and the controller fed HAProxy the
+    empty list, draining the surviving replicas until their next heartbeat (thousands of
+    503s in a node-failure test). The controller's node going down takes the controller and
+    the ingress with it anyway."""
     name = registry_name(cluster_name)
     if create:
+        options: dict[str, Any] = {}
+        if node_id is not None:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=False)
         return Registry.options(  # type: ignore[attr-defined]
-            name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+            name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, **options
         ).remote()
     return ray.get_actor(name, namespace=NAMESPACE)
