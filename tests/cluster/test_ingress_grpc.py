@@ -10,9 +10,6 @@ import os
 import queue
 import signal
 import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +18,7 @@ import pytest
 import tritonclient.grpc as tg
 import tritonclient.grpc.aio as tga
 from tests.cluster.test_ingress import ClosedLoop, wait_for_state
-from tests.serve.serve_models import READY_RE, mlp_reference, save_mlp
+from tests.serve.serve_models import ServeProcess, mlp_reference, save_mlp
 
 from edgeshift.cluster.ingress import HAPROXY_BINARY, HaproxyIngress, ReplicaEndpoint
 from edgeshift.cluster.ingress_config import haproxy_config, map_file_text
@@ -38,39 +35,18 @@ class GrpcReplica:
     """`python -m edgeshift serve PATHS --port 0 --grpc-port 0`, killable for real."""
 
     def __init__(self, replica_id: str, *paths: Path) -> None:
-        command = [sys.executable, "-m", "edgeshift", "serve", *map(str, paths)]
-        self.proc = subprocess.Popen(
-            [*command, "--port", "0", "--grpc-port", "0", "--no-access-log"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, args=(lines,), daemon=True).start()
-        http_url = grpc_url = None
-        deadline = time.monotonic() + 60
-        while grpc_url is None:
-            line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            if match := READY_RE.search(line):
-                http_url = match.group(1)
-            if "serving gRPC on " in line:
-                grpc_url = line.rsplit(" ", 1)[1].strip()
-        assert http_url is not None
-        host, port = http_url.rsplit(":", 1)
+        server = ServeProcess(*map(str, paths), "--no-access-log", grpc=True)
+        self.proc = server.proc
+        host, port = server.url.rsplit(":", 1)
+        assert server.grpc_url is not None
         self.endpoint = ReplicaEndpoint(
             replica_id,
             "node-1",
             host,
             int(port),
             tuple(p.stem for p in paths),
-            grpc_port=int(grpc_url.rsplit(":", 1)[1]),
+            grpc_port=int(server.grpc_url.rsplit(":", 1)[1]),
         )
-
-    def _read(self, lines: queue.Queue[str]) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            lines.put(line)
 
     def answered(self) -> int:
         """Inference requests this replica answered (its own gRPC statistics)."""

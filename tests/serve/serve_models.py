@@ -172,19 +172,25 @@ def gate_backends(monkeypatch: Any) -> list[GatedBackend]:
 
 
 READY_RE = re.compile(r"serving Open Inference Protocol v2 on http://(\S+)")
+GRPC_READY_RE = re.compile(r"serving gRPC on (\S+)")
 
 
 class ServeProcess:
-    """``python -m edgeshift serve ARGS --port 0 --grpc-port off`` as a real process (to kill,
-    signal or limit for real), started once it announces its address. Its stderr is drained
-    on a thread, so a chatty server never blocks on a full pipe."""
+    """``python -m edgeshift serve ARGS --port 0 --grpc-port off`` (``--grpc-port 0`` with
+    GRPC) as a real process (to kill, signal or limit for real), started once it announces
+    its address(es). Its stderr is drained on a thread, so a chatty server never blocks on a
+    full pipe."""
 
     def __init__(
-        self, *args: str, preexec_fn: Callable[[], None] | None = None, timeout_s: float = 60.0
+        self,
+        *args: str,
+        preexec_fn: Callable[[], None] | None = None,
+        timeout_s: float = 60.0,
+        grpc: bool = False,
     ) -> None:
         command = [sys.executable, "-m", "edgeshift", "serve", *args, "--port", "0"]
         self.proc = subprocess.Popen(
-            [*command, "--grpc-port", "off"],
+            [*command, "--grpc-port", "0" if grpc else "off"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -194,15 +200,19 @@ class ServeProcess:
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, args=(lines,), daemon=True).start()
         deadline = time.monotonic() + timeout_s
-        while True:
+        url: str | None = None
+        self.grpc_url: str | None = None  # host:port, with GRPC
+        while url is None or (grpc and self.grpc_url is None):
             try:
                 line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
             except queue.Empty:
                 self.proc.kill()
                 raise AssertionError("the server did not start") from None
             if match := READY_RE.search(line):
-                self.url: str = match.group(1)  # host:port
-                return
+                url = match.group(1)
+            if match := GRPC_READY_RE.search(line):
+                self.grpc_url = match.group(1)
+        self.url: str = url  # host:port
 
     def _read(self, lines: queue.Queue[str]) -> None:
         assert self.proc.stderr is not None
