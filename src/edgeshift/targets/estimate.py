@@ -187,10 +187,14 @@ def _time_one_call(
     stored: str,
     share: int,
     model_bytes: float,
+    float_nodes: frozenset[str] = frozenset(),
 ) -> _Timing:
-    """Seconds of one call when the target's compute and bandwidth are split SHARE ways."""
+    """Seconds of one call when the target's compute and bandwidth are split SHARE ways.
+    FLOAT_NODES run at fp32 whatever PRECISION is (convs of a QDQ model the runtime does
+    not fuse into int8 kernels: ``targets/qdq.py``)."""
     byte_scale = BYTES_PER_ELEMENT[precision] / BYTES_PER_ELEMENT[stored]
     peak = target.peak(precision) * 1e9 / share
+    float_peak = target.peak("fp32") * 1e9 / share if float_nodes else peak
     bw = target.mem_bandwidth_gbs.value * 1e9 * eff.memory / share
     llc = target.llc.bytes / share if target.llc is not None else 0.0
     all_cached = llc > 0 and model_bytes <= llc
@@ -212,8 +216,12 @@ def _time_one_call(
         a_bytes = (node.input_bytes + node.output_bytes) * byte_scale
         rows = _rows(node, stored) if cls in ("gemm", "conv") else None
         kind, size = kernel_class(node, stored)  # the host measured each kernel class apart
+        node_precision, node_peak = precision, peak
+        if node.name in float_nodes:
+            node_precision, node_peak = "fp32", float_peak
         t_c = (
-            node.flops / (peak * eff.compute_for(cls, precision, rows, kind=kind, size=size))
+            node.flops
+            / (node_peak * eff.compute_for(cls, node_precision, rows, kind=kind, size=size))
             if node.flops
             else 0.0
         )
@@ -246,8 +254,12 @@ def estimate_analysis(
     compiled: Any | None = None,
     manifest: Mapping[str, Any] | None = None,
     error_model: ErrorModel | None = None,
+    qdq_float_nodes: Mapping[str, frozenset[str]] | None = None,
 ) -> Estimate:
     """The pure estimate: a ModelAnalysis (or anything with its fields) on TARGET.
+
+    QDQ_FLOAT_NODES (runtime -> ``targets.qdq.qdq_float_nodes`` of the model's graph) names
+    the MAC ops of a QDQ model that runtime leaves in float: at int8 they cost fp32 time.
 
     MANIFEST (an optimize artifact's) names the runtime, precision and recipe assumed;
     without one the precision defaults as in :func:`default_precision`.
@@ -337,7 +349,15 @@ def estimate_analysis(
 
     nodes = list(analysis.nodes)
     model_bytes = weight_bytes + act_bytes
-    single = _time_one_call(nodes, target, eff, chosen, stored, 1, model_bytes)
+    float_nodes: frozenset[str] = frozenset()
+    if chosen == "int8" and qdq_float_nodes:
+        float_nodes = qdq_float_nodes.get(runtime, frozenset()) & {n.name for n in nodes}
+    if float_nodes:
+        notes.append(
+            f"{len(float_nodes)} MAC ops run in float on {runtime} (not quantized, or no "
+            "QuantizeLinear right after a conv on ONNX Runtime): estimated at fp32 speed"
+        )
+    single = _time_one_call(nodes, target, eff, chosen, stored, 1, model_bytes, float_nodes)
     call_oh_s = _overhead_us(target, eff, "call", chosen) * 1e-6
     if target.tier == "gpu" and target.host_link_gbs is not None:
         call_oh_s += _input_bytes(analysis) / (target.host_link_gbs.value * 1e9)
@@ -348,7 +368,9 @@ def estimate_analysis(
     streams = max(1, int(target.cores.value)) if target.tier != "gpu" else 1
     throughput = batch / latency_s
     if streams > 1:
-        split = _time_one_call(nodes, target, eff, chosen, stored, streams, model_bytes)
+        split = _time_one_call(
+            nodes, target, eff, chosen, stored, streams, model_bytes, float_nodes
+        )
         multi = streams * batch / (calls * (split.total_s + call_oh_s))
         if multi > throughput:
             throughput = multi
@@ -593,7 +615,11 @@ def estimate(
         from edgeshift.mcu.feedback import lookup
 
         compiled = lookup(source, core)
+    from edgeshift.targets.qdq import float_nodes_by_runtime
+
+    float_nodes = float_nodes_by_runtime(source, getattr(analysis, "op_histogram", {}))
     return estimate_analysis(
         analysis, tgt, model_name=name, batch=batch, precision=precision, efficiency=eff,
         usd_per_kwh=usd_per_kwh, utilization=utilization, compiled=compiled, manifest=manifest,
+        qdq_float_nodes=float_nodes,
     )  # fmt: skip

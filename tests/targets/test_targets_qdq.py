@@ -1,0 +1,105 @@
+"""QDQ models: which MAC ops a runtime runs in int8, and what the estimate charges for the
+others (targets/qdq.py). Graphs built with onnx.helper as the quantizer writes them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeshift.model.analysis import analyze
+from edgeshift.model.load import load_model
+from edgeshift.targets.estimate import estimate_analysis
+from edgeshift.targets.qdq import float_nodes_by_runtime, qdq_float_nodes
+
+C, HW = 8, 16
+
+
+def _qdq_conv_model(path: Path, after: str, quantized_weights: bool = True) -> Path:
+    """x (uint8) -> DQ -> Conv 3x3 (int8 weights through DQ) -> Relu -> [AFTER] -> Q -> y.
+    AFTER: "" (Relu straight into Q: ORT fuses a QLinearConv) or "MaxPool" (no Q/DQ between
+    Relu and MaxPool, as the quantizer writes a conv block: ORT keeps the Conv float)."""
+    rng = np.random.default_rng(0)
+    w = rng.integers(-100, 100, (C, C, 3, 3)).astype(np.int8)
+    inits = [
+        numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+        numpy_helper.from_array(np.array(128, np.uint8), "z"),
+        numpy_helper.from_array(np.array(0.01, np.float32), "ws"),
+        numpy_helper.from_array(np.array(0, np.int8), "wz"),
+    ]
+    nodes = [helper.make_node("DequantizeLinear", ["x", "s", "z"], ["xf"], name="dq_x")]
+    if quantized_weights:
+        inits.append(numpy_helper.from_array(w, "wq"))
+        nodes.append(helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], name="dq_w"))
+    else:
+        inits.append(numpy_helper.from_array(w.astype(np.float32) * 0.01, "w"))
+    nodes += [
+        helper.make_node("Conv", ["xf", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+    ]
+    last, side = "r", HW
+    if after == "MaxPool":
+        nodes.append(helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2],
+                                      strides=[2, 2]))  # fmt: skip
+        last, side = "p", HW // 2
+    nodes.append(helper.make_node("QuantizeLinear", [last, "s", "z"], ["y"], name="q_y"))
+    graph = helper.make_graph(
+        nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, C, HW, HW])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, C, side, side])], inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def test_a_conv_not_followed_by_quantize_runs_float_on_onnxruntime_only(tmp_path: Path) -> None:
+    fused = onnx.load(_qdq_conv_model(tmp_path / "fused.onnx", "")).graph
+    pooled = onnx.load(_qdq_conv_model(tmp_path / "pooled.onnx", "MaxPool")).graph
+    assert qdq_float_nodes(fused, "onnxruntime") == frozenset()
+    assert qdq_float_nodes(pooled, "onnxruntime") == {"conv"}
+    # OpenVINO carries int8 through MaxPool (a precision-preserving op).
+    assert qdq_float_nodes(pooled, "openvino") == frozenset()
+
+
+def test_a_conv_the_quantizer_left_float_is_float_on_every_runtime(tmp_path: Path) -> None:
+    graph = onnx.load(_qdq_conv_model(tmp_path / "m.onnx", "", quantized_weights=False)).graph
+    assert qdq_float_nodes(graph, "onnxruntime") == {"conv"}
+    assert qdq_float_nodes(graph, "openvino") == {"conv"}
+
+
+def test_a_graph_without_quantize_has_no_float_fallbacks(tmp_path: Path) -> None:
+    path = _qdq_conv_model(tmp_path / "m.onnx", "MaxPool")
+    graph = onnx.load(path).graph
+    del graph.node[-1]  # the QuantizeLinear: a float model with DequantizeLinear inputs
+    assert qdq_float_nodes(graph, "onnxruntime") == frozenset()
+    assert float_nodes_by_runtime(str(path), ["Conv", "Relu"]) == {}  # histogram: no Q
+    assert float_nodes_by_runtime(None, ["QuantizeLinear"]) == {}
+
+
+def test_float_fallback_convs_cost_fp32_time_at_int8(tmp_path: Path, make_target: Any,
+                                                     half: Any) -> None:  # fmt: skip
+    # Compute-bound toy target: fp32 peak 10, int8 40 GOP/s, half of each reached.
+    target = make_target(mem_bandwidth_gbs={"value": 1e6, "source": "t"})
+    path = _qdq_conv_model(tmp_path / "pooled.onnx", "MaxPool")
+    analysis = analyze(load_model(path))
+    conv = next(n for n in analysis.nodes if n.name == "conv")
+    floats = float_nodes_by_runtime(analysis.source_path, analysis.op_histogram)
+    assert floats["onnxruntime"] == {"conv"}
+    as_int8 = estimate_analysis(analysis, target, precision="int8", efficiency=half)
+    as_found = estimate_analysis(analysis, target, precision="int8", efficiency=half,
+                                 qdq_float_nodes=floats)  # fmt: skip
+    # The conv at fp32 (5 GOP/s achieved) instead of int8 (20 GOP/s); nothing else changes.
+    extra_ms = conv.flops / 5e9 * 1e3 - conv.flops / 20e9 * 1e3
+    assert as_found.latency_ms - as_int8.latency_ms == pytest.approx(extra_ms, rel=1e-9)
+    assert any("run in float on onnxruntime" in n for n in as_found.notes)
+    # At fp32 the whole model is float already: the set changes nothing.
+    fp32 = estimate_analysis(analysis, target, precision="fp32", efficiency=half)
+    fp32_found = estimate_analysis(analysis, target, precision="fp32", efficiency=half,
+                                   qdq_float_nodes=floats)  # fmt: skip
+    assert fp32_found.latency_ms == fp32.latency_ms
