@@ -30,6 +30,10 @@ def _qdq_conv_model(path: Path, after: str, quantized_weights: bool = True) -> P
         numpy_helper.from_array(np.array(128, np.uint8), "z"),
         numpy_helper.from_array(np.array(0.01, np.float32), "ws"),
         numpy_helper.from_array(np.array(0, np.int8), "wz"),
+        # Straight after a Relu the quantizer's range starts at 0: zero point 0, and ORT folds
+        # the Relu into the QuantizeLinear. After a MaxPool, a range of its own (zero point
+        # 128): ORT's Q/DQ propagation through the MaxPool cannot fold the Relu either.
+        numpy_helper.from_array(np.array(128 if after else 0, np.uint8), "yz"),
     ]
     nodes = [helper.make_node("DequantizeLinear", ["x", "s", "z"], ["xf"], name="dq_x")]
     if quantized_weights:
@@ -46,7 +50,7 @@ def _qdq_conv_model(path: Path, after: str, quantized_weights: bool = True) -> P
         nodes.append(helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2],
                                       strides=[2, 2]))  # fmt: skip
         last, side = "p", HW // 2
-    nodes.append(helper.make_node("QuantizeLinear", [last, "s", "z"], ["y"], name="q_y"))
+    nodes.append(helper.make_node("QuantizeLinear", [last, "s", "yz"], ["y"], name="q_y"))
     graph = helper.make_graph(
         nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, C, HW, HW])],
         [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, C, side, side])], inits,
@@ -103,3 +107,29 @@ def test_float_fallback_convs_cost_fp32_time_at_int8(tmp_path: Path, make_target
     fp32_found = estimate_analysis(analysis, target, precision="fp32", efficiency=half,
                                    qdq_float_nodes=floats)  # fmt: skip
     assert fp32_found.latency_ms == fp32.latency_ms
+
+
+def test_onnxruntime_itself_says_which_convs_it_fused(tmp_path: Path) -> None:
+    from edgeshift.targets.qdq import ort_float_nodes
+
+    fused = _qdq_conv_model(tmp_path / "fused.onnx", "")
+    pooled = _qdq_conv_model(tmp_path / "pooled.onnx", "MaxPool")
+    assert ort_float_nodes(str(fused)) == frozenset()  # QLinearConv
+    assert ort_float_nodes(str(pooled)) == {"conv"}  # float Conv on dequantized weights
+    assert float_nodes_by_runtime(str(pooled), ["QuantizeLinear"])["onnxruntime"] == {"conv"}
+    assert ort_float_nodes(str(tmp_path / "missing.onnx")) is None
+
+
+def test_a_weight_read_by_an_int8_kernel_marks_its_node_int8() -> None:
+    from edgeshift.targets.qdq import float_after_optimization
+
+    def graph(*nodes: onnx.NodeProto) -> onnx.GraphProto:
+        return helper.make_graph(list(nodes), "g", [], [])
+
+    weights = {"conv_a": "wa", "mm_b": "wb", "conv_c": "wc"}
+    optimized = graph(
+        helper.make_node("QLinearConv", ["x", "s", "z", "wa", "ws", "wz", "ys", "yz"], ["y"]),
+        helper.make_node("DequantizeLinear", ["wb", "s", "z"], ["wbf"]),  # float Gemm's
+        helper.make_node("Gemm", ["h", "wbf"], ["o"], name="renamed_by_fusion"),
+    )  # "wc" folded into a float constant: float too
+    assert float_after_optimization(weights, optimized) == {"mm_b", "conv_c"}

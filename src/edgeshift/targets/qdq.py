@@ -16,7 +16,11 @@ The same measurement showed its three ConvTranspose layers, which the quantizer 
 left out is float on every runtime. OpenVINO's low-precision transformations carry int8
 through MaxPool and other precision-preserving ops, so the Q-after rule is ONNX Runtime's.
 
-Pure: a GraphProto in, node names out.
+Which fusions ONNX Runtime makes depends on more than the pattern (the tf2onnx exports of
+MLPerf Tiny keep Conv -> Relu -> QuantizeLinear float, its ``ort-int8-static`` builds fuse
+it), so the estimate asks ONNX Runtime itself (:func:`ort_float_nodes`: its optimized
+graph, where an int8 weight still read by a DequantizeLinear marks a float op) and keeps
+the pattern rule (:func:`qdq_float_nodes`, pure) for when it cannot.
 """
 
 from __future__ import annotations
@@ -80,13 +84,90 @@ def qdq_float_nodes(graph: onnx.GraphProto, runtime: str) -> frozenset[str]:
 def float_nodes_by_runtime(
     model_path: str | None, op_types: Iterable[str]
 ) -> dict[str, frozenset[str]]:
-    """:func:`qdq_float_nodes` per runtime of the .onnx file at MODEL_PATH (its graph only,
-    no weights); empty when there is no file or OP_TYPES (the analysis' histogram) has no
-    QuantizeLinear."""
+    """Per runtime, the MAC nodes of the QDQ model at MODEL_PATH it runs in float: on
+    OpenVINO those the quantizer left out (:func:`qdq_float_nodes`); on ONNX Runtime also
+    those its own optimizer left unfused (:func:`ort_float_nodes`), by the pattern rule when
+    it cannot be asked. Empty when there is no file or OP_TYPES (the analysis' histogram)
+    has no QuantizeLinear."""
     if not model_path or "QuantizeLinear" not in set(op_types):
         return {}
     try:
-        model = onnx.load(model_path, load_external_data=False)
+        graph = onnx.load(model_path, load_external_data=False).graph
     except (OSError, DecodeError):
         return {}
-    return {rt: qdq_float_nodes(model.graph, rt) for rt in RUNTIMES}
+    out = {rt: qdq_float_nodes(graph, rt) for rt in RUNTIMES}
+    asked = ort_float_nodes(model_path)
+    if asked is not None:
+        out["onnxruntime"] = asked | out["openvino"]
+    return out
+
+
+# ONNX Runtime ops that compute on int8/uint8 operands (what its QDQ fusions produce).
+_ORT_INT8_OPS = {
+    "QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger",
+    "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention", "NhwcQLinearConv",
+}  # fmt: skip
+
+
+def quantized_weights(graph: onnx.GraphProto) -> dict[str, str]:
+    """MAC node name -> the name of its stored int8 weight (the initializer its
+    DequantizeLinear reads), for the MAC nodes of GRAPH whose weight comes through one."""
+    producer = {out: n for n in graph.node for out in n.output}
+    out = {}
+    for n in graph.node:
+        if n.op_type not in _MAC_OPS or not n.name or len(n.input) < 2:
+            continue
+        dq = producer.get(n.input[1])
+        if dq is not None and dq.op_type == "DequantizeLinear":
+            out[n.name] = dq.input[0]
+    return out
+
+
+def float_after_optimization(weights: dict[str, str], optimized: onnx.GraphProto) -> frozenset[str]:
+    """Of WEIGHTS (:func:`quantized_weights` of the graph given to ONNX Runtime), the MAC
+    nodes that its OPTIMIZED graph runs in float: their int8 weight is read only by a
+    DequantizeLinear there (a float Conv / Gemm / FusedConv on dequantized weights), or
+    was folded away into a float constant. Read by the weight, not the node name: ORT
+    renames what it fuses (MatMul + Add -> Gemm or QGemm)."""
+    readers: dict[str, set[str]] = {}
+    for n in optimized.node:
+        for name in n.input:
+            readers.setdefault(name, set()).add(n.op_type)
+    out = set()
+    for node, weight in weights.items():
+        ops = readers.get(weight, set())
+        if not ops & _ORT_INT8_OPS:
+            out.add(node)
+    return frozenset(out)
+
+
+def ort_float_nodes(model_path: str) -> frozenset[str] | None:
+    """The edge: which MAC nodes of the QDQ model at MODEL_PATH ONNX Runtime runs in float,
+    asked of ONNX Runtime itself (its graph after the extended optimizations, where the QDQ
+    fusions happen; :func:`float_after_optimization`). None when it cannot tell (the model
+    does not open, or ONNX Runtime is missing): the caller falls back to the pattern rule."""
+    import tempfile
+    from pathlib import Path
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    try:
+        weights = quantized_weights(onnx.load(model_path, load_external_data=False).graph)
+    except (OSError, DecodeError):
+        return None
+    if not weights:
+        return frozenset()
+    with tempfile.TemporaryDirectory(prefix="edgeshift-ort-graph-") as tmp:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        opts.intra_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
+            optimized = onnx.load(opts.optimized_model_filepath, load_external_data=False)
+        except Exception:  # any refusal of the runtime: the caller falls back to the rule
+            return None
+    return float_after_optimization(weights, optimized.graph)
