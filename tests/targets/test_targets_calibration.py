@@ -420,3 +420,65 @@ def test_a_pinned_file_of_the_previous_layout_still_reads(
     assert pinned.calibration.version == 6 and pinned.calibration.kernel_gops == {}
     eff = pinned.efficiency()  # no curves: the saturation fits of that layout
     assert eff.compute_for("gemm", "fp32", 8.0, kind="gemm", size=8.0) == pytest.approx(0.25)
+
+
+# --- dense convs by channel width (calibration version 9) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cin", "cout", "k", "expected"),
+    [(8, 8, 3, 8.0), (32, 32, 3, 32.0), (128, 128, 3, 128.0), (1, 32, 3, 32**0.5),
+     (64, 64, 5, (64 * 25 / 9 * 64) ** 0.5)],
+)  # fmt: skip
+def test_a_dense_conv_has_the_width_its_channels_give(
+    tmp_path: Path, cin: int, cout: int, k: int, expected: float
+) -> None:
+    from edgeshift.targets.roofline import conv_width
+
+    path = _strided_conv(tmp_path / "c.onnx", cin, cout, k, 1, 1)
+    conv = next(n for n in analyze(path).nodes if n.op_type == "Conv")
+    assert conv_width(conv) == pytest.approx(expected)
+    relu = dataclasses.replace(conv, op_type="Relu")
+    assert conv_width(relu) is None
+
+
+def test_width_benchmarks_become_a_curve_by_channels() -> None:
+    from edgeshift.targets import _calibrate as c
+    from edgeshift.targets._cal_derive import class_flops
+
+    best = _synthetic_best({"onnxruntime/fp32": 1.0, "onnxruntime/int8": 4.0,
+                            "openvino/bf16": 2.0})  # fmt: skip
+    speeds = {8: 40.0, 32: 150.0, 128: 300.0}  # GOP/s at each width
+    fixed = (CALL_US + CONV_OP_US) * 1e-6
+    for width in c.CONV_WIDTHS:
+        t = fixed + class_flops("conv_width", width) / (speeds[width] * 1e9)
+        best[f"onnxruntime/fp32/conv_width/{width}"] = t
+    assert class_flops("conv_width", 32) == class_flops("conv_dense", 784)  # the same graph
+    cal = _derive(best)
+    curve = cal.kernel_gops["onnxruntime/fp32/conv_width"]
+    assert curve == pytest.approx({str(w): g for w, g in speeds.items()})
+
+
+def test_a_narrow_dense_conv_is_slower_and_a_wide_one_faster_than_the_curve() -> None:
+    from edgeshift.targets.roofline import efficiency_from_calibration
+
+    cal = _derive(_synthetic_best({"onnxruntime/fp32": 1.0, "onnxruntime/int8": 4.0,
+                                   "openvino/bf16": 2.0}))  # fmt: skip
+    base = efficiency_from_calibration(cal, 2.6)
+    dense = base.compute_for("conv", "fp32", kind="conv_dense", size=784)
+    assert dense == pytest.approx(150.0 / 400.0)
+    # No width curve (a version-8 file): the width changes nothing.
+    assert base.compute_for("conv", "fp32", None, "conv_dense", 784, 8.0) == dense
+    cal.kernel_gops["onnxruntime/fp32/conv_width"] = {"8": 50.0, "32": 100.0, "128": 200.0}
+    eff = efficiency_from_calibration(cal, 2.6)
+    narrow = eff.compute_for("conv", "fp32", None, "conv_dense", 784, 8.0)
+    assert narrow == pytest.approx(dense * 0.5)
+    assert eff.compute_for("conv", "fp32", None, "conv_dense", 784, 64.0) == pytest.approx(
+        dense * 1.5  # halfway between 32 and 128 in log(width)
+    )
+    assert eff.compute_for("conv", "fp32", None, "conv_dense", 784, 4.0) == pytest.approx(
+        dense * 0.5  # flat beyond the narrowest width measured
+    )
+    # Other kinds of conv are not scaled.
+    pw = eff.compute_for("conv", "fp32", None, "conv_pointwise", 784, 8.0)
+    assert pw == base.compute_for("conv", "fp32", kind="conv_pointwise", size=784)

@@ -67,6 +67,8 @@ def class_flops(cls: str, size: int) -> float:
     if cls in c.CONV:
         cin, cout, k, groups, _ = c.CONV[cls]
         return 2.0 * cout * (cin // groups) * k * k * size
+    if cls == "conv_width":  # SIZE channels in and out, 3x3, at CONV_WIDTH_SIDE^2 outputs
+        return 2.0 * size * size * 9 * c.CONV_WIDTH_SIDE**2
     if cls == "gemm":
         return 2.0 * size * c.GEMM_K * c.GEMM_N
     if cls == "attention":
@@ -121,7 +123,7 @@ def kernel_curves(
         if not key.startswith(prefix + "/"):
             continue
         cls, _, size_text = key[len(prefix) + 1 :].rpartition("/")
-        if cls in c.CONV or cls in ("gemm", "attention", "lstm", "gru", "norm"):
+        if cls in c.CONV or cls in ("conv_width", "gemm", "attention", "lstm", "gru", "norm"):
             found.setdefault(cls, {})[int(size_text)] = t
     curves: dict[str, dict[str, float]] = {}
 
@@ -141,7 +143,7 @@ def kernel_curves(
             continue
         curve = {}
         for size, t in sorted(points.items()):
-            fixed = call_s + (conv_s if cls in c.CONV else op_s)
+            fixed = call_s + (conv_s if cls in c.CONV or cls == "conv_width" else op_s)
             if cls == "attention":  # two MatMuls and a Softmax of 5 FLOPs per score
                 fixed = call_s + 3 * op_s
                 if norm_gops:

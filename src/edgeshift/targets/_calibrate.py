@@ -56,6 +56,10 @@ CONV = {  # class -> (C in, C out, kernel, groups, output sides)
     "conv_depthwise": (64, 64, 3, 64, (14, 28, 56)),
     "conv_pointwise": (64, 64, 1, 1, (7, 28, 56)),
 }
+# Width: the same 3x3 dense Conv at 28x28 outputs with C -> C channels: narrow convs fill
+# few SIMD lanes, wide ones reach more of peak than the 32-channel curve (measured on ONE
+# thread; the estimate reads it as a factor over its 32-channel figure).
+CONV_WIDTHS, CONV_WIDTH_SIDE = (8, 32, 128), 28
 GEMM_K, GEMM_N, GEMM_ROWS = 384, 1536, (1, 8, 32, 128)  # a transformer FFN projection
 ATTN_HEADS, ATTN_DIM, ATTN_SEQ = 4, 32, (32, 128)
 RNN_IN, RNN_HIDDEN, LSTM_SEQ, GRU_SEQ = 64, 128, (8, 32), (16,)
@@ -291,6 +295,10 @@ class Calibrator:
             for hw in sides[:: 2 if self.quick else 1]:
                 g = self._graph(f"{cls}{hw}{kind}", graphs.conv, cin, cout, k, groups, hw, int8)
                 out.append((f"{cls}/{hw * hw}", g, {"x": make(1, cin, hw, hw)}))
+        side = CONV_WIDTH_SIDE
+        for width in CONV_WIDTHS[:: 2 if self.quick else 1]:
+            g = self._graph(f"convw{width}{kind}", graphs.conv, width, width, 3, 1, side, int8)
+            out.append((f"conv_width/{width}", g, {"x": make(1, width, side, side)}))
         for m in GEMM_ROWS[:: 3 if self.quick else 1]:
             g = self._graph(f"gemm{m}{kind}", graphs.gemm, m, GEMM_K, GEMM_N, int8)
             out.append((f"gemm/{m}", g, {"x": make(m, GEMM_K)}))

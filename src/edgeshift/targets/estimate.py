@@ -22,6 +22,7 @@ from edgeshift.targets.roofline import (
     DEFAULT_EFFICIENCY,
     OP_CLASSES,
     Efficiency,
+    conv_width,
     efficiency_from_calibration,
     kernel_class,
     op_class,
@@ -216,12 +217,12 @@ def _time_one_call(
         a_bytes = (node.input_bytes + node.output_bytes) * byte_scale
         rows = _rows(node, stored) if cls in ("gemm", "conv") else None
         kind, size = kernel_class(node, stored)  # the host measured each kernel class apart
+        width = conv_width(node, stored) if kind == "conv_dense" else None
         node_precision, node_peak = precision, peak
         if node.name in float_nodes:
             node_precision, node_peak = "fp32", float_peak
         t_c = (
-            node.flops
-            / (node_peak * eff.compute_for(cls, node_precision, rows, kind=kind, size=size))
+            node.flops / (node_peak * eff.compute_for(cls, node_precision, rows, kind, size, width))
             if node.flops
             else 0.0
         )

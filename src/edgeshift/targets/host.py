@@ -28,8 +28,9 @@ from edgeshift.targets.roofline import STREAM_FRACTION, Efficiency, efficiency_f
 from edgeshift.targets.schema import ByteQuantity, Calibration, Power, Price, Quantity, Target
 
 # Bump when what is measured changes: a cache of another version is measured again (its key
-# differs), never misread. 7: kernel classes per runtime and precision.
-CALIBRATION_VERSION = 8
+# differs), never misread. 7: kernel classes per runtime and precision; 8: one-thread class
+# curves and speed-ups; 9: dense convs also by channel width (``conv_width``).
+CALIBRATION_VERSION = 9
 _RUNTIMES = ("onnxruntime", "openvino")
 
 

@@ -115,6 +115,28 @@ def kernel_class(node: Any, stored: str = "fp32") -> tuple[str, float | None]:
     return _conv_kind(node, stored, w_elems, rows)
 
 
+def _conv_dims(node: Any, stored: str) -> tuple[float, float, float, float] | None:
+    """(depth K, output channels M, output positions NP, input elements per position) of a
+    Conv from MACs and byte counts (see :func:`_conv_kind`); None when they do not add up."""
+    out_elems = node.output_bytes / _itemsize(node.op_type, stored, _INT8_OUT | {"ConvInteger"})
+    if node.op_type == "ConvInteger":
+        out_elems = node.output_bytes / 4  # int32 accumulators
+    in_elems = node.input_bytes / _itemsize(node.op_type, stored, _INT8_IN)
+    w_item = _itemsize(node.op_type, stored, _INT8_WEIGHTS)
+    w_elems = node.weight_bytes / w_item
+    if not node.macs or out_elems < 1 or in_elems < 1 or w_elems < 1:
+        return None
+    depth = node.macs / out_elems
+    channels = w_elems / depth
+    for extra in (0.0, 4.0, 9.0):  # no bias; a float/int32 bias; QLinear scale, zero point, bias
+        m = node.weight_bytes / (w_item * depth + extra)
+        if abs(m - round(m)) < 1e-6 and round(m) >= 1 and out_elems % round(m) == 0:
+            channels = float(round(m))
+            break
+    positions = out_elems / max(channels, 1.0)
+    return depth, channels, positions, in_elems / positions
+
+
 def _conv_kind(
     node: Any, stored: str, w_elems: float, rows: float | None
 ) -> tuple[str, float | None]:
@@ -124,27 +146,32 @@ def _conv_kind(
     elements / NP = C * stride^2. Depthwise: K is a kernel area and the input has (at least)
     as many channels as the output. Pointwise: K / (C * stride^2) < 1.5, i.e. kernel area 1
     (a 3x3 at stride 2 still gives 2.25). The size returned is NP (the bias left out)."""
-    out_elems = node.output_bytes / _itemsize(node.op_type, stored, _INT8_OUT | {"ConvInteger"})
-    if node.op_type == "ConvInteger":
-        out_elems = node.output_bytes / 4  # int32 accumulators
-    in_elems = node.input_bytes / _itemsize(node.op_type, stored, _INT8_IN)
-    if not node.macs or out_elems < 1 or in_elems < 1 or w_elems < 1:
+    dims = _conv_dims(node, stored)
+    if dims is None:
         return "conv_dense", rows
-    depth = node.macs / out_elems
-    w_item = _itemsize(node.op_type, stored, _INT8_WEIGHTS)
-    channels = w_elems / depth
-    for extra in (0.0, 4.0, 9.0):  # no bias; a float/int32 bias; QLinear scale, zero point, bias
-        m = node.weight_bytes / (w_item * depth + extra)
-        if abs(m - round(m)) < 1e-6 and round(m) >= 1 and out_elems % round(m) == 0:
-            channels = float(round(m))
-            break
-    positions = out_elems / max(channels, 1.0)
-    in_per_position = in_elems / positions  # C_in * stride^2
+    depth, channels, positions, in_per_position = dims
     if round(depth) in _DEPTHWISE_DEPTHS and in_per_position >= 0.9 * channels:
         return "conv_depthwise", positions
     if depth / in_per_position < 1.5:
         return "conv_pointwise", positions
     return "conv_dense", positions
+
+
+def conv_width(node: Any, stored: str = "fp32") -> float | None:
+    """The channel width of a dense Conv as the calibration's ``conv_width`` graphs index it
+    (3x3, C -> C channels: K = 9 C, M = C): sqrt(K / 9 x M), the geometric mean of its input
+    channels (for a 3x3 kernel) and output channels. None: not a Conv, or unknown."""
+    if op_class(node.op_type) != "conv":
+        return None
+    dims = _conv_dims(node, stored)
+    if dims is None:
+        return None
+    depth, channels, _, _ = dims
+    return math.sqrt(depth / 9.0 * channels)
+
+
+# The channel width the dense-conv curve was measured at (``_calibrate.CONV["conv_dense"]``).
+CONV_DENSE_WIDTH = 32.0
 
 
 Curve = tuple[tuple[float, float], ...]  # (size, GOP/s) points, sizes ascending
@@ -208,14 +235,25 @@ class Efficiency:
             op_overhead_us={**self.op_overhead_us, **op},
         )
 
-    def kernel_efficiency(self, kind: str, precision: str, size: float | None) -> float | None:
+    def kernel_efficiency(
+        self, kind: str, precision: str, size: float | None, width: float | None = None
+    ) -> float | None:
         """Measured GOP/s of kernel class KIND at SIZE over the host's peak at PRECISION;
-        a precision the runtime was not measured at borrows its fp32 speed. None: not measured."""
-        curve = self.kernel_gops.get(f"{precision}/{kind}") or self.kernel_gops.get(f"fp32/{kind}")
+        a precision the runtime was not measured at borrows its fp32 speed. None: not measured.
+        A dense conv of channel WIDTH (:func:`conv_width`) gets the factor its width reached
+        over the 32-channel curve's width on the same runtime and precision, where measured."""
+        found = (
+            f"{precision}/{kind}" if f"{precision}/{kind}" in self.kernel_gops else f"fp32/{kind}"
+        )
+        curve = self.kernel_gops.get(found)
         peak = self.peak_gops.get(precision, 0.0)
         if not curve or peak <= 0:
             return None
-        return min(1.0, curve_value(curve, size) / peak)
+        gops = curve_value(curve, size)
+        widths = self.kernel_gops.get(found.replace(kind, "conv_width"))
+        if kind == "conv_dense" and width is not None and widths:
+            gops *= curve_value(widths, width) / curve_value(widths, CONV_DENSE_WIDTH)
+        return min(1.0, gops / peak)
 
     def compute_for(
         self,
@@ -224,9 +262,10 @@ class Efficiency:
         rows: float | None = None,
         kind: str | None = None,
         size: float | None = None,
+        width: float | None = None,
     ) -> float:
         if kind is not None:
-            measured = self.kernel_efficiency(kind, precision, size)
+            measured = self.kernel_efficiency(kind, precision, size, width)
             if measured is not None and measured > 0:
                 return measured
         base = self.compute[cls]
