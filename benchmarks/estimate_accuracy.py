@@ -24,7 +24,9 @@ Run: ``python benchmarks/estimate_accuracy.py [--models a,b] [--configs ort-fp32
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import json
 import os
 import statistics
 import sys
@@ -107,6 +109,8 @@ def build_int8(model_path: Path, data_path: Path, out: Path) -> Path | str:
     """A static QDQ int8 model of a float model (edgeshift's ort-int8-static recipe)."""
     from edgeshift.verify.variants import build_variant_artifacts
 
+    if (out / "ort-int8-static" / "model.onnx").exists():  # a --workdir of an earlier run
+        return out / "ort-int8-static" / "model.onnx"
     try:
         built = build_variant_artifacts(model_path, data_path, out, ["ort-int8-static"])
     except Exception as exc:  # a recipe failure is a skip reason here, not the end of the run
@@ -188,6 +192,32 @@ def bench_row(row: Row, duration_s: float) -> None:
     row.input_shapes = dict(r.input_shapes)
 
 
+def _row_key(row: Row) -> str:
+    return f"{row.label}|{row.config}|{row.batch}"
+
+
+def save_measured(path: Path, rows: list[Row]) -> None:
+    """Every row's p50s and input shapes as JSON: ``--measured`` re-estimates them later
+    (another version of the estimate, the same measurements) without timing anything."""
+    data = {_row_key(r): {"p50s": r.p50s, "input_shapes": {k: list(v) for k, v in
+                                                          r.input_shapes.items()}}
+            for r in rows}  # fmt: skip
+    path.write_text(json.dumps(data, indent=1))
+
+
+def load_measured(path: Path, rows: list[Row]) -> int:
+    """Fill ROWS' measurements from a ``--save-measured`` file; returns how many were found."""
+    data = json.loads(path.read_text())
+    found = 0
+    for row in rows:
+        saved = data.get(_row_key(row))
+        if saved:
+            row.p50s = list(saved["p50s"])
+            row.input_shapes = {k: tuple(v) for k, v in saved["input_shapes"].items()}
+            found += 1
+    return found
+
+
 def estimate_row(row: Row, target: Any, analyses: dict[Any, Any]) -> Any:
     runtime, precision = CONFIGS[row.config]
     key = (row.model_path, tuple(sorted(row.input_shapes.items())), row.batch)
@@ -211,22 +241,35 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"unknown config(s) {', '.join(unknown)}: use {', '.join(CONFIGS)}")
     batches = [int(b) for b in args.batches.split(",")]
     seqs = [int(s) for s in args.seqs.split(",")]
+    if args.measured and args.write_error_model:
+        raise SystemExit("--write-error-model needs this run's own measurements, not --measured")
     cached = load_calibration(host) if args.cached else None
     if args.cached and cached is None:
         raise SystemExit("no cached calibration: run `edgeshift targets host` first")
     calibrator = None if args.cached else new_calibrator(host)
     load_before = os.getloadavg()[0]
     t_start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="estimate-accuracy-") as tmp_dir:
+    workdir = (
+        contextlib.nullcontext(args.workdir)
+        if args.workdir
+        else tempfile.TemporaryDirectory(prefix="estimate-accuracy-")
+    )
+    with workdir as tmp_dir:
         rows, skipped = plan_rows(cases(names), configs, batches, seqs, Path(tmp_dir), console)
         per_round = args.duration / args.rounds
-        for i in range(args.rounds):
+        reused = load_measured(args.measured, rows) if args.measured else 0
+        if reused:
+            console.print(f"{reused} rows' measurements read from {args.measured}", style="dim")
+        for i in range(args.rounds if reused < len(rows) else 0):
             if calibrator is not None:
                 calibrator.run_pass(progress=False)
             for row in rows:
-                bench_row(row, per_round)
+                if not (reused and row.p50s):
+                    bench_row(row, per_round)
             console.print(f"round {i + 1}/{args.rounds} done ({time.perf_counter() - t_start:.0f} s)",
                           style="dim")  # fmt: skip
+        if args.save_measured:
+            save_measured(args.save_measured, rows)
         cal = calibrator.result() if calibrator is not None else cached
         assert cal is not None
         if calibrator is not None:
@@ -323,6 +366,25 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=3, help="bench rounds per row (best p50)")
     parser.add_argument("--cached", action="store_true", help="reuse the cached calibration")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep the models (and int8 builds) here, not in a temp dir",
+    )
+    parser.add_argument(
+        "--save-measured",
+        type=Path,
+        default=None,
+        help="write every row's measurements to this JSON file",
+    )
+    parser.add_argument(
+        "--measured",
+        type=Path,
+        default=None,
+        help="re-estimate the rows of a --save-measured file, timing only "
+        "rows it lacks (a model change checked on the same measurements)",
+    )
     parser.add_argument("--write-error-model", action="store_true",
                         help=f"write the run's errors to {ERROR_MODEL_PATH.name}")  # fmt: skip
     raise SystemExit(run(parser.parse_args()))
