@@ -95,6 +95,7 @@ def test_every_calibration_graph_is_a_valid_model(tmp_path: Path) -> None:
     for path in (
         graphs.conv(tmp_path / "a.onnx", 8, 8, 3, 8, 4, int8=True),
         graphs.gemm(tmp_path / "b.onnx", 2, 8, 8, int8=True),
+        graphs.gemm(tmp_path / "g.onnx", 2, 8, 8, int8=True, float_out=True),
         graphs.attention(tmp_path / "c.onnx", 2, 4, 4),
         graphs.recurrent(tmp_path / "d.onnx", "GRU", 3, 4, 4),
         graphs.conv_chain(tmp_path / "e.onnx", 3),
@@ -482,3 +483,26 @@ def test_a_narrow_dense_conv_is_slower_and_a_wide_one_faster_than_the_curve() ->
     # Other kinds of conv are not scaled.
     pw = eff.compute_for("conv", "fp32", None, "conv_pointwise", 784, 8.0)
     assert pw == base.compute_for("conv", "fp32", kind="conv_pointwise", size=784)
+
+
+def test_a_batched_recurrent_layer_gains_what_the_gemm_gains_from_rows() -> None:
+    from edgeshift.targets.roofline import efficiency_from_calibration
+
+    cal = _derive(_synthetic_best({"onnxruntime/fp32": 1.0, "onnxruntime/int8": 4.0,
+                                   "openvino/bf16": 2.0}))  # fmt: skip
+    cal.kernel_gops["onnxruntime/fp32/gemm"] = {"1": 20.0, "8": 120.0, "32": 200.0}
+    cal.kernel_gops["onnxruntime/fp32/lstm"] = {"8": 40.0, "32": 60.0}
+    eff = efficiency_from_calibration(cal, 2.6)
+    # Batch 1: the curve at steps; 32 steps at batch 8 (size 256): 32 steps, each a GEMM of
+    # 8 rows, 6x what one row gets.
+    assert eff.compute_for("gemm", "fp32", None, "lstm", 32) == pytest.approx(60.0 / 400)
+    assert eff.compute_for("gemm", "fp32", None, "lstm", 256) == pytest.approx(60.0 / 400)
+    batched = eff.compute_for("gemm", "fp32", None, "lstm", 256, batch=8)
+    assert batched == pytest.approx(60.0 * 6 / 400)
+    # 8 steps at batch 4: the step curve at 8, the GEMM gain 2/3 of the way in log(rows) to 8.
+    gain = (20.0 + (120.0 - 20.0) * 2 / 3) / 20.0
+    assert eff.compute_for("gemm", "fp32", None, "lstm", 32, batch=4) == pytest.approx(
+        40.0 * gain / 400
+    )
+    # Not a recurrent layer: the batch changes nothing.
+    assert eff.compute_for("gemm", "fp32", None, "gemm", 8, batch=8) == pytest.approx(120 / 400)

@@ -133,3 +133,40 @@ def test_a_weight_read_by_an_int8_kernel_marks_its_node_int8() -> None:
         helper.make_node("Gemm", ["h", "wbf"], ["o"], name="renamed_by_fusion"),
     )  # "wc" folded into a float constant: float too
     assert float_after_optimization(weights, optimized) == {"mm_b", "conv_c"}
+
+
+def test_int8_matmuls_with_a_float_output_take_their_own_curve(
+    make_target: Any, make_analysis: Any, half: Any
+) -> None:
+    import dataclasses
+
+    from edgeshift.model.analysis import NodeCost
+    from edgeshift.targets.qdq import FLOAT_OUT, float_out_after_optimization
+
+    optimized = helper.make_graph(
+        [helper.make_node("MatMulIntegerToFloat", ["a", "wb", "s", "s2"], ["o"]),
+         helper.make_node("QLinearMatMul", ["a", "s", "z", "wc", "s", "z", "s", "z"], ["p"])],
+        "g", [], [],
+    )  # fmt: skip
+    assert float_out_after_optimization({"mm_b": "wb", "mm_c": "wc"}, optimized) == {"mm_b"}
+
+    # One MatMul of 64 rows (weights 256 x 256, fp32 in the QDQ graph) on a compute-bound
+    # toy target whose int8 GEMM reaches 20 GOP/s, 5 GOP/s with a float output.
+    target = make_target(mem_bandwidth_gbs={"value": 1e6, "source": "t"})
+    node = NodeCost("mm", "MatMul", 64 * 256 * 256, 2 * 64 * 256 * 256, 64 * 256 * 4,
+                    64 * 256 * 4, 256 * 256 * 4, True)  # fmt: skip
+    analysis = make_analysis([node], 256 * 256, 2 * 64 * 256, 256 * 256,
+                             op_histogram={"QuantizeLinear": 1, "QLinearMatMul": 1})  # fmt: skip
+    curves = {"int8/gemm": ((1.0, 20.0),), "int8/gemm_float_out": ((1.0, 5.0),)}
+    eff = dataclasses.replace(half, kernel_gops=curves, peak_gops={"int8": 40.0, "fp32": 10.0})
+    plain = estimate_analysis(analysis, target, precision="int8", efficiency=eff)
+    runs = {"onnxruntime": frozenset(), FLOAT_OUT: frozenset({"mm"})}
+    float_out = estimate_analysis(analysis, target, precision="int8", efficiency=eff,
+                                  qdq_float_nodes=runs)  # fmt: skip
+    extra_ms = node.flops / 5e9 * 1e3 - node.flops / 20e9 * 1e3
+    assert float_out.latency_ms - plain.latency_ms == pytest.approx(extra_ms, rel=1e-9)
+    # Without a gemm_float_out curve (an older calibration) the GEMM curve stays.
+    eff_old = dataclasses.replace(eff, kernel_gops={"int8/gemm": ((1.0, 20.0),)})
+    old = estimate_analysis(analysis, target, precision="int8", efficiency=eff_old,
+                            qdq_float_nodes=runs)  # fmt: skip
+    assert old.latency_ms == pytest.approx(plain.latency_ms)

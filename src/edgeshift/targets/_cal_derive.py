@@ -61,15 +61,18 @@ def threaded(
     return out
 
 
+_CLASSES = ("conv_width", "gemm", "gemm_float_out", "attention", "lstm", "gru", "norm")
+
+
 def class_flops(cls: str, size: int) -> float:
     """FLOPs of one calibration graph of CLS at SIZE (as op_costs counts them), not counting
     the attention graph's Softmax (its time is taken off with the norm figure)."""
     if cls in c.CONV:
         cin, cout, k, groups, _ = c.CONV[cls]
         return 2.0 * cout * (cin // groups) * k * k * size
-    if cls == "conv_width":  # SIZE channels in and out, 3x3, at CONV_WIDTH_SIDE^2 outputs
-        return 2.0 * size * size * 9 * c.CONV_WIDTH_SIDE**2
-    if cls == "gemm":
+    if cls == "conv_width":  # SIZE channels in and out, 3x3, at width_side(SIZE)^2 outputs
+        return 2.0 * size * size * 9 * c.width_side(size) ** 2
+    if cls in ("gemm", "gemm_float_out"):
         return 2.0 * size * c.GEMM_K * c.GEMM_N
     if cls == "attention":
         return 2.0 * 2 * size  # QK^T and AV, SIZE MACs each
@@ -123,7 +126,7 @@ def kernel_curves(
         if not key.startswith(prefix + "/"):
             continue
         cls, _, size_text = key[len(prefix) + 1 :].rpartition("/")
-        if cls in c.CONV or cls in ("conv_width", "gemm", "attention", "lstm", "gru", "norm"):
+        if cls in c.CONV or cls in _CLASSES:
             found.setdefault(cls, {})[int(size_text)] = t
     curves: dict[str, dict[str, float]] = {}
 

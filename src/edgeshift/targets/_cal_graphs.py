@@ -89,8 +89,11 @@ def conv(path: Path, cin: int, cout: int, k: int, group: int, hw: int, int8: boo
     return save(path, nodes, [vi("x", _U8, x_shape)], [vi("y", _U8, y_shape)], inits)
 
 
-def gemm(path: Path, m: int, k: int, n: int, int8: bool = False) -> Path:
-    """One MatMul [m, k] x [k, n] with constant weights."""
+def gemm(path: Path, m: int, k: int, n: int, int8: bool = False, float_out: bool = False) -> Path:
+    """One MatMul [m, k] x [k, n] with constant weights. FLOAT_OUT (int8 only): the MatMul
+    feeds a bias Add and the output stays float, as a transformer's projections in a QDQ
+    model (ONNX Runtime runs it as MatMulIntegerToFloat, not QLinearMatMul); its input is
+    then [batch, m, k]."""
     w = _weights((k, n), k)
     nodes: list = []
     inits: list = []
@@ -101,6 +104,13 @@ def gemm(path: Path, m: int, k: int, n: int, int8: bool = False) -> Path:
     x = _qdq_io("x", inits, nodes)
     wq = _qdq_weight(w, "w", inits, nodes, axis=None)
     nodes.append(helper.make_node("MatMul", [x, wq], ["yf"]))
+    if float_out:  # [batch, m, k] as in an exported transformer: with static 2-D shapes
+        # ONNX Runtime would fuse MatMul + Add into a float Gemm instead
+        inits.append(numpy_helper.from_array(np.zeros(n, np.float32), "bias"))
+        nodes.append(helper.make_node("Add", ["yf", "bias"], ["y"]))
+        x_shape: list[int | str] = ["batch", m, k]
+        y_shape: list[int | str] = ["batch", m, n]
+        return save(path, nodes, [vi("x", _U8, x_shape)], [vi("y", _F, y_shape)], inits)
     _quantize_out("yf", nodes, inits)
     return save(path, nodes, [vi("x", _U8, [m, k])], [vi("y", _U8, [m, n])], inits)
 

@@ -56,11 +56,21 @@ CONV = {  # class -> (C in, C out, kernel, groups, output sides)
     "conv_depthwise": (64, 64, 3, 64, (14, 28, 56)),
     "conv_pointwise": (64, 64, 1, 1, (7, 28, 56)),
 }
-# Width: the same 3x3 dense Conv at 28x28 outputs with C -> C channels: narrow convs fill
-# few SIMD lanes, wide ones reach more of peak than the 32-channel curve (measured on ONE
-# thread; the estimate reads it as a factor over its 32-channel figure).
+# Width: 3x3 dense Convs with C -> C channels and the same MACs as the 32-channel curve's
+# 28x28 one (C = 8 at 112x112, 128 at 7x7): narrow convs fill few SIMD lanes, wide ones
+# reach more of peak. Equal work keeps a narrow conv's figure off the dispatch (8 -> 8 at
+# 28x28 is a few µs). Measured on ONE thread; the estimate reads it as a factor over its
+# 32-channel figure.
 CONV_WIDTHS, CONV_WIDTH_SIDE = (8, 32, 128), 28
-GEMM_K, GEMM_N, GEMM_ROWS = 384, 1536, (1, 8, 32, 128)  # a transformer FFN projection
+
+
+def width_side(width: int) -> int:
+    """The output side of the ``conv_width`` graph of WIDTH channels (equal MACs)."""
+    return CONV_WIDTH_SIDE * 32 // width
+
+
+GEMM_K, GEMM_N, GEMM_ROWS = 384, 1536, (1, 8, 32, 128, 512)  # a transformer FFN projection
+# int8 GEMMs whose output stays float (``gemm_float_out``: MatMul -> bias Add) at these rows
 ATTN_HEADS, ATTN_DIM, ATTN_SEQ = 4, 32, (32, 128)
 RNN_IN, RNN_HIDDEN, LSTM_SEQ, GRU_SEQ = 64, 128, (8, 32), (16,)
 NORM_OPS, NORM_ROWS, NORM_WIDTH = 8, 128, 384
@@ -78,8 +88,8 @@ ROUND_S = 0.012  # time per benchmark per round (at least MIN_CALLS calls)
 MIN_CALLS, MAX_CALLS = 3, 400
 QUANTILE = 0.2  # a figure is this quantile of all calls (0: the fastest call)
 # Classes whose thread speed-up is measured (at their largest size) on every runtime.
-SCALED_CLASSES = ("conv_dense", "conv_depthwise", "conv_pointwise", "gemm", "attention",
-                  "lstm", "gru", "norm")  # fmt: skip
+SCALED_CLASSES = ("conv_dense", "conv_depthwise", "conv_pointwise", "gemm", "gemm_float_out",
+                  "attention", "lstm", "gru", "norm")  # fmt: skip
 
 
 def more_rounds(
@@ -295,14 +305,17 @@ class Calibrator:
             for hw in sides[:: 2 if self.quick else 1]:
                 g = self._graph(f"{cls}{hw}{kind}", graphs.conv, cin, cout, k, groups, hw, int8)
                 out.append((f"{cls}/{hw * hw}", g, {"x": make(1, cin, hw, hw)}))
-        side = CONV_WIDTH_SIDE
         for width in CONV_WIDTHS[:: 2 if self.quick else 1]:
+            side = width_side(width)
             g = self._graph(f"convw{width}{kind}", graphs.conv, width, width, 3, 1, side, int8)
             out.append((f"conv_width/{width}", g, {"x": make(1, width, side, side)}))
         for m in GEMM_ROWS[:: 3 if self.quick else 1]:
             g = self._graph(f"gemm{m}{kind}", graphs.gemm, m, GEMM_K, GEMM_N, int8)
             out.append((f"gemm/{m}", g, {"x": make(m, GEMM_K)}))
         if int8:
+            for m in GEMM_ROWS[1 :: 3 if self.quick else 2]:  # 8 and 128
+                g = self._graph(f"gemmf{m}", graphs.gemm, m, GEMM_K, GEMM_N, True, True)
+                out.append((f"gemm_float_out/{m}", g, {"x": make(1, m, GEMM_K)}))
             return out
         h, d = ATTN_HEADS, ATTN_DIM
         for s in ATTN_SEQ:

@@ -18,6 +18,7 @@ from typing import Any
 from edgeshift.errors import ShapeError
 from edgeshift.model.load import LoadedModel
 from edgeshift.targets.interval import ErrorModel, Interval, interval_for, load_error_model
+from edgeshift.targets.qdq import FLOAT_OUT
 from edgeshift.targets.roofline import (
     DEFAULT_EFFICIENCY,
     OP_CLASSES,
@@ -189,6 +190,8 @@ def _time_one_call(
     share: int,
     model_bytes: float,
     float_nodes: frozenset[str] = frozenset(),
+    batch: int = 1,
+    float_out: frozenset[str] = frozenset(),
 ) -> _Timing:
     """Seconds of one call when the target's compute and bandwidth are split SHARE ways.
     FLOAT_NODES run at fp32 whatever PRECISION is (convs of a QDQ model the runtime does
@@ -221,8 +224,15 @@ def _time_one_call(
         node_precision, node_peak = precision, peak
         if node.name in float_nodes:
             node_precision, node_peak = "fp32", float_peak
+        elif (
+            node.name in float_out
+            and kind == "gemm"
+            and f"{precision}/gemm_float_out" in (eff.kernel_gops)
+        ):
+            kind = "gemm_float_out"  # ORT's MatMulIntegerToFloat, measured apart
         t_c = (
-            node.flops / (node_peak * eff.compute_for(cls, node_precision, rows, kind, size, width))
+            node.flops
+            / (node_peak * eff.compute_for(cls, node_precision, rows, kind, size, width, batch))
             if node.flops
             else 0.0
         )
@@ -260,7 +270,9 @@ def estimate_analysis(
     """The pure estimate: a ModelAnalysis (or anything with its fields) on TARGET.
 
     QDQ_FLOAT_NODES (runtime -> ``targets.qdq.qdq_float_nodes`` of the model's graph) names
-    the MAC ops of a QDQ model that runtime leaves in float: at int8 they cost fp32 time.
+    the MAC ops of a QDQ model that runtime leaves in float: at int8 they cost fp32 time;
+    under ``qdq.FLOAT_OUT``, the int8 MatMuls ONNX Runtime runs with a float output (they
+    take the ``gemm_float_out`` curve where the calibration has one).
 
     MANIFEST (an optimize artifact's) names the runtime, precision and recipe assumed;
     without one the precision defaults as in :func:`default_precision`.
@@ -351,14 +363,19 @@ def estimate_analysis(
     nodes = list(analysis.nodes)
     model_bytes = weight_bytes + act_bytes
     float_nodes: frozenset[str] = frozenset()
+    float_out: frozenset[str] = frozenset()
     if chosen == "int8" and qdq_float_nodes:
         float_nodes = qdq_float_nodes.get(runtime, frozenset()) & {n.name for n in nodes}
+        if runtime == "onnxruntime":
+            float_out = qdq_float_nodes.get(FLOAT_OUT, frozenset())
     if float_nodes:
         notes.append(
             f"{len(float_nodes)} MAC ops run in float on {runtime} (not quantized, or no "
             "QuantizeLinear right after a conv on ONNX Runtime): estimated at fp32 speed"
         )
-    single = _time_one_call(nodes, target, eff, chosen, stored, 1, model_bytes, float_nodes)
+    single = _time_one_call(
+        nodes, target, eff, chosen, stored, 1, model_bytes, float_nodes, model_batch, float_out
+    )
     call_oh_s = _overhead_us(target, eff, "call", chosen) * 1e-6
     if target.tier == "gpu" and target.host_link_gbs is not None:
         call_oh_s += _input_bytes(analysis) / (target.host_link_gbs.value * 1e9)
@@ -370,8 +387,9 @@ def estimate_analysis(
     throughput = batch / latency_s
     if streams > 1:
         split = _time_one_call(
-            nodes, target, eff, chosen, stored, streams, model_bytes, float_nodes
-        )
+            nodes, target, eff, chosen, stored, streams, model_bytes, float_nodes, model_batch,
+            float_out,
+        )  # fmt: skip
         multi = streams * batch / (calls * (split.total_s + call_oh_s))
         if multi > throughput:
             throughput = multi

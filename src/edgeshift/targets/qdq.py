@@ -35,6 +35,11 @@ _ORT_FUSED_ONLY_BEFORE_Q = {"Conv", "ConvTranspose"}
 # Activations ORT folds into the QuantizeLinear that follows them (its range clips them).
 _FOLDED_ACTIVATIONS = {"Relu", "Clip"}
 RUNTIMES = ("onnxruntime", "openvino")
+# The key of float_nodes_by_runtime's answer naming the int8 MatMuls ONNX Runtime runs with a
+# float output (MatMulIntegerToFloat: a MatMul whose result goes to a float Add, as in a
+# transformer's projections), which it runs slower than QLinearMatMul (calibrated apart).
+FLOAT_OUT = "onnxruntime/float_out"
+_ORT_FLOAT_OUT_OPS = {"MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
 
 
 def qdq_float_nodes(graph: onnx.GraphProto, runtime: str) -> frozenset[str]:
@@ -96,9 +101,10 @@ def float_nodes_by_runtime(
     except (OSError, DecodeError):
         return {}
     out = {rt: qdq_float_nodes(graph, rt) for rt in RUNTIMES}
-    asked = ort_float_nodes(model_path)
+    asked = ort_execution(model_path)
     if asked is not None:
-        out["onnxruntime"] = asked | out["openvino"]
+        out["onnxruntime"] = asked[0] | out["openvino"]
+        out[FLOAT_OUT] = asked[1]
     return out
 
 
@@ -141,11 +147,33 @@ def float_after_optimization(weights: dict[str, str], optimized: onnx.GraphProto
     return frozenset(out)
 
 
+def float_out_after_optimization(
+    weights: dict[str, str], optimized: onnx.GraphProto
+) -> frozenset[str]:
+    """Of WEIGHTS, the MAC nodes ONNX Runtime's OPTIMIZED graph runs as an int8 MatMul with
+    a float output (their int8 weight read by MatMulIntegerToFloat)."""
+    readers: dict[str, set[str]] = {}
+    for n in optimized.node:
+        for name in n.input:
+            readers.setdefault(name, set()).add(n.op_type)
+    return frozenset(
+        node for node, weight in weights.items() if readers.get(weight, set()) & _ORT_FLOAT_OUT_OPS
+    )
+
+
 def ort_float_nodes(model_path: str) -> frozenset[str] | None:
+    """The MAC nodes of the QDQ model at MODEL_PATH that ONNX Runtime runs in float (see
+    :func:`ort_execution`); None when it cannot tell."""
+    found = ort_execution(model_path)
+    return None if found is None else found[0]
+
+
+def ort_execution(model_path: str) -> tuple[frozenset[str], frozenset[str]] | None:
     """The edge: which MAC nodes of the QDQ model at MODEL_PATH ONNX Runtime runs in float,
-    asked of ONNX Runtime itself (its graph after the extended optimizations, where the QDQ
-    fusions happen; :func:`float_after_optimization`). None when it cannot tell (the model
-    does not open, or ONNX Runtime is missing): the caller falls back to the pattern rule."""
+    and which as int8 MatMuls with a float output, asked of ONNX Runtime itself (its graph
+    after the extended optimizations, where the QDQ fusions happen). None when it cannot
+    tell (the model does not open, or ONNX Runtime is missing): the caller falls back to
+    the pattern rule."""
     import tempfile
     from pathlib import Path
 
@@ -158,7 +186,7 @@ def ort_float_nodes(model_path: str) -> frozenset[str] | None:
     except (OSError, DecodeError):
         return None
     if not weights:
-        return frozenset()
+        return frozenset(), frozenset()
     with tempfile.TemporaryDirectory(prefix="edgeshift-ort-graph-") as tmp:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
@@ -170,4 +198,7 @@ def ort_float_nodes(model_path: str) -> frozenset[str] | None:
             optimized = onnx.load(opts.optimized_model_filepath, load_external_data=False)
         except Exception:  # any refusal of the runtime: the caller falls back to the rule
             return None
-    return float_after_optimization(weights, optimized.graph)
+    return (
+        float_after_optimization(weights, optimized.graph),
+        float_out_after_optimization(weights, optimized.graph),
+    )

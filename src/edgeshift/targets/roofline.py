@@ -236,12 +236,20 @@ class Efficiency:
         )
 
     def kernel_efficiency(
-        self, kind: str, precision: str, size: float | None, width: float | None = None
+        self,
+        kind: str,
+        precision: str,
+        size: float | None,
+        width: float | None = None,
+        batch: int = 1,
     ) -> float | None:
         """Measured GOP/s of kernel class KIND at SIZE over the host's peak at PRECISION;
         a precision the runtime was not measured at borrows its fp32 speed. None: not measured.
         A dense conv of channel WIDTH (:func:`conv_width`) gets the factor its width reached
-        over the 32-channel curve's width on the same runtime and precision, where measured."""
+        over the 32-channel curve's width on the same runtime and precision, where measured.
+        A recurrent layer at BATCH > 1 (SIZE = steps x batch) runs its steps one after the
+        other, each a GEMM of BATCH rows: the curve at SIZE / BATCH steps (measured at batch
+        1) times what the runtime's GEMM gains from 1 row to BATCH rows."""
         found = (
             f"{precision}/{kind}" if f"{precision}/{kind}" in self.kernel_gops else f"fp32/{kind}"
         )
@@ -249,6 +257,10 @@ class Efficiency:
         peak = self.peak_gops.get(precision, 0.0)
         if not curve or peak <= 0:
             return None
+        gemm = self.kernel_gops.get(found.replace(kind, "gemm"))
+        if kind in ("lstm", "gru") and batch > 1 and size is not None and gemm:
+            gain = max(1.0, curve_value(gemm, batch) / curve_value(gemm, 1.0))
+            return min(1.0, curve_value(curve, size / batch) * gain / peak)
         gops = curve_value(curve, size)
         widths = self.kernel_gops.get(found.replace(kind, "conv_width"))
         if kind == "conv_dense" and width is not None and widths:
@@ -263,9 +275,10 @@ class Efficiency:
         kind: str | None = None,
         size: float | None = None,
         width: float | None = None,
+        batch: int = 1,
     ) -> float:
         if kind is not None:
-            measured = self.kernel_efficiency(kind, precision, size, width)
+            measured = self.kernel_efficiency(kind, precision, size, width, batch)
             if measured is not None and measured > 0:
                 return measured
         base = self.compute[cls]
