@@ -96,6 +96,8 @@ def test_every_calibration_graph_is_a_valid_model(tmp_path: Path) -> None:
         graphs.conv(tmp_path / "a.onnx", 8, 8, 3, 8, 4, int8=True),
         graphs.gemm(tmp_path / "b.onnx", 2, 8, 8, int8=True),
         graphs.gemm(tmp_path / "g.onnx", 2, 8, 8, int8=True, float_out=True),
+        graphs.conv_stack(tmp_path / "h.onnx", 3, 8, 4),
+        graphs.conv_stack(tmp_path / "i.onnx", 3, 8, 4, int8=True),
         graphs.attention(tmp_path / "c.onnx", 2, 4, 4),
         graphs.recurrent(tmp_path / "d.onnx", "GRU", 3, 4, 4),
         graphs.conv_chain(tmp_path / "e.onnx", 3),
@@ -450,11 +452,13 @@ def test_width_benchmarks_become_a_curve_by_channels() -> None:
     best = _synthetic_best({"onnxruntime/fp32": 1.0, "onnxruntime/int8": 4.0,
                             "openvino/bf16": 2.0})  # fmt: skip
     speeds = {8: 40.0, 32: 150.0, 128: 300.0}  # GOP/s at each width
-    fixed = (CALL_US + CONV_OP_US) * 1e-6
+    fixed = (CALL_US + c.WIDTH_STACK * CONV_OP_US) * 1e-6  # a stack of convs
     for width in c.CONV_WIDTHS:
         t = fixed + class_flops("conv_width", width) / (speeds[width] * 1e9)
         best[f"onnxruntime/fp32/conv_width/{width}"] = t
-    assert class_flops("conv_width", 32) == class_flops("conv_dense", 784)  # the same graph
+    # Each conv of a stack does the MACs of the 32-channel curve's 28x28 conv.
+    per_conv = class_flops("conv_dense", 784)
+    assert [class_flops("conv_width", w) for w in c.CONV_WIDTHS] == [c.WIDTH_STACK * per_conv] * 3
     cal = _derive(best)
     curve = cal.kernel_gops["onnxruntime/fp32/conv_width"]
     assert curve == pytest.approx({str(w): g for w, g in speeds.items()})

@@ -70,8 +70,8 @@ def class_flops(cls: str, size: int) -> float:
     if cls in c.CONV:
         cin, cout, k, groups, _ = c.CONV[cls]
         return 2.0 * cout * (cin // groups) * k * k * size
-    if cls == "conv_width":  # SIZE channels in and out, 3x3, at width_side(SIZE)^2 outputs
-        return 2.0 * size * size * 9 * c.width_side(size) ** 2
+    if cls == "conv_width":  # a stack of 3x3 convs, SIZE channels, width_side(SIZE)^2 outputs
+        return c.WIDTH_STACK * 2.0 * size * size * 9 * c.width_side(size) ** 2
     if cls in ("gemm", "gemm_float_out"):
         return 2.0 * size * c.GEMM_K * c.GEMM_N
     if cls == "attention":
@@ -146,7 +146,9 @@ def kernel_curves(
             continue
         curve = {}
         for size, t in sorted(points.items()):
-            fixed = call_s + (conv_s if cls in c.CONV or cls == "conv_width" else op_s)
+            fixed = call_s + (conv_s if cls in c.CONV else op_s)
+            if cls == "conv_width":
+                fixed = call_s + c.WIDTH_STACK * conv_s
             if cls == "attention":  # two MatMuls and a Softmax of 5 FLOPs per score
                 fixed = call_s + 3 * op_s
                 if norm_gops:

@@ -191,3 +191,38 @@ def conv_chain(path: Path, n_ops: int, channels: int = 8, hw: int = 4) -> Path:
         prev = out
     shape: list[int | str] = ["batch", channels, hw, hw]
     return save(path, nodes, [vi("x", _F, shape)], [vi("y", _F, shape)], inits)
+
+
+def conv_stack(path: Path, n_convs: int, channels: int, hw: int, int8: bool = False) -> Path:
+    """N_CONVS 3x3 Convs in a row, CHANNELS -> CHANNELS on [1, CHANNELS, hw, hw]: a conv's
+    speed at that width inside a network, where a runtime's layout reorders (planar to
+    blocked and back) happen once at the graph's edges, not around every conv. int8: QDQ
+    as :func:`conv`, a Q/DQ pair between the convs as a quantizer writes them."""
+    nodes: list = []
+    inits: list = []
+    attrs: dict[str, Any] = {"pads": [1, 1, 1, 1], "kernel_shape": [3, 3]}
+    shape = [1, channels, hw, hw]
+    prev = _qdq_io("x", inits, nodes) if int8 else "x"
+    for i in range(n_convs):
+        w = _weights((channels, channels, 3, 3), 9 * channels, i)
+        last = i == n_convs - 1
+        out = "yf" if int8 and last else ("y" if last else f"t{i}")
+        if int8:
+            wq = _qdq_weight(w, f"w{i}", inits, nodes, axis=0)
+        else:
+            inits.append(numpy_helper.from_array(w, f"w{i}"))
+            wq = f"w{i}"
+        nodes.append(helper.make_node("Conv", [prev, wq], [out], **attrs))
+        prev = out
+        if int8 and not last:  # requantize between the convs (uint8, as the quantizer does)
+            inits += [numpy_helper.from_array(np.array(0.05, np.float32), f"q{i}_s"),
+                      numpy_helper.from_array(np.array(128, np.uint8), f"q{i}_z")]  # fmt: skip
+            nodes.append(helper.make_node("QuantizeLinear", [out, f"q{i}_s", f"q{i}_z"],
+                                          [f"q{i}"]))  # fmt: skip
+            nodes.append(helper.make_node("DequantizeLinear", [f"q{i}", f"q{i}_s", f"q{i}_z"],
+                                          [f"d{i}"]))  # fmt: skip
+            prev = f"d{i}"
+    if not int8:
+        return save(path, nodes, [vi("x", _F, shape)], [vi("y", _F, shape)], inits)
+    _quantize_out("yf", nodes, inits)
+    return save(path, nodes, [vi("x", _U8, shape)], [vi("y", _U8, shape)], inits)

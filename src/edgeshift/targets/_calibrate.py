@@ -56,12 +56,13 @@ CONV = {  # class -> (C in, C out, kernel, groups, output sides)
     "conv_depthwise": (64, 64, 3, 64, (14, 28, 56)),
     "conv_pointwise": (64, 64, 1, 1, (7, 28, 56)),
 }
-# Width: 3x3 dense Convs with C -> C channels and the same MACs as the 32-channel curve's
-# 28x28 one (C = 8 at 112x112, 128 at 7x7): narrow convs fill few SIMD lanes, wide ones
-# reach more of peak. Equal work keeps a narrow conv's figure off the dispatch (8 -> 8 at
-# 28x28 is a few µs). Measured on ONE thread; the estimate reads it as a factor over its
-# 32-channel figure.
-CONV_WIDTHS, CONV_WIDTH_SIDE = (8, 32, 128), 28
+# Width: stacks of WIDTH_STACK 3x3 dense Convs with C -> C channels, each with the same MACs
+# as the 32-channel curve's 28x28 conv (C = 8 at 112x112, 128 at 7x7): narrow convs fill few
+# SIMD lanes, wide ones reach more of peak. Equal work keeps a narrow conv's figure off the
+# dispatch; a stack keeps it off the layout reorders a runtime does at a graph's edges (for
+# 8 channels at 112x112 those cost as much as the conv). Measured on ONE thread; the
+# estimate reads it as a factor over its 32-channel figure.
+CONV_WIDTHS, CONV_WIDTH_SIDE, WIDTH_STACK = (8, 32, 128), 28, 4
 
 
 def width_side(width: int) -> int:
@@ -307,7 +308,8 @@ class Calibrator:
                 out.append((f"{cls}/{hw * hw}", g, {"x": make(1, cin, hw, hw)}))
         for width in CONV_WIDTHS[:: 2 if self.quick else 1]:
             side = width_side(width)
-            g = self._graph(f"convw{width}{kind}", graphs.conv, width, width, 3, 1, side, int8)
+            g = self._graph(f"convw{width}{kind}", graphs.conv_stack, WIDTH_STACK, width, side,
+                            int8)  # fmt: skip
             out.append((f"conv_width/{width}", g, {"x": make(1, width, side, side)}))
         for m in GEMM_ROWS[:: 3 if self.quick else 1]:
             g = self._graph(f"gemm{m}{kind}", graphs.gemm, m, GEMM_K, GEMM_N, int8)
