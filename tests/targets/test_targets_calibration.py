@@ -128,7 +128,8 @@ def _synthetic_best(prefixes: dict[str, float]) -> dict[str, float]:
         for cls, (_, _, _, _, sides) in c.CONV.items():
             for hw in sides:
                 flops = class_flops(cls, hw * hw)
-                best[f"{prefix}/{cls}/{hw * hw}"] = call + conv + flops / (GOPS[cls] * scale * 1e9)
+                stack = c.CONV_STACK * conv  # each class is a stack of convs
+                best[f"{prefix}/{cls}/{hw * hw}"] = call + stack + flops / (GOPS[cls] * scale * 1e9)
         for m in c.GEMM_ROWS:
             best[f"{prefix}/gemm/{m}"] = call + op + class_flops("gemm", m) / (200e9 * scale)
         if prefix.endswith("int8"):
@@ -224,7 +225,9 @@ def test_class_figures_are_single_thread_times_the_measured_speedup() -> None:
     best = _synthetic_best({"onnxruntime/fp32": 1.0, "onnxruntime/int8": 4.0,
                             "openvino/bf16": 2.0})  # fmt: skip
     t_dense = best["onnxruntime/fp32/conv_dense/3136"]
-    fixed = (CALL_US + CONV_OP_US) * 1e-6
+    from edgeshift.targets._calibrate import CONV_STACK
+
+    fixed = (CALL_US + CONV_STACK * CONV_OP_US) * 1e-6
     # The largest dense conv again at the host's threads, 1.6x faster net of overheads.
     best["onnxruntime/fp32/par_conv_dense/3136"] = fixed + (t_dense - fixed) / 1.6
     cal = _derive(best)
@@ -456,9 +459,9 @@ def test_width_benchmarks_become_a_curve_by_channels() -> None:
     for width in c.CONV_WIDTHS:
         t = fixed + class_flops("conv_width", width) / (speeds[width] * 1e9)
         best[f"onnxruntime/fp32/conv_width/{width}"] = t
-    # Each conv of a stack does the MACs of the 32-channel curve's 28x28 conv.
-    per_conv = class_flops("conv_dense", 784)
-    assert [class_flops("conv_width", w) for w in c.CONV_WIDTHS] == [c.WIDTH_STACK * per_conv] * 3
+    # Each conv of a stack does the MACs of the 32-channel curve's 28x28 conv (a stack too).
+    stack = class_flops("conv_dense", 784)
+    assert [class_flops("conv_width", w) for w in c.CONV_WIDTHS] == [stack] * 3
     cal = _derive(best)
     curve = cal.kernel_gops["onnxruntime/fp32/conv_width"]
     assert curve == pytest.approx({str(w): g for w, g in speeds.items()})

@@ -67,9 +67,9 @@ _CLASSES = ("conv_width", "gemm", "gemm_float_out", "attention", "lstm", "gru", 
 def class_flops(cls: str, size: int) -> float:
     """FLOPs of one calibration graph of CLS at SIZE (as op_costs counts them), not counting
     the attention graph's Softmax (its time is taken off with the norm figure)."""
-    if cls in c.CONV:
+    if cls in c.CONV:  # a stack of CONV_STACK convs
         cin, cout, k, groups, _ = c.CONV[cls]
-        return 2.0 * cout * (cin // groups) * k * k * size
+        return c.CONV_STACK * 2.0 * cout * (cin // groups) * k * k * size
     if cls == "conv_width":  # a stack of 3x3 convs, SIZE channels, width_side(SIZE)^2 outputs
         return c.WIDTH_STACK * 2.0 * size * size * 9 * c.width_side(size) ** 2
     if cls in ("gemm", "gemm_float_out"):
@@ -146,9 +146,9 @@ def kernel_curves(
             continue
         curve = {}
         for size, t in sorted(points.items()):
-            fixed = call_s + (conv_s if cls in c.CONV else op_s)
-            if cls == "conv_width":
-                fixed = call_s + c.WIDTH_STACK * conv_s
+            fixed = call_s + op_s
+            if cls in c.CONV or cls == "conv_width":  # stacks of convs
+                fixed = call_s + c.CONV_STACK * conv_s
             if cls == "attention":  # two MatMuls and a Softmax of 5 FLOPs per score
                 fixed = call_s + 3 * op_s
                 if norm_gops:

@@ -193,18 +193,22 @@ def conv_chain(path: Path, n_ops: int, channels: int = 8, hw: int = 4) -> Path:
     return save(path, nodes, [vi("x", _F, shape)], [vi("y", _F, shape)], inits)
 
 
-def conv_stack(path: Path, n_convs: int, channels: int, hw: int, int8: bool = False) -> Path:
-    """N_CONVS 3x3 Convs in a row, CHANNELS -> CHANNELS on [1, CHANNELS, hw, hw]: a conv's
-    speed at that width inside a network, where a runtime's layout reorders (planar to
-    blocked and back) happen once at the graph's edges, not around every conv. int8: QDQ
-    as :func:`conv`, a Q/DQ pair between the convs as a quantizer writes them."""
+def conv_stack(
+    path: Path, n_convs: int, channels: int, hw: int, int8: bool = False, k: int = 3,
+    group: int = 1,
+) -> Path:  # fmt: skip
+    """N_CONVS k x k Convs (GROUP groups, same padding) in a row, CHANNELS -> CHANNELS on
+    [1, CHANNELS, hw, hw]: a conv's speed inside a network, where a runtime's layout
+    reorders (planar to blocked and back) happen once at the graph's edges, not around
+    every conv. int8: QDQ as :func:`conv`, a Q/DQ pair between the convs as a quantizer
+    writes them."""
     nodes: list = []
     inits: list = []
-    attrs: dict[str, Any] = {"pads": [1, 1, 1, 1], "kernel_shape": [3, 3]}
+    attrs: dict[str, Any] = {"pads": [k // 2] * 4, "kernel_shape": [k, k], "group": group}
     shape = [1, channels, hw, hw]
     prev = _qdq_io("x", inits, nodes) if int8 else "x"
     for i in range(n_convs):
-        w = _weights((channels, channels, 3, 3), 9 * channels, i)
+        w = _weights((channels, channels // group, k, k), channels // group * k * k, i)
         last = i == n_convs - 1
         out = "yf" if int8 and last else ("y" if last else f"t{i}")
         if int8:
