@@ -370,8 +370,8 @@ def estimate_analysis(
             float_out = qdq_float_nodes.get(FLOAT_OUT, frozenset())
     if float_nodes:
         notes.append(
-            f"{len(float_nodes)} MAC ops run in float on {runtime} (not quantized, or no "
-            "QuantizeLinear right after a conv on ONNX Runtime): estimated at fp32 speed"
+            f"{len(float_nodes)} MAC ops run in float on {runtime} (left float by the "
+            "quantizer or not fused into int8 kernels by the runtime): estimated at fp32 speed"
         )
     single = _time_one_call(
         nodes, target, eff, chosen, stored, 1, model_bytes, float_nodes, model_batch, float_out
