@@ -131,7 +131,8 @@ def _synthetic_best(prefixes: dict[str, float]) -> dict[str, float]:
                 stack = c.CONV_STACK * conv  # each class is a stack of convs
                 best[f"{prefix}/{cls}/{hw * hw}"] = call + stack + flops / (GOPS[cls] * scale * 1e9)
         for m in c.GEMM_ROWS:
-            best[f"{prefix}/gemm/{m}"] = call + op + class_flops("gemm", m) / (200e9 * scale)
+            stack = c.GEMM_STACK * op  # a stack of MatMuls
+            best[f"{prefix}/gemm/{m}"] = call + stack + class_flops("gemm", m) / (200e9 * scale)
         if prefix.endswith("int8"):
             continue
         norm_size = c.NORM_ROWS * c.NORM_WIDTH
@@ -513,3 +514,15 @@ def test_a_batched_recurrent_layer_gains_what_the_gemm_gains_from_rows() -> None
     )
     # Not a recurrent layer: the batch changes nothing.
     assert eff.compute_for("gemm", "fp32", None, "gemm", 8, batch=8) == pytest.approx(120 / 400)
+
+
+def test_the_width_factor_takes_out_what_the_positions_alone_do() -> None:
+    from edgeshift.targets.roofline import CONV_WIDTH_POSITIONS, width_factor_curve
+
+    assert CONV_WIDTH_POSITIONS == {8: 12544, 32: 784, 128: 49}  # equal MACs per conv
+    dense = ((49.0, 100.0), (784.0, 200.0), (12544.0, 200.0))  # small outputs run slow
+    # 128 channels at 7x7 reach what 32 channels reach at 7x7: no gain from width itself.
+    widths = ((8.0, 50.0), (32.0, 200.0), (128.0, 100.0))
+    factors = width_factor_curve(widths, dense)
+    assert [w for w, _ in factors] == [8.0, 32.0, 128.0]
+    assert [f for _, f in factors] == pytest.approx([0.25, 1.0, 1.0])

@@ -72,8 +72,8 @@ def class_flops(cls: str, size: int) -> float:
         return c.CONV_STACK * 2.0 * cout * (cin // groups) * k * k * size
     if cls == "conv_width":  # a stack of 3x3 convs, SIZE channels, width_side(SIZE)^2 outputs
         return c.WIDTH_STACK * 2.0 * size * size * 9 * c.width_side(size) ** 2
-    if cls in ("gemm", "gemm_float_out"):
-        return 2.0 * size * c.GEMM_K * c.GEMM_N
+    if cls in ("gemm", "gemm_float_out"):  # a stack of GEMM_STACK MatMuls
+        return c.GEMM_STACK * 2.0 * size * c.GEMM_K * c.GEMM_N
     if cls == "attention":
         return 2.0 * 2 * size  # QK^T and AV, SIZE MACs each
     if cls in ("lstm", "gru"):
@@ -149,6 +149,8 @@ def kernel_curves(
             fixed = call_s + op_s
             if cls in c.CONV or cls == "conv_width":  # stacks of convs
                 fixed = call_s + c.CONV_STACK * conv_s
+            if cls in ("gemm", "gemm_float_out"):  # stacks of MatMuls
+                fixed = call_s + c.GEMM_STACK * op_s
             if cls == "attention":  # two MatMuls and a Softmax of 5 FLOPs per score
                 fixed = call_s + 3 * op_s
                 if norm_gops:

@@ -89,30 +89,56 @@ def conv(path: Path, cin: int, cout: int, k: int, group: int, hw: int, int8: boo
     return save(path, nodes, [vi("x", _U8, x_shape)], [vi("y", _U8, y_shape)], inits)
 
 
-def gemm(path: Path, m: int, k: int, n: int, int8: bool = False, float_out: bool = False) -> Path:
-    """One MatMul [m, k] x [k, n] with constant weights. FLOAT_OUT (int8 only): the MatMul
-    feeds a bias Add and the output stays float, as a transformer's projections in a QDQ
-    model (ONNX Runtime runs it as MatMulIntegerToFloat, not QLinearMatMul); its input is
-    then [batch, m, k]."""
-    w = _weights((k, n), k)
+def gemm(
+    path: Path, m: int, k: int, n: int, int8: bool = False, float_out: bool = False,
+    n_matmuls: int = 1,
+) -> Path:  # fmt: skip
+    """N_MATMULS MatMuls with constant weights in a row, [m, k] x [k, n] then [m, n] x [n, k]
+    and so on (a transformer's FFN: up and down projections, each of m x k x n MACs): inside
+    a network a runtime converts the input (to bf16, to a blocked layout) once, not around
+    every MatMul. int8: QDQ, uint8 in, a Q/DQ pair between the MatMuls. FLOAT_OUT (int8
+    only): each MatMul feeds a bias Add and stays float until the next one's
+    QuantizeLinear, as a transformer's projections in a QDQ model (ONNX Runtime runs them as
+    MatMulIntegerToFloat, not QLinearMatMul); the input is then [batch, m, k]."""
     nodes: list = []
     inits: list = []
+    dims = [k, n] * n_matmuls + [k]
+    prev = _qdq_io("x", inits, nodes) if int8 else "x"
+    for i in range(n_matmuls):
+        w = _weights((dims[i], dims[i + 1]), dims[i], i)
+        last = i == n_matmuls - 1
+        # the graph's output "y" is the last MatMul's (its Add's; int8: its QuantizeLinear's)
+        out = "y" if last and not int8 else ("yf" if last and not float_out else f"m{i}")
+        if int8:
+            wq = _qdq_weight(w, f"w{i}", inits, nodes, axis=None)
+        else:
+            inits.append(numpy_helper.from_array(w, f"w{i}"))
+            wq = f"w{i}"
+        nodes.append(helper.make_node("MatMul", [prev, wq], [out]))
+        if float_out:
+            inits.append(numpy_helper.from_array(np.zeros(dims[i + 1], np.float32), f"b{i}"))
+            out_add = "y" if last else f"a{i}"
+            nodes.append(helper.make_node("Add", [out, f"b{i}"], [out_add]))
+            out = out_add
+        prev = out
+        if int8 and not last:  # requantize for the next MatMul, as a quantizer writes it
+            inits += [numpy_helper.from_array(np.array(0.05, np.float32), f"q{i}_s"),
+                      numpy_helper.from_array(np.array(128, np.uint8), f"q{i}_z")]  # fmt: skip
+            nodes.append(helper.make_node("QuantizeLinear", [out, f"q{i}_s", f"q{i}_z"],
+                                          [f"q{i}"]))  # fmt: skip
+            nodes.append(helper.make_node("DequantizeLinear", [f"q{i}", f"q{i}_s", f"q{i}_z"],
+                                          [f"d{i}"]))  # fmt: skip
+            prev = f"d{i}"
+    out_dim = dims[n_matmuls]
     if not int8:
-        inits.append(numpy_helper.from_array(w, "w"))
-        nodes.append(helper.make_node("MatMul", ["x", "w"], ["y"]))
-        return save(path, nodes, [vi("x", _F, [m, k])], [vi("y", _F, [m, n])], inits)
-    x = _qdq_io("x", inits, nodes)
-    wq = _qdq_weight(w, "w", inits, nodes, axis=None)
-    nodes.append(helper.make_node("MatMul", [x, wq], ["yf"]))
+        return save(path, nodes, [vi("x", _F, [m, k])], [vi("y", _F, [m, out_dim])], inits)
     if float_out:  # [batch, m, k] as in an exported transformer: with static 2-D shapes
         # ONNX Runtime would fuse MatMul + Add into a float Gemm instead
-        inits.append(numpy_helper.from_array(np.zeros(n, np.float32), "bias"))
-        nodes.append(helper.make_node("Add", ["yf", "bias"], ["y"]))
         x_shape: list[int | str] = ["batch", m, k]
-        y_shape: list[int | str] = ["batch", m, n]
+        y_shape: list[int | str] = ["batch", m, out_dim]
         return save(path, nodes, [vi("x", _U8, x_shape)], [vi("y", _F, y_shape)], inits)
-    _quantize_out("yf", nodes, inits)
-    return save(path, nodes, [vi("x", _U8, [m, k])], [vi("y", _U8, [m, n])], inits)
+    _quantize_out(prev, nodes, inits)
+    return save(path, nodes, [vi("x", _U8, [m, k])], [vi("y", _U8, [m, out_dim])], inits)
 
 
 def attention(path: Path, heads: int, seq: int, dim: int) -> Path:

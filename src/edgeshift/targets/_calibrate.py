@@ -37,7 +37,7 @@ import psutil
 from edgeshift.errors import BackendError
 from edgeshift.runtime import open_backend
 from edgeshift.targets import _cal_graphs as graphs
-from edgeshift.targets.roofline import PARALLEL_MIN_BYTES
+from edgeshift.targets.roofline import CONV_WIDTH_POSITIONS, PARALLEL_MIN_BYTES
 from edgeshift.targets.schema import Calibration
 
 # (runtime, precision as estimates name it, the graphs' kind, precision the runtime runs at)
@@ -67,15 +67,16 @@ CONV = {  # class -> (C in, C out, kernel, groups, output sides)
 # dispatch; a stack keeps it off the layout reorders a runtime does at a graph's edges (for
 # 8 channels at 112x112 those cost as much as the conv). Measured on ONE thread; the
 # estimate reads it as a factor over its 32-channel figure.
-CONV_WIDTHS, CONV_WIDTH_SIDE, WIDTH_STACK = (8, 32, 128), 28, CONV_STACK
+CONV_WIDTHS, WIDTH_STACK = tuple(CONV_WIDTH_POSITIONS), CONV_STACK
 
 
 def width_side(width: int) -> int:
     """The output side of the ``conv_width`` graph of WIDTH channels (equal MACs)."""
-    return CONV_WIDTH_SIDE * 32 // width
+    return math.isqrt(CONV_WIDTH_POSITIONS[width])
 
 
 GEMM_K, GEMM_N, GEMM_ROWS = 384, 1536, (1, 8, 32, 128, 512)  # a transformer FFN projection
+GEMM_STACK = 4  # MatMuls per GEMM graph (two FFNs: up, down, up, down), as CONV_STACK
 # int8 GEMMs whose output stays float (``gemm_float_out``: MatMul -> bias Add) at these rows
 ATTN_HEADS, ATTN_DIM, ATTN_SEQ = 4, 32, (32, 128)
 RNN_IN, RNN_HIDDEN, LSTM_SEQ, GRU_SEQ = 64, 128, (8, 32), (16,)
@@ -318,11 +319,13 @@ class Calibrator:
                             int8)  # fmt: skip
             out.append((f"conv_width/{width}", g, {"x": make(1, width, side, side)}))
         for m in GEMM_ROWS[:: 3 if self.quick else 1]:
-            g = self._graph(f"gemm{m}{kind}", graphs.gemm, m, GEMM_K, GEMM_N, int8)
+            g = self._graph(f"gemm{m}{kind}", graphs.gemm, m, GEMM_K, GEMM_N, int8, False,
+                            GEMM_STACK)  # fmt: skip
             out.append((f"gemm/{m}", g, {"x": make(m, GEMM_K)}))
         if int8:
             for m in GEMM_ROWS[1 :: 3 if self.quick else 2]:  # 8 and 128
-                g = self._graph(f"gemmf{m}", graphs.gemm, m, GEMM_K, GEMM_N, True, True)
+                g = self._graph(f"gemmf{m}", graphs.gemm, m, GEMM_K, GEMM_N, True, True,
+                                GEMM_STACK)  # fmt: skip
                 out.append((f"gemm_float_out/{m}", g, {"x": make(1, m, GEMM_K)}))
             return out
         h, d = ATTN_HEADS, ATTN_DIM

@@ -170,8 +170,23 @@ def conv_width(node: Any, stored: str = "fp32") -> float | None:
     return math.sqrt(depth / 9.0 * channels)
 
 
-# The channel width the dense-conv curve was measured at (``_calibrate.CONV["conv_dense"]``).
+# The channel width the dense-conv curve was measured at (``_calibrate.CONV["conv_dense"]``),
+# and the calibration's width graphs: channels -> output positions, the same MACs per conv
+# at every width (``_calibrate`` builds them from this table).
 CONV_DENSE_WIDTH = 32.0
+CONV_WIDTH_POSITIONS = {8: 112 * 112, 32: 28 * 28, 128: 7 * 7}
+
+
+def width_factor_curve(widths: Curve, dense: Curve) -> Curve:
+    """(width, factor) points: each width graph's GOP/s over the dense curve's at the same
+    output positions, relative to the 32-channel point. Dividing by the dense curve takes
+    out what the positions alone do (a 128-channel graph at 7x7 outputs is slow because
+    7x7 is small, not because 128 channels are)."""
+    ratio = {
+        w: gops / curve_value(dense, CONV_WIDTH_POSITIONS.get(int(w), 784.0)) for w, gops in widths
+    }
+    ref = ratio.get(CONV_DENSE_WIDTH) or 1.0
+    return tuple((w, r / ref) for w, r in sorted(ratio.items()))
 
 
 Curve = tuple[tuple[float, float], ...]  # (size, GOP/s) points, sizes ascending
@@ -246,7 +261,8 @@ class Efficiency:
         """Measured GOP/s of kernel class KIND at SIZE over the host's peak at PRECISION;
         a precision the runtime was not measured at borrows its fp32 speed. None: not measured.
         A dense conv of channel WIDTH (:func:`conv_width`) gets the factor its width reached
-        over the 32-channel curve's width on the same runtime and precision, where measured.
+        over 32 channels on the same runtime and precision (:func:`width_factor_curve`),
+        where measured.
         A recurrent layer at BATCH > 1 (SIZE = steps x batch) runs its steps one after the
         other, each a GEMM of BATCH rows: the curve at SIZE / BATCH steps (measured at batch
         1) times what the runtime's GEMM gains from 1 row to BATCH rows."""
@@ -264,7 +280,7 @@ class Efficiency:
         gops = curve_value(curve, size)
         widths = self.kernel_gops.get(found.replace(kind, "conv_width"))
         if kind == "conv_dense" and width is not None and widths:
-            gops *= curve_value(widths, width) / curve_value(widths, CONV_DENSE_WIDTH)
+            gops *= curve_value(width_factor_curve(widths, curve), width)
         return min(1.0, gops / peak)
 
     def compute_for(
