@@ -378,10 +378,14 @@ class Calibrator:
         return out
 
     def _open(self) -> None:
-        """Open every benchmark's session (the runtimes' graph compilation happens here)."""
+        """Open every benchmark's session (the runtimes' graph compilation happens here).
+        The runtime's RAM (``rss``) is this process before calibrating plus what loading a
+        runtime and opening its first, smallest session added: one model's runtime, not the
+        ~180 calibration sessions held open together."""
         rss_before = psutil.Process().memory_info().rss
         for runtime, precision, kind, rt_precision in CONFIGS:
             specs = self._specs(kind)
+            rss_config = psutil.Process().memory_info().rss
             try:  # the first graph tells whether this runtime runs this precision here
                 first = open_backend(specs[0][1], backend=runtime, precision=rt_precision)
             except BackendError:
@@ -392,6 +396,8 @@ class Calibrator:
                     first = open_backend(specs[0][1], backend=runtime, precision=rt_precision)
                 except BackendError:
                     continue
+            added = psutil.Process().memory_info().rss - rss_config
+            self.rss.append(rss_before + max(added, 0))
             with contextlib.suppress(Exception):
                 first.close()
             self.usable.append((runtime, precision))
@@ -403,7 +409,6 @@ class Calibrator:
                 except BackendError:
                     continue  # a class this runtime cannot run here: the roofline falls back
                 self.benches.append(b)
-            self.rss.append(max(psutil.Process().memory_info().rss, rss_before))
         for key, path, feed in self._memory_specs():
             b = Bench(key, path, feed, "onnxruntime", "fp32")
             b.session = open_backend(path, "onnxruntime", "fp32")
