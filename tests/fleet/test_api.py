@@ -283,6 +283,26 @@ def test_bad_input_is_4xx_json_and_the_server_keeps_serving(
     assert http.get("/healthz").json() == {"status": "ok"}
 
 
+def test_a_refused_device_request_cannot_be_replayed(
+    fleet: FleetServerThread, http: httpx.Client
+) -> None:
+    """A device request's nonce and its work share one transaction; a request its work refuses
+    (here a report that is not a DeviceReport) still uses up its nonce, and the device is
+    seen, while nothing of the refused work is kept."""
+    device = enrol_device(fleet, "replayed")
+    body = _json_bytes({"generation": "not a number"})
+    auth = sign_headers(device.key, device.device_id, "POST", "/v1/device/report", body)
+    first = http.post("/v1/device/report", content=body, headers=auth)
+    assert first.status_code == 400 and "generation" in first.json()["error"]
+    again = http.post("/v1/device/report", content=body, headers=auth)
+    assert again.status_code == 401 and "replay" in again.json()["error"]
+    with OperatorClient(fleet.url, fleet.operator_token) as client:
+        shown = client.get_device(device.device_id)
+    assert shown.last_seen is not None and shown.reported is None
+    good = {"generation": 0, "phase": "idle", "sent_at": time.time()}
+    assert signed(http, device, "POST", "/v1/device/report", json=good).status_code == 200
+
+
 def test_devices_groups_labels_and_summary(
     fleet: FleetServerThread, operator: OperatorClient
 ) -> None:

@@ -487,3 +487,74 @@ def test_a_thousand_devices_in_one_call(sqlite_store: Store) -> None:
     kept = sqlite_store.reports(ids)
     assert sum(r is not None for r in kept.values()) == 500
     assert len(sqlite_store.list_devices(NOW)) == 1000
+
+
+# --- one transaction per device request -------------------------------------------------------
+
+
+def test_a_device_request_commits_its_nonce_and_its_work_together(store_url: str) -> None:
+    first, other = Store.open(store_url), Store.open(store_url)
+    try:
+        enrol(first, "d1")
+        with first.device_request() as unit:
+            assert first.remember_nonce("d1", "n1", NOW + 1) is True
+            first.record_report("d1", report(1, Phase.SHADOW), NOW + 1)
+            assert unit.db is not None  # one transaction, opened by the nonce
+            # Not visible from another connection before the request ends.
+            assert other.reports(["d1"])["d1"] is None
+        assert other.reports(["d1"])["d1"] is not None
+        assert other.remember_nonce("d1", "n1", NOW + 2) is False
+    finally:
+        first.close()
+        other.close()
+
+
+def test_a_refused_request_keeps_its_nonce_but_not_its_writes(store: Store) -> None:
+    enrol(store, "d1")
+    with store.device_request() as unit:
+        assert store.remember_nonce("d1", "n1", NOW + 1) is True
+        with pytest.raises(FleetError), unit.savepoint():
+            store.record_report("d1", report(1), NOW + 1)
+            raise FleetError("bad report", 400)  # after the report's write: undone
+    assert store.reports(["d1"])["d1"] is None
+    assert store.remember_nonce("d1", "n1", NOW + 2) is False  # the refused request's nonce
+
+
+def test_a_device_request_that_fails_outside_its_savepoint_leaves_nothing(store: Store) -> None:
+    enrol(store, "d1")
+    with pytest.raises(RuntimeError), store.device_request():
+        store.remember_nonce("d1", "n1", NOW + 1)
+        raise RuntimeError("crash")
+    assert store.remember_nonce("d1", "n1", NOW + 2) is True
+
+
+def test_reads_before_the_first_write_do_not_open_the_write_transaction(store: Store) -> None:
+    enrol(store, "d1")
+    with store.device_request() as unit:
+        assert store.device_public_key("d1") is not None
+        assert unit.db is None  # the signature is checked before any write lock is taken
+        store.remember_nonce("d1", "n1", NOW + 1)
+        assert unit.db is not None
+
+
+def test_sqlite_connections_are_reused_across_bursts_of_requests(sqlite_store_url: str) -> None:
+    """32 threads writing at once: each waits its turn in the process (no connection held
+    while waiting), and a second burst opens no new connection (the pool keeps them)."""
+    from sqlalchemy import event
+
+    store = Store.open(sqlite_store_url)
+    try:
+        enrol(store, "d1")
+        opened: list[object] = []
+        event.listen(store._engine, "connect", lambda *_: opened.append(1))
+
+        def burst(tag: str) -> list[Any]:
+            return race(32, lambda i: store.remember_nonce("d1", f"{tag}{i}", NOW + 1))
+
+        assert burst("a") == [True] * 32
+        first = len(opened)
+        assert first <= 2  # writers queue for the lock before taking a connection
+        assert burst("b") == [True] * 32
+        assert len(opened) == first
+    finally:
+        store.close()

@@ -344,9 +344,20 @@ def create_app(ctx: FleetContext) -> Starlette:
         headers, method, target = request.headers, request.method, _path_and_query(request)
 
         def call() -> _T:
-            # check_device's remember_nonce also marks the device seen (one write).
-            device_id = check_device(ctx.store, headers, method, target, body, now)
-            return work(device_id, body, now)
+            # One transaction: check_device's nonce (which also marks the device seen) and
+            # WORK's reads and writes. The signature is checked before it opens. A refused
+            # WORK is rolled back to a savepoint, so its nonce stays used.
+            refused: FleetError | None = None
+            with ctx.store.device_request() as unit:
+                device_id = check_device(ctx.store, headers, method, target, body, now)
+                try:
+                    with unit.savepoint():
+                        result = work(device_id, body, now)
+                except FleetError as exc:
+                    refused = exc
+            if refused is not None:
+                raise refused
+            return result
 
         return await _run(call)
 

@@ -15,9 +15,10 @@ import binascii
 import hashlib
 import hmac
 import secrets
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, literal, select, update
@@ -108,6 +109,31 @@ def _check_labels(labels: Mapping[str, str]) -> dict[str, str]:
     return dict(labels)
 
 
+class DeviceRequest:
+    """One device request's unit of work (``Store.device_request``): the first store call in
+    it opens a write transaction and the rest join it, so the nonce, the device's last-seen
+    time and the request's own reads and writes commit together."""
+
+    def __init__(self, stack: ExitStack) -> None:
+        self._stack = stack
+        self.db: Connection | None = None
+
+    def open(self, tx: Any) -> Connection:
+        if self.db is None:
+            self.db = self._stack.enter_context(tx)
+        return self.db
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """What fails in here is undone alone: the nonce before it still commits, so a
+        refused request cannot be replayed either."""
+        if self.db is None:
+            yield
+            return
+        with self.db.begin_nested():
+            yield
+
+
 class Store:
     """One database. ``Store.open(url)`` migrates it to the current schema first."""
 
@@ -115,6 +141,13 @@ class Store:
         self._engine = engine
         self.url = url_shown  # the password hidden; for messages and logs
         self._postgres = engine.dialect.name == "postgresql"
+        # SQLite has one writer at a time. Its busy handler makes a waiting writer sleep (1 ms
+        # up to 100 ms a try), so under load the lock sat free while writers slept, each
+        # holding a pooled connection (the pool then opened and closed overflow connections).
+        # Writers of this process queue here instead and are handed the lock at once; other
+        # processes still wait on busy_timeout.
+        self._write_lock = threading.RLock() if engine.dialect.name == "sqlite" else None
+        self._local = threading.local()  # .unit: the thread's DeviceRequest, if any
         self._nonces_pruned_at = float("-inf")
         self._keys: dict[str, tuple[str, float]] = {}  # device id -> (public key, read at)
         # The hot calls' statements, built once: building one costs more than running it.
@@ -172,9 +205,35 @@ class Store:
         self._engine.dispose()
 
     @contextmanager
+    def device_request(self) -> Iterator[DeviceRequest]:
+        """The store calls made in this block (on this thread) share one write transaction,
+        opened by the first of them and committed at the end."""
+        with ExitStack() as stack:
+            unit = DeviceRequest(stack)
+            self._local.unit = unit
+            try:
+                yield unit
+            finally:
+                self._local.unit = None
+
+    @contextmanager
     def _tx(self, write: bool = False) -> Iterator[Connection]:
+        unit: DeviceRequest | None = getattr(self._local, "unit", None)
+        if unit is not None and (write or unit.db is not None):
+            # A read before the unit's first write (the device's key) runs on its own: the
+            # signature is checked before the write lock is taken.
+            yield unit.open(self._open_tx(write=True))
+            return
+        with self._open_tx(write) as db:
+            yield db
+
+    @contextmanager
+    def _open_tx(self, write: bool = False) -> Iterator[Connection]:
         try:
-            with self._engine.connect() as connection:
+            with (
+                self._write_lock if write and self._write_lock is not None else nullcontext(),
+                self._engine.connect() as connection,
+            ):
                 if write:
                     # SQLite: BEGIN IMMEDIATE (migrations.make_engine), so writers queue on
                     # busy_timeout instead of failing when a read turns into a write.

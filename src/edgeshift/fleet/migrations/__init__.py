@@ -67,8 +67,14 @@ def make_engine(url: str) -> tuple[Engine, str]:
     return engine, shown
 
 
+# Connections kept open: as many as the control plane's worker threads (fleet.server), so a
+# burst of requests reuses them instead of opening (and setting up WAL on) overflow
+# connections and closing them again.
+SQLITE_POOL_SIZE = 64
+
+
 def _sqlite_engine(url: URL) -> Engine:
-    engine = create_engine(url)
+    engine = create_engine(url, pool_size=SQLITE_POOL_SIZE, max_overflow=SQLITE_POOL_SIZE)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
