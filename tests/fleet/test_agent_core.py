@@ -449,3 +449,11 @@ def test_a_new_desired_state_mid_shadow_abandons_the_candidate(tmp_path: Path) -
         await rig.until(agent, lambda: any(e.startswith("phase idle") for e in events()))
 
     asyncio.run(scenario())
+
+
+def test_shadow_and_trial_look_each_tick_and_end_on_their_deadline() -> None:
+    from edgeshift.fleet.agent.agent import TICK_S, _tick
+
+    assert _tick(10.0) == TICK_S  # far from the deadline: a tick
+    assert _tick(TICK_S / 5) == TICK_S / 5  # the deadline comes first: wake on it
+    assert _tick(0.0) == TICK_S and _tick(-1.0) == TICK_S  # past it (shadow waits for requests)

@@ -144,3 +144,27 @@ def test_a_report_the_link_dropped_is_sent_again_after_backoff_not_an_interval(
 
     asyncio.run(scenario())
     assert dropped
+
+
+def test_idle_connections_outlive_a_report_interval_and_expire_before_the_server_drops_them() -> (
+    None
+):
+    """A device's steady reports reuse one connection; the agent drops an idle one before the
+    control plane's keep-alive closes it (equal timeouts raced: RemoteProtocolError)."""
+    from edgeshift.fleet.agent.agent import AgentOptions
+    from edgeshift.fleet.agent.transport import LIMITS
+    from edgeshift.fleet.server import KEEP_ALIVE_S
+
+    assert LIMITS.keepalive_expiry is not None
+    assert AgentOptions().report_interval_s < LIMITS.keepalive_expiry < KEEP_ALIVE_S - 10
+
+
+def test_downloads_read_the_socket_in_large_pieces() -> None:
+    """transport.py raises httpcore's 64 KiB read size for the agent's downloads; this fails
+    when an httpcore upgrade moved or renamed the attribute (the setting would silently not
+    apply)."""
+    import httpcore
+
+    from edgeshift.fleet.agent.transport import DOWNLOAD_READ_BYTES
+
+    assert httpcore.AsyncHTTP11Connection.READ_NUM_BYTES == DOWNLOAD_READ_BYTES > 64 * 1024

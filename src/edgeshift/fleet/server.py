@@ -37,6 +37,9 @@ DEFAULT_PORT = 8600
 OPERATOR_TOKEN_FILE = "operator.token"
 # A thread pool bigger than anyio's default 40: 1,000 long polls re-check the store in bursts.
 WORKER_THREADS = 64
+# Idle device connections are kept this long: longer than an agent keeps them (transport's
+# KEEPALIVE_EXPIRY_S, 40 s), which is longer than its 15 s report interval.
+KEEP_ALIVE_S = 60
 
 
 @dataclass
@@ -183,6 +186,7 @@ class FleetServer:
             access_log=s.access_log,
             lifespan="off",
             timeout_graceful_shutdown=5,
+            timeout_keep_alive=KEEP_ALIVE_S,
             server_header=False,
         )
         config.load()

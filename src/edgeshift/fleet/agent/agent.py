@@ -52,7 +52,9 @@ log = logging.getLogger("edgeshift.agent")
 # Test hook: EDGESHIFT_AGENT_CRASH_AT=<phase> makes the agent SIGKILL itself right after it
 # persisted that phase (the crash-consistency tests kill it in every state this way).
 CRASH_ENV = "EDGESHIFT_AGENT_CRASH_AT"
-TICK_S = 0.05  # how often shadow and trial look at their numbers
+# How often shadow and trial look at their numbers; each ends on its deadline to the tick's
+# precision of the event loop, not a tick late (see _tick).
+TICK_S = 0.25
 
 
 class Transport(Protocol):
@@ -457,7 +459,7 @@ class Agent:
                         elapsed,
                     )
                     break
-                await asyncio.sleep(TICK_S)
+                await asyncio.sleep(_tick(d.shadow_s - elapsed))
             failed = _shadow_failure(comparator, self.options.shadow_max_error_rate)
         finally:
             await self._stop_shadow()
@@ -483,13 +485,13 @@ class Agent:
         window = self.host.watch()
         started = self.clock()
         try:
-            while self.clock() - started < d.trial_s:
+            while (left_s := d.trial_s - (self.clock() - started)) > 0:
                 self._check_superseded()
                 failed = _trial_failure(window, baseline, self.options)
                 if failed:
                     await self._finish(Phase.ROLLED_BACK, f"{ref.artifact_id} in trial: {failed}")
                     return self.journal.phase
-                await asyncio.sleep(TICK_S)
+                await asyncio.sleep(_tick(left_s))
             failed = _trial_failure(window, baseline, self.options)
         finally:
             self.host.unwatch(window)
@@ -525,6 +527,12 @@ def _before(phase: Phase) -> Phase:
         Phase.SHADOW: Phase.VERIFYING,
         Phase.TRIAL: Phase.SHADOW,
     }[phase]
+
+
+def _tick(left_s: float) -> float:
+    """The next look: a tick, or the deadline LEFT_S away when that is sooner (a look at 0 s
+    left is a tick on, when shadow still waits for requests)."""
+    return min(TICK_S, left_s) if left_s > 0 else TICK_S
 
 
 def _shadow_failure(comparator: Comparator, max_error_rate: float) -> str:
