@@ -33,6 +33,7 @@ import numpy as np
 from edgeshift.errors import EdgeshiftError, FleetError
 from edgeshift.fleet.agent.agent import Agent, AgentOptions
 from edgeshift.fleet.agent.host import ServingWindows
+from edgeshift.fleet.agent.process import tls_verify
 from edgeshift.fleet.agent.shadow import Outputs, ShadowComparator
 from edgeshift.fleet.agent.transport import LIMITS, DeviceTransport, SignedFetcher
 from edgeshift.fleet.agent.trust import TufInstaller
@@ -174,16 +175,17 @@ class SimFleet:
         directory: Path,
         *,
         options: AgentOptions | None = None,
-        devices_per_client: int = 8,
+        devices_per_client: int = 1,
     ) -> None:
         self.server_url = server_url.rstrip("/")
         self.operator_token = operator_token
         self.root = root
         self.directory = directory
         self.options = options or AgentOptions()
-        # Devices share clients in small groups: one pool for 1,000 devices holding long polls
-        # spends most of the process' CPU scanning its queue (httpcore assigns each request by
-        # a scan over every queued request and connection).
+        # A client per device, as a real agent has (``edgeshift agent``: one client, no CA
+        # bundle for plain HTTP). A shared pool costs the simulator what no device pays:
+        # httpcore assigns each request by a scan over every connection of its pool (and one
+        # pool for 1,000 devices holding long polls spent most of the process' CPU on it).
         self.devices_per_client = devices_per_client
         self.client = httpx.AsyncClient(timeout=60.0)
         self._clients: list[httpx.AsyncClient] = []
@@ -196,7 +198,9 @@ class SimFleet:
                 max_connections=4 * self.devices_per_client,
                 keepalive_expiry=LIMITS.keepalive_expiry,
             )
-            self._clients.append(httpx.AsyncClient(timeout=60.0, limits=limits))
+            self._clients.append(
+                httpx.AsyncClient(timeout=60.0, limits=limits, verify=tls_verify(self.server_url))
+            )
         return self._clients[index // self.devices_per_client]
 
     async def _token(self, labels: dict[str, str]) -> str:
@@ -380,7 +384,7 @@ class ShardedSimFleet:
         directory: Path,
         *,
         options: AgentOptions | None = None,
-        devices_per_client: int = 8,
+        devices_per_client: int = 1,
         procs: int = 2,
     ) -> None:
         self._fleet_args: dict[str, Any] = {
