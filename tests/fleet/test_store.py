@@ -489,52 +489,87 @@ def test_a_thousand_devices_in_one_call(sqlite_store: Store) -> None:
     assert len(sqlite_store.list_devices(NOW)) == 1000
 
 
-# --- one transaction per device request -------------------------------------------------------
+# --- nonces, group-committed -------------------------------------------------------------------
 
 
-def test_a_device_request_commits_its_nonce_and_its_work_together(store_url: str) -> None:
-    first, other = Store.open(store_url), Store.open(store_url)
+def test_a_batch_of_nonces_answers_each_request_as_if_alone(store: Store) -> None:
+    """One transaction for many requests (fleet.nonces): fresh, replayed (before, or twice in
+    the batch), unknown and revoked devices each get their own answer; only devices with a
+    fresh nonce are marked seen."""
+    from edgeshift.fleet.nonces import NonceAsk
+
+    enrol(store, "d1")
+    enrol(store, "d2")
+    enrol(store, "gone")
+    store.revoke_device("gone")
+    assert store.remember_nonce("d1", "old", NOW) is True
+    asks = [
+        NonceAsk("d1", "new", NOW + 2),
+        NonceAsk("d1", "old", NOW + 2),  # used before
+        NonceAsk("d2", "x", NOW + 2),
+        NonceAsk("d2", "x", NOW + 2),  # twice in the batch
+        NonceAsk("nobody", "y", NOW + 2),
+        NonceAsk("gone", "z", NOW + 2),
+    ]
+    store._remember_nonces(asks)
+    results = [a.result if isinstance(a.result, bool) else a.result.status for a in asks]  # type: ignore[union-attr]
+    assert results == [True, False, True, False, 404, 404]
+    assert store.get_device("d1", NOW).last_seen == NOW + 2
+    assert store.get_device("d2", NOW).last_seen == NOW + 2
+    assert store.remember_nonce("d2", "x", NOW + 3) is False  # committed
+
+
+def test_waiting_nonces_share_one_transaction() -> None:
+    """While one batch is being written, the nonces that arrive wait and go together in the
+    next: 32 requests at once are 2 transactions, not 32."""
+    import time as time_module
+
+    from edgeshift.fleet.nonces import NonceAsk, NonceBatcher
+
+    batches: list[int] = []
+    batcher: NonceBatcher
+
+    def write(asks: list[NonceAsk]) -> None:
+        if not batches:  # hold the first batch until every other request is queued
+            deadline = time_module.monotonic() + 10
+            while batcher._queue.qsize() < 31 and time_module.monotonic() < deadline:
+                time_module.sleep(0.001)
+        batches.append(len(asks))
+        for ask in asks:
+            ask.result = ask.nonce != "used"
+
+    batcher = NonceBatcher(write)
     try:
-        enrol(first, "d1")
-        with first.device_request() as unit:
-            assert first.remember_nonce("d1", "n1", NOW + 1) is True
-            first.record_report("d1", report(1, Phase.SHADOW), NOW + 1)
-            assert unit.db is not None  # one transaction, opened by the nonce
-            # Not visible from another connection before the request ends.
-            assert other.reports(["d1"])["d1"] is None
-        assert other.reports(["d1"])["d1"] is not None
-        assert other.remember_nonce("d1", "n1", NOW + 2) is False
+        first = threading.Thread(target=batcher.remember, args=("d", "n-first", NOW))
+        first.start()
+        while not batcher._thread or batcher._queue.qsize():
+            time_module.sleep(0.001)  # the writer took the first one
+        results = race(31, lambda i: batcher.remember("d", "used" if i == 0 else f"n{i}", NOW))
+        first.join()
+        assert batches == [1, 31]
+        assert results == [False] + [True] * 30
     finally:
-        first.close()
-        other.close()
+        batcher.close()
 
 
-def test_a_refused_request_keeps_its_nonce_but_not_its_writes(store: Store) -> None:
-    enrol(store, "d1")
-    with store.device_request() as unit:
-        assert store.remember_nonce("d1", "n1", NOW + 1) is True
-        with pytest.raises(FleetError), unit.savepoint():
-            store.record_report("d1", report(1), NOW + 1)
-            raise FleetError("bad report", 400)  # after the report's write: undone
-    assert store.reports(["d1"])["d1"] is None
-    assert store.remember_nonce("d1", "n1", NOW + 2) is False  # the refused request's nonce
+def test_a_failed_batch_fails_each_of_its_requests_and_the_next_one_works() -> None:
+    from edgeshift.fleet.nonces import NonceAsk, NonceBatcher
 
+    calls: list[int] = []
 
-def test_a_device_request_that_fails_outside_its_savepoint_leaves_nothing(store: Store) -> None:
-    enrol(store, "d1")
-    with pytest.raises(RuntimeError), store.device_request():
-        store.remember_nonce("d1", "n1", NOW + 1)
-        raise RuntimeError("crash")
-    assert store.remember_nonce("d1", "n1", NOW + 2) is True
+    def write(asks: list[NonceAsk]) -> None:
+        calls.append(len(asks))
+        if len(calls) == 1:
+            raise FleetError("the fleet database failed", 503)
+        for ask in asks:
+            ask.result = True
 
-
-def test_reads_before_the_first_write_do_not_open_the_write_transaction(store: Store) -> None:
-    enrol(store, "d1")
-    with store.device_request() as unit:
-        assert store.device_public_key("d1") is not None
-        assert unit.db is None  # the signature is checked before any write lock is taken
-        store.remember_nonce("d1", "n1", NOW + 1)
-        assert unit.db is not None
+    batcher = NonceBatcher(write)
+    try:
+        assert status_of(lambda: batcher.remember("d", "n1", NOW)) == 503
+        assert batcher.remember("d", "n2", NOW) is True
+    finally:
+        batcher.close()
 
 
 def test_sqlite_connections_are_reused_across_bursts_of_requests(sqlite_store_url: str) -> None:

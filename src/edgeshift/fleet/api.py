@@ -344,20 +344,11 @@ def create_app(ctx: FleetContext) -> Starlette:
         headers, method, target = request.headers, request.method, _path_and_query(request)
 
         def call() -> _T:
-            # One transaction: check_device's nonce (which also marks the device seen) and
-            # WORK's reads and writes. The signature is checked before it opens. A refused
-            # WORK is rolled back to a savepoint, so its nonce stays used.
-            refused: FleetError | None = None
-            with ctx.store.device_request() as unit:
-                device_id = check_device(ctx.store, headers, method, target, body, now)
-                try:
-                    with unit.savepoint():
-                        result = work(device_id, body, now)
-                except FleetError as exc:
-                    refused = exc
-            if refused is not None:
-                raise refused
-            return result
+            # check_device's remember_nonce also marks the device seen (one write, shared
+            # with the other requests' nonces: fleet.nonces). The nonce is committed before
+            # WORK runs, so a request WORK refuses cannot be replayed either.
+            device_id = check_device(ctx.store, headers, method, target, body, now)
+            return work(device_id, body, now)
 
         return await _run(call)
 

@@ -18,7 +18,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, literal, select, update
@@ -27,6 +27,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from edgeshift.errors import FleetError
 from edgeshift.fleet import migrations
 from edgeshift.fleet.migrations import make_engine, one_line
+from edgeshift.fleet.nonces import NonceAsk, NonceBatcher
 from edgeshift.fleet.schema import (
     MAX_CLOCK_SKEW_S,
     ArtifactInfo,
@@ -50,11 +51,12 @@ from edgeshift.fleet.tables import (
     DESIRED_COLUMNS,
     DESIRED_ONE,
     INSERT_HISTORY,
+    LIVE_DEVICES,
     NONCE_LEN,
     PUBLIC_KEY,
     REPORTS_FOR,
     TOUCH,
-    TOUCH_LIVE,
+    TOUCH_LIVE_MANY,
     TRIM_HISTORY,
     TRIM_TELEMETRY,
     Artifact,
@@ -109,31 +111,6 @@ def _check_labels(labels: Mapping[str, str]) -> dict[str, str]:
     return dict(labels)
 
 
-class DeviceRequest:
-    """One device request's unit of work (``Store.device_request``): the first store call in
-    it opens a write transaction and the rest join it, so the nonce, the device's last-seen
-    time and the request's own reads and writes commit together."""
-
-    def __init__(self, stack: ExitStack) -> None:
-        self._stack = stack
-        self.db: Connection | None = None
-
-    def open(self, tx: Any) -> Connection:
-        if self.db is None:
-            self.db = self._stack.enter_context(tx)
-        return self.db
-
-    @contextmanager
-    def savepoint(self) -> Iterator[None]:
-        """What fails in here is undone alone: the nonce before it still commits, so a
-        refused request cannot be replayed either."""
-        if self.db is None:
-            yield
-            return
-        with self.db.begin_nested():
-            yield
-
-
 class Store:
     """One database. ``Store.open(url)`` migrates it to the current schema first."""
 
@@ -147,14 +124,14 @@ class Store:
         # Writers of this process queue here instead and are handed the lock at once; other
         # processes still wait on busy_timeout.
         self._write_lock = threading.RLock() if engine.dialect.name == "sqlite" else None
-        self._local = threading.local()  # .unit: the thread's DeviceRequest, if any
+        self._nonces = NonceBatcher(self._remember_nonces)
         self._nonces_pruned_at = float("-inf")
         self._keys: dict[str, tuple[str, float]] = {}  # device id -> (public key, read at)
         # The hot calls' statements, built once: building one costs more than running it.
         nonce = self._insert(Nonce)
-        self._remember_nonce = nonce.on_conflict_do_nothing(
+        self._insert_nonces = nonce.on_conflict_do_nothing(
             index_elements=[Nonce.device_id, Nonce.nonce]
-        ).returning(Nonce.at)  # rowcount is not reliable for an INSERT on every driver
+        ).returning(Nonce.device_id, Nonce.nonce)  # the rows inserted: the fresh nonces
         latest = self._insert(LatestReport)
         self._upsert_report = latest.on_conflict_do_update(
             index_elements=[LatestReport.device_id],
@@ -202,33 +179,11 @@ class Store:
         return cls(engine, shown)
 
     def close(self) -> None:
+        self._nonces.close()
         self._engine.dispose()
 
     @contextmanager
-    def device_request(self) -> Iterator[DeviceRequest]:
-        """The store calls made in this block (on this thread) share one write transaction,
-        opened by the first of them and committed at the end."""
-        with ExitStack() as stack:
-            unit = DeviceRequest(stack)
-            self._local.unit = unit
-            try:
-                yield unit
-            finally:
-                self._local.unit = None
-
-    @contextmanager
     def _tx(self, write: bool = False) -> Iterator[Connection]:
-        unit: DeviceRequest | None = getattr(self._local, "unit", None)
-        if unit is not None and (write or unit.db is not None):
-            # A read before the unit's first write (the device's key) runs on its own: the
-            # signature is checked before the write lock is taken.
-            yield unit.open(self._open_tx(write=True))
-            return
-        with self._open_tx(write) as db:
-            yield db
-
-    @contextmanager
-    def _open_tx(self, write: bool = False) -> Iterator[Connection]:
         try:
             with (
                 self._write_lock if write and self._write_lock is not None else nullcontext(),
@@ -383,26 +338,50 @@ class Store:
     def remember_nonce(self, device_id: str, nonce: str, now: float) -> bool:
         """False when NONCE was already used by DEVICE_ID (a replay); forgets nonces older than
         schema.MAX_CLOCK_SKEW_S * 2. A fresh nonce also marks the device seen, in the same
-        transaction: one write per device request instead of two. 404 for an unknown or
-        revoked device (nothing is kept)."""
+        transaction. 404 for an unknown or revoked device (nothing is kept). Committed before
+        it returns, in a transaction shared with the other requests' nonces waiting at that
+        moment (fleet.nonces: group commit)."""
         if not nonce or len(nonce) > NONCE_LEN:
             raise FleetError(f"nonce: give 1 to {NONCE_LEN} characters", 400)
-        try:
-            with self._tx(write=True) as db:
-                row = {"device_id": device_id, "nonce": nonce, "at": now}
-                fresh = db.execute(self._remember_nonce, row).first() is not None
-                if (
-                    fresh
-                    and db.execute(TOUCH_LIVE, {"b_device_id": device_id, "b_now": now}).rowcount
-                    == 0
-                ):
-                    raise _unknown_device(device_id)  # revoked (rolls the nonce back)
-                if now - self._nonces_pruned_at >= PRUNE_EVERY_S:
-                    self._nonces_pruned_at = now
-                    db.execute(delete(Nonce).where(Nonce.at < now - NONCE_KEEP_S))
-        except IntegrityError:
-            raise _unknown_device(device_id) from None
-        return fresh
+        return self._nonces.remember(device_id, nonce, now)
+
+    def _remember_nonces(self, asks: list[NonceAsk]) -> None:
+        """One transaction for a batch of nonces: the live devices among them, their fresh
+        nonces inserted (a nonce already there, or twice in the batch, is a replay), and the
+        devices of fresh ones touched (the UPDATE rechecks revocation, so one revoked since
+        the first read is refused too)."""
+        first: dict[tuple[str, str], NonceAsk] = {}
+        for ask in asks:
+            if (ask.device_id, ask.nonce) in first:
+                ask.result = False  # the same nonce twice in one batch: the second is a replay
+            else:
+                first[(ask.device_id, ask.nonce)] = ask
+        device_ids = sorted({ask.device_id for ask in first.values()})
+        now = max(ask.now for ask in asks)
+        with self._tx(write=True) as db:
+            live = set(db.execute(LIVE_DEVICES, {"device_ids": device_ids}).scalars())
+            rows = [
+                {"device_id": a.device_id, "nonce": a.nonce, "at": a.now}
+                for a in first.values()
+                if a.device_id in live
+            ]
+            fresh = (
+                {(d, n) for d, n in db.execute(self._insert_nonces.values(rows))} if rows else set()
+            )
+            seen = sorted({device_id for device_id, _ in fresh})
+            touched = (
+                set(db.execute(TOUCH_LIVE_MANY, {"device_ids": seen, "b_now": now}).scalars())
+                if seen
+                else set()
+            )
+            if now - self._nonces_pruned_at >= PRUNE_EVERY_S:
+                self._nonces_pruned_at = now
+                db.execute(delete(Nonce).where(Nonce.at < now - NONCE_KEEP_S))
+        for key, ask in first.items():
+            if ask.device_id not in live or (key in fresh and ask.device_id not in touched):
+                ask.result = _unknown_device(ask.device_id)
+            else:
+                ask.result = key in fresh
 
     def touch(self, device_id: str, now: float) -> None:
         """Mark the device seen (last_seen = now)."""

@@ -225,6 +225,16 @@ TOUCH = (
     .values(last_seen=bindparam("b_now"))
 )
 TOUCH_LIVE = TOUCH.where(Device.revoked.is_(False))  # a device request: refused once revoked
+LIVE_DEVICES = select(Device.device_id).where(
+    Device.device_id.in_(bindparam("device_ids", expanding=True)), Device.revoked.is_(False)
+)
+TOUCH_LIVE_MANY = (  # a batch of device requests (fleet.nonces): the devices it marked seen
+    update(Device)
+    .where(Device.device_id.in_(bindparam("device_ids", expanding=True)))
+    .where(Device.revoked.is_(False))
+    .values(last_seen=bindparam("b_now"))
+    .returning(Device.device_id)
+)
 INSERT_HISTORY = insert(ReportHistory)
 REPORTS_FOR = select(LatestReport.device_id, LatestReport.report).where(
     LatestReport.device_id.in_(bindparam("device_ids", expanding=True))
