@@ -46,6 +46,16 @@ def _qdq_io(name: str, inits: list, nodes: list) -> str:
     return f"{name}_f"
 
 
+def _requantize(out: str, i: int, nodes: list[Any], inits: list[Any]) -> str:
+    """OUT through a uint8 QuantizeLinear/DequantizeLinear pair (scale 0.05, zero point 128),
+    as a quantizer writes it between two int8 ops; returns the dequantized tensor's name."""
+    inits += [numpy_helper.from_array(np.array(0.05, np.float32), f"q{i}_s"),
+              numpy_helper.from_array(np.array(128, np.uint8), f"q{i}_z")]  # fmt: skip
+    nodes.append(helper.make_node("QuantizeLinear", [out, f"q{i}_s", f"q{i}_z"], [f"q{i}"]))
+    nodes.append(helper.make_node("DequantizeLinear", [f"q{i}", f"q{i}_s", f"q{i}_z"], [f"d{i}"]))
+    return f"d{i}"
+
+
 def _qdq_weight(w: np.ndarray, name: str, inits: list, nodes: list, axis: int | None) -> str:
     """int8 weights (per-channel along AXIS, or per-tensor) through DequantizeLinear."""
     if axis is None:
@@ -122,13 +132,7 @@ def gemm(
             out = out_add
         prev = out
         if int8 and not last:  # requantize for the next MatMul, as a quantizer writes it
-            inits += [numpy_helper.from_array(np.array(0.05, np.float32), f"q{i}_s"),
-                      numpy_helper.from_array(np.array(128, np.uint8), f"q{i}_z")]  # fmt: skip
-            nodes.append(helper.make_node("QuantizeLinear", [out, f"q{i}_s", f"q{i}_z"],
-                                          [f"q{i}"]))  # fmt: skip
-            nodes.append(helper.make_node("DequantizeLinear", [f"q{i}", f"q{i}_s", f"q{i}_z"],
-                                          [f"d{i}"]))  # fmt: skip
-            prev = f"d{i}"
+            prev = _requantize(out, i, nodes, inits)
     out_dim = dims[n_matmuls]
     if not int8:
         return save(path, nodes, [vi("x", _F, [m, k])], [vi("y", _F, [m, out_dim])], inits)
@@ -245,13 +249,7 @@ def conv_stack(
         nodes.append(helper.make_node("Conv", [prev, wq], [out], **attrs))
         prev = out
         if int8 and not last:  # requantize between the convs (uint8, as the quantizer does)
-            inits += [numpy_helper.from_array(np.array(0.05, np.float32), f"q{i}_s"),
-                      numpy_helper.from_array(np.array(128, np.uint8), f"q{i}_z")]  # fmt: skip
-            nodes.append(helper.make_node("QuantizeLinear", [out, f"q{i}_s", f"q{i}_z"],
-                                          [f"q{i}"]))  # fmt: skip
-            nodes.append(helper.make_node("DequantizeLinear", [f"q{i}", f"q{i}_s", f"q{i}_z"],
-                                          [f"d{i}"]))  # fmt: skip
-            prev = f"d{i}"
+            prev = _requantize(out, i, nodes, inits)
     if not int8:
         return save(path, nodes, [vi("x", _F, shape)], [vi("y", _F, shape)], inits)
     _quantize_out("yf", nodes, inits)
