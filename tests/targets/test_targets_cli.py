@@ -47,6 +47,25 @@ def test_targets_host_from_cache(calibrated_host: Any, monkeypatch: pytest.Monke
     assert "calibration" in _ok(["targets", "show", "host"]).stdout
 
 
+def test_targets_host_recalibrate_quick_asks_for_a_quick_calibration(
+    calibrated_host: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--quick reaches the calibration (one round at smaller sizes: slow or emulated hosts);
+    without it a recalibration is the full one."""
+    asked: list[bool] = []
+    real = _calibrate.run_calibration_checked
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        asked.append(bool(kwargs.get("quick")))
+        return real(*args, **{**kwargs, "quick": True})  # quick either way: seconds, not a minute
+
+    monkeypatch.setattr(_calibrate, "run_calibration_checked", spy)
+    data = json.loads(_ok(["targets", "host", "--recalibrate", "--quick", "--json"]).stdout)
+    assert data["id"] == "host" and data["calibration"]["achieved_gops"]["fp32"] > 0
+    _ok(["targets", "host", "--recalibrate", "--json"])
+    assert asked == [True, False]
+
+
 def test_estimate_json(mlp_path: Path, cache_dir: Path) -> None:
     data = json.loads(
         _ok(["estimate", str(mlp_path), "--target", "rpi5", "--batch", "4", "--json"]).stdout

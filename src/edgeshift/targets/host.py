@@ -291,15 +291,17 @@ def host_target(
     progress: bool = False,
     calibration: PinnedCalibration | None = None,
     warn: Callable[[str], None] | None = None,
+    quick: bool = False,
 ) -> Target:
     """This machine as a Target, calibrated: by CALIBRATION when pinned, else from the cache
-    (measured now when there is none, or when RECALIBRATE)."""
+    (measured now when there is none, or when RECALIBRATE; QUICK: one round at smaller
+    sizes, for slow or emulated hosts)."""
     host = detect_host()
     if calibration is not None:
         return build_host_target(host, calibration.calibration)
     cal = None if recalibrate else load_calibration(host)
     if cal is None:
-        cal = calibrate_host(host, progress=progress, warn=warn)
+        cal = calibrate_host(host, quick=quick, progress=progress, warn=warn)
     return build_host_target(host, cal)
 
 
