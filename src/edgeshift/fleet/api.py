@@ -43,6 +43,7 @@ from edgeshift.fleet.guard import (
     selector_from_query,
     validation_line,
 )
+from edgeshift.fleet.longpoll import DesiredReads
 from edgeshift.fleet.policy import SETTLED_PHASES
 from edgeshift.fleet.schema import (
     ActionResult,
@@ -201,6 +202,16 @@ class FleetContext:
     # Set by an operator's rollout call: the server's engine loop ticks now (a new rollout's
     # first wave starts at once, not up to a tick later).
     engine_due: asyncio.Event = field(default_factory=asyncio.Event)
+    _desired_reads: DesiredReads | None = None
+
+    def desired_reads(self) -> DesiredReads:
+        """Woken long polls' reads, gathered into one query per turn of the event loop."""
+        if self._desired_reads is None:
+            store = self.store
+            self._desired_reads = DesiredReads(
+                lambda ids: _run(store.desired_many, ids), lambda d: _run(store.desired, d)
+            )
+        return self._desired_reads
 
 
 async def _run(fn: Callable[..., _T], *args: Any) -> _T:
@@ -374,7 +385,7 @@ def create_app(ctx: FleetContext) -> Starlette:
             if desired.generation > seen or left_s <= 0:
                 return _json(desired.model_copy(update={"server_time": now}))
             await ctx.waiters.wait(device_id, seen, left_s)
-            desired = await _run(ctx.store.desired, device_id)
+            desired = await ctx.desired_reads().read(device_id)
 
     async def device_report(request: Request) -> Response:
         def record(device_id: str, body: bytes, now: float) -> tuple[str, DeviceReport]:
