@@ -224,11 +224,10 @@ TOUCH = (
     .where(Device.device_id == bindparam("b_device_id"))
     .values(last_seen=bindparam("b_now"))
 )
-TOUCH_LIVE = TOUCH.where(Device.revoked.is_(False))  # a device request: refused once revoked
 LIVE_DEVICES = select(Device.device_id).where(
     Device.device_id.in_(bindparam("device_ids", expanding=True)), Device.revoked.is_(False)
 )
-TOUCH_LIVE_MANY = (  # a batch of device requests (fleet.nonces): the devices it marked seen
+TOUCH_LIVE_MANY = (  # device requests (fleet.nonces): the devices marked seen, none revoked
     update(Device)
     .where(Device.device_id.in_(bindparam("device_ids", expanding=True)))
     .where(Device.revoked.is_(False))
