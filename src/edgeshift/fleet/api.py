@@ -32,6 +32,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from edgeshift.errors import FleetError
+from edgeshift.fleet import tuf_bundle as tuf_bundle_mod
 from edgeshift.fleet.guard import (
     LABELS,
     OperatorAuth,
@@ -97,6 +98,7 @@ class Repository(Protocol):
     def metadata_file(self, name: str) -> Path | None: ...
     def target_file(self, path: str) -> Path | None: ...
     def root_json(self) -> Any: ...
+    def metadata_bundle(self, from_root: int) -> tuple[list[tuple[str, bytes]], list[str]]: ...
 
 
 class DesiredWaiters:
@@ -418,6 +420,15 @@ def create_app(ctx: FleetContext) -> Starlette:
             raise FleetError(f"no TUF metadata {name!r}", 404)
         return FileResponse(path, media_type="application/json", headers=_NO_STORE)
 
+    async def tuf_bundle(request: Request) -> Response:
+        from_root = _query_int(request, "root", 1, 1)
+
+        def gather(_device_id: str, _body: bytes, _now: float) -> bytes:
+            return tuf_bundle_mod.encode(*ctx.tuf.metadata_bundle(from_root))
+
+        body = await device_call(request, gather)
+        return Response(body, media_type="application/octet-stream", headers=_NO_STORE)
+
     async def tuf_target(request: Request) -> Response:
         target = str(request.path_params["path"])
 
@@ -591,6 +602,7 @@ def create_app(ctx: FleetContext) -> Starlette:
         Route("/v1/device/report", device_report, methods=["POST"]),
         Route("/v1/device/telemetry", device_telemetry, methods=["POST"]),
         Route("/v1/device/tuf/metadata/{file}", tuf_metadata),
+        Route("/v1/device/tuf" + tuf_bundle_mod.BUNDLE_PATH, tuf_bundle),
         Route("/v1/device/tuf/targets/{path:path}", tuf_target),
         Route("/v1/root.json", operator(root_json)),
         Route("/v1/enrolment-tokens", operator(enrolment_tokens), methods=["POST"]),

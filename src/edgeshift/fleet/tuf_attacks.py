@@ -21,11 +21,11 @@ from securesystemslib.signer import CryptoSigner
 from tuf.api import exceptions as tuf_exceptions
 from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
-from tuf.ngclient import FetcherInterface
 
 from edgeshift.errors import ArtifactVerificationError
-from edgeshift.fleet import bundle
+from edgeshift.fleet import bundle, tuf_bundle
 from edgeshift.fleet.schema import ArtifactRef
+from edgeshift.fleet.tuf_bundle import BundlingFetcher
 from edgeshift.fleet.tuf_client import ArtifactVerifier
 from edgeshift.fleet.tuf_repo import TufExpiry, TufRepository
 
@@ -33,17 +33,20 @@ BASE_URL = "http://cp.invalid/v1/device/tuf"
 _DAY_S = 24 * 3600.0
 
 
-class RepositoryFetcher(FetcherInterface):
+class RepositoryFetcher(BundlingFetcher):
     """Serves a TufRepository in process, as the control plane's routes would; ``overrides``
     maps a URL suffix (e.g. "timestamp.json") to the bytes (or chunk iterator factory) an
-    attacker answers instead."""
+    attacker answers instead. ``bundled``: a refresh's metadata comes in one bundle, as the
+    agent fetches it (fleet/tuf_bundle.py), the attacker's overrides in it."""
 
-    def __init__(self, repo: TufRepository, base_url: str = BASE_URL) -> None:
+    def __init__(self, repo: TufRepository, base_url: str = BASE_URL, bundled: bool = False):
+        super().__init__(bundles=bundled)
         self.repo = repo
         self.base_url = base_url.rstrip("/")
+        self.metadata_url = f"{self.base_url}/metadata/"
         self.overrides: dict[str, bytes | Callable[[], Iterator[bytes]]] = {}
 
-    def _fetch(self, url: str) -> Iterator[bytes]:
+    def _fetch_file(self, url: str) -> Iterator[bytes]:
         for suffix, answer in self.overrides.items():
             if url.endswith("/" + suffix):
                 return answer() if callable(answer) else iter([answer])
@@ -53,6 +56,31 @@ class RepositoryFetcher(FetcherInterface):
         if path is None:
             raise tuf_exceptions.DownloadHTTPError(f"404 {url}", 404)
         return iter([path.read_bytes()])
+
+    def _fetch_bundle(self, from_root: int) -> bytes:
+        files, absent = self.repo.metadata_bundle(from_root)
+        answers = dict(files)
+        for name, answer in self.overrides.items():
+            if not tuf_bundle.is_metadata_name(name):
+                continue  # a target: fetched on its own
+            if callable(answer):  # endless: as much as makes the bundle too large
+                answer = _past(answer(), tuf_bundle.MAX_BUNDLE_BYTES)
+            answers[name] = answer
+        return tuf_bundle.encode(
+            list(answers.items()), [name for name in absent if name not in answers]
+        )
+
+
+def _past(chunks: Iterator[bytes], limit_bytes: int) -> bytes:
+    """The chunks up to the first that takes them past LIMIT_BYTES."""
+    taken: list[bytes] = []
+    have = 0
+    for chunk in chunks:
+        taken.append(chunk)
+        have += len(chunk)
+        if have > limit_bytes:
+            break
+    return b"".join(taken)
 
 
 @dataclass
@@ -100,7 +128,11 @@ def make_model_dir(directory: Path, size_bytes: int = 4096, seed: int = 1) -> Pa
 
 
 def build_world(
-    workdir: Path, *, now: float | None = None, expiry: TufExpiry | None = None
+    workdir: Path,
+    *,
+    now: float | None = None,
+    expiry: TufExpiry | None = None,
+    bundled: bool = False,
 ) -> AttackWorld:
     """Publish v1 of a model, let the device trust it once, then publish v2 (so there is a
     history to roll back to). The device has refreshed at the v1 state."""
@@ -109,7 +141,7 @@ def build_world(
     device_dir = workdir / "device" / "tuf"
     device_dir.mkdir(parents=True)
     (device_dir / "root.json").write_bytes(repo.root_json())
-    fetcher = RepositoryFetcher(repo)
+    fetcher = RepositoryFetcher(repo, bundled=bundled)
     bundle_path = workdir / "m-1.tar"
     files = bundle.pack(make_model_dir(workdir / "model1", seed=1), bundle_path)
     info = repo.publish(bundle_path, "m", 1, now)
@@ -183,7 +215,9 @@ def _forged_file_manifest(world: AttackWorld) -> None:
 
 def _expired_timestamp(world: AttackWorld) -> None:
     # Freeze: the attacker keeps answering with a timestamp that has since expired.
-    fresh = build_world(world.workdir / "frozen", now=time.time() - 3 * _DAY_S)
+    fresh = build_world(
+        world.workdir / "frozen", now=time.time() - 3 * _DAY_S, bundled=world.fetcher.bundles
+    )
     fresh.new_verifier().refresh()
 
 
@@ -411,10 +445,10 @@ def attack_cases() -> list[AttackCase]:
     ]
 
 
-def run_case(case: AttackCase, workdir: Path) -> str:
+def run_case(case: AttackCase, workdir: Path, *, bundled: bool = False) -> str:
     """Build a world in ``workdir``, run the attack, and return the refusal's message.
     Raises AssertionError when the attack was not refused as expected."""
-    world = build_world(workdir)
+    world = build_world(workdir, bundled=bundled)
     try:
         case.attack(world)
     except case.expected as exc:

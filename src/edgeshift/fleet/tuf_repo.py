@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -46,6 +47,7 @@ from tuf.api.serialization.json import JSONSerializer
 from edgeshift.errors import FleetError
 from edgeshift.fleet import bundle as bundle_mod
 from edgeshift.fleet.schema import ArtifactInfo, ArtifactRef, is_name
+from edgeshift.fleet.tuf_bundle import MAX_BUNDLED_ROOTS
 
 ROLES = (Root.type, Targets.type, Snapshot.type, Timestamp.type)
 _DAY_S = 24 * 3600.0
@@ -354,6 +356,35 @@ class TufRepository:
         else:
             path = self._metadata_dir / filename
         return path if path.is_file() else None
+
+    def metadata_bundle(self, from_root: int) -> tuple[list[tuple[str, bytes]], list[str]]:
+        """What a device's refresh from trusted root ``from_root - 1`` fetches, read without
+        the lock as the per-file route reads it: (files, absent root names) for
+        fleet/tuf_bundle.py. Roots ``from_root`` on (at most MAX_BUNDLED_ROOTS; the next
+        version marked absent once the chain ends), then timestamp.json and the snapshot
+        and targets it leads to. A file that cannot be read ends the list: the device
+        fetches what is missing per file."""
+        files: list[tuple[str, bytes]] = []
+        latest = self._latest_root_version()
+        last = min(latest, from_root + MAX_BUNDLED_ROOTS - 1)
+        try:
+            for version in range(from_root, last + 1):
+                name = f"{version}.root.json"
+                files.append((name, (self._metadata_dir / name).read_bytes()))
+        except OSError:
+            return files, []
+        absent = [f"{max(from_root, latest + 1)}.root.json"] if last == latest else []
+        try:
+            name = "timestamp.json"
+            for role in ("snapshot", "targets", ""):
+                data = (self._metadata_dir / name).read_bytes()
+                files.append((name, data))
+                if role:  # the version the file just read names for the next role
+                    meta = json.loads(data)["signed"]["meta"][f"{role}.json"]
+                    name = f"{int(meta['version'])}.{role}.json"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # the device fetches the rest per file; its TUF client judges either way
+        return files, absent
 
     def target_file(self, target_path: str) -> Path | None:
         """The bundle to serve for ``GET …/tuf/targets/{target_path}``, either

@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from httpcore import AsyncHTTP11Connection
 from pydantic import BaseModel, ValidationError
 from tuf.api import exceptions as tuf_exceptions
-from tuf.ngclient import FetcherInterface
 
 from edgeshift.errors import FleetError
 from edgeshift.fleet.auth import sign_headers
@@ -25,8 +24,15 @@ from edgeshift.fleet.schema import (
     EnrolResponse,
     TelemetryBatch,
 )
+from edgeshift.fleet.tuf_bundle import (
+    BUNDLE_PATH,
+    MAX_BUNDLE_BYTES,
+    BundleUnavailable,
+    BundlingFetcher,
+)
 
 CHUNK_BYTES = 64 << 10
+TUF_PATH = "/v1/device/tuf"  # metadata under /metadata/, targets under /targets/
 # Every request but the long poll: a control plane that does not answer in this long is
 # treated as unreachable (the agent backs off and retries).
 TIMEOUT_S = 15.0
@@ -237,9 +243,11 @@ def _parse(model: type[M], response: httpx.Response) -> M:
         ) from None
 
 
-class SignedFetcher(FetcherInterface):
-    """python-tuf's fetcher, signing each metadata and target request as this device.
-    Synchronous, as ngclient is: the agent runs TUF refreshes on a worker thread."""
+class SignedFetcher(BundlingFetcher):
+    """python-tuf's fetcher, signing each metadata and target request as this device, and
+    bringing a refresh's metadata in one request (fleet/tuf_bundle.py) where the control
+    plane offers it. Synchronous, as ngclient is: the agent runs TUF refreshes on a worker
+    thread."""
 
     def __init__(
         self,
@@ -248,10 +256,12 @@ class SignedFetcher(FetcherInterface):
         private_key: Ed25519PrivateKey,
         timeout_s: float = TIMEOUT_S,
     ) -> None:
+        super().__init__()
         self.server_url = server_url.rstrip("/")
         self.device_id = device_id
         self.private_key = private_key
         self.timeout_s = timeout_s
+        self.metadata_url = f"{self.server_url}{TUF_PATH}/metadata/"
         # One kept-alive client for every metadata file: a new httpx.Client builds an SSL
         # context (the CA bundle) each time, which was most of a TUF refresh's CPU.
         self._client: httpx.Client | None = None
@@ -269,18 +279,31 @@ class SignedFetcher(FetcherInterface):
         if client is not None:
             client.close()
 
-    def _fetch(self, url: str) -> Iterator[bytes]:
+    def _get(self, url: str, max_bytes: int | None = None) -> list[bytes]:
         if not url.startswith(self.server_url + "/"):
             # TUF builds URLs from the bases it was given; anything else is not ours to sign.
             raise tuf_exceptions.DownloadError(f"refusing to fetch {url}: not the control plane")
         split = urlsplit(url)
         path_and_query = split.path + (f"?{split.query}" if split.query else "")
         headers = sign_headers(self.private_key, self.device_id, "GET", path_and_query)
+        chunks: list[bytes] = []
         with self._http().stream("GET", url, headers=headers) as response:
             if response.status_code >= 400:
                 raise tuf_exceptions.DownloadHTTPError(
                     f"{url}: {response.status_code}", response.status_code
                 )
-            # Buffered: TUF bounds each file's length itself as it reads.
-            chunks = list(response.iter_bytes(CHUNK_BYTES))
-        return iter(chunks)
+            have = 0
+            for chunk in response.iter_bytes(CHUNK_BYTES):
+                have += len(chunk)
+                if max_bytes is not None and have > max_bytes:
+                    raise BundleUnavailable(f"{url}: more than {max_bytes} bytes")
+                chunks.append(chunk)
+        return chunks
+
+    def _fetch_file(self, url: str) -> Iterator[bytes]:
+        # Buffered: TUF bounds each file's length itself as it reads.
+        return iter(self._get(url))
+
+    def _fetch_bundle(self, from_root: int) -> bytes:
+        url = f"{self.server_url}{TUF_PATH}{BUNDLE_PATH}?root={from_root}"
+        return b"".join(self._get(url, MAX_BUNDLE_BYTES))
