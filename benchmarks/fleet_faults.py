@@ -309,16 +309,19 @@ def kills(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def tuf_attacks(work: Path) -> dict[str, Any]:
+    """Every case twice: metadata fetched per file, and in one bundle as agents fetch it."""
     refused, failures = 0, []
-    for n, case in enumerate(attack_cases()):
-        d = work / f"attack-{n}"
-        d.mkdir(parents=True)
-        try:
-            run_case(case, d)
-            refused += 1
-        except AssertionError as exc:
-            failures.append(str(exc)[:200])
-    return {"cases": len(attack_cases()), "refused": refused, "failures": failures}
+    cases = attack_cases()
+    for bundled in (False, True):
+        for n, case in enumerate(cases):
+            d = work / f"attack-{n}{'-bundled' if bundled else ''}"
+            d.mkdir(parents=True)
+            try:
+                run_case(case, d, bundled=bundled)
+                refused += 1
+            except AssertionError as exc:
+                failures.append(f"{'bundled: ' if bundled else ''}{str(exc)[:200]}")
+    return {"cases": 2 * len(cases), "refused": refused, "failures": failures}
 
 
 def run_faults(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -360,7 +363,7 @@ def print_faults(f: dict[str, Any]) -> None:
         ("good releases rolled back", f"{good_rb}/{len(good)}", "<= 1%, >= 20",
          met(len(good) >= 20 and good_rb <= 0.01 * len(good))),
         ("devices left without a serving model", str(without), "0", met(without == 0)),
-        ("TUF attack cases refused", f"{tuf['refused']}/{tuf['cases']}", "all",
+        ("TUF attack cases refused (per file + bundled)", f"{tuf['refused']}/{tuf['cases']}", "all",
          met(tuf["refused"] == tuf["cases"])),
     ]  # fmt: skip
     for name, value, goal, result in rows:
