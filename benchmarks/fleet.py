@@ -339,7 +339,13 @@ async def rollout_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     for i in range(args.real_agents):
         real.append(start_real_agent(url, op, root, work / f"real-{i}", f"real-{i}"))
     sims = ShardedSimFleet(
-        url, token, root, work / "sim", options=SIM_OPTIONS, procs=args.sim_procs
+        url,
+        token,
+        root,
+        work / "sim",
+        options=SIM_OPTIONS,
+        procs=args.sim_procs,
+        tuf_bundles=not args.tuf_per_file,
     )
     stop = asyncio.Event()
     t_enrol = time.monotonic()
@@ -353,6 +359,7 @@ async def rollout_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "agents": args.agents,
         "sim_procs": args.sim_procs,
         "artifact_bytes": artifact_bytes,
+        "tuf_metadata": "per file" if args.tuf_per_file else "bundled",
     }
     try:
         # Setup (not measured): every device gets v1, so each has a model to keep serving.
@@ -462,6 +469,66 @@ async def rollout_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 # --- tables -----------------------------------------------------------------------------------
 
 
+def refresh_bench(work: Path, rounds: int, per_round: int = 40) -> dict[str, Any]:
+    """Side by side, interleaved: a device's TUF refresh at install (no metadata but its root)
+    with a request per file and with the metadata in one bundle (fleet/tuf_bundle.py). Agent
+    CPU (this process) and control plane CPU per refresh; medians over ROUNDS."""
+    import httpx
+
+    from edgeshift.fleet.agent.transport import SignedFetcher
+    from edgeshift.fleet.auth import new_private_key, public_key_b64
+    from edgeshift.fleet.tuf_client import ArtifactVerifier
+
+    cp, url, token = start_control_plane(work / "cp")
+    try:
+        op = OperatorClient(url, token, timeout_s=120)
+        ref = op.get_artifact(publish(op, work, "mlp", 1, make_mlp(work / "v1", 128, 1))).ref
+        root = op.root_json()
+        key = new_private_key()
+        enrol = {
+            "token": op.create_enrolment_token(EnrolmentTokenSpec()).token,
+            "name": "refresher",
+            "public_key": public_key_b64(key),
+        }
+        device_id = httpx.post(f"{url}/v1/enrol", json=enrol, timeout=30).json()["device_id"]
+        fetchers = {mode: SignedFetcher(url, device_id, key) for mode in ("per file", "bundled")}
+        fetchers["per file"].bundles = False
+        samples: dict[str, list[tuple[float, float]]] = {mode: [] for mode in fetchers}
+        for n in range(rounds + 1):  # round 0 warms both up, not counted
+            for mode, fetcher in fetchers.items():
+                agent0, cp0 = time.process_time(), proc_cpu_s(cp.pid)
+                for i in range(per_round):
+                    meta = work / "device" / f"{n}-{i}-{mode[0]}"
+                    meta.mkdir(parents=True)
+                    (meta / "root.json").write_bytes(root)
+                    verifier = ArtifactVerifier(meta, f"{url}/v1/device/tuf", fetcher)
+                    verifier.refresh()
+                    verifier.target(ref)
+                if n:
+                    agent_ms = (time.process_time() - agent0) * 1000 / per_round
+                    cp_ms = (proc_cpu_s(cp.pid) - cp0) * 1000 / per_round
+                    samples[mode].append((agent_ms, cp_ms))
+        out: dict[str, Any] = {}
+        for mode, rows in samples.items():
+            agent = float(np.median([a for a, _c in rows]))
+            cp_ms = float(np.median([c for _a, c in rows]))
+            out[mode] = {"agent_ms": round(agent, 2), "cp_ms": round(cp_ms, 2)}
+        return out
+    finally:
+        cp.terminate()
+        cp.wait(30)
+
+
+def print_refresh(r: dict[str, Any]) -> None:
+    print("\n## A TUF refresh at install: CPU per refresh, medians of interleaved rounds")
+    print(f"{'':12}{'agent ms':>10}{'c.plane ms':>12}{'sum ms':>9}")
+    for mode, v in r.items():
+        print(f"{mode:12}{v['agent_ms']:>10}{v['cp_ms']:>12}{v['agent_ms'] + v['cp_ms']:>9.2f}")
+    per_file, bundled = r["per file"], r["bundled"]
+    saved = per_file["agent_ms"] + per_file["cp_ms"] - bundled["agent_ms"] - bundled["cp_ms"]
+    print(f"saved per install: {saved:.2f} ms of CPU")
+
+
 def met(ok: bool) -> str:
     return "met" if ok else "NOT MET"
 
@@ -472,7 +539,8 @@ def pct(a: int, b: int) -> str:
 
 def print_rollout(r: dict[str, Any], soak_s: float) -> None:
     print(f"\n## Rollout: {r['artifact_bytes'] / 1e6:.1f} MB artifact to {r['agents']} simulated agents "
-          f"(+ real agents), waves 1/10/50/100 %, soak {soak_s:g} s — state {r['state']} {r['reason']}")  # fmt: skip
+          f"(+ real agents), waves 1/10/50/100 %, soak {soak_s:g} s, TUF metadata "
+          f"{r.get('tuf_metadata', 'per file')} — state {r['state']} {r['reason']}")  # fmt: skip
     print(f"{'figure':<44} {'value':>28}  {'goal':<18} result")
     print(f"{'wave':<10} {'devices':>8} {'install s':>10} {'soak s':>8}")
     for i, w in enumerate(r["waves"]):
@@ -530,6 +598,18 @@ def main() -> None:
     parser.add_argument("--no-rollout", action="store_true", help="only the fault campaign")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
+        "--tuf-per-file",
+        action="store_true",
+        help="simulated agents fetch TUF metadata a file per request (before the bundle)",
+    )
+    parser.add_argument(
+        "--refresh",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="only: a TUF refresh per file vs bundled, side by side (CPU per refresh)",
+    )
+    parser.add_argument(
         "--sim-procs", type=int, default=2, help="simulator worker processes (one event loop each)"
     )
     args = parser.parse_args()
@@ -542,7 +622,10 @@ def main() -> None:
     out: dict[str, Any] = {"load_avg": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         work = Path(tmp)
-        if not args.no_rollout:
+        if args.refresh:
+            out["refresh"] = refresh_bench(work / "refresh", args.refresh)
+            print_refresh(out["refresh"])
+        elif not args.no_rollout:
             out["rollout"] = asyncio.run(rollout_bench(args, work / "rollout"))
             print_rollout(out["rollout"], args.soak)
         if args.faults:

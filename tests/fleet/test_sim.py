@@ -8,6 +8,8 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
+
 from edgeshift.fleet.agent.agent import AgentOptions
 from edgeshift.fleet.bundle import pack
 from edgeshift.fleet.client import OperatorClient
@@ -57,7 +59,10 @@ def _spec(artifact_id: str, waves: list[float]) -> RolloutSpec:
     )
 
 
-def test_twenty_simulated_agents_complete_a_two_wave_rollout(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tuf_bundles", [True, False], ids=["bundled", "per-file"])
+def test_twenty_simulated_agents_complete_a_two_wave_rollout(
+    tmp_path: Path, tuf_bundles: bool
+) -> None:
     settings = FleetSettings(data_dir=tmp_path / "cp", port=0, tick_s=0.1, recheck_s=0.5)
     with (
         FleetServerThread(settings) as fleet,
@@ -70,7 +75,12 @@ def test_twenty_simulated_agents_complete_a_two_wave_rollout(tmp_path: Path) -> 
 
         async def scenario() -> None:
             sims = SimFleet(
-                fleet.url, fleet.operator_token, root, tmp_path / "devices", options=OPTIONS
+                fleet.url,
+                fleet.operator_token,
+                root,
+                tmp_path / "devices",
+                options=OPTIONS,
+                tuf_bundles=tuf_bundles,
             )
             stop = asyncio.Event()
             traffic = asyncio.create_task(sims.traffic(stop, rate_hz=50))
@@ -92,6 +102,13 @@ def test_twenty_simulated_agents_complete_a_two_wave_rollout(tmp_path: Path) -> 
                 assert sent > 0 and answered == sent
                 devices = await asyncio.to_thread(op.list_devices)
                 assert {d.reported.active for d in devices if d.reported} == {v2}
+                # Each install's TUF refresh came in one bundle, or (the A/B) none did.
+                bundles = [
+                    d.agent.installer.verifier._fetcher.bundles_fetched  # type: ignore[union-attr]
+                    for d in sims.devices
+                    if d.agent is not None
+                ]
+                assert all(n >= 2 for n in bundles) if tuf_bundles else not any(bundles)
             finally:
                 stop.set()
                 await traffic

@@ -176,8 +176,10 @@ class SimFleet:
         *,
         options: AgentOptions | None = None,
         devices_per_client: int = 1,
+        tuf_bundles: bool = True,
     ) -> None:
         self.server_url = server_url.rstrip("/")
+        self.tuf_bundles = tuf_bundles  # False: TUF metadata per file (the benchmark's A/B)
         self.operator_token = operator_token
         self.root = root
         self.directory = directory
@@ -241,6 +243,7 @@ class SimFleet:
         for device in devices or self.devices:
             t = device.transport
             fetcher = SharedClientFetcher(t.server_url, t.device_id, t.private_key)
+            fetcher.bundles = self.tuf_bundles
             installer = TufInstaller(device.data_dir / "tuf", t.server_url, fetcher)
             device.stop = asyncio.Event()
             device.agent = Agent(device.data_dir, t, device.host, installer, options=self.options)
@@ -386,6 +389,7 @@ class ShardedSimFleet:
         options: AgentOptions | None = None,
         devices_per_client: int = 1,
         procs: int = 2,
+        tuf_bundles: bool = True,
     ) -> None:
         self._fleet_args: dict[str, Any] = {
             "server_url": server_url,
@@ -394,6 +398,7 @@ class ShardedSimFleet:
             "directory": directory,
             "options": options,
             "devices_per_client": devices_per_client,
+            "tuf_bundles": tuf_bundles,
         }
         self.procs = max(1, procs)
         self._conns: list[Connection] = []
