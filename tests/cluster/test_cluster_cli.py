@@ -36,6 +36,20 @@ def test_no_ray_at_the_address_is_one_line(tmp_path: Path) -> None:
     assert "no Ray cluster at 127.0.0.1:1" in line and "ray start --head" in line
 
 
+def test_kernel_ingress_without_root_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = save_mlp(tmp_path / "mlp.onnx")
+    fake = tmp_path / "iptables"
+    fake.write_text(
+        "#!/bin/sh\necho 'iptables v1.8.9 (nf_tables): Permission denied' >&2\nexit 4\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr("edgeshift.cluster.ingress_kernel.IPTABLES", str(fake))
+    line = _error([str(model), "--address", "127.0.0.1:1", "--ingress-mode", "kernel"])
+    assert "needs root (CAP_NET_ADMIN)" in line and "--ingress-mode http" in line
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -79,7 +93,11 @@ def test_without_haproxy_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyP
         (["--ray", "--auth-token-file", "t", "--max-rows", "9"], "--auth-token-file, --max-rows"),
         (["--plan", "plan.json"], "--plan only applies to a cluster — add --ray [ADDRESS]"),
         (["--replicas", "2", "--ingress-mode", "tcp"], "--replicas, --ingress-mode only applies"),
-        (["--ray", "127.0.0.1:1", "--ingress-mode", "udp"], "--ingress-mode 'udp': use http"),
+        (["--ray", "127.0.0.1:1", "--ingress-mode", "udp"], "'udp': use one of http, tcp, kernel"),
+        (
+            ["--ray", "127.0.0.1:1", "--ingress-mode", "kernel", "--host", "::1"],
+            "--host ::1: the kernel ingress is IPv4 only — give an IPv4 address",
+        ),
         (["--ray", "127.0.0.1:1", "--replica-host", "nodes"], "--replica-host 'nodes': give node"),
         (["--ray", "127.0.0.1:1", "--host", "example.com"], "--host 'example.com' is not an IP"),
         (["--ray", "127.0.0.1:1", "--grpc-port", "x"], "--grpc-port 'x': give a port"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -318,6 +319,45 @@ def test_one_replica_rolling_update_hands_over(ray_cluster, tmp_path: Path) -> N
         assert hammer.failed == []
         client = httpclient.InferenceServerClient(server.url)
         x = np.ones((1, 8), np.float32)
+        np.testing.assert_allclose(_infer(client, "mlp", x), mlp_reference(x, seed=2), rtol=1e-5)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the kernel ingress changes the nat table (root)")
+def test_kernel_ingress_serves_both_protocols_and_rolls_an_update_failing_nothing(
+    ray_cluster, tmp_path: Path
+) -> None:
+    first = save_mlp(tmp_path / "a" / "mlp.onnx", seed=1)
+    second = save_mlp(tmp_path / "b" / "mlp.onnx", seed=2)
+    with ClusterServer(
+        [first],
+        address=ray_cluster.address,
+        port=0,
+        replicas=2,
+        name="t-kernel",
+        grpc_port=0,
+        ingress_mode="kernel",
+    ) as server:
+        x = np.ones((2, 8), np.float32)
+        client = httpclient.InferenceServerClient(server.url)
+        np.testing.assert_allclose(_infer(client, "mlp", x), mlp_reference(x, seed=1), rtol=1e-5)
+        assert server.grpc_url is not None
+        grpc = grpcclient.InferenceServerClient(server.grpc_url)
+        np.testing.assert_allclose(_grpc_infer(grpc, "mlp", x), mlp_reference(x, seed=1), rtol=1e-5)
+        # The port goes to a replica: the aggregated metrics are on the aggregator's own.
+        status, _, body = exchange(
+            server.metrics_url.removeprefix("http://")[: -len("/metrics")], "GET", "/metrics"
+        )
+        assert status == 200 and body.count(b"edgeshift_cluster_replica_up{") == 2
+        before = {e.replica_id for e in server.endpoints()}
+        with _Hammer(server.url) as hammer:
+            wait_until(lambda: hammer.ok > 20, "requests before the update")
+            server.update_model([second])
+            wait_until(lambda: not before & {e.replica_id for e in server.endpoints()}, "old gone")
+            ok_after = hammer.ok
+            wait_until(lambda: hammer.ok > ok_after + 20, "requests after the update")
+        # The old replicas left the NAT rules first, then closed each client connection after
+        # its next answer (connection: close): every client moved over with no failed request.
+        assert hammer.failed == []
         np.testing.assert_allclose(_infer(client, "mlp", x), mlp_reference(x, seed=2), rtol=1e-5)
 
 

@@ -70,7 +70,10 @@ def cluster_serve_command(
         help="Address replicas bind: node (each node's IP), 0.0.0.0, or an IP every node has.",
     ),
     ingress_mode: str = typer.Option(
-        "http", "--ingress-mode", help="http (L7: routed by model, retried) or tcp (L4)."
+        "http",
+        "--ingress-mode",
+        help="http (HAProxy L7: routed by model, retried), tcp (HAProxy L4) or kernel "
+        "(the kernel's NAT, no proxy on the data path; root, IPv4).",
     ),
     max_batch: int = typer.Option(32, "--max-batch", help="Rows per backend call, per replica."),
     max_delay_ms: str = typer.Option(
@@ -149,7 +152,7 @@ def run_cluster(
             status = {
                 "url": f"http://{server.url}",
                 "grpc": server.grpc_url,
-                "metrics": f"http://{server.url}/metrics",
+                "metrics": server.metrics_url,
                 "ingress_mode": server.ingress_mode,
                 "apps": server.apps(),
                 "replicas": [
@@ -166,9 +169,11 @@ def run_cluster(
             sys.stdout.write(json.dumps(status) + "\n")
         else:
             grpc = f" and gRPC on {server.grpc_url}" if server.grpc_url else ""
+            metrics = "" if server.ingress_mode != "kernel" else f"; metrics: {server.metrics_url}"
             sys.stdout.write(
                 f"serving Open Inference Protocol v2 on http://{server.url}{grpc} "
-                f"({len(endpoints)} replicas on {len({e.node_id for e in endpoints})} nodes)\n"
+                f"({len(endpoints)} replicas on {len({e.node_id for e in endpoints})} nodes)"
+                f"{metrics}\n"
             )
         sys.stdout.flush()
         stop.wait()

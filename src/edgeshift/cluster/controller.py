@@ -29,6 +29,7 @@ from edgeshift.cluster.autoscale import (
 from edgeshift.cluster.bind import check_ingress_host, check_replica_host, exposure_warning
 from edgeshift.cluster.ingress import HaproxyIngress, ReplicaEndpoint
 from edgeshift.cluster.ingress_config import INGRESS_MODES
+from edgeshift.cluster.ingress_kernel import KernelIngress
 from edgeshift.cluster.metrics import MetricsAggregator
 from edgeshift.cluster.placement import (
     PoolPlacement,
@@ -73,9 +74,13 @@ class _App:
     scraped_s: float | None = None
 
 
-def _require_tools() -> None:
-    """Ray and HAProxy, checked before anything starts: a missing one is one line, not a
-    traceback or a cluster left half-started."""
+# HAProxy's (L7 "http", L4 "tcp") and the kernel's NAT (L4, no process on the data path).
+CLUSTER_INGRESS_MODES = (*INGRESS_MODES, "kernel")
+
+
+def _require_tools(ingress_mode: str = "http") -> None:
+    """Ray and HAProxy (or iptables), checked before anything starts: a missing one is one
+    line, not a traceback or a cluster left half-started."""
     try:
         import ray  # noqa: F401
         from ray import serve  # noqa: F401
@@ -83,8 +88,13 @@ def _require_tools() -> None:
         raise ClusterError(
             "Ray Serve is not installed — pip install 'edgeshift[ray]' (or ray[serve])"
         ) from None
-    from edgeshift.cluster import ingress
+    from edgeshift.cluster import ingress, ingress_kernel
 
+    if ingress_mode == "kernel":
+        ingress_kernel.check_kernel_ingress(
+            ingress_kernel.IPTABLES, ingress_kernel.IPTABLES_RESTORE
+        )
+        return
     if not os.access(ingress.HAPROXY_BINARY, os.X_OK):
         raise ClusterError(
             f"HAProxy is not at {ingress.HAPROXY_BINARY} — install it (apt-get install haproxy); "
@@ -98,7 +108,8 @@ class ClusterServer:
     (RAY_ADDRESS or the local node's), or None/``"local"`` to start a Ray on this machine.
     ``grpc_port``: the ingress's gRPC port (0: any free; None: no gRPC), replicas then serve
     gRPC too. ``replica_host``: what replicas bind (None: each node's IP; docs in
-    :mod:`.bind`). ``ingress_mode``: "http" (L7) or "tcp" (L4) for the HTTP frontend."""
+    :mod:`.bind`). ``ingress_mode``: "http" (HAProxy, L7), "tcp" (HAProxy, L4) or "kernel"
+    (the kernel's NAT, L4: :mod:`.ingress_kernel`; root, IPv4)."""
 
     def __init__(
         self,
@@ -129,8 +140,14 @@ class ClusterServer:
         self.replica_host = check_replica_host(replica_host)
         if grpc_port is not None and not 0 <= grpc_port <= 65535:
             raise ConfigError(f"--grpc-port {grpc_port}: give a port (0-65535; 0: any free) or off")
-        if ingress_mode not in INGRESS_MODES:
-            raise ConfigError(f"--ingress-mode {ingress_mode!r}: use {' or '.join(INGRESS_MODES)}")
+        if ingress_mode not in CLUSTER_INGRESS_MODES:
+            modes = ", ".join(CLUSTER_INGRESS_MODES)
+            raise ConfigError(f"--ingress-mode {ingress_mode!r}: use one of {modes}")
+        if ingress_mode == "kernel" and ":" in self.host:
+            raise ConfigError(
+                f"--host {self.host}: the kernel ingress is IPv4 only — give an IPv4 address, "
+                "or use --ingress-mode http"
+            )
         self.grpc_port, self.ingress_mode = grpc_port, ingress_mode
         self.start_timeout_s = start_timeout_s
         if replicas is not None and replicas < 1:
@@ -142,7 +159,7 @@ class ClusterServer:
         self.policy = self._policy(replicas or min_replicas or 1)
         self._apps: dict[str, _App] = {}
         self._registry: Any = None
-        self._ingress: HaproxyIngress | None = None
+        self._ingress: HaproxyIngress | KernelIngress | None = None
         self._aggregator: MetricsAggregator | None = None
         self._endpoints: dict[str, ReplicaEndpoint] = {}
         self._failures: dict[str, int] = {}
@@ -172,8 +189,18 @@ class ClusterServer:
         return self._ingress.grpc_url
 
     @property
-    def ingress(self) -> HaproxyIngress:
-        """The HAProxy in front (``server_states()``: which replicas are in rotation)."""
+    def metrics_url(self) -> str:
+        """Where the aggregated ``/metrics`` is: the ingress's port (HAProxy routes it), or
+        the aggregator's own address with the kernel ingress (its port goes to a replica)."""
+        if self._ingress is None or self._aggregator is None:
+            raise RuntimeError("the cluster server is not started")
+        if isinstance(self._ingress, KernelIngress):
+            return f"http://{self._aggregator.address}/metrics"
+        return f"http://{self._ingress.url}/metrics"
+
+    @property
+    def ingress(self) -> HaproxyIngress | KernelIngress:
+        """The ingress in front (``server_states()``: which replicas are in rotation)."""
         if self._ingress is None:
             raise RuntimeError("the cluster server is not started")
         return self._ingress
@@ -192,7 +219,7 @@ class ClusterServer:
         if not models:
             raise ConfigError(f"no models found in {', '.join(self.paths)}")
         placements = self._placements(models)  # a bad plan fails before Ray is touched
-        _require_tools()
+        _require_tools(self.ingress_mode)
         if warning := exposure_warning(self.host, self.replica_host):
             log.warning("%s", warning)
         self._connect()
@@ -221,13 +248,16 @@ class ClusterServer:
         self._deploy(list(self._apps), wait=True)
         self._wait_for_replicas()
         self._aggregator = MetricsAggregator(self.endpoints).start()
-        self._ingress = HaproxyIngress(
-            self.host,
-            self.port,
-            metrics_address=self._aggregator.address,
-            grpc_port=self.grpc_port,
-            mode=self.ingress_mode,
-        )
+        if self.ingress_mode == "kernel":
+            self._ingress = KernelIngress(self.host, self.port, grpc_port=self.grpc_port)
+        else:
+            self._ingress = HaproxyIngress(
+                self.host,
+                self.port,
+                metrics_address=self._aggregator.address,
+                grpc_port=self.grpc_port,
+                mode=self.ingress_mode,
+            )
         self._fed_version = self._version
         self._ingress.start(self.endpoints())
         self.port, self.grpc_port = self._ingress.port, self._ingress.grpc_port

@@ -5,7 +5,9 @@ answers Ray handle calls (``infer``) through the same repository and batcher.
 Lifecycle, so a rolling update or a scale-down fails no request:
 start the server (models loaded, socket bound) -> register -> serve; on stop (Ray Serve calls
 ``__del__``): wait until another replica holds this one's models (bounded), unregister, wait
-for the ingress to drain it, then stop the server gracefully (in-flight requests answered).
+for the ingress to drain it, let its clients leave (each connection closes after its next
+answer: what an L4 ingress needs), then stop the server gracefully (in-flight requests
+answered).
 """
 
 from __future__ import annotations
@@ -31,9 +33,23 @@ HANDOFF_TIMEOUT_S = 15.0
 # Time for the controller (woken by the registry when this replica unregisters) to drain it
 # from HAProxy.
 DRAIN_GRACE_S = 1.0
+# Then, how long its clients get to leave (each connection closes after its next answer;
+# an L4 ingress keeps a client's connection on the replica it was opened to).
+DRAIN_CONNECTIONS_S = 5.0
 # Registering again this often brings a replica back after the registry restarted or the
 # controller pruned it by mistake (a port that did not answer for a moment).
 HEARTBEAT_S = 2.0
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when it is installed, as ``edgeshift serve`` runs on (serve.server.
+    run_server): the same server on asyncio's own loop cost a replica ~35% more CPU per gRPC
+    call (docs/scale-out.md, Benchmark)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 class _ServerLoop:
@@ -41,7 +57,7 @@ class _ServerLoop:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.server = InferenceServer(settings)
-        self.loop = asyncio.new_event_loop()
+        self.loop = _new_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="edgeshift-replica", daemon=True)
@@ -73,6 +89,15 @@ class _ServerLoop:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive() and self.server.started
+
+    def drain(self, timeout_s: float) -> int:
+        """InferenceServer.drain_connections on the server's loop; connections left."""
+        if not self._thread.is_alive():
+            return 0
+        future = asyncio.run_coroutine_threadsafe(
+            self.server.drain_connections(timeout_s), self.loop
+        )
+        return future.result(timeout_s + 5)
 
     def stop(self, timeout_s: float = 60.0) -> None:
         if self._thread.is_alive():
@@ -193,7 +218,12 @@ class EdgeshiftReplica:
                 await asyncio.sleep(DRAIN_GRACE_S)
             except Exception:  # the registry is gone (cluster stopping): stop all the same
                 log.warning("replica %s: could not unregister", self._endpoint.replica_id)
-        await asyncio.get_running_loop().run_in_executor(None, self._server.stop)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, self._server.drain, DRAIN_CONNECTIONS_S)
+        except Exception:  # the server thread already gone: nothing to drain
+            log.warning("replica %s: could not drain its connections", self._endpoint.replica_id)
+        await loop.run_in_executor(None, self._server.stop)
 
     async def _hand_over(self) -> None:
         """Wait until another registered replica serves every model this one does, so the

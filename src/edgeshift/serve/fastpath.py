@@ -114,6 +114,9 @@ def inference_protocol(
         phase_since_s = 0.0
         head_bytes = 0
         refused = False  # over the connection limit: answered 503 and closing
+        # Set on the class by InferenceServer.drain_connections: every answer from then on
+        # carries ``connection: close`` and its connection closes after it.
+        draining = False
         lingering = False  # answered mid-request: reading and dropping until closed
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -185,6 +188,8 @@ def inference_protocol(
             cycle = self._infer_cycle()
             if cycle is None:
                 super().on_headers_complete()
+                if self.draining and self.cycle is not None:
+                    self.cycle.keep_alive = False
                 return
             self.cycle = cycle  # type: ignore[assignment]
             for name, value in self.headers:
@@ -280,7 +285,7 @@ def inference_protocol(
             if not route:
                 return None
             keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
-            return _InferCycle(*route, keep_alive)
+            return _InferCycle(*route, keep_alive and not self.draining)
 
         def on_body(self, body: bytes) -> None:
             self.phase_since_s = self.loop.time()

@@ -267,6 +267,29 @@ class InferenceServer:
         if self.grpc_url is not None:
             log.info("serving gRPC on %s", self.grpc_url)
 
+    async def drain_connections(self, timeout_s: float) -> int:
+        """Ask HTTP clients to leave before a stop (a replica leaving an L4 ingress, whose
+        clients' connections stay on it): from now on each answer carries ``connection:
+        close`` and its connection closes after it, so a client's next request opens a new
+        connection, which the ingress sends elsewhere. Waits up to TIMEOUT_S for every
+        connection to close; returns how many are left (idle clients that sent nothing;
+        the stop closes those). Call on the server's own loop."""
+        if self._uvicorn is None:
+            return 0
+        protocol = getattr(self._uvicorn.config, "http_protocol_class", None)
+        if protocol is not None:
+            protocol.draining = True
+        connections = self._uvicorn.server_state.connections
+        for connection in list(connections):
+            cycle = getattr(connection, "cycle", None)
+            if cycle is not None and not cycle.response_complete:
+                cycle.keep_alive = False  # the request being answered is its last
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while connections and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        return len(connections)
+
     @property
     def started(self) -> bool:
         return self._uvicorn is not None and self._uvicorn.started
