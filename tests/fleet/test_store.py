@@ -519,6 +519,32 @@ def test_a_batch_of_nonces_answers_each_request_as_if_alone(store: Store) -> Non
     assert store.remember_nonce("d2", "x", NOW + 3) is False  # committed
 
 
+def test_batches_of_any_size_reuse_one_compiled_nonce_insert(store: Store) -> None:
+    """The nonce INSERT runs as an executemany over a cached statement: a multi-VALUES
+    statement built per batch had no cache key, and was compiled again for every batch."""
+    from sqlalchemy import event
+
+    from edgeshift.fleet.nonces import NonceAsk
+
+    enrol(store, "d1")
+    compiled: list[object] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO NONCES"):
+            compiled.append(context.compiled)
+
+    event.listen(store._engine, "before_cursor_execute", seen)
+    try:
+        for batch, size in enumerate((1, 3, 2, 5, 3, 1)):
+            asks = [NonceAsk("d1", f"n{batch}-{i}", NOW + 1) for i in range(size)]
+            store._remember_nonces(asks)
+            assert [a.result for a in asks] == [True] * size
+    finally:
+        event.remove(store._engine, "before_cursor_execute", seen)
+    # One form for a single row, one for many (built per batch: a new one each of the 6)
+    assert len(compiled) == 6 and len({id(c) for c in compiled}) <= 2
+
+
 def test_waiting_nonces_share_one_transaction() -> None:
     """While one batch is being written, the nonces that arrive wait and go together in the
     next: 32 requests at once are 2 transactions, not 32."""

@@ -365,9 +365,7 @@ class Store:
                 for a in first.values()
                 if a.device_id in live
             ]
-            fresh = (
-                {(d, n) for d, n in db.execute(self._insert_nonces.values(rows))} if rows else set()
-            )
+            fresh = {(d, n) for d, n in db.execute(self._insert_nonces, rows)} if rows else set()
             seen = sorted({device_id for device_id, _ in fresh})
             touched = (
                 set(db.execute(TOUCH_LIVE_MANY, {"device_ids": seen, "b_now": now}).scalars())
