@@ -484,3 +484,21 @@ def test_recheck_reads_the_generations_of_the_waiting_devices(sqlite_store: Stor
     assert {i: generations[i] for i in asked if i in moved} == {
         i: g for i, g in moved.items() if i in asked
     }
+
+
+def test_route_work_runs_on_the_servers_own_thread_pool(
+    fleet: FleetServerThread, operator: OperatorClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The routes' blocking calls go to asyncio's executor, which FleetServer sizes to
+    # WORKER_THREADS threads (fleet/api.py: _run), not to anyio's worker threads.
+    store = fleet.server.context.store  # type: ignore[union-attr]
+    threads: list[str] = []
+    list_groups = store.list_groups
+
+    def recorded() -> Any:
+        threads.append(threading.current_thread().name)
+        return list_groups()
+
+    monkeypatch.setattr(store, "list_groups", recorded)
+    operator.list_groups()
+    assert len(threads) == 1 and threads[0].startswith("edgeshift-fleet")

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -225,6 +226,10 @@ class FleetServer:
         assert self._uvicorn is not None and self._socket is not None
         assert self.context is not None
         anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
+        # The routes' store and engine calls (fleet/api.py: _run); asyncio.run shuts it down.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="edgeshift-fleet")
+        )
         loops = [
             asyncio.create_task(self._engine_loop()),
             asyncio.create_task(self._every(self.settings.tuf_refresh_s, self._refresh_tuf)),
