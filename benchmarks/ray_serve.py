@@ -9,23 +9,32 @@ Ray Serve user's endpoint would parse) and, for edgeshift, binary tensors and gR
 - ``single``: ``edgeshift serve MODEL`` as one process;
 - ``haproxy-1``, ``haproxy-2``, ``haproxy-1-tcp``: HaproxyIngress in front of 1 or 2
   ``edgeshift serve`` processes, no Ray (``-tcp``: the L4 ingress mode);
-- ``ray-1``, ``ray-2``, ``ray-1-tcp``: ``ClusterServer`` on a local Ray cluster
-  (``ray.cluster_utils.Cluster``, a head and logical worker nodes on this machine): HAProxy ->
-  the replicas' own edgeshift servers (``-tcp``: ``ingress_mode="tcp"``);
+- ``kernel-1``, ``kernel-2``: KernelIngress (the kernel's NAT, iptables; root) in front of 1
+  or 2 ``edgeshift serve`` processes, no Ray;
+- ``ray-1``, ``ray-2``, ``ray-1-tcp``, ``ray-1-kernel``, ``ray-2-kernel``: ``ClusterServer``
+  on a local Ray cluster (``ray.cluster_utils.Cluster``, a head and logical worker nodes on
+  this machine): the ingress -> the replicas' own edgeshift servers (``-tcp``:
+  ``ingress_mode="tcp"``; ``-kernel``: ``ingress_mode="kernel"``);
 - ``plain-ray``: a Ray Serve deployment as a Ray user writes it: the default proxy,
   ``@serve.batch`` with its defaults, an onnxruntime session in the replica, JSON in and out.
 
 Server CPU per request is the CPU time of every process under this one (edgeshift server;
 Ray's GCS, raylets, workers, proxy and controller; HAProxy) over the run, divided by the
 answered requests; the load generator and ClusterServer's own threads in this process are
-not counted. Memory is the RSS of the Ray processes (and HAProxy) after deployment.
+not counted, except the kernel ingress's health checker (its thread's CPU time). Machine CPU
+per request is every CPU of the box busy over the run (/proc/stat: every process, the load
+generator included, and the kernel's own work such as NAT in softirqs) over the answers: it
+shows any cost that moved out of the server processes. Memory is the RSS of the Ray processes
+(and HAProxy) after deployment.
 
 Then, on ``ray`` (needs ``ClusterServer``): seconds from a load step to a new replica serving
-(autoscaling from 1 to 2), from a node kill to its replica out of rotation and to capacity back,
-and the failed requests across a rolling model update under load.
+(autoscaling from 1 to 2); and for ``ray-2`` and ``ray-2-kernel``: from a node kill to its
+replica out of rotation and to capacity back, and the failed requests across a rolling model
+update under load.
 
 Run: ``python benchmarks/ray_serve.py [--model mlp|mlp-wide|PATH] [--seconds 5]
-[--concurrency 32] [--skip ray-failures] [--skip grpc] [--skip tcp] [--max-delay-ms MS]``.
+[--concurrency 32] [--skip ray-failures|grpc|http|tcp|kernel|plain-ray|ray] [--max-delay-ms MS]``
+(``--skip http`` / ``tcp`` / ``kernel``: leave out that ingress mode's configurations).
 """
 
 from __future__ import annotations
@@ -93,6 +102,7 @@ class Result:
     p99_ms: float
     server_cpu_us: float
     errors: int = 0
+    machine_cpu_us: float = 0.0  # every CPU of the box (the load generator and kernel too)
 
 
 class Server:
@@ -243,6 +253,22 @@ def cpu_s(procs: list[psutil.Process]) -> float:
     return total
 
 
+def machine_busy_s() -> float:
+    """CPU-seconds the whole machine has been busy (every process, softirqs: NAT included)."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+# CPU seconds of server-side work done inside this process (the kernel ingress's health
+# checker), by role: set while such an ingress runs, so its CPU is counted too.
+IN_PROCESS_CPU: dict[str, Callable[[], float]] = {}
+
+
+def checker_cpu(ingress: Any) -> Callable[[], float]:
+    """The kernel ingress's health-checker thread's CPU seconds so far, read at call time."""
+    return lambda: float(ingress.check_cpu_s)
+
+
 def rss_mib(procs: list[psutil.Process]) -> float:
     total = 0
     for proc in procs:
@@ -273,17 +299,24 @@ def measure_with(name: str, tensors: str, run: Callable[[float], Any], args: Any
     asyncio.run(run(2.0 if "ray" in name else 0.5))
     procs = server_processes()
     before = cpu_by_role(procs)
+    before.update({k: f() for k, f in IN_PROCESS_CPU.items()})
     kinds_before = cpu_by_kind(procs)
+    busy_before = machine_busy_s()
     rps, p50, p99 = asyncio.run(run(args.seconds))
+    busy = machine_busy_s() - busy_before
     after = cpu_by_role(procs)
+    after.update({k: f() for k, f in IN_PROCESS_CPU.items()})
     kinds_after = cpu_by_kind(procs)
     answered = max(rps * args.seconds, 1)
     used_us = {k: (after[k] - before.get(k, 0.0)) / answered * 1e6 for k in after}
-    result = Result(name, tensors, rps, p50, p99, sum(used_us.values()))
+    result = Result(
+        name, tensors, rps, p50, p99, sum(used_us.values()), machine_cpu_us=busy / answered * 1e6
+    )
     parts = ", ".join(f"{k} {v:.0f}" for k, v in sorted(used_us.items()) if k != "gone")
     print(
-        f"  {name:10s} {tensors:6s} {rps:8.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
-        f"server CPU {result.server_cpu_us:5.0f} µs/req ({parts})"
+        f"  {name:12s} {tensors:6s} {rps:8.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
+        f"server CPU {result.server_cpu_us:5.0f} µs/req ({parts}); machine "
+        f"{result.machine_cpu_us:5.0f}"
     )
     if "ray" in name:
         by_kind = {
@@ -408,7 +441,7 @@ def main() -> None:
         "--skip",
         action="append",
         default=[],
-        choices=["plain-ray", "ray", "ray-failures", "grpc", "tcp"],
+        choices=["plain-ray", "ray", "ray-failures", "grpc", "tcp", "kernel", "http"],
     )
     parser.add_argument(
         "--idle-seconds", type=float, default=20.0, help="idle CPU window per Ray config"
@@ -429,7 +462,7 @@ def main() -> None:
     results: list[Result] = []
     timings: dict[str, float | None] = {}
     memory: dict[str, float] = {}
-    rolling_failed: int | None = None
+    rolling_failed: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         model, sample = serve_bench.model_and_sample(args.model, Path(tmp))
         name = model.stem
@@ -517,6 +550,16 @@ def print_idle(what: str, used: dict[str, float]) -> None:
     print("    " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(used.items(), key=lambda x: -x[1])))
 
 
+def ingress_configs(args: Any) -> list[tuple[int, str]]:
+    """(replicas, ingress mode) to run, as --skip leaves them."""
+    configs = [(1, "http"), (2, "http"), (1, "tcp"), (1, "kernel"), (2, "kernel")]
+    return [(n, mode) for n, mode in configs if mode not in args.skip]
+
+
+def ingress_label(prefix: str, count: int, mode: str) -> str:
+    return f"{prefix}-{count}" + ("" if mode == "http" else f"-{mode}")
+
+
 def run_haproxy_only(
     model: Path,
     name: str,
@@ -524,36 +567,30 @@ def run_haproxy_only(
     sample: Any,
     args: Any,
 ) -> list[Result]:
-    """HaproxyIngress in front of 1 and 2 `edgeshift serve` processes, no Ray: what the
-    ingress itself costs per request (HTTP, gRPC; and the L4 mode with one server)."""
+    """An ingress in front of 1 and 2 `edgeshift serve` processes, no Ray: what the ingress
+    itself costs per request (HTTP, gRPC): HAProxy L7 and L4, and the kernel's NAT."""
     from edgeshift.cluster.ingress import HaproxyIngress, ReplicaEndpoint
+    from edgeshift.cluster.ingress_kernel import KernelIngress
 
     results = []
-    configs = [(1, "http"), (2, "http")] + ([] if "tcp" in args.skip else [(1, "tcp")])
-    for count, mode in configs:
+    for count, mode in ingress_configs(args):
         servers = [Server(model, max(1, CPUS // count), args.max_delay_ms) for _ in range(count)]
         for server in servers:
             server.start()
-        endpoints = [
-            ReplicaEndpoint(
-                f"r{i}", "local", *s.url.removeprefix("http://").rsplit(":", 1), (name,)
-            )
-            for i, s in enumerate(servers)
-        ]
-        grpc = "grpc" not in args.skip and mode == "http"
-        endpoints = [
-            ReplicaEndpoint(
-                e.replica_id,
-                e.node_id,
-                e.host,
-                int(e.port),
-                e.models,
-                grpc_port=int(s.grpc_url.rsplit(":", 1)[1]) if grpc else None,
-            )
-            for e, s in zip(endpoints, servers, strict=True)
-        ]
-        ingress = HaproxyIngress(grpc_port=0 if grpc else None, mode=mode)
-        label = f"haproxy-{count}" + ("-tcp" if mode == "tcp" else "")
+        grpc = "grpc" not in args.skip and mode != "tcp"
+        endpoints = []
+        for i, s in enumerate(servers):
+            host, port = s.url.removeprefix("http://").rsplit(":", 1)
+            grpc_port = int(s.grpc_url.rsplit(":", 1)[1]) if grpc else None
+            endpoints.append(ReplicaEndpoint(f"r{i}", "local", host, int(port), (name,), grpc_port))
+        ingress: Any
+        if mode == "kernel":
+            kernel = KernelIngress(grpc_port=0 if grpc else None)
+            IN_PROCESS_CPU["kernel ingress"] = checker_cpu(kernel)
+            ingress = kernel
+        else:
+            ingress = HaproxyIngress(grpc_port=0 if grpc else None, mode=mode)
+        label = f"kernel-{count}" if mode == "kernel" else ingress_label("haproxy", count, mode)
         try:
             ingress.start(endpoints)
             for tensors, (body, headers) in bodies.items():
@@ -562,6 +599,7 @@ def run_haproxy_only(
             if grpc and ingress.grpc_url is not None:
                 results.append(measure_grpc(label, ingress.grpc_url, name, sample, args))
         finally:
+            IN_PROCESS_CPU.clear()
             ingress.stop()
             for server in servers:
                 server.stop()
@@ -607,17 +645,16 @@ def run_edgeshift_on_ray(
     cluster: Any,
     workers: list[Any],
     failures: bool,
-) -> tuple[list[Result], dict[str, float | None], int | None]:
+) -> tuple[list[Result], dict[str, float | None], dict[str, int]]:
     from edgeshift.cluster.controller import ClusterServer
     from edgeshift.serve import ServeOptions
 
     results: list[Result] = []
     timings: dict[str, float | None] = {}
-    rolling_failed: int | None = None
-    configs = [(1, "http"), (2, "http")] + ([] if "tcp" in args.skip else [(1, "tcp")])
-    for replicas, mode in configs:
-        grpc = "grpc" not in args.skip and mode == "http"
-        label = f"ray-{replicas}" + ("-tcp" if mode == "tcp" else "")
+    rolling_failed: dict[str, int] = {}
+    for replicas, mode in ingress_configs(args):
+        grpc = "grpc" not in args.skip and mode != "tcp"
+        label = ingress_label("ray", replicas, mode)
         server = ClusterServer(
             [model],
             address=cluster.address,
@@ -631,11 +668,13 @@ def run_edgeshift_on_ray(
             ingress_mode=mode,
         )
         server.start()
+        if mode == "kernel":
+            IN_PROCESS_CPU["kernel ingress"] = checker_cpu(server.ingress)
         try:
             wanted = replicas
             up = wait_for(lambda s=server, n=wanted: up_count(s) == n, 60)  # type: ignore[misc]
             assert up is not None, "replicas never up"
-            memory[f"edgeshift on Ray, {label} (all Ray processes + HAProxy)"] = rss_mib(
+            memory[f"edgeshift on Ray, {label} (all Ray processes + any HAProxy)"] = rss_mib(
                 server_processes()
             )
             if args.idle_seconds > 0 and mode == "http":
@@ -647,9 +686,19 @@ def run_edgeshift_on_ray(
             if grpc and server.grpc_url is not None:
                 results.append(measure_grpc(label, server.grpc_url, name, sample, args))
             if failures and replicas == 2:
-                timings.update(node_kill(server, cluster, workers, name, bodies["binary"]))
-                rolling_failed = rolling_update(server, model, name, bodies["binary"])
+                kill = node_kill(server, cluster, workers, name, bodies["binary"])
+                timings.update({f"{k} ({label})": v for k, v in kill.items()})
+                rolling_failed[label] = rolling_update(server, model, name, bodies["binary"])
+                # The killed node is gone: a fresh one keeps a spare for the next config.
+                workers.append(
+                    cluster.add_node(
+                        num_cpus=1,
+                        object_store_memory=OBJECT_STORE_BYTES,
+                        resources={f"edgeshift-pool:{POOL}": 1},
+                    )
+                )
         finally:
+            IN_PROCESS_CPU.clear()
             server.stop()
     if failures:
         timings["load step -> new replica serving, s"] = load_step(
@@ -733,18 +782,22 @@ def report(
     results: list[Result],
     timings: dict[str, float | None],
     memory: dict[str, float],
-    rolling_failed: int | None,
+    rolling_failed: dict[str, int],
 ) -> None:
     print()
-    print("| config | tensors | req/s | p50 ms | p99 ms | server CPU µs/req | CPU vs single |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(
+        "| config | tensors | req/s | p50 ms | p99 ms | server CPU µs/req | CPU vs single "
+        "| machine CPU µs/req | machine vs single |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     single = {r.tensors: r for r in results if r.name == "single"}
     for r in results:
         base = single.get(r.tensors)
         ratio = f"{r.server_cpu_us / base.server_cpu_us:.2f}x" if base else "-"
+        machine = f"{r.machine_cpu_us / base.machine_cpu_us:.2f}x" if base else "-"
         print(
             f"| {r.name} | {r.tensors} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
-            f"{r.server_cpu_us:.0f} | {ratio} |"
+            f"{r.server_cpu_us:.0f} | {ratio} | {r.machine_cpu_us:.0f} | {machine} |"
         )
     print()
     for what, mib in memory.items():
@@ -757,9 +810,9 @@ def report(
             line = f"- {r.name} {r.tensors}: CPU/request {r.server_cpu_us / base.server_cpu_us:.2f}x single"
             line += f" (goal <= {GOALS['cpu_ratio']}x: {'met' if cpu_ok else 'NOT met'})"
             if plain is not None:
-                ratio = r.rps / plain.rps
-                line += f"; throughput {ratio:.1f}x plain Ray Serve (goal >= {GOALS['throughput_ratio']}x: "
-                line += f"{'met' if ratio >= GOALS['throughput_ratio'] else 'NOT met'})"
+                speedup = r.rps / plain.rps
+                line += f"; throughput {speedup:.1f}x plain Ray Serve (goal >= {GOALS['throughput_ratio']}x: "
+                line += f"{'met' if speedup >= GOALS['throughput_ratio'] else 'NOT met'})"
             print(line)
     goals = {
         "node kill -> out of rotation, s": GOALS["out_of_rotation_s"],
@@ -767,7 +820,7 @@ def report(
         "load step -> new replica serving, s": GOALS["new_replica_s"],
     }
     for what, seconds in timings.items():
-        goal = goals.get(what)
+        goal = next((g for key, g in goals.items() if what.startswith(key)), None)
         shown = "never (timed out)" if seconds is None else f"{seconds:.2f}"
         verdict = (
             ""
@@ -775,8 +828,8 @@ def report(
             else f" (goal <= {goal}: {'met' if seconds is not None and seconds <= goal else 'NOT met'})"
         )
         print(f"- {what}: {shown}{verdict}")
-    if rolling_failed is not None:
-        print(f"- failed requests across a rolling update: {rolling_failed} (goal 0)")
+    for label, failed in rolling_failed.items():
+        print(f"- failed requests across a rolling update ({label}): {failed} (goal 0)")
     print(
         f"- medians: {statistics.median(r.rps for r in results):.0f} req/s over all cells"
         if results
