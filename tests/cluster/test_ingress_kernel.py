@@ -279,3 +279,25 @@ def test_draining_closes_each_connection_after_its_next_answer(tmp_path: Path) -
     finally:
         loop.call_soon_threadsafe(server.request_exit)
         thread.join(30)
+
+
+@needs_root
+def test_the_503_listener_serves_a_bounded_number_of_connections_at_once() -> None:
+    front = KernelIngress()
+    front.fallback_max_connections = 4
+    front.start([])
+    idle = []
+    try:
+        for _ in range(4):  # hold every slot: connected, sending nothing
+            idle.append(socket.create_connection(("127.0.0.1", front.port), timeout=5))
+        time.sleep(0.2)
+        extra = socket.create_connection(("127.0.0.1", front.port), timeout=5)
+        assert extra.recv(1024) == b""  # beyond the bound: closed unanswered, no thread made
+        extra.close()
+        for sock in idle:
+            sock.close()
+        time.sleep(0.2)  # the handlers see their clients gone and free the slots
+        status, _, body = exchange(front.url, "GET", "/v2/health/ready")
+        assert status == 503 and "no replica is up" in json.loads(body)["error"]
+    finally:
+        front.stop()

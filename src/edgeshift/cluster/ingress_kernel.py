@@ -170,6 +170,7 @@ class _NoReplicaHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     timeout = 5
+    server_version, sys_version = "edgeshift", ""  # not Python's version to every client
 
     def _answer(self) -> None:
         body = json.dumps({"error": NO_REPLICA}).encode()
@@ -192,13 +193,27 @@ class _Fallback(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def __init__(self, address: tuple[str, int], max_connections: int) -> None:
+        # A thread per connection, bounded: a flood while nothing is up must not make
+        # threads without end; beyond the bound a connection is closed unanswered.
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, _NoReplicaHandler)
+
     def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
-        # A thread per connection, bounded: a flood while nothing is up must not make threads
-        # without end.
-        if threading.active_count() > _FALLBACK_MAX_CONNECTIONS + 16:
+        if not self._slots.acquire(blocking=False):
             self.shutdown_request(request)
             return
-        super().process_request(request, client_address)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class KernelIngress:
@@ -209,6 +224,7 @@ class KernelIngress:
 
     mode = "kernel"
     pid = None  # no process of its own on the data path
+    fallback_max_connections = _FALLBACK_MAX_CONNECTIONS
 
     def __init__(
         self,
@@ -379,7 +395,7 @@ class KernelIngress:
 
     def _listen(self, port: int) -> int:
         try:
-            listener = _Fallback((self.bind_host, port), _NoReplicaHandler)
+            listener = _Fallback((self.bind_host, port), self.fallback_max_connections)
         except OSError as exc:
             raise KernelIngressError(
                 f"cannot listen on {self.bind_host}:{port} ({exc.strerror}) — is the port free?"
