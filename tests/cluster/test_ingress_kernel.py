@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -301,3 +302,83 @@ def test_the_503_listener_serves_a_bounded_number_of_connections_at_once() -> No
         assert status == 503 and "no replica is up" in json.loads(body)["error"]
     finally:
         front.stop()
+
+
+_INGRESS_SCRIPT = """
+import sys
+from edgeshift.cluster.ingress_config import ReplicaEndpoint
+from edgeshift.cluster.ingress_kernel import KernelIngress
+
+with KernelIngress("0.0.0.0", 18000) as front:
+    front.start([ReplicaEndpoint("far", "node-2", sys.argv[1], int(sys.argv[2]), ("mlp",))])
+    print("ready", flush=True)
+    sys.stdin.read()  # until the test closes it
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or subprocess.run(["ip", "netns", "list"], capture_output=True).returncode,
+    reason="network namespaces: needs root and iproute2 (CI has both)",
+)
+def test_a_replica_on_another_machine_serves_remote_and_local_clients(
+    models: tuple[Path, Path],  # noqa: F811
+) -> None:
+    # Three machines on one LAN, each a network namespace: the ingress (10.77.0.1), a replica
+    # (10.77.0.2) and a client (10.77.0.3). The client's connection to the ingress is
+    # rewritten in PREROUTING, forwarded to the replica and masqueraded, so the answer comes
+    # back through the ingress; a client on the ingress machine goes through OUTPUT.
+    from tests.fleet.netns import NetLab
+
+    with NetLab() as lab:
+        for name in ("ing", "rep", "cli"):
+            lab.add(name)
+        for sysctl in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.route_localnet=1"):
+            assert lab.run("ing", ["sysctl", "-qw", sysctl]).returncode == 0
+        replica = lab.spawn(
+            "rep",
+            [sys.executable, "-m", "edgeshift", "serve", str(models[0]), "--host", "10.77.0.2",
+             "--port", "18001", "--grpc-port", "off", "--no-access-log"],
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        ingress = lab.spawn(
+            "ing",
+            [sys.executable, "-c", _INGRESS_SCRIPT, "10.77.0.2", "18001"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert ingress.stdout is not None and ingress.stdout.readline() == b"ready\n"
+
+        def infer(node: str, host: str) -> tuple[int, bytes]:
+            answer = lab.run(
+                node,
+                ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "10",
+                 "-X", "POST", "--data-binary", _infer_body().decode(),
+                 f"http://{host}:18000/v2/models/mlp/infer"],
+            )  # fmt: skip
+            body, _, code = answer.stdout.rpartition("\n")
+            return int(code or 0), body.encode()
+
+        deadline = time.monotonic() + 60
+        while (status := infer("cli", "10.77.0.1"))[0] != 200:  # the replica still loading
+            assert time.monotonic() < deadline, f"never answered through the ingress: {status}"
+            time.sleep(0.2)
+        for node, host in (("cli", "10.77.0.1"), ("ing", "127.0.0.1")):
+            status, body = infer(node, host)
+            assert status == 200, (node, status, body)
+            y = np.asarray(json.loads(body)["outputs"][0]["data"], np.float32).reshape(1, -1)
+            np.testing.assert_allclose(y, mlp_reference(X, seed=3), rtol=1e-5)
+        # The replica saw the ingress's address, not the client's (masqueraded): a replica
+        # on another machine needs no route back to the clients.
+        if Path("/proc/net/nf_conntrack").exists():  # the kernel's table, where it shows it
+            table = lab.run("ing", ["cat", "/proc/net/nf_conntrack"]).stdout.splitlines()
+            remote = [line for line in table if "src=10.77.0.3 dst=10.77.0.1 " in line]
+            # (Connections made while the replica was still loading met the 503 listener.)
+            assert any("dport=18000 src=10.77.0.2 dst=10.77.0.1 " in line for line in remote)
+        replica.kill()  # `ip netns exec` execs the server: this is its pid
+        deadline = time.monotonic() + 10
+        while infer("cli", "10.77.0.1")[0] != 503:  # its check failed: the 503 listener answers
+            assert time.monotonic() < deadline, "no 503 once the only replica was gone"
+            time.sleep(0.1)
+        assert ingress.stdin is not None
+        ingress.stdin.close()
+        assert ingress.wait(15) == 0

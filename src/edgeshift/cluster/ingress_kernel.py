@@ -29,14 +29,13 @@ must hold every model), balance per connection, and no retry: requests in flight
 that dies fail with their connection, as do new connections in the moment before the checker
 sees it (milliseconds when the process dies). It needs root (CAP_NET_ADMIN) and IPv4.
 
-:func:`nat_rules` and :func:`jump_rules` are pure; :class:`KernelIngress` runs them.
+:mod:`.ingress_nat` holds the rules as pure functions; :class:`KernelIngress` applies them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
-import ipaddress
 import json
 import logging
 import os
@@ -48,22 +47,38 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from edgeshift.cluster.ingress_config import ReplicaEndpoint
-from edgeshift.errors import EdgeshiftError
+from edgeshift.cluster.ingress_nat import (
+    CHAIN_PREFIX,
+    KernelIngressError,
+    chain_name,
+    check_ipv4,
+    forwarding_sysctls,
+    jump_rules,
+    nat_rules,
+)
 
 log = logging.getLogger("edgeshift.cluster")
 
+__all__ = [
+    "CHAIN_PREFIX",
+    "IPTABLES",
+    "IPTABLES_RESTORE",
+    "KernelIngress",
+    "KernelIngressError",
+    "chain_name",
+    "check_kernel_ingress",
+    "jump_rules",
+    "nat_rules",
+]
+
 IPTABLES = "/usr/sbin/iptables"
 IPTABLES_RESTORE = "/usr/sbin/iptables-restore"
-CHAIN_PREFIX = "EDGESHIFT-"
 NO_REPLICA = "no replica is up (starting, restarting or failed) — retry shortly"
 # Connections the 503 listener serves at once; more are closed unanswered.
 _FALLBACK_MAX_CONNECTIONS = 64
-
-
-class KernelIngressError(EdgeshiftError):
-    """The kernel's NAT could not be set up or changed."""
 
 
 def check_kernel_ingress(
@@ -84,75 +99,6 @@ def check_kernel_ingress(
             f"cannot read the nat table ({_first_line(probe.stderr)}) — the kernel ingress "
             "needs root (CAP_NET_ADMIN); run as root, or use --ingress-mode http"
         )
-
-
-def chain_name(port: int) -> str:
-    return f"{CHAIN_PREFIX}{port}"
-
-
-def nat_rules(chain: str, targets: Sequence[tuple[str, int]]) -> str:
-    """``iptables-restore --noflush`` input that makes CHAIN send each new connection to one of
-    TARGETS ((IPv4 address, port)), uniformly at random (kube-proxy's layout: rule i of n
-    matches with probability 1/(n-i), the last always). Declaring the chain flushes it, so the
-    whole change is one atomic commit. No targets: an empty chain."""
-    lines = ["*nat", f":{chain} - [0:0]"]
-    n = len(targets)
-    for i, (host, port) in enumerate(targets):
-        rule = f"-A {chain} -p tcp"
-        if i < n - 1:
-            rule += f" -m statistic --mode random --probability {1 / (n - i):.8f}"
-        lines.append(f"{rule} -j DNAT --to-destination {host}:{port}")
-    lines.append("COMMIT")
-    return "\n".join(lines) + "\n"
-
-
-def jump_rules(chain: str, bind_host: str, port: int) -> list[list[str]]:
-    """The rules (``iptables -t nat`` arguments, without -A/-D) that lead connections to
-    BIND_HOST:PORT into CHAIN: OUTPUT for clients on this machine, PREROUTING for clients
-    elsewhere (not for a loopback address), and a MASQUERADE of connections sent on to another
-    machine (their answers must come back through this one to be un-NATed)."""
-    match = ["-p", "tcp", "--dport", str(port)]
-    if bind_host == "0.0.0.0":
-        where = ["-m", "addrtype", "--dst-type", "LOCAL"]
-    else:
-        where = ["-d", f"{bind_host}/32"]
-    rules = [["OUTPUT", *where, *match, "-j", chain]]
-    if not ipaddress.ip_address(bind_host).is_loopback:
-        rules.append(["PREROUTING", *where, *match, "-j", chain])
-    rules.append(
-        [
-            "POSTROUTING",
-            "-p",
-            "tcp",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "DNAT",
-            "--ctorigdstport",
-            str(port),
-            "!",
-            "-o",
-            "lo",
-            "-j",
-            "MASQUERADE",
-        ]
-    )
-    return rules
-
-
-def _ipv4(host: str, what: str) -> str:
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise KernelIngressError(
-            f"{what} {host!r} is not an IP address — the kernel ingress balances to IPv4 "
-            "addresses; give one, or use --ingress-mode http"
-        ) from None
-    if address.version != 4:
-        raise KernelIngressError(
-            f"{what} {host} is IPv6 — the kernel ingress is IPv4 only; use --ingress-mode http"
-        )
-    return host
 
 
 @dataclass
@@ -239,7 +185,7 @@ class KernelIngress:
         iptables: str = IPTABLES,
         iptables_restore: str = IPTABLES_RESTORE,
     ) -> None:
-        self.bind_host = _ipv4(bind_host, "the ingress address")
+        self.bind_host = check_ipv4(bind_host, "the ingress address")
         self.port = port
         self.grpc_port = grpc_port
         self.check_interval_s = check_interval_s
@@ -255,6 +201,7 @@ class KernelIngress:
         self._wake_r, self._wake_w = socket.socketpair()
         self._checker: threading.Thread | None = None
         self.check_cpu_s = 0.0  # the checker thread's CPU time, for the benchmark's totals
+        self._warned: set[str] = set()
 
     @property
     def url(self) -> str:
@@ -349,7 +296,18 @@ class KernelIngress:
         return [self.port] + ([self.grpc_port] if self.grpc_port is not None else [])
 
     def _check_endpoint(self, endpoint: ReplicaEndpoint) -> None:
-        _ipv4(endpoint.host, f"replica {endpoint.replica_id}'s address")
+        check_ipv4(endpoint.host, f"replica {endpoint.replica_id}'s address")
+        if endpoint.host not in self._warned and not _is_local(endpoint.host):
+            self._warned.add(endpoint.host)
+            for sysctl, why in forwarding_sysctls(self.bind_host):
+                if _sysctl(sysctl) == "0":
+                    log.warning(
+                        "replica at %s is on another machine: %s needs "
+                        "`sysctl -w %s=1` on this one",
+                        endpoint.host,
+                        why,
+                        sysctl.replace("/", "."),
+                    )
         if self.grpc_port is not None and endpoint.grpc_port is None:
             raise KernelIngressError(
                 f"replica {endpoint.replica_id} serves no gRPC but the ingress has a gRPC port"
@@ -511,6 +469,23 @@ class KernelIngress:
                     self._apply_locked()
                 except KernelIngressError as exc:
                     log.error("%s", exc)
+
+
+def _is_local(host: str) -> bool:
+    """HOST is one of this machine's addresses (it can be bound)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, 0))
+        except OSError:
+            return False
+    return True
+
+
+def _sysctl(name: str) -> str | None:
+    try:
+        return Path("/proc/sys", name).read_text().strip()
+    except OSError:
+        return None
 
 
 def _first_line(text: str) -> str:
