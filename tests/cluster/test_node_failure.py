@@ -5,6 +5,7 @@ survivor serves everything after, and Ray's replacement replica brings capacity 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -21,21 +22,32 @@ pytestmark = pytest.mark.ray
 POOL = "failover/a"
 
 
-def _plan(path: Path, replicas: int) -> Path:
-    workload = {"workload": "mlp", "placed": True, "pool": POOL, "tier": "server"}
+def _plan(path: Path, replicas: int, pool: str = POOL) -> Path:
+    workload = {"workload": "mlp", "placed": True, "pool": pool, "tier": "server"}
     path.write_text(json.dumps({"workloads": [{**workload, "replicas": replicas}], "pools": []}))
     return path
 
 
+@pytest.mark.parametrize(
+    "ingress_mode",
+    [
+        "http",
+        pytest.param(
+            "kernel",
+            marks=pytest.mark.skipif(os.geteuid() != 0, reason="the kernel ingress needs root"),
+        ),
+    ],
+)
 def test_a_node_killed_under_load_leaves_rotation_and_capacity_comes_back(
-    ray_cluster, tmp_path: Path
+    ray_cluster, tmp_path: Path, ingress_mode: str
 ) -> None:
     cluster = ray_cluster.cluster
+    pool = f"{POOL}-{ingress_mode}"  # nodes of their own: another mode's run left its nodes
     nodes = [
         cluster.add_node(
             num_cpus=1,
             object_store_memory=OBJECT_STORE_BYTES,
-            resources={pool_resource(POOL): 1},  # one replica per node
+            resources={pool_resource(pool): 1},  # one replica per node
         )
         for _ in range(2)
     ]
@@ -45,7 +57,9 @@ def test_a_node_killed_under_load_leaves_rotation_and_capacity_comes_back(
         address=ray_cluster.address,
         port=0,
         grpc_port=0,
-        plan=_plan(tmp_path / "plan.json", 2),
+        plan=_plan(tmp_path / "plan.json", 2, pool),
+        ingress_mode=ingress_mode,
+        name=f"t-fail-{ingress_mode}",
     ) as server:
         by_node = {e.node_id: e for e in server.endpoints()}
         assert set(by_node) == {n.node_id for n in nodes}
@@ -53,7 +67,7 @@ def test_a_node_killed_under_load_leaves_rotation_and_capacity_comes_back(
         victim = by_node[victim_node.node_id]
         # Room for Ray to put the lost replica back.
         cluster.add_node(
-            num_cpus=1, object_store_memory=OBJECT_STORE_BYTES, resources={pool_resource(POOL): 1}
+            num_cpus=1, object_store_memory=OBJECT_STORE_BYTES, resources={pool_resource(pool): 1}
         )
         clients = 4
         assert server.grpc_url is not None
@@ -80,7 +94,11 @@ def test_a_node_killed_under_load_leaves_rotation_and_capacity_comes_back(
         print(f"node kill: out of rotation {out_s:.2f} s, capacity back {back_s:.1f} s")
         assert not [a for a in load.answers if a[0] == 0], "a request hung"
         failures = load.failures()
-        assert len(failures) <= clients, failures  # at most what was in flight
+        # HAProxy replays what it can: at most what was in flight fails. The kernel's NAT
+        # does not retry: what was in flight fails with its connection, and so may a
+        # reconnection made in the moment before the rule went (docs/scale-out.md).
+        per_client = 1 if ingress_mode == "http" else 2
+        assert len(failures) <= per_client * clients, failures
         for status, body in failures:
             assert status == -1 or (status == 503 and "retry" in json.loads(body)["error"]), body
         assert all(status == 200 for status, _ in load.answers[after_out + clients :])
@@ -89,6 +107,7 @@ def test_a_node_killed_under_load_leaves_rotation_and_capacity_comes_back(
         # UNAVAILABLE, never a hang.
         grpc_failures = [a for a in grpc.answers if a != "ok"]
         assert "hang" not in grpc.answers
-        assert len(grpc_failures) <= 2 and set(grpc_failures) <= {"StatusCode.UNAVAILABLE"}
-        assert set(grpc.answers[grpc_after_out + 2 :]) == {"ok"}
+        assert len(grpc_failures) <= 2 * per_client
+        assert set(grpc_failures) <= {"StatusCode.UNAVAILABLE"}
+        assert set(grpc.answers[grpc_after_out + 2 * per_client :]) == {"ok"}
         assert victim_node.node_id not in {e.node_id for e in server.endpoints()}
