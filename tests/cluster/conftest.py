@@ -96,3 +96,23 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.serve.serve_models import make_repository
 
     return make_repository(tmp_path_factory.mktemp("cluster-models"))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two small MLPs for the ingress tests: mlp (seed 3) and other/other (seed 4)."""
+    from tests.serve.serve_models import save_mlp
+
+    root = tmp_path_factory.mktemp("ingress")
+    return save_mlp(root / "mlp.onnx", seed=3), save_mlp(root / "other" / "other.onnx", seed=4)
+
+
+@pytest.fixture
+def replicas(models: tuple[Path, Path]) -> Iterator[list[Any]]:
+    """Two `edgeshift serve` processes of mlp (tests/cluster/test_ingress.py's Replica)."""
+    from tests.cluster.test_ingress import Replica
+
+    started = [Replica(f"replica-{i}", models[0]) for i in range(2)]
+    yield started
+    for replica in started:
+        replica.stop()

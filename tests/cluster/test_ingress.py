@@ -18,7 +18,7 @@ from typing import Any, Self
 import numpy as np
 import pytest
 import tritonclient.http as th
-from tests.serve.serve_models import ServeProcess, exchange, mlp_reference, save_mlp
+from tests.serve.serve_models import ServeProcess, exchange, mlp_reference
 
 from edgeshift.cluster.ingress import (
     HAPROXY_BINARY,
@@ -141,20 +141,6 @@ def wait_for_state(ingress: HaproxyIngress, replica_id: str, state: str) -> None
     while ingress.server_states().get(replica_id) != state:
         assert time.monotonic() < deadline, f"{replica_id} never {state}"
         time.sleep(0.01)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("ingress")
-    return save_mlp(root / "mlp.onnx", seed=3), save_mlp(root / "other" / "other.onnx", seed=4)
-
-
-@pytest.fixture
-def replicas(models: tuple[Path, Path]) -> Iterator[list[Replica]]:
-    started = [Replica(f"replica-{i}", models[0]) for i in range(2)]
-    yield started
-    for replica in started:
-        replica.stop()
 
 
 @pytest.fixture

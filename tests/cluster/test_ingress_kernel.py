@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as th
-from tests.cluster.test_ingress import Load, Replica, X, _infer_body, models  # noqa: F401
-from tests.serve.serve_models import exchange, mlp_reference, save_mlp
+from tests.cluster.test_ingress import Load, Replica, X, _infer_body
+from tests.serve.serve_models import exchange, mlp_reference, save_mlp, wait_until
 
 from edgeshift.cluster.ingress_kernel import (
     IPTABLES,
@@ -44,21 +44,6 @@ def nat_table() -> str:
     return subprocess.run(
         [IPTABLES, "-w", "-t", "nat", "-S"], capture_output=True, text=True, check=True
     ).stdout
-
-
-def wait_for(condition, what: str, timeout_s: float = 30) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.005)
-
-
-@pytest.fixture
-def replicas(models: tuple[Path, Path]) -> Iterator[list[Replica]]:  # noqa: F811
-    started = [Replica(f"replica-{i}", models[0]) for i in range(2)]
-    yield started
-    for replica in started:
-        replica.stop()
 
 
 @pytest.fixture
@@ -159,7 +144,7 @@ def test_a_killed_replica_is_out_at_once_and_nothing_hangs(
         load.wait_for(300)
         assert victim.requests_answered() > 0
         victim.kill()
-        wait_for(lambda: kernel.server_states()["replica-0"] == "DOWN", "never DOWN", 5)
+        wait_until(lambda: kernel.server_states()["replica-0"] == "DOWN", "never DOWN", 5)
         settled = len(load.answers)
         load.wait_for(300)
     # No retries at L4: the requests in flight on the victim fail with their connection, and
@@ -212,16 +197,16 @@ def test_stop_leaves_no_rule_behind(replicas: list[Replica]) -> None:
 def test_a_replica_that_comes_back_is_checked_back_in(
     kernel: KernelIngress,
     replicas: list[Replica],
-    models: tuple[Path, Path],  # noqa: F811
+    models: tuple[Path, Path],
 ) -> None:
     victim, _ = replicas
     victim.kill()
-    wait_for(lambda: kernel.server_states()["replica-0"] == "DOWN", "never DOWN", 5)
+    wait_until(lambda: kernel.server_states()["replica-0"] == "DOWN", "never DOWN", 5)
     # A new process on the same port (a restarted replica) passes its check and is back.
     again = Replica("replica-0", models[0])
     try:
         kernel.update([again.endpoint, replicas[1].endpoint])
-        wait_for(lambda: kernel.server_states()["replica-0"] == "UP", "never back UP", 10)
+        wait_until(lambda: kernel.server_states()["replica-0"] == "UP", "never back UP", 10)
     finally:
         again.stop()
 
@@ -321,7 +306,7 @@ with KernelIngress("0.0.0.0", 18000) as front:
     reason="network namespaces: needs root and iproute2 (CI has both)",
 )
 def test_a_replica_on_another_machine_serves_remote_and_local_clients(
-    models: tuple[Path, Path],  # noqa: F811
+    models: tuple[Path, Path],
 ) -> None:
     # Three machines on one LAN, each a network namespace: the ingress (10.77.0.1), a replica
     # (10.77.0.2) and a client (10.77.0.3). The client's connection to the ingress is
