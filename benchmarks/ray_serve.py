@@ -27,6 +27,10 @@ generator included, and the kernel's own work such as NAT in softirqs) over the 
 shows any cost that moved out of the server processes. Memory is the RSS of the Ray processes
 (and HAProxy) after deployment.
 
+``--ab-rounds N``: then ``single`` and ``ray-1-kernel`` both up, measured in turn for N
+rounds, each with its own processes' CPU: the per-round ratio, for a box whose speed drifts
+between the cells of a long run.
+
 Then, on ``ray`` (needs ``ClusterServer``): seconds from a load step to a new replica serving
 (autoscaling from 1 to 2); and for ``ray-2`` and ``ray-2-kernel``: from a node kill to its
 replica out of rotation and to capacity back, and the failed requests across a rolling model
@@ -278,26 +282,50 @@ def rss_mib(procs: list[psutil.Process]) -> float:
 
 
 def measure(
-    name: str, tensors: str, url: str, body: bytes, headers: dict[str, str], args: Any
+    name: str,
+    tensors: str,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    args: Any,
+    procs: list[psutil.Process] | None = None,
 ) -> Result:
     return measure_with(
-        name, tensors, lambda seconds: drive(url, body, headers, args.concurrency, seconds), args
+        name,
+        tensors,
+        lambda seconds: drive(url, body, headers, args.concurrency, seconds),
+        args,
+        procs,
     )
 
 
-def measure_grpc(name: str, url: str, model: str, sample: Any, args: Any) -> Result:
+def measure_grpc(
+    name: str,
+    url: str,
+    model: str,
+    sample: Any,
+    args: Any,
+    procs: list[psutil.Process] | None = None,
+) -> Result:
     """gRPC ModelInfer (pre-serialized, raw tensor contents) at the same concurrency."""
 
     def run(seconds: float) -> Any:
         return serve_bench.drive_grpc(url, model, sample, args.concurrency, seconds, "raw")
 
-    return measure_with(name, "gRPC", run, args)
+    return measure_with(name, "gRPC", run, args, procs)
 
 
-def measure_with(name: str, tensors: str, run: Callable[[float], Any], args: Any) -> Result:
+def measure_with(
+    name: str,
+    tensors: str,
+    run: Callable[[float], Any],
+    args: Any,
+    procs: list[psutil.Process] | None = None,
+) -> Result:
+    """PROCS: the server's processes (default: every process under this one)."""
     # Warm up: Ray's proxy and replica take a while to reach their steady rate.
     asyncio.run(run(2.0 if "ray" in name else 0.5))
-    procs = server_processes()
+    procs = server_processes() if procs is None else procs
     before = cpu_by_role(procs)
     before.update({k: f() for k, f in IN_PROCESS_CPU.items()})
     kinds_before = cpu_by_kind(procs)
@@ -453,6 +481,12 @@ def main() -> None:
         help="every edgeshift server's batching wait (serve --max-delay-ms; default: auto)",
     )
     parser.add_argument(
+        "--ab-rounds",
+        type=int,
+        default=0,
+        help="then single and ray-1-kernel in turn, both up at once, this many rounds",
+    )
+    parser.add_argument(
         "--ray-defaults",
         action="store_true",
         help="Ray's own settings, not edgeshift's quiet ones (edgeshift.cluster.quiet)",
@@ -463,6 +497,7 @@ def main() -> None:
     timings: dict[str, float | None] = {}
     memory: dict[str, float] = {}
     rolling_failed: dict[str, int] = {}
+    ab_lines: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         model, sample = serve_bench.model_and_sample(args.model, Path(tmp))
         name = model.stem
@@ -536,11 +571,14 @@ def main() -> None:
                 results += r
                 timings.update(t)
                 rolling_failed = failed
+            if args.ab_rounds > 0:
+                ab_lines = run_ab(model, name, bodies, sample, args, cluster)
         finally:
             ray.shutdown()
             cluster.shutdown()
 
     report(results, timings, memory, rolling_failed)
+    print("\n".join(ab_lines))
     print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
@@ -705,6 +743,86 @@ def run_edgeshift_on_ray(
             model, name, bodies["binary"], cluster
         )
     return results, timings, rolling_failed
+
+
+def run_ab(
+    model: Path,
+    name: str,
+    bodies: dict[str, tuple[bytes, dict[str, str]]],
+    sample: Any,
+    args: Any,
+    cluster: Any,
+) -> list[str]:
+    """`single` and `ray-1-kernel` measured in turn, round after round, both up at once: on a
+    VM whose speed drifts over minutes, the per-round ratio is what compares them. Server CPU
+    is each one's own processes (the single server's; Ray's, the replica and the kernel
+    ingress's health thread)."""
+    from edgeshift.cluster.controller import ClusterServer
+    from edgeshift.serve import ServeOptions
+
+    single = Server(model, max_delay_ms=args.max_delay_ms)
+    single.start()
+    assert single.proc is not None
+    single_procs = [psutil.Process(single.proc.pid)]
+    server = ClusterServer(
+        [model],
+        address=cluster.address,
+        plan=plan_file(model.parent, name, 1),
+        options=ServeOptions(threads=CPUS, max_delay_ms=args.max_delay_ms),
+        host="127.0.0.1",
+        port=0,
+        name="bench-ab",
+        grpc_port=0,
+        ingress_mode="kernel",
+    )
+    server.start()
+    IN_PROCESS_CPU["kernel ingress"] = checker_cpu(server.ingress)
+    lines = []
+    try:
+        assert wait_for(lambda: up_count(server) == 1, 60) is not None, "replica never up"
+        time.sleep(2.0)
+        ray_procs = [p for p in server_processes() if p.pid != single.proc.pid]
+        ratios: dict[str, list[float]] = {}
+        cpu: dict[tuple[str, str], list[float]] = {}
+        for round_ in range(args.ab_rounds):
+            for tensors in ("JSON", "binary", "gRPC"):
+                pair = []
+                for label, url, grpc_url, procs, extra in (
+                    ("single", single.url, single.grpc_url, single_procs, False),
+                    ("ray-1-kernel", f"http://{server.url}", server.grpc_url, ray_procs, True),
+                ):
+                    if not extra:
+                        saved = dict(IN_PROCESS_CPU)
+                        IN_PROCESS_CPU.clear()
+                    if tensors == "gRPC":
+                        r = measure_grpc(label, str(grpc_url), name, sample, args, procs)
+                    else:
+                        body, headers = bodies[tensors]
+                        path = f"{url}/v2/models/{name}/infer"
+                        r = measure(label, tensors, path, body, headers, args, procs)
+                    if not extra:
+                        IN_PROCESS_CPU.update(saved)
+                    cpu.setdefault((label, tensors), []).append(r.server_cpu_us)
+                    pair.append(r.server_cpu_us)
+                ratios.setdefault(tensors, []).append(pair[1] / pair[0])
+            print(
+                f"  A/B round {round_ + 1}: "
+                + ", ".join(f"{t} {v[-1]:.2f}x" for t, v in ratios.items())
+            )
+        for tensors, values in ratios.items():
+            base = statistics.median(cpu[("single", tensors)])
+            kernel = statistics.median(cpu[("ray-1-kernel", tensors)])
+            lines.append(
+                f"- A/B ({args.ab_rounds} rounds) {tensors}: ray-1-kernel / single server CPU "
+                f"per request, median of per-round ratios {statistics.median(values):.2f}x "
+                f"(range {min(values):.2f}-{max(values):.2f}x; medians {kernel:.0f} / "
+                f"{base:.0f} µs; goal <= {GOALS['cpu_ratio']}x)"
+            )
+    finally:
+        IN_PROCESS_CPU.clear()
+        server.stop()
+        single.stop()
+    return lines
 
 
 def node_kill(
