@@ -25,6 +25,7 @@ import numpy as np
 from edgeshift.cluster.ingress import ReplicaEndpoint
 from edgeshift.serve import InferenceServer, ServeOptions, ServerSettings
 from edgeshift.serve.protocol import InferRequest, datatype_of
+from edgeshift.serve.server import new_event_loop
 
 log = logging.getLogger("edgeshift.cluster")
 
@@ -41,23 +42,12 @@ DRAIN_CONNECTIONS_S = 5.0
 HEARTBEAT_S = 2.0
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's loop when it is installed, as ``edgeshift serve`` runs on (serve.server.
-    run_server): the same server on asyncio's own loop cost a replica ~35% more CPU per gRPC
-    call (docs/scale-out.md, Benchmark)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 class _ServerLoop:
     """An InferenceServer on its own thread and event loop; ``call`` runs a coroutine there."""
 
     def __init__(self, settings: ServerSettings) -> None:
         self.server = InferenceServer(settings)
-        self.loop = _new_loop()
+        self.loop = new_event_loop()  # the loop `edgeshift serve` runs on
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="edgeshift-replica", daemon=True)

@@ -304,6 +304,16 @@ def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when it is installed (optional: a faster event loop), else asyncio's:
+    what a server runs on, in ``edgeshift serve`` and in a cluster replica alike."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def run_server(settings: ServerSettings) -> None:
     """Serve until SIGTERM/SIGINT, in this thread (the ``edgeshift serve`` command)."""
     server = InferenceServer(settings)
@@ -312,12 +322,8 @@ def run_server(settings: ServerSettings) -> None:
         await server.start()
         await server.serve()
 
-    try:
-        import uvloop  # optional: a faster event loop when installed
-
-        uvloop.run(main())
-    except ImportError:
-        asyncio.run(main())
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(main())
 
 
 class LoopServer(Protocol):
