@@ -91,6 +91,7 @@ def _require_tools(ingress_mode: str = "http") -> None:
     from edgeshift.cluster import ingress, ingress_kernel
 
     if ingress_mode == "kernel":
+        # The paths read at call time, as HAPROXY_BINARY is (tests point them elsewhere).
         ingress_kernel.check_kernel_ingress(
             ingress_kernel.IPTABLES, ingress_kernel.IPTABLES_RESTORE
         )

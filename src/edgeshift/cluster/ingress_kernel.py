@@ -201,7 +201,7 @@ class KernelIngress:
         self._wake_r, self._wake_w = socket.socketpair()
         self._checker: threading.Thread | None = None
         self.check_cpu_s = 0.0  # the checker thread's CPU time, for the benchmark's totals
-        self._warned: set[str] = set()
+        self._hosts_seen: set[str] = set()  # replica hosts whose forwarding needs were checked
 
     @property
     def url(self) -> str:
@@ -297,22 +297,26 @@ class KernelIngress:
 
     def _check_endpoint(self, endpoint: ReplicaEndpoint) -> None:
         check_ipv4(endpoint.host, f"replica {endpoint.replica_id}'s address")
-        if endpoint.host not in self._warned and not _is_local(endpoint.host):
-            self._warned.add(endpoint.host)
-            for sysctl, why in forwarding_sysctls(self.bind_host):
-                if _sysctl(sysctl) == "0":
-                    log.warning(
-                        "replica at %s is on another machine: %s needs "
-                        "`sysctl -w %s=1` on this one",
-                        endpoint.host,
-                        why,
-                        sysctl.replace("/", "."),
-                    )
+        if endpoint.host not in self._hosts_seen:  # every update() names them all again
+            self._hosts_seen.add(endpoint.host)
+            if not _is_local(endpoint.host):
+                self._warn_forwarding(endpoint.host)
         if self.grpc_port is not None and endpoint.grpc_port is None:
             raise KernelIngressError(
                 f"replica {endpoint.replica_id} serves no gRPC but the ingress has a gRPC port"
                 " — start the replicas with a gRPC port, or the ingress without one"
             )
+
+    def _warn_forwarding(self, host: str) -> None:
+        """A replica on another machine: name each sysctl it needs that is off here."""
+        for sysctl, why in forwarding_sysctls(self.bind_host):
+            if _sysctl(sysctl) == "0":
+                log.warning(
+                    "replica at %s is on another machine: %s needs `sysctl -w %s=1` on this one",
+                    host,
+                    why,
+                    sysctl.replace("/", "."),
+                )
 
     def _apply_locked(self) -> None:
         """Write each chain from the replicas that are UP (only when it changed)."""
@@ -373,12 +377,10 @@ class KernelIngress:
         next_round = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
-            urgent: set[str] = set()
             if now >= next_round:
-                urgent = set(self.server_states())
                 next_round = now + self.check_interval_s
-            for rid in urgent:
-                self._check(rid)
+                for rid in self.server_states():
+                    self._check(rid)
             self.check_cpu_s = time.thread_time() - start_cpu
             # Between rounds, wait on the kept-alive check connections too: a replica never
             # writes on one unasked, so a readable one was closed by it (it died or stopped).
