@@ -136,10 +136,8 @@ class BundlingFetcher(FetcherInterface):
             return self._fetch_file(url)
         try:
             files, absent = decode(self._bounded_bundle(version))
-        except BundleUnavailable:
+        except (BundleUnavailable, ValueError):  # none offered, or malformed: per file
             return self._fetch_file(url)
-        except ValueError:
-            return self._fetch_file(url)  # malformed: as if there were no bundle
         with self._held_lock:
             self._held = _Held(files, set(absent))
             self.bundles_fetched += 1
