@@ -776,7 +776,7 @@ def run_ab(
         ingress_mode="kernel",
     )
     server.start()
-    IN_PROCESS_CPU["kernel ingress"] = checker_cpu(server.ingress)
+    checker = {"kernel ingress": checker_cpu(server.ingress)}  # counted for ray-1-kernel only
     lines = []
     try:
         assert wait_for(lambda: up_count(server) == 1, 60) is not None, "replica never up"
@@ -787,21 +787,18 @@ def run_ab(
         for round_ in range(args.ab_rounds):
             for tensors in ("JSON", "binary", "gRPC"):
                 pair = []
-                for label, url, grpc_url, procs, extra in (
-                    ("single", single.url, single.grpc_url, single_procs, False),
-                    ("ray-1-kernel", f"http://{server.url}", server.grpc_url, ray_procs, True),
+                for label, url, grpc_url, procs, in_process in (
+                    ("single", single.url, single.grpc_url, single_procs, {}),
+                    ("ray-1-kernel", f"http://{server.url}", server.grpc_url, ray_procs, checker),
                 ):
-                    if not extra:
-                        saved = dict(IN_PROCESS_CPU)
-                        IN_PROCESS_CPU.clear()
+                    IN_PROCESS_CPU.clear()
+                    IN_PROCESS_CPU.update(in_process)
                     if tensors == "gRPC":
                         r = measure_grpc(label, str(grpc_url), name, sample, args, procs)
                     else:
                         body, headers = bodies[tensors]
                         path = f"{url}/v2/models/{name}/infer"
                         r = measure(label, tensors, path, body, headers, args, procs)
-                    if not extra:
-                        IN_PROCESS_CPU.update(saved)
                     cpu.setdefault((label, tensors), []).append(r.server_cpu_us)
                     pair.append(r.server_cpu_us)
                 ratios.setdefault(tensors, []).append(pair[1] / pair[0])
